@@ -1,0 +1,20 @@
+"""The deploy function: a thin adapter from CloudEvents to shared.handlers.deploy."""
+
+from __future__ import annotations
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from shared.handlers.deploy import SPEC
+from shared.http import install_guards, serve
+from shared.logs import configure_logging
+from shared.runtime import lazy_runtime
+
+configure_logging("deploy")
+runtime = lazy_runtime(SPEC)
+install_guards()
+
+
+@functions_framework.cloud_event
+def handle(event: CloudEvent) -> None:
+    serve(lambda e: runtime().handle(e), event)

@@ -1,0 +1,20 @@
+"""The policy-check function: a thin adapter from CloudEvents to shared.handlers.policy_check."""
+
+from __future__ import annotations
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from shared.handlers.policy_check import SPEC
+from shared.http import install_guards, serve
+from shared.logs import configure_logging
+from shared.runtime import lazy_runtime
+
+configure_logging("policy-check")
+runtime = lazy_runtime(SPEC)
+install_guards()
+
+
+@functions_framework.cloud_event
+def handle(event: CloudEvent) -> None:
+    serve(lambda e: runtime().handle(e), event)

@@ -1,0 +1,1 @@
+"""The code the four functions share: decisions live here, never in functions/."""

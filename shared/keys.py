@@ -1,0 +1,72 @@
+"""Every Redis key of the project, built here and nowhere else (DESIGN §5).
+
+All keys start with `co:`. The part in braces is the Redis Cluster hash tag: keys that one Lua
+script or MULTI touches together share a tag, so each atomic step stays in one slot.
+- `{adm}`: all of flow-start's scheduling and admission state (one tag, DESIGN §3/§5);
+- `{dep}`: deploy's desired-state hashes, deploying deadlines, locks;
+- `{exec}`: step-execute's run records, step bookkeeping, dead letters;
+- `{pol}`: policy-check's ledger, penalties and audit;
+- `{flows}`: the flow documents (upserted by deploy and flow-start, read by all).
+Every tag has its own dedupe keys and outbox, so a handler writes its dedupe key, its state
+and its outgoing events in one slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "co:"
+
+ADMISSION = "adm"
+DEPLOY = "dep"
+EXECUTION = "exec"
+POLICY = "pol"
+FLOWS = "flows"
+TAGS = (ADMISSION, DEPLOY, EXECUTION, POLICY, FLOWS)
+
+
+def _key(tag: str, *parts: str) -> str:
+    return PREFIX + "{" + tag + "}:" + ":".join(parts)
+
+
+def digest(*parts: str) -> str:
+    """A short stable digest, for keys built from arbitrary text (event sources and ids)."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+# --- idempotency and outbox (one of each per tag) --------------------------------------------
+def dedupe(tag: str, source: str, event_id: str) -> str:
+    return _key(tag, "dedupe", digest(source, event_id))
+
+
+def outbox(tag: str) -> str:
+    return _key(tag, "outbox")
+
+
+def outboxes() -> list[str]:
+    return [outbox(tag) for tag in TAGS]
+
+
+# --- flow documents -------------------------------------------------------------------------
+def flow_document(flow_id: str) -> str:
+    return _key(FLOWS, "flow", flow_id)
+
+
+def flow_index() -> str:
+    """Set of the ids of all flows that are wanted (not stopped)."""
+    return _key(FLOWS, "wanted")
+
+
+# --- step queues (one per flow step; the stream is the queue, so it carries its own tag) ----
+def step_queue(flow_id: str, node_id: str) -> str:
+    return PREFIX + "q:{" + flow_id + "}:" + node_id
+
+
+# --- dead letters of the local broker (make run) --------------------------------------------
+def broker_dead_letters() -> str:
+    return PREFIX + "broker:dead-letters"
+
+
+# --- wiring checks: what a recording handler received ---------------------------------------
+def received(tag: str) -> str:
+    return _key(tag, "received")

@@ -1,0 +1,62 @@
+"""Lua scripts: one `.lua` file per atomic decision, loaded once, called by SHA.
+
+redis-py's `Script` object sends EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH or a
+failover), loads the body again and retries; that is the behaviour we want, so every
+wrapper goes through `LuaScript.__call__`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.errors import TemporaryError
+
+KeyT = str
+ArgT = str | int | float | bytes
+
+
+class ScriptError(TemporaryError):
+    """A Lua script failed in Redis (a bug or a broken connection): retried later."""
+
+
+@functools.cache
+def script_source(name: str) -> str:
+    return resources.files("shared.scripts").joinpath(f"{name}.lua").read_text()
+
+
+class LuaScript:
+    """One Lua file; registered once per client, called with EVALSHA (NOSCRIPT → reload)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = script_source(name)
+        self._registered: dict[int, Any] = {}
+
+    def _script(self, client: Redis) -> Any:
+        script = self._registered.get(id(client))
+        if script is None:
+            script = client.register_script(self.source)
+            self._registered[id(client)] = script
+        return script
+
+    def __call__(self, client: Redis, keys: Sequence[KeyT], args: Sequence[ArgT]) -> Any:
+        try:
+            return self._script(client)(keys=list(keys), args=list(args))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise TemporaryError(f"redis unavailable running {self.name}") from exc
+        except ResponseError as exc:
+            raise ScriptError(f"script {self.name} failed: {exc}") from exc
+
+
+@functools.cache
+def load_script(name: str) -> LuaScript:
+    """The script `shared/scripts/<name>.lua`, loaded once per process."""
+    return LuaScript(name)

@@ -1,0 +1,17 @@
+-- flow_tombstone: mark a flow stopped, unless a newer flow.starting is already stored.
+-- KEYS[1] flow document hash   KEYS[2] set of wanted flow ids
+-- ARGV[1] flow id  ARGV[2] version (seconds) of the stop
+-- Returns: 'stale' (a newer start is stored), 'unknown' (never seen: tombstone kept anyway),
+--          'stopped'.
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
+local version = tonumber(ARGV[2])
+if version < current and redis.call('HGET', KEYS[1], 'stopped') == '0' then
+  return 'stale'
+end
+local known = redis.call('EXISTS', KEYS[1])
+redis.call('HSET', KEYS[1], 'stopped', '1', 'version', tostring(math.max(version, current)))
+redis.call('SREM', KEYS[2], ARGV[1])
+if known == 0 then
+  return 'unknown'
+end
+return 'stopped'

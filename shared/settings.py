@@ -1,0 +1,151 @@
+"""Every setting of DESIGN §7, read once from a mapping (the environment) into one dataclass.
+
+Invalid values stop the function at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from shared.errors import PermanentError
+
+DEPLOY_DRIVERS = ("kubernetes", "local")
+QUEUE_BACKENDS = ("redis", "sqs")
+AUTH_MODES = ("required", "off")
+MIN_KEY_BYTES = 32
+
+
+class SettingsError(PermanentError):
+    """A setting is missing or invalid; the message names every bad variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    orchestrator_key: str
+    k_sink: str | None = None
+    policy_file: str | None = None
+    deploy_driver: str = "kubernetes"
+    kubernetes_namespace: str = "flows"
+    deploy_ready_timeout: float = 300.0
+    component_repository_url: str | None = None
+    iam_jwks_url: str | None = None
+    iam_issuer: str | None = None
+    iam_audience: str | None = None
+    iam_introspect_url: str | None = None
+    iam_url: str | None = None
+    iam_service_token: str | None = None
+    auth: str = "required"
+    queue_backend: str = "redis"
+    aws_endpoint_url: str | None = None
+    claim_check_bucket: str | None = None
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required"
+
+    def __repr__(self) -> str:  # never print secrets
+        return (
+            f"Settings(redis_url={_redact_url(self.redis_url)!r}, k_sink={self.k_sink!r}, "
+            f"deploy_driver={self.deploy_driver!r}, auth={self.auth!r}, "
+            f"queue_backend={self.queue_backend!r}, orchestrator_key=<redacted>)"
+        )
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        problems: list[str] = []
+
+        def text(name: str) -> str | None:
+            value = env.get(name)
+            if value is None:
+                return None
+            value = value.strip()
+            return value or None
+
+        def url(name: str) -> str | None:
+            value = text(name)
+            if value is not None:
+                parsed = urlparse(value)
+                if not parsed.scheme or not (parsed.netloc or parsed.scheme == "unix"):
+                    problems.append(f"{name}: not a URL: {value!r}")
+            return value
+
+        def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
+            value = text(name) or default
+            if value not in allowed:
+                problems.append(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
+            return value
+
+        redis_url = url("REDIS_URL")
+        if redis_url is None:
+            problems.append("REDIS_URL: required")
+        elif urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
+            problems.append(f"REDIS_URL: scheme must be redis, rediss or unix, got {redis_url!r}")
+
+        key = env.get("ORCHESTRATOR_KEY") or ""
+        if not key:
+            problems.append("ORCHESTRATOR_KEY: required (at least 32 bytes)")
+        elif len(key.encode()) < MIN_KEY_BYTES:
+            problems.append(f"ORCHESTRATOR_KEY: must be at least {MIN_KEY_BYTES} bytes")
+
+        timeout_text = text("DEPLOY_READY_TIMEOUT") or "300"
+        try:
+            ready_timeout = float(timeout_text)
+            if not ready_timeout > 0:
+                raise ValueError
+        except ValueError:
+            problems.append(
+                f"DEPLOY_READY_TIMEOUT: must be a positive number of seconds, got {timeout_text!r}"
+            )
+            ready_timeout = 300.0
+
+        namespace = text("KUBERNETES_NAMESPACE") or "flows"
+        if not _is_dns_label(namespace):
+            problems.append(f"KUBERNETES_NAMESPACE: not a DNS label: {namespace!r}")
+
+        settings = cls(
+            redis_url=redis_url or "",
+            orchestrator_key=key,
+            k_sink=url("K_SINK"),
+            policy_file=text("ORCHESTRATOR_POLICY_FILE"),
+            deploy_driver=choice("ORCHESTRATOR_DEPLOY_DRIVER", DEPLOY_DRIVERS, "kubernetes"),
+            kubernetes_namespace=namespace,
+            deploy_ready_timeout=ready_timeout,
+            component_repository_url=url("COMPONENT_REPOSITORY_URL"),
+            iam_jwks_url=url("IAM_JWKS_URL"),
+            iam_issuer=text("IAM_ISSUER"),
+            iam_audience=text("IAM_AUDIENCE"),
+            iam_introspect_url=url("IAM_INTROSPECT_URL"),
+            iam_url=url("IAM_URL"),
+            iam_service_token=text("IAM_SERVICE_TOKEN"),
+            auth=choice("ORCHESTRATOR_AUTH", AUTH_MODES, "required"),
+            queue_backend=choice("QUEUE_BACKEND", QUEUE_BACKENDS, "redis"),
+            aws_endpoint_url=url("AWS_ENDPOINT_URL"),
+            claim_check_bucket=text("CLAIM_CHECK_BUCKET"),
+        )
+        if settings.auth_required and not (settings.iam_jwks_url or settings.iam_introspect_url):
+            problems.append(
+                "IAM_JWKS_URL: required (or IAM_INTROSPECT_URL) when ORCHESTRATOR_AUTH=required"
+            )
+        if settings.queue_backend == "sqs" and not settings.claim_check_bucket:
+            problems.append("CLAIM_CHECK_BUCKET: required when QUEUE_BACKEND=sqs")
+        if problems:
+            raise SettingsError("invalid settings: " + "; ".join(problems), problems=problems)
+        return settings
+
+
+def _is_dns_label(value: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value))
+
+
+def _redact_url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.password:
+        return value.replace(parsed.password, "***")
+    return value

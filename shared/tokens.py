@@ -1,0 +1,126 @@
+"""HS256 tokens signed with ORCHESTRATOR_KEY: step tokens and our own inter-function tokens.
+
+These are always checked, whatever ORCHESTRATOR_AUTH says (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from jose import JWTError, jwt
+
+from shared.clock import Clock
+from shared.errors import Forbidden, Unauthorized
+
+ISSUER = "component-orchestrator"
+ALGORITHM = "HS256"
+INTERNAL_TOKEN_SECONDS = 300  # DESIGN §4: exp ≤ 5 min
+STEP_AUDIENCE = "component-orchestrator/step"
+INTERNAL_AUDIENCE = "component-orchestrator/internal"
+
+
+@dataclass(frozen=True)
+class StepClaims:
+    run_id: str
+    step_id: str
+    tenant: str
+    flow_id: str
+
+
+def _decode(key: str, token: str, audience: str, clock: Clock) -> dict[str, Any]:
+    try:
+        header = jwt.get_unverified_header(token)
+    except JWTError as exc:
+        raise Unauthorized("token is malformed") from exc
+    if header.get("alg") != ALGORITHM:
+        raise Unauthorized(f"token algorithm must be {ALGORITHM}")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=audience,
+            issuer=ISSUER,
+            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
+        )
+    except JWTError as exc:
+        raise Unauthorized("token signature, issuer or audience is invalid") from exc
+    now = clock.now()
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or now >= exp:
+        raise Unauthorized("token has expired")
+    nbf = claims.get("nbf")
+    if isinstance(nbf, int | float) and now < nbf - 5:
+        raise Unauthorized("token is not valid yet")
+    return claims
+
+
+def sign_internal(key: str, sender: str, clock: Clock) -> str:
+    """The `authtoken` our functions put on events they send each other."""
+    now = int(clock.now())
+    claims = {
+        "iss": ISSUER,
+        "sub": sender,
+        "aud": INTERNAL_AUDIENCE,
+        "iat": now,
+        "nbf": now,
+        "exp": now + INTERNAL_TOKEN_SECONDS,
+    }
+    return str(jwt.encode(claims, key, algorithm=ALGORITHM))
+
+
+def verify_internal(key: str, token: str, clock: Clock) -> str:
+    """Returns the sending function's name; raises Unauthorized otherwise."""
+    claims = _decode(key, token, INTERNAL_AUDIENCE, clock)
+    sender = claims.get("sub")
+    if not isinstance(sender, str) or not sender:
+        raise Unauthorized("internal token names no sender")
+    return sender
+
+
+def sign_step_token(
+    key: str,
+    *,
+    run_id: str,
+    step_id: str,
+    tenant: str,
+    flow_id: str,
+    ttl_seconds: float,
+    clock: Clock,
+) -> str:
+    now = int(clock.now())
+    claims = {
+        "iss": ISSUER,
+        "aud": STEP_AUDIENCE,
+        "sub": f"{run_id}/{step_id}",
+        "run": run_id,
+        "step": step_id,
+        "tenant": tenant,
+        "flow": flow_id,
+        "iat": now,
+        "nbf": now,
+        "exp": now + int(ttl_seconds),
+    }
+    return str(jwt.encode(claims, key, algorithm=ALGORITHM))
+
+
+def verify_step_token(
+    key: str, token: str, clock: Clock, *, run_id: str | None = None, step_id: str | None = None
+) -> StepClaims:
+    """Checks signature and expiry, then that the token names this run and step (403 if not)."""
+    claims = _decode(key, token, STEP_AUDIENCE, clock)
+    try:
+        step = StepClaims(
+            run_id=str(claims["run"]),
+            step_id=str(claims["step"]),
+            tenant=str(claims["tenant"]),
+            flow_id=str(claims["flow"]),
+        )
+    except KeyError as exc:
+        raise Unauthorized(f"step token lacks claim {exc.args[0]}") from exc
+    if run_id is not None and step.run_id != run_id:
+        raise Forbidden("step token belongs to another run")
+    if step_id is not None and step.step_id != step_id:
+        raise Forbidden("step token belongs to another step")
+    return step

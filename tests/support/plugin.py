@@ -1,0 +1,1 @@
+"""Shared pytest fixtures registered for the whole suite (extended by other plugins)."""
