@@ -70,3 +70,13 @@ def broker_dead_letters() -> str:
 # --- wiring checks: what a recording handler received ---------------------------------------
 def received(tag: str) -> str:
     return _key(tag, "received")
+
+# --- penalties (written by policy-check only; read by flow-start, step-execute, deploy) -----
+def penalty(level: str, subject_id: str) -> str:
+    """Hash: step (warn/throttle/deprioritize/suspend), until, rule, since, repeats."""
+    return _key(POLICY, "penalty", level, subject_id)
+
+
+def penalty_index() -> str:
+    """Sorted set of `level:id` with a current penalty, scored by when it was last changed."""
+    return _key(POLICY, "penalties")
