@@ -80,3 +80,9 @@ def penalty(level: str, subject_id: str) -> str:
 def penalty_index() -> str:
     """Sorted set of `level:id` with a current penalty, scored by when it was last changed."""
     return _key(POLICY, "penalties")
+
+
+# --- iam: flow tokens (deploy creates one per flow in IAM, revokes it on stop) ---------------
+def flow_token(flow_id: str) -> str:
+    """String: JSON {id, token (encrypted with ORCHESTRATOR_KEY), owner, tenant, createdAt}."""
+    return _key(DEPLOY, "flow-token", flow_id)
