@@ -90,6 +90,8 @@ def install_guards() -> None:
     app = flask.current_app
 
     def reject_malformed() -> Response | None:
+        if flask.request.path == "/metrics":
+            return None
         if flask.request.method != "POST":
             return json_response(405, {"error": "MethodNotAllowed", "message": "POST a CloudEvent"})
         problem = _envelope_problem(flask.request.headers, flask.request.get_data())
@@ -100,3 +102,12 @@ def install_guards() -> None:
         )
 
     app.before_request(reject_malformed)
+    app.add_url_rule("/metrics", "metrics", serve_metrics, methods=["GET"])
+
+
+def serve_metrics() -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from shared.metrics import exposition
+
+    return Response(exposition(), status=200, headers={"Content-Type": CONTENT_TYPE_LATEST})

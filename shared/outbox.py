@@ -15,7 +15,7 @@ from cloudevents.conversion import to_binary
 from redis import Redis
 from redis.client import Pipeline
 
-from shared import keys
+from shared import keys, metrics
 from shared.clock import Clock
 from shared.errors import TemporaryError
 from shared.events import OutgoingEvent
@@ -101,5 +101,6 @@ def flush(
             sender.send(event)
             redis.lrem(key, 1, raw)  # type: ignore[arg-type]
             sent += 1
+            metrics.observe_emitted(event)
             log.info("emitted %s id=%s", short(event.type), event.id)
     return sent

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -16,10 +17,10 @@ from cloudevents.http import CloudEvent
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared import flows, keys, outbox, store
+from shared import flows, keys, metrics, outbox, store
 from shared.auth import Authorizer, Principal
 from shared.clock import Clock, SystemClock
-from shared.errors import InvalidEvent, TemporaryError
+from shared.errors import InvalidEvent, OrchestratorError, TemporaryError
 from shared.events import IncomingEvent, OutgoingEvent, Payload, make_event, parse_event
 from shared.events.types import CONSUMES, TICK, short
 from shared.idempotency import Once, Write
@@ -165,6 +166,24 @@ class FunctionRuntime(Generic[S]):
 
     def handle(self, cloudevent: CloudEvent) -> Outcome:
         """Handles one event; raises OrchestratorError subclasses for the adapter to map."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = self._handle(cloudevent)
+            outcome = "duplicate" if result.duplicate else "ok"
+            return result
+        except OrchestratorError as error:
+            outcome = str(error.status)
+            raise
+        finally:
+            metrics.observe_handled(
+                self.spec.name,
+                str(cloudevent.get("type") or "unknown"),
+                outcome,
+                time.perf_counter() - started,
+            )
+
+    def _handle(self, cloudevent: CloudEvent) -> Outcome:
         event = parse_event(cloudevent, self.consumes)
         handler = self.spec.handlers.get(event.type)
         if handler is None:

@@ -1,0 +1,96 @@
+"""Prometheus series of each function, served on `/metrics`.
+
+Observed in two central places, so no handler has to remember them: every handled event
+(runtime) and every emitted event (outbox flush), whose payloads carry what the series need.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from shared.events import OutgoingEvent
+from shared.events import types as t
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_HANDLED = Counter(
+    "orchestrator_events_handled",
+    "CloudEvents handled, by type and outcome",
+    ["function", "type", "outcome"],
+    registry=REGISTRY,
+)
+EVENTS_EMITTED = Counter(
+    "orchestrator_events_emitted", "Events sent to the broker", ["type"], registry=REGISTRY
+)
+ADMISSIONS = Counter(
+    "orchestrator_admissions", "Runs admitted", ["tenant", "trigger"], registry=REGISTRY
+)
+SKIPS = Counter("orchestrator_skips", "Cron runs skipped", ["tenant", "reason"], registry=REGISTRY)
+DEFERRALS = Counter("orchestrator_deferrals", "Runs deferred", ["tenant"], registry=REGISTRY)
+MISSED = Counter("orchestrator_missed", "Due times missed", ["tenant"], registry=REGISTRY)
+PENALTIES = Counter(
+    "orchestrator_penalties", "Penalty changes", ["level", "penalty"], registry=REGISTRY
+)
+RUNS_ENDED = Counter(
+    "orchestrator_runs_ended", "Runs ended", ["tenant", "outcome"], registry=REGISTRY
+)
+DEPLOYMENTS = Counter(
+    "orchestrator_deployments", "Deployment outcomes", ["outcome"], registry=REGISTRY
+)
+SCHEDULE_LAG = Histogram(
+    "orchestrator_schedule_lag_seconds",
+    "Due time to admission",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900),
+    registry=REGISTRY,
+)
+RUN_DURATION = Histogram(
+    "orchestrator_run_duration_seconds",
+    "Run duration from admission to completion",
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+    registry=REGISTRY,
+)
+HANDLE_SECONDS = Histogram(
+    "orchestrator_handle_seconds",
+    "Time to handle one event (step latency for step.* events, deploy time for flow.starting)",
+    ["function", "type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+
+
+def observe_handled(function: str, event_type: str, outcome: str, seconds: float) -> None:
+    name = t.short(event_type)
+    EVENTS_HANDLED.labels(function, name, outcome).inc()
+    HANDLE_SECONDS.labels(function, name).observe(seconds)
+
+
+def observe_emitted(event: OutgoingEvent) -> None:
+    data = event.data
+    tenant = str(data.get("tenant") or event.extensions.get("tenant") or "")
+    EVENTS_EMITTED.labels(t.short(event.type)).inc()
+    if event.type == t.RUN_ADMITTED:
+        ADMISSIONS.labels(tenant, str(data.get("trigger", ""))).inc()
+        scheduled = data.get("scheduledFor")
+        if isinstance(scheduled, int | float) and event.time is not None:
+            SCHEDULE_LAG.observe(max(0.0, event.time - scheduled))
+    elif event.type == t.RUN_SKIPPED:
+        SKIPS.labels(tenant, str(data.get("reason", ""))).inc()
+    elif event.type == t.RUN_DEFERRED:
+        DEFERRALS.labels(tenant).inc()
+    elif event.type == t.RUN_MISSED:
+        MISSED.labels(tenant).inc()
+    elif event.type in t.PENALTY_TYPES:
+        subject = data.get("subject") or {}
+        level = str(subject.get("level", "")) if isinstance(subject, dict) else ""
+        PENALTIES.labels(level, str(data.get("penalty", ""))).inc()
+    elif event.type in t.RUN_ENDED_TYPES:
+        RUNS_ENDED.labels(tenant, t.short(event.type).rsplit(".", 1)[-1]).inc()
+        duration = data.get("durationMs")
+        if isinstance(duration, int | float) and event.type == t.RUN_COMPLETED:
+            RUN_DURATION.observe(duration / 1000)
+    elif event.type in t.DEPLOYMENT_STATUS_TYPES:
+        DEPLOYMENTS.labels(t.short(event.type)).inc()
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)
