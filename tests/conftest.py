@@ -16,7 +16,7 @@ from shared.embedded_redis import EmbeddedRedis
 
 TEST_KEY = "test-orchestrator-key-0123456789abcdef"
 
-pytest_plugins = ["tests.support.plugin"]
+pytest_plugins = ["tests.support.plugin", "tests.fakes.kube_api", "tests.fakes.component_repo"]
 
 
 @pytest.fixture(scope="session")
