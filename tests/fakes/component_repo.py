@@ -100,7 +100,7 @@ class FakeComponentRepo:
 
     def answer(self, path: str, authorization: str | None) -> tuple[int, dict[str, Any]]:
         prefix = "/components/"
-        component_id = unquote(path[len(prefix):]) if path.startswith(prefix) else ""
+        component_id = unquote(path[len(prefix) :]) if path.startswith(prefix) else ""
         with self._lock:
             self.hits[component_id] = self.hits.get(component_id, 0) + 1
             self.auth_headers.append(authorization)
