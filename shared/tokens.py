@@ -42,7 +42,15 @@ def _decode(key: str, token: str, audience: str, clock: Clock) -> dict[str, Any]
             algorithms=[ALGORITHM],
             audience=audience,
             issuer=ISSUER,
-            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
+            # Time is checked below with the injected clock; aud and iss must be present, so a
+            # token minted for one purpose (step, internal) never passes as the other.
+            options={
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "require_aud": True,
+                "require_iss": True,
+            },
         )
     except JWTError as exc:
         raise Unauthorized("token signature, issuer or audience is invalid") from exc
