@@ -86,3 +86,34 @@ def penalty_index() -> str:
 def flow_token(flow_id: str) -> str:
     """String: JSON {id, token (encrypted with ORCHESTRATOR_KEY), owner, tenant, createdAt}."""
     return _key(DEPLOY, "flow-token", flow_id)
+
+
+# --- policy-check: ledger, watchdog, audit, metrics reader (written by policy-check only) ---
+def ledger(level: str, subject_id: str, window_seconds: int) -> str:
+    """Hash: a ring of fixed buckets for one subject and one window (see shared/ledger.py)."""
+    return _key(POLICY, "ledger", level, subject_id, str(window_seconds))
+
+
+def ledger_active() -> str:
+    """Sorted set of subjects (`level`, `id`, `tenant` joined by US) scored by last write."""
+    return _key(POLICY, "ledger-active")
+
+
+def watched_run(run_id: str) -> str:
+    """Hash: one admitted run the watchdog follows (flow, tenant, user, token, times, limit)."""
+    return _key(POLICY, "run", run_id)
+
+
+def watched_runs() -> str:
+    """Sorted set of running run ids scored by their deadline (admitted + limit)."""
+    return _key(POLICY, "runs")
+
+
+def audit() -> str:
+    """Capped stream of every penalty decision with its evidence."""
+    return _key(POLICY, "audit")
+
+
+def metrics_last_read() -> str:
+    """String: when the metrics reader last read pod usage (seconds), to turn rates into sums."""
+    return _key(POLICY, "metrics-last-read")
