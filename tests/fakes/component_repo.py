@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from tests.fakes.kube_api import QuietServer
+
 DEFAULT_IMAGE = "registry.example/components/step:1.0"
 
 
@@ -93,9 +95,11 @@ class FakeComponentRepo:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def answer(self, path: str, authorization: str | None) -> tuple[int, dict[str, Any]]:
