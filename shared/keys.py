@@ -117,3 +117,79 @@ def audit() -> str:
 def metrics_last_read() -> str:
     """String: when the metrics reader last read pod usage (seconds), to turn rates into sums."""
     return _key(POLICY, "metrics-last-read")
+
+
+# --- step-execute: run records, step messages, rates, dead letters (step-execute only) -------
+def run(run_id: str) -> str:
+    """Hash: one run (flow, tenant, user, fencing, status, counters, graph snapshot)."""
+    return _key(EXECUTION, "run", run_id)
+
+
+def run_messages(run_id: str) -> str:
+    """Set: ids of the run's pending step messages (due, published or waiting for a retry)."""
+    return _key(EXECUTION, "run", run_id, "messages")
+
+
+def run_step_counts(run_id: str) -> str:
+    """Hash: step id → number of the run's pending messages for that step (joins read it)."""
+    return _key(EXECUTION, "run", run_id, "steps")
+
+
+def run_seen(run_id: str) -> str:
+    """Set: `messageId:seq` of every step output already routed (dedupe by messageId)."""
+    return _key(EXECUTION, "run", run_id, "seen")
+
+
+def run_join(run_id: str, node_id: str) -> str:
+    """List: inputs buffered for a join node until nothing upstream is pending."""
+    return _key(EXECUTION, "run", run_id, "join", node_id)
+
+
+def runs_running() -> str:
+    """Sorted set: running run ids scored by start time."""
+    return _key(EXECUTION, "runs", "running")
+
+
+def runs_recent() -> str:
+    """Sorted set: ended run ids scored by end time (trimmed to the retention)."""
+    return _key(EXECUTION, "runs", "recent")
+
+
+def flow_runs(flow_id: str) -> str:
+    """Set: ids of the flow's running runs (flow.stopping ends them)."""
+    return _key(EXECUTION, "flow-runs", flow_id)
+
+
+def step_message(message_id: str) -> str:
+    """Hash: one pending step message (run, flow, step, tenant, user, data, attempt, outputs)."""
+    return _key(EXECUTION, "msg", message_id)
+
+
+def step_due() -> str:
+    """Sorted set: message ids scored by when they may be published (now, backoff, rate delay)."""
+    return _key(EXECUTION, "due")
+
+
+def step_deadlines() -> str:
+    """Sorted set: published message ids scored by their step timeout."""
+    return _key(EXECUTION, "deadlines")
+
+
+def step_queues() -> str:
+    """Set: names of the step queues messages were published to (reclaimed on tick)."""
+    return _key(EXECUTION, "queues")
+
+
+def step_rate(level: str, subject_id: str) -> str:
+    """Hash: a message-rate token bucket (tokens, at) of one tenant or flow."""
+    return _key(EXECUTION, "rate", level, subject_id)
+
+
+def step_usage(metric: str) -> str:
+    """Hash: `[tenant,user,flow]` JSON → count of `messages` or `bytes` not yet reported."""
+    return _key(EXECUTION, "usage", metric)
+
+
+def dead_letters() -> str:
+    """Capped stream: every dead-lettered step message with its run, step, reason and error."""
+    return _key(EXECUTION, "dead-letters")

@@ -202,6 +202,9 @@ class StepResult(Payload):
     data: Any = _json_default("data", None)
     attachments: list[Any] = _json_default("attachments", None)
     error: str | None = _json_default("error", None)
+    # Which delivery of the message this result answers (the worker copies it from the
+    # message); step-execute ignores a late failure of an earlier attempt. None: unknown.
+    attempt: int | None = _json_default("attempt", None)
 
     @classmethod
     def read(cls, reader: FieldReader) -> Self:
@@ -218,7 +221,13 @@ class StepResult(Payload):
             data=reader.raw("data", {}),
             attachments=attachments,
             error=reader.optional_string("error"),
+            attempt=_optional_count(reader, "attempt"),
         )
+
+
+def _optional_count(reader: FieldReader, key: str) -> int | None:
+    value = reader.integer(key, required=False, default=-1, minimum=0)
+    return None if value < 0 else value
 
 
 @dataclass(frozen=True)
