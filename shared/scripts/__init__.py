@@ -8,6 +8,7 @@ wrapper goes through `LuaScript.__call__`.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -27,9 +28,15 @@ class ScriptError(TemporaryError):
     """A Lua script failed in Redis (a bug or a broken connection): retried later."""
 
 
+_INCLUDE = re.compile(r"^--#include ([A-Za-z0-9_]+)[ \t]*$", re.MULTILINE)
+
+
 @functools.cache
 def script_source(name: str) -> str:
-    return resources.files("shared.scripts").joinpath(f"{name}.lua").read_text()
+    """The script's text; a line `--#include other` is replaced by `other.lua` (shared Lua
+    helpers of several scripts live in one file instead of being copied)."""
+    text = resources.files("shared.scripts").joinpath(f"{name}.lua").read_text()
+    return _INCLUDE.sub(lambda match: script_source(match.group(1)), text)
 
 
 class LuaScript:
