@@ -90,7 +90,7 @@ def install_guards() -> None:
     app = flask.current_app
 
     def reject_malformed() -> Response | None:
-        if flask.request.path == "/metrics":
+        if flask.request.path in ("/metrics", "/healthz"):
             return None
         if flask.request.method != "POST":
             return json_response(405, {"error": "MethodNotAllowed", "message": "POST a CloudEvent"})
@@ -103,6 +103,12 @@ def install_guards() -> None:
 
     app.before_request(reject_malformed)
     app.add_url_rule("/metrics", "metrics", serve_metrics, methods=["GET"])
+    app.add_url_rule("/healthz", "healthz", serve_health, methods=["GET"])
+
+
+def serve_health() -> Response:
+    """Liveness/readiness probe of the Knative Service: the process answers HTTP."""
+    return json_response(200, {"status": "ok"})
 
 
 def serve_metrics() -> Response:
