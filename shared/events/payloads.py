@@ -269,6 +269,7 @@ class UsageReport(Payload):
     net_bytes: float = _json_default("netBytes", 0.0)
     messages: int = _json_default("messages", 0)
     bytes: int = _json_default("bytes", 0)
+    step_ms: float = _json_default("stepMs", 0.0)  # time spent in steps (the step_seconds metric)
 
     @classmethod
     def read(cls, reader: FieldReader) -> Self:
@@ -281,6 +282,7 @@ class UsageReport(Payload):
             net_bytes=reader.number("netBytes", required=False, minimum=0),
             messages=reader.integer("messages", required=False, minimum=0),
             bytes=reader.integer("bytes", required=False, minimum=0),
+            step_ms=reader.number("stepMs", required=False, minimum=0),
         )
 
 
