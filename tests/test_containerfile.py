@@ -224,6 +224,8 @@ def test_the_cmd_serves_a_function_and_its_metrics() -> None:
                 time.sleep(0.1)
         assert response.status_code == 200
         assert b"orchestrator_events_handled" in response.content
+        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert health.status_code == 200
     finally:
         process.terminate()
         process.wait(timeout=10)
