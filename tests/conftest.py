@@ -16,7 +16,12 @@ from shared.embedded_redis import EmbeddedRedis
 
 TEST_KEY = "test-orchestrator-key-0123456789abcdef"
 
-pytest_plugins = ["tests.support.plugin", "tests.fakes.kube_api", "tests.fakes.component_repo"]
+pytest_plugins = [
+    "tests.support.plugin",
+    "tests.fakes.kube_api",
+    "tests.fakes.component_repo",
+    "tests.fakes.iam",
+]
 
 
 @pytest.fixture(scope="session")
