@@ -193,3 +193,9 @@ def step_usage(metric: str) -> str:
 def dead_letters() -> str:
     """Capped stream: every dead-lettered step message with its run, step, reason and error."""
     return _key(EXECUTION, "dead-letters")
+
+
+# --- ship: the event log (what the functions announced; `orchestrator events tail`) ---------
+def event_log() -> str:
+    """Capped stream: every event the outbox sent (attributes, redacted data), oldest first."""
+    return PREFIX + "events"

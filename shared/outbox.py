@@ -14,8 +14,9 @@ import requests
 from cloudevents.conversion import to_binary
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import RedisError
 
-from shared import keys, metrics
+from shared import event_log, keys, metrics
 from shared.clock import Clock
 from shared.errors import TemporaryError
 from shared.events import OutgoingEvent
@@ -102,5 +103,14 @@ def flush(
             redis.lrem(key, 1, raw)  # type: ignore[arg-type]
             sent += 1
             metrics.observe_emitted(event)
+            _log_sent(redis, event)
             log.info("emitted %s id=%s", short(event.type), event.id)
     return sent
+
+
+def _log_sent(redis: Redis, event: OutgoingEvent) -> None:
+    """The event log (`orchestrator events tail`) is for people: it never fails a flush."""
+    try:
+        event_log.record(redis, event)
+    except RedisError:
+        log.warning("could not add %s id=%s to the event log", short(event.type), event.id)
