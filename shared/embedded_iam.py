@@ -105,6 +105,7 @@ class EmbeddedIam:
         host: str = "127.0.0.1",
         port: int = 0,
         alg: str = "RS256",
+        key: SigningKey | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.audience = audience
@@ -113,7 +114,7 @@ class EmbeddedIam:
         self._host = host
         self._port = port
         self._lock = threading.Lock()
-        self._keys: list[SigningKey] = [generate_key(alg)]
+        self._keys: list[SigningKey] = [key or generate_key(alg)]
         self._published: set[str] = {self._keys[0].kid}
         self._issued: dict[str, _IssuedToken] = {}
         self._server: ThreadingHTTPServer | None = None
@@ -321,8 +322,11 @@ class EmbeddedIam:
         """Starts serving in a daemon thread; returns self."""
         self.bind()
         assert self._server is not None
+        server = self._server
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="embedded-iam", daemon=True
+            target=lambda: server.serve_forever(poll_interval=0.05),
+            name="embedded-iam",
+            daemon=True,
         )
         self._thread.start()
         return self

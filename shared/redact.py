@@ -23,7 +23,19 @@ from typing import Any
 MASK = "[REDACTED]"
 MIN_SECRET_LENGTH = 8  # shorter registered values would mask ordinary words
 
-_SECRET_WORDS = ("token", "password", "passwd", "secret", "authorization", "cookie", "credential")
+_SECRET_WORDS = (
+    "token",
+    "password",
+    "passwd",
+    "secret",
+    "authorization",
+    "cookie",
+    "credential",
+    "apikey",
+    "privatekey",
+    "accesskey",
+    "signingkey",
+)
 # Names that contain a secret word but hold no secret: the run's fencing token is a counter,
 # token and secret ids name things, and redacting them would break events that need them.
 _NOT_SECRET = frozenset(
@@ -39,7 +51,8 @@ _NOT_SECRET = frozenset(
         "credentialid",
     }
 )
-_KEY_NAME = re.compile(r"(?:^|[_\-.])key$|[a-z0-9]Key$|^key$", re.IGNORECASE)
+# `key`, `ORCHESTRATOR_KEY`, `api-key`, `hmacKey`; not `monkey` or `keys`.
+_KEY_NAME = re.compile(r"(?i:(?:^|[_\-.])key)$|[a-z0-9]Key$")
 
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
@@ -50,7 +63,7 @@ _ASSIGNMENT = re.compile(
 )
 # "name": "value" (JSON, repr of dicts): only quoted values, so prose like "key: missing" stays.
 _QUOTED_PAIR = re.compile(
-    r"(?P<name>[\"'][A-Za-z_][A-Za-z0-9_.-]*[\"'])(?P<sep>\s*:\s*)(?P<value>\"[^\"]*\"|'[^']*')"
+    r"(?P<name>[\"']?[A-Za-z_][A-Za-z0-9_.-]*[\"']?)(?P<sep>\s*:\s*)(?P<value>\"[^\"]*\"|'[^']*')"
 )
 
 _lock = threading.Lock()
@@ -124,32 +137,44 @@ _STANDARD_ATTRIBUTES = frozenset(
 
 def scrub_record(record: logging.LogRecord) -> logging.LogRecord:
     """Redacts a record in place: message (with its args), exception text, stack, extras."""
-    if getattr(record, "_redacted", False):
-        return record
-    try:
-        message = record.getMessage()
-    except Exception:  # a broken format string must not bypass redaction
-        message = f"{record.msg!s} (unformattable arguments)"
-    record.msg = redact_text(message)
-    record.args = ()
-    if record.exc_info:
-        if not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        # Formatters print exc_text; dropping exc_info stops any of them re-rendering the raw one.
-        record.exc_info = None
-    if record.exc_text:
-        record.exc_text = redact_text(record.exc_text)
-    if record.stack_info:
-        record.stack_info = redact_text(record.stack_info)
+    if not getattr(record, "_redacted", False):
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string must not bypass redaction
+            message = f"{record.msg!s} (unformattable arguments)"
+        record.msg = redact_text(message)
+        record.args = ()
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            # Formatters print exc_text; dropping exc_info stops any of them re-rendering it raw.
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        record._redacted = True
+    scrub_extras(record)
+    return record
+
+
+def scrub_extras(record: logging.LogRecord) -> None:
+    """Redacts the `extra={...}` fields of a record (idempotent)."""
     for name in list(record.__dict__):
         if name in _STANDARD_ATTRIBUTES or name.startswith("_"):
             continue
         value = record.__dict__[name]
-        record.__dict__[name] = (
-            MASK if is_secret_name(name) and value_present(value) else redact(value)
-        )
-    record._redacted = True
-    return record
+        secret = is_secret_name(name) and value_present(value)
+        record.__dict__[name] = MASK if secret else redact(value)
+
+
+class _RedactingRecord(logging.LogRecord):
+    """`Logger.makeRecord` adds `extra` fields after the record factory ran; every formatter
+    calls getMessage() before it reads them, so that is where they are redacted."""
+
+    def getMessage(self) -> str:
+        scrub_extras(self)
+        return super().getMessage()
 
 
 class RedactionFilter(logging.Filter):
@@ -171,7 +196,10 @@ def install_redaction(secrets: Iterable[str | None] = ()) -> None:
         _previous_factory = previous
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        return scrub_record(previous(*args, **kwargs))
+        record = scrub_record(previous(*args, **kwargs))
+        if type(record) is logging.LogRecord:
+            record.__class__ = _RedactingRecord
+        return record
 
     logging.setLogRecordFactory(factory)
     for handler in logging.getLogger().handlers:

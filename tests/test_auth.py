@@ -14,7 +14,7 @@ from shared.errors import Forbidden, InvalidEvent, Unauthorized
 from shared.events import ComponentRef, FlowExecute, FlowRef, StepResult
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
-from tests.fakes.iam import FakeIam, iam  # noqa: F401  (fixture)
+from tests.fakes.iam import FakeIam
 from tests.support.events import cloudevent, internal
 
 FLOWS = {"f-acme": "acme", "f-globex": "globex"}
@@ -200,7 +200,7 @@ def test_jwks_without_issuer_or_audience_refuses_to_start(iam: FakeIam, clock: F
     incomplete = Settings(
         redis_url="redis://x:1/0", orchestrator_key=TEST_KEY, iam_jwks_url=iam.jwks_url
     )
-    with pytest.raises(Exception, match="IAM_ISSUER.*IAM_AUDIENCE"):
+    with pytest.raises(Exception, match=r"IAM_ISSUER.*IAM_AUDIENCE"):
         Authorizer(incomplete, clock, flow_tenant=FLOWS.get)
 
 

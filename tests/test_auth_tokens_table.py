@@ -13,7 +13,7 @@ from shared.clock import FakeClock
 from shared.errors import Forbidden, TemporaryError, Unauthorized
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
-from tests.fakes.iam import FakeIam, iam  # noqa: F401  (fixture)
+from tests.fakes.iam import FakeIam
 from tests.support.events import cloudevent
 
 FLOWS = {"f-acme": "acme", "f-globex": "globex"}

@@ -30,9 +30,19 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+_KEYS: dict[str, SigningKey] = {}
+
+
+def _shared_key(alg: str) -> SigningKey:
+    """One key pair per algorithm for the whole run: generating RSA keys per test is slow."""
+    if alg not in _KEYS:
+        _KEYS[alg] = generate_key(alg)
+    return _KEYS[alg]
+
+
 class FakeIam(EmbeddedIam):
-    def __init__(self, clock: Clock, **options: Any) -> None:
-        super().__init__(clock=clock, **options)
+    def __init__(self, clock: Clock, *, alg: str = "RS256", **options: Any) -> None:
+        super().__init__(clock=clock, alg=alg, key=_shared_key(alg), **options)
         self.hits: dict[str, int] = {}
         self._failures: list[list[int]] = []  # [status, times left]
         self._fault_lock = threading.Lock()
