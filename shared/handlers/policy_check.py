@@ -1,14 +1,280 @@
-"""policy-check (DESIGN §3). Placeholder wiring: records what it receives until its issue lands."""
+"""policy-check (DESIGN §3): the fairness police.
+
+Every counted event goes into the ledger once (its dedupe key is set by the same script), then
+the rules of the subjects it touched are evaluated and violations escalate penalties. The tick
+runs the watchdog (run time accounting, timeouts), the metrics reader (kubernetes driver
+only), the rules of every recently active subject, and the decay of penalties.
+"""
 
 from __future__ import annotations
 
-from shared import keys
-from shared.events.types import CONSUMES
-from shared.handlers.recording import no_services, record_received
-from shared.runtime import FunctionSpec, Handler
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-HANDLERS: dict[str, Handler[object]] = dict.fromkeys(CONSUMES["policy-check"], record_received)
+from redis import Redis
 
-SPEC: FunctionSpec[object] = FunctionSpec(
-    name="policy-check", tag=keys.POLICY, handlers=HANDLERS, build_services=no_services
+from shared import flows, keys, ledger, metrics_reader, penalties, rules, watchdog
+from shared.clock import Clock
+from shared.errors import OrchestratorError
+from shared.events.payloads import (
+    DeploymentStatus,
+    RunAdmitted,
+    RunEnded,
+    RunNotStarted,
+    UsageReport,
+)
+from shared.events.types import (
+    FLOW_FAILED,
+    FLOW_STARTED,
+    FLOW_STOPPED,
+    RUN_ADMITTED,
+    RUN_COMPLETED,
+    RUN_DEFERRED,
+    RUN_FAILED,
+    RUN_MISSED,
+    RUN_SKIPPED,
+    TICK,
+    USAGE_REPORTED,
+)
+from shared.ledger import Record, SubjectRef
+from shared.metrics_reader import PodUsageSource
+from shared.penalties import Evidence
+from shared.policy import Policy
+from shared.runtime import Context, FunctionSpec, Handler
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.kubernetes import PodUsage
+
+log = logging.getLogger(__name__)
+
+# usage.reported is high volume: its dedupe keys live a day (redeliveries come within minutes)
+USAGE_DEDUPE_SECONDS = 24 * 3600
+NOT_ERRORS = frozenset({"stopped"})  # a run ended by flow.stopping is not the flow's fault
+
+
+class KubernetesPodUsage:
+    """Reads pod usage through shared/kubernetes.py; the client is built on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._driver: Any = None
+
+    def pod_usage(self, selector: str | None = None) -> list[PodUsage]:
+        if self._driver is None:
+            from shared.kubernetes import KubernetesDriver, make_api_client
+
+            self._driver = KubernetesDriver(make_api_client(), self._settings.kubernetes_namespace)
+        result: list[PodUsage] = self._driver.pod_usage(selector)
+        return result
+
+
+@dataclass
+class PolicyServices:
+    pod_usage: PodUsageSource | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_services(settings: Settings, clock: Clock, redis: Redis) -> PolicyServices:
+    if settings.deploy_driver == "kubernetes":
+        return PolicyServices(pod_usage=KubernetesPodUsage(settings))
+    return PolicyServices()
+
+
+Ctx = Context[PolicyServices]
+
+
+# ---------------------------------------------------------------- shared steps
+def police(
+    redis: Redis, policy: Policy, subjects: Sequence[SubjectRef], *, now: float, source: str
+) -> list[penalties.Decision]:
+    """Evaluates the subjects' rules; each violation escalates (or holds) its subject."""
+    decisions = []
+    for violation in rules.evaluate(redis, policy, subjects, now=now):
+        decisions.append(
+            penalties.escalate(
+                redis,
+                policy.penalties,
+                level=violation.subject.level,
+                subject_id=violation.subject.id,
+                tenant=violation.subject.tenant,
+                evidence=violation.evidence(),
+                now=now,
+                source=source,
+            )
+        )
+    return decisions
+
+
+def _count(ctx: Ctx, entry: Record) -> None:
+    """Ledger write (once per event), then the rules of the subjects it touched."""
+    now = ctx.clock.now()
+    result = ledger.record(ctx.redis, entry, now=now, ring_windows=ledger.windows(ctx.policy))
+    if result.duplicate:
+        log.info("duplicate %s id=%s: already counted", ctx.event.type, ctx.event.id)
+        return
+    police(ctx.redis, ctx.policy, entry.subjects, now=now, source=ctx.source)
+
+
+def _once(ctx: Ctx, ttl: int | None = None) -> dict[str, Any]:
+    return {
+        "dedupe_key": ctx.once.dedupe_key,
+        "dedupe_ttl": ttl or ctx.once.ttl_seconds,
+    }
+
+
+def _owner(ctx: Ctx, flow_id: str) -> tuple[str, str]:
+    """(tenant, user) of a flow from its stored document ('' when unknown)."""
+    stored = flows.get(ctx.redis, flow_id, include_stopped=True) if flow_id else None
+    return (stored.flow.tenant, stored.flow.user) if stored else ("", "")
+
+
+# ---------------------------------------------------------------- handlers
+def on_admitted(ctx: Ctx) -> None:
+    run = ctx.event.payload
+    assert isinstance(run, RunAdmitted)
+    stored = flows.get(ctx.redis, run.flow_id, include_stopped=True)
+    limit = watchdog.limit_for(
+        ctx.policy, run.tenant, stored.flow.settings.max_run_seconds if stored else None
+    )
+    op = watchdog.admit_op(run, now=ctx.clock.now(), limit=limit)
+    subjects = ledger.subjects_of(run.tenant, run.user, run.flow_id)
+    _count(ctx, Record(subjects, {"runs": 1}, run=op, **_once(ctx)))
+
+
+def on_ended(ctx: Ctx) -> None:
+    ended = ctx.event.payload
+    assert isinstance(ended, RunEnded)
+    now = ctx.clock.now()
+    known = watchdog.get(ctx.redis, ended.run_id)
+    user = ended.user or (known.user if known else "") or _owner(ctx, ended.flow_id)[1]
+    seconds = ended.duration_ms / 1000
+    ended_at = min(now, known.admitted + seconds) if known and seconds > 0 else now
+    failed = ctx.event.type == RUN_FAILED and (ended.reason or "") not in NOT_ERRORS
+    op = watchdog.end_op(ended.run_id, ended_at=ended_at, unknown_seconds=seconds)
+    subjects = ledger.subjects_of(ended.tenant, user, ended.flow_id)
+    amounts = {"ended": 1.0, "errors": 1.0 if failed else 0.0}
+    _count(ctx, Record(subjects, amounts, run=op, **_once(ctx)))
+
+
+def on_usage(ctx: Ctx) -> None:
+    report = ctx.event.payload
+    assert isinstance(report, UsageReport)
+    user = report.user or (_owner(ctx, report.flow_id)[1] if report.flow_id else "")
+    amounts = {
+        "cpu_seconds": report.cpu_ms / 1000,
+        "memory_mib_seconds": report.mem_mib_s,
+        "net_bytes": report.net_bytes,
+        "messages": report.messages,
+        "bytes": report.bytes,
+        "step_seconds": report.step_ms / 1000,
+    }
+    subjects = ledger.subjects_of(report.tenant, user, report.flow_id)
+    _count(ctx, Record(subjects, amounts, **_once(ctx, USAGE_DEDUPE_SECONDS)))
+
+
+def on_deployment(ctx: Ctx) -> None:
+    """flow.started / flow.failed count as deploys (the churn metric); flow.stopped does not."""
+    status = ctx.event.payload
+    assert isinstance(status, DeploymentStatus)
+    if ctx.event.type == FLOW_STOPPED:
+        return
+    tenant, user = _owner(ctx, status.id)
+    if not tenant:
+        log.info("deploy status of unknown flow %s: not counted", status.id)
+        return
+    _count(ctx, Record(ledger.subjects_of(tenant, user, status.id), {"deploys": 1}, **_once(ctx)))
+
+
+def on_not_started(ctx: Ctx) -> None:
+    """skipped and missed runs count as `skipped`; a deferred run is only waiting its turn."""
+    event = ctx.event.payload
+    assert isinstance(event, RunNotStarted)
+    if ctx.event.type == RUN_DEFERRED:
+        return
+    owner_tenant, user = _owner(ctx, event.flow_id)
+    tenant = event.tenant or owner_tenant
+    if not tenant:
+        log.info("%s of unknown flow %s: not counted", ctx.event.type, event.flow_id)
+        return
+    _count(
+        ctx, Record(ledger.subjects_of(tenant, user, event.flow_id), {"skipped": 1}, **_once(ctx))
+    )
+
+
+def tick(
+    redis: Redis,
+    policy: Policy,
+    *,
+    now: float,
+    source: str,
+    pod_usage: PodUsageSource | None = None,
+) -> list[penalties.Decision]:
+    """One pass of the police: watchdog, metrics, rules of active subjects, decay."""
+    ring_windows = ledger.windows(policy)
+    runs = watchdog.running(redis)
+    decisions = []
+    for timeout in watchdog.timeouts(
+        redis, runs, now=now, ring_windows=ring_windows, source=source
+    ):
+        decisions.append(
+            penalties.escalate(
+                redis,
+                policy.penalties,
+                level="flow",
+                subject_id=timeout.run.flow,
+                tenant=timeout.run.tenant,
+                evidence=Evidence(
+                    rule=watchdog.TIMEOUT_RULE,
+                    measured=timeout.elapsed,
+                    limit=timeout.run.limit,
+                    window=f"{round(timeout.run.limit)}s",
+                    window_seconds=timeout.run.limit,
+                ),
+                now=now,
+                source=source,
+            )
+        )
+    watchdog.accrue(redis, runs, now=now, ring_windows=ring_windows)
+    if pod_usage is not None:
+        try:
+            metrics_reader.read_once(redis, pod_usage, now=now, ring_windows=ring_windows)
+        except OrchestratorError as exc:  # the rest of the tick must still happen
+            log.warning("pod metrics not read: %s", exc)
+    horizon = now - max(ring_windows)
+    subjects = ledger.active_subjects(redis, since=horizon)
+    decisions += police(redis, policy, subjects, now=now, source=source)
+    decisions += penalties.decay_all(redis, policy.penalties, now=now, source=source)
+    ledger.forget_inactive(redis, before=horizon)
+    return decisions
+
+
+def on_tick(ctx: Ctx) -> None:
+    tick(
+        ctx.redis,
+        ctx.policy,
+        now=ctx.clock.now(),
+        source=ctx.source,
+        pod_usage=ctx.services.pod_usage,
+    )
+
+
+HANDLERS: dict[str, Handler[PolicyServices]] = {
+    TICK: on_tick,
+    RUN_ADMITTED: on_admitted,
+    RUN_COMPLETED: on_ended,
+    RUN_FAILED: on_ended,
+    USAGE_REPORTED: on_usage,
+    FLOW_STARTED: on_deployment,
+    FLOW_FAILED: on_deployment,
+    FLOW_STOPPED: on_deployment,
+    RUN_SKIPPED: on_not_started,
+    RUN_DEFERRED: on_not_started,
+    RUN_MISSED: on_not_started,
+}
+
+SPEC: FunctionSpec[PolicyServices] = FunctionSpec(
+    name="policy-check", tag=keys.POLICY, handlers=HANDLERS, build_services=build_services
 )
