@@ -195,6 +195,27 @@ def dead_letters() -> str:
     return _key(EXECUTION, "dead-letters")
 
 
+# --- deploy: desired state, deploying deadlines, locks (one record per target) --------------
+def deploy_target(kind: str, target_id: str) -> str:
+    """Hash: one deployed flow or global component (status, manifests, hashes, deadline)."""
+    return _key(DEPLOY, "target", kind, target_id)
+
+
+def deploy_targets() -> str:
+    """Set: `kind:id` of every target with a record (what the reconcile tick walks)."""
+    return _key(DEPLOY, "targets")
+
+
+def deploy_lock(kind: str, target_id: str) -> str:
+    """redis-py Lock: one deploy, stop or reconcile of a target at a time."""
+    return _key(DEPLOY, "lock", kind, target_id)
+
+
+def deploy_tenant_replicas(tenant: str) -> str:
+    """Hash: flow id → replicas it holds, counted against the tenant's max_replicas."""
+    return _key(DEPLOY, "tenant-replicas", tenant)
+
+
 # --- ship: the event log (what the functions announced; `orchestrator events tail`) ---------
 def event_log() -> str:
     """Capped stream: every event the outbox sent (attributes, redacted data), oldest first."""

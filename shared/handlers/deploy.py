@@ -1,14 +1,350 @@
-"""deploy (DESIGN §3). Placeholder wiring: records what it receives until its issue lands."""
+"""deploy (DESIGN §3): desired state → Kubernetes (or local processes), never twice.
+
+- flow.starting / component.starting: compute the desired objects, apply them under the
+  target's lock unless the same desired state is already applied, record `deploying` with
+  the DEPLOY_READY_TIMEOUT deadline, wait briefly; `started` only once every replica is Ready.
+  A component that does not exist or objects the API refuses → `failed` (objects removed).
+- flow.stopping / component.stopping: delete exactly that target's objects, then `stopped`.
+- tenant.* penalty events: reconcile the flows of the subject (suspension → 0 replicas).
+- orchestrator.tick: reconcile every target (drift, readiness, deadline), then delete our
+  labelled objects that belong to no live target; never anything without our label.
+"""
 
 from __future__ import annotations
 
-from shared import keys
-from shared.events.types import CONSUMES
-from shared.handlers.recording import no_services, record_received
-from shared.runtime import FunctionSpec, Handler
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import cast
 
-HANDLERS: dict[str, Handler[object]] = dict.fromkeys(CONSUMES["deploy"], record_received)
+from shared import deploy_records, flows, keys
+from shared.component_repository import Component
+from shared.deploy_reconcile import (
+    Deployer,
+    HeldLock,
+    commit_transition,
+    selector,
+    target_of,
+)
+from shared.deploy_records import TargetRecord
+from shared.deploy_services import DeployServices, build_services
+from shared.desired_state import (
+    DesiredState,
+    component_desired_state,
+    desired_hash,
+    flow_desired_state,
+)
+from shared.driver import ObservedObject
+from shared.errors import PermanentError, TemporaryError
+from shared.events import (
+    ComponentRef,
+    ComponentStatus,
+    DeploymentStatus,
+    FlowDocument,
+    FlowRef,
+    OutgoingEvent,
+    PenaltyChanged,
+)
+from shared.events import types as t
+from shared.kubernetes import KubernetesRejected
+from shared.runtime import Context, FunctionSpec, Handler
 
-SPEC: FunctionSpec[object] = FunctionSpec(
-    name="deploy", tag=keys.DEPLOY, handlers=HANDLERS, build_services=no_services
+log = logging.getLogger(__name__)
+
+Ctx = Context[DeployServices]
+
+
+def _deployer(ctx: Ctx) -> Deployer:
+    return Deployer(ctx.redis, ctx.services, ctx.clock, ctx.settings.deploy_ready_timeout)
+
+
+# ---- events ----------------------------------------------------------------------------------
+def _status_event(ctx: Ctx, record: TargetRecord, *, event_id: str | None = None) -> OutgoingEvent:
+    started = record.status == "started"
+    if record.kind == "component":
+        event_type = t.COMPONENT_STARTED if started else t.COMPONENT_FAILED
+        payload = ComponentStatus(id=record.id, reason=None if started else record.reason)
+        return ctx.new_event(event_type, payload, event_id=event_id)
+    reason = record.reason or None
+    if started and record.clamped:
+        reason = "replicas clamped by tenant limits: " + ", ".join(record.clamped)
+    status = DeploymentStatus(
+        id=record.id,
+        replicas=dict(record.replicas) if started else {},
+        clamped=bool(record.clamped),
+        reason=reason,
+    )
+    return ctx.new_event(
+        t.FLOW_STARTED if started else t.FLOW_FAILED,
+        status,
+        tenant=record.tenant or None,
+        flow_id=record.id,
+        event_id=event_id,
+    )
+
+
+def _transition_id(record: TargetRecord) -> str:
+    """The same id however often a tick (or several) reaches this transition."""
+    return "dep-" + keys.digest(
+        record.member, record.desired_hash, record.status, repr(record.since)
+    )
+
+
+# ---- start -----------------------------------------------------------------------------------
+def _fail(
+    ctx: Ctx, deployer: Deployer, kind: str, target_id: str, reason: str, tenant: str, user: str
+) -> None:
+    """The target cannot run: record `failed`, say so, then remove whatever it has."""
+    record = TargetRecord(
+        kind="flow" if kind == "flow" else "component",
+        id=target_id,
+        status="failed",
+        desired_hash="",
+        since=ctx.clock.now(),
+        tenant=tenant,
+        user=user,
+        reason=reason,
+    )
+    log.warning("%s %s failed: %s", kind, target_id, reason)
+    ctx.commit(lambda pipe: deploy_records.write(pipe, record), [_status_event(ctx, record)])
+    _remove_quietly(deployer, kind, target_id)
+
+
+def _remove_quietly(deployer: Deployer, kind: str, target_id: str) -> None:
+    """Removes a failed target's objects; if the API is down, the tick's collector will."""
+    try:
+        deployer.remove(kind, target_id)
+    except TemporaryError as exc:
+        log.warning("could not remove the objects of %s %s yet: %s", kind, target_id, exc.message)
+
+
+def _deploy(
+    ctx: Ctx,
+    deployer: Deployer,
+    held: HeldLock | None,
+    desired: DesiredState,
+    existing: TargetRecord | None,
+) -> None:
+    same = existing is not None and existing.live and existing.desired_hash == desired.hash
+    if same and existing is not None:
+        record = existing
+    else:
+        record = TargetRecord.deploying(
+            desired, now=ctx.clock.now(), timeout=ctx.settings.deploy_ready_timeout
+        )
+    is_suspended = deployer.is_suspended(record)
+    manifests = deployer.effective(record, is_suspended)
+    wanted = desired_hash(manifests)
+    if same and record.applied_hash == wanted:
+        log.info("%s: desired state unchanged, nothing to apply", record.member)
+        ctx.commit(None)
+        return
+    # Stored before any object exists, so the garbage collector never sees ours unowned.
+    deploy_records.write(ctx.redis, replace(record, suspended=is_suspended))
+    try:
+        deployer.apply(record, manifests, held)
+        if existing is not None:  # an update may leave the objects of removed steps behind
+            names = frozenset((m["kind"], m["metadata"]["name"]) for m in manifests)
+            deployer.remove(record.kind, record.id, keep=names)
+    except KubernetesRejected as exc:
+        _fail(ctx, deployer, record.kind, record.id, exc.message, record.tenant, record.user)
+        return
+    record = replace(record, applied_hash=wanted, suspended=is_suspended)
+    events = []
+    if record.status == "deploying" and not is_suspended and deployer.wait_ready(record, manifests):
+        record = record.with_status("started", now=ctx.clock.now())
+        events.append(_status_event(ctx, record))
+    final = record
+    ctx.commit(lambda pipe: deploy_records.write(pipe, final), events)
+
+
+def on_flow_starting(ctx: Ctx) -> None:
+    flow = cast(FlowDocument, ctx.event.payload)
+    if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
+        log.info("flow.starting for %s is older than what is stored: ignored", flow.id)
+        ctx.commit(None)
+        return
+    deployer = _deployer(ctx)
+    with deployer.locked("flow", flow.id) as held:
+        existing = deploy_records.load(ctx.redis, "flow", flow.id)
+        try:
+            components = {
+                cid: ctx.services.components.get(cid)
+                for cid in sorted({node.component_id for node in flow.nodes})
+            }
+            desired = _flow_desired(ctx, flow, components)
+        except PermanentError as exc:
+            _fail(ctx, deployer, "flow", flow.id, exc.message, flow.tenant, flow.user)
+            return
+        _deploy(ctx, deployer, held, desired, existing)
+
+
+def _flow_desired(ctx: Ctx, flow: FlowDocument, components: dict[str, Component]) -> DesiredState:
+    return flow_desired_state(
+        flow,
+        components,
+        ctx.policy.tenant(flow.tenant),
+        ctx.services.worker,
+        replicas_elsewhere=deploy_records.replicas_elsewhere(ctx.redis, flow.tenant, flow.id),
+    )
+
+
+def on_component_starting(ctx: Ctx) -> None:
+    ref = cast(ComponentRef, ctx.event.payload)
+    deployer = _deployer(ctx)
+    with deployer.locked("component", ref.id) as held:
+        existing = deploy_records.load(ctx.redis, "component", ref.id)
+        try:
+            component = ctx.services.components.get(ref.id)
+            desired = component_desired_state(component, ctx.policy.defaults, ctx.services.worker)
+        except PermanentError as exc:
+            _fail(ctx, deployer, "component", ref.id, exc.message, "", "")
+            return
+        _deploy(ctx, deployer, held, desired, existing)
+
+
+# ---- stop ------------------------------------------------------------------------------------
+def _stop(ctx: Ctx, kind: str, target_id: str, event: OutgoingEvent | None) -> None:
+    deployer = _deployer(ctx)
+    with deployer.locked(kind, target_id):
+        record = deploy_records.load(ctx.redis, kind, target_id)
+        deployer.remove(kind, target_id)
+        if kind == "flow":
+            ctx.services.tokens.revoke(target_id)
+
+        def forget(pipe: object) -> None:
+            if record is not None:
+                deploy_records.remove(pipe, record)  # type: ignore[arg-type]
+
+        ctx.commit(forget, [event] if event is not None else [])
+
+
+def on_flow_stopping(ctx: Ctx) -> None:
+    ref = cast(FlowRef, ctx.event.payload)
+    tenant = flows.tenant_of(ctx.redis, ref.id)
+    if flows.tombstone(ctx.redis, ref.id, ctx.event.time) == "stale":
+        log.info("flow.stopping for %s is older than a newer start: ignored", ref.id)
+        ctx.commit(None)
+        return
+    stopped = ctx.new_event(
+        t.FLOW_STOPPED, DeploymentStatus(id=ref.id), tenant=tenant, flow_id=ref.id
+    )
+    _stop(ctx, "flow", ref.id, stopped)
+
+
+def on_component_stopping(ctx: Ctx) -> None:
+    ref = cast(ComponentRef, ctx.event.payload)
+    _stop(ctx, "component", ref.id, ctx.new_event(t.COMPONENT_STOPPED, ComponentStatus(id=ref.id)))
+
+
+# ---- reconcile -------------------------------------------------------------------------------
+def _reconcile_one(
+    ctx: Ctx,
+    deployer: Deployer,
+    kind: str,
+    target_id: str,
+    observed: Sequence[ObservedObject] | None,
+    *,
+    wait: bool,
+    wanted_flows: set[str],
+) -> None:
+    with deployer.locked(kind, target_id, wait=wait) as held:
+        if held is None:
+            return  # an event is working on it; the next tick looks again
+        record = deploy_records.load(ctx.redis, kind, target_id)
+        if record is None or not record.live:
+            return
+        if record.kind == "flow" and record.id not in wanted_flows:
+            # Stopped (tombstoned) before our flow.stopping arrived: it is not wanted.
+            deployer.remove(kind, target_id)
+            deploy_records.remove(ctx.redis, record)
+            return
+        if observed is None:
+            observed = deployer.driver.list_managed(selector(kind, target_id))
+        now = ctx.clock.now()
+        try:
+            after = deployer.reconcile(record, observed, held)
+        except KubernetesRejected as exc:
+            after = replace(record, applied_hash="").with_status(
+                "failed", reason=exc.message, now=now
+            )
+        except TemporaryError as exc:
+            if record.status != "deploying" or now < record.deadline:
+                raise  # retried on the next tick
+            reason = f"not deployed after {ctx.settings.deploy_ready_timeout:g}s: {exc.message}"
+            after = replace(record, applied_hash="").with_status("failed", reason=reason, now=now)
+        events = []
+        if after.status != record.status:
+            events.append(_status_event(ctx, after, event_id=_transition_id(after)))
+        committed = after != record and commit_transition(ctx.redis, record, after, events)
+        if committed and after.status == "failed":
+            _remove_quietly(deployer, kind, target_id)
+
+
+def on_penalty(ctx: Ctx) -> None:
+    change = cast(PenaltyChanged, ctx.event.payload)
+    deployer = _deployer(ctx)
+    records = deploy_records.of_subject(
+        deploy_records.load_all(ctx.redis), change.subject.level, change.subject.id
+    )
+    wanted = flows.wanted_ids(ctx.redis)
+    for record in records:
+        _reconcile_one(ctx, deployer, record.kind, record.id, None, wait=True, wanted_flows=wanted)
+    ctx.commit(None)
+
+
+def on_tick(ctx: Ctx) -> None:
+    deployer = _deployer(ctx)
+    # Objects first, records second: a record is always written before its objects, so any
+    # object listed here whose record is missing below truly has no owner.
+    observed = deployer.driver.list_managed()
+    wanted = flows.wanted_ids(ctx.redis)
+    records = {r.member: r for r in deploy_records.load_all(ctx.redis)}
+    groups: dict[str, list[ObservedObject]] = defaultdict(list)
+    for obj in observed:
+        member = target_of(obj)
+        if member is not None:
+            groups[member].append(obj)
+    for member, record in sorted(records.items()):
+        if not record.live:
+            continue
+        try:
+            _reconcile_one(
+                ctx,
+                deployer,
+                record.kind,
+                record.id,
+                groups.get(member, []),
+                wait=False,
+                wanted_flows=wanted,
+            )
+        except TemporaryError as exc:
+            log.warning("reconcile of %s failed for now: %s", member, exc.message)
+    for member, objects in sorted(groups.items()):
+        owner = records.get(member)
+        if owner is not None and owner.live:
+            continue
+        kind, _, target_id = member.partition(":")
+        with deployer.locked(kind, target_id, wait=False) as held:
+            fresh = deploy_records.load(ctx.redis, kind, target_id)
+            if held is None or (fresh is not None and fresh.live):
+                continue  # a deploy of it has just begun
+            try:
+                deployer.remove(kind, target_id, objects)
+            except TemporaryError as exc:
+                log.warning("garbage collection of %s failed for now: %s", member, exc.message)
+
+
+HANDLERS: dict[str, Handler[DeployServices]] = {
+    t.FLOW_STARTING: on_flow_starting,
+    t.FLOW_STOPPING: on_flow_stopping,
+    t.COMPONENT_STARTING: on_component_starting,
+    t.COMPONENT_STOPPING: on_component_stopping,
+    t.TICK: on_tick,
+    **dict.fromkeys(t.PENALTY_TYPES, on_penalty),
+}
+
+SPEC: FunctionSpec[DeployServices] = FunctionSpec(
+    name="deploy", tag=keys.DEPLOY, handlers=HANDLERS, build_services=build_services
 )

@@ -1,0 +1,89 @@
+"""What the deploy function works with, built once per process from the settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from redis import Redis
+
+from shared import flow_tokens
+from shared.clock import Clock
+from shared.component_repository import ComponentRepository, make_component_repository
+from shared.desired_state import WorkerSettings
+from shared.driver import DeployDriver, make_driver
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+READY_WAIT_SECONDS = 2.0  # how long a request waits for readiness before leaving it to the tick
+READY_POLL_SECONDS = 0.25
+
+
+class FlowTokens(Protocol):
+    def ensure(self, flow_id: str, tenant: str, user: str) -> str:
+        """The flow's IAM token ('' when there is none to have)."""
+        ...
+
+    def revoke(self, flow_id: str) -> None: ...
+
+
+class IamFlowTokens:
+    """One IAM token per flow (shared.flow_tokens), created once and revoked on stop."""
+
+    def __init__(
+        self, redis: Redis, issuer: flow_tokens.FlowTokenIssuer, clock: Clock, key: str
+    ) -> None:
+        self._redis, self._issuer, self._clock, self._key = redis, issuer, clock, key
+
+    def ensure(self, flow_id: str, tenant: str, user: str) -> str:
+        if not user:
+            log.warning("flow %s has no owner: its steps run without a flow token", flow_id)
+            return ""
+        flow = {"id": flow_id, "tenant": tenant, "owners": [{"id": user}]}
+        return flow_tokens.ensure_flow_token(
+            self._redis, self._issuer, flow, self._clock, key=self._key
+        )
+
+    def revoke(self, flow_id: str) -> None:
+        flow_tokens.revoke_flow_token(self._redis, self._issuer, flow_id)
+
+
+class NoFlowTokens:
+    """IAM_URL unset: steps get no flow token (logged once at start)."""
+
+    def ensure(self, flow_id: str, tenant: str, user: str) -> str:
+        return ""
+
+    def revoke(self, flow_id: str) -> None:
+        return None
+
+
+@dataclass
+class DeployServices:
+    driver: DeployDriver
+    components: ComponentRepository
+    tokens: FlowTokens
+    worker: WorkerSettings
+    ready_wait_seconds: float = READY_WAIT_SECONDS
+    ready_poll_seconds: float = READY_POLL_SECONDS
+
+
+def build_services(settings: Settings, clock: Clock, redis: Redis) -> DeployServices:
+    tokens: FlowTokens
+    if settings.iam_url:
+        from shared.iam import IamClient
+
+        tokens = IamFlowTokens(
+            redis, IamClient.from_settings(settings), clock, settings.orchestrator_key
+        )
+    else:
+        log.warning("IAM_URL is unset: flows are deployed without flow tokens")
+        tokens = NoFlowTokens()
+    return DeployServices(
+        driver=make_driver(settings),
+        components=make_component_repository(settings, clock),
+        tokens=tokens,
+        worker=WorkerSettings.from_settings(settings),
+    )
