@@ -147,5 +147,6 @@ class FieldReader:
         ]
 
     def raw(self, key: str, default: Any = None) -> Any:
+        """Any JSON value; null counts as absent, so `to_data` (which drops None) round-trips."""
         value = self.data.get(key, _MISSING)
-        return default if value is _MISSING else value
+        return default if value is _MISSING or value is None else value
