@@ -1,14 +1,213 @@
-"""flow-start (DESIGN §3). Placeholder wiring: records what it receives until its issue lands."""
+"""flow-start (DESIGN §3): cron scheduling, overlap protection and fair admission.
+
+| event                                  | does                                                 |
+|----------------------------------------|------------------------------------------------------|
+| flow.starting                          | checks cron and zone (400, nothing stored), stores    |
+|                                        | the flow and its schedule                             |
+| flow.stopping                          | tombstone; drops schedule and waiting runs            |
+| flow.execute                           | admits or queues the run (429 over the waiting cap,   |
+|                                        | 422 for an unknown flow)                              |
+| flow.started / failed / stopped        | deployment state: only deployed flows run             |
+| flow.execution.completed / failed      | releases slot and lease (fencing token checked) and   |
+|                                        | admits the next waiting runs                          |
+| tenant.throttled/deprioritized/        | dispatch (the penalties themselves are read at every  |
+| suspended/restored                     | decision)                                             |
+| orchestrator.tick                      | reclaims expired slots, dispatches, fires due times;  |
+|                                        | with `work_through_seconds` it keeps firing entries   |
+|                                        | as they come due until then (Knative: 1 tick/min)     |
+"""
 
 from __future__ import annotations
 
-from shared import keys
-from shared.events.types import CONSUMES
-from shared.handlers.recording import no_services, record_received
-from shared.runtime import FunctionSpec, Handler
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-HANDLERS: dict[str, Handler[object]] = dict.fromkeys(CONSUMES["flow-start"], record_received)
+from redis import Redis
 
-SPEC: FunctionSpec[object] = FunctionSpec(
-    name="flow-start", tag=keys.ADMISSION, handlers=HANDLERS, build_services=no_services
+from shared import admission, admission_cron, flows, keys, lease, outbox, schedule
+from shared.clock import Clock
+from shared.errors import InvalidEvent, Unprocessable
+from shared.events import DeploymentStatus, FlowDocument, FlowExecute, FlowRef, RunEnded
+from shared.events import types as t
+from shared.outbox import EventSender, HttpSender
+from shared.runtime import Context, FunctionSpec, Handler
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WORK_THROUGH_ENV = "FLOW_START_WORK_THROUGH_SECONDS"
+DEFAULT_WORK_THROUGH_SECONDS = 55.0  # PingSource ticks once a minute: return before the next
+MAX_NAP_SECONDS = 1.0  # look again at least this often (new schedules, freed slots)
+
+
+@dataclass(frozen=True)
+class Services:
+    work_through_seconds: float = 0.0
+    sender: EventSender | None = None  # flushes while working through a minute
+    batch: int = admission_cron.BATCH
+
+
+def build_services(
+    settings: Settings, clock: Clock, redis: Redis, env: Mapping[str, str] | None = None
+) -> Services:
+    env = os.environ if env is None else env
+    text = env.get(WORK_THROUGH_ENV, "").strip() or str(DEFAULT_WORK_THROUGH_SECONDS)
+    try:
+        work_through = float(text)
+        if not 0 <= work_through < 3600:
+            raise ValueError
+    except ValueError:
+        raise InvalidEvent(
+            f"{WORK_THROUGH_ENV}: must be seconds in [0, 3600), got {text!r}",
+            problems=[WORK_THROUGH_ENV],
+        ) from None
+    sender = (
+        HttpSender(
+            settings.k_sink, key=settings.orchestrator_key, sender_name="flow-start", clock=clock
+        )
+        if settings.k_sink
+        else None
+    )
+    return Services(work_through_seconds=work_through, sender=sender)
+
+
+def _inputs(ctx: Context[Services]) -> admission.Inputs:
+    return admission.read_inputs(ctx.redis, ctx.policy)
+
+
+# --- flows ---------------------------------------------------------------------------------
+def on_flow_starting(ctx: Context[Services]) -> None:
+    flow = ctx.event.payload
+    assert isinstance(flow, FlowDocument)
+    if flow.cron is not None:
+        schedule.check(flow.cron, flow.timezone)  # 400 naming it; nothing stored
+    if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
+        log.info("flow %s: older than the stored version, schedule unchanged", flow.id)
+        ctx.commit(None)
+        return
+    result = admission_cron.store_schedule(
+        ctx.redis, _inputs(ctx), ctx.once, flow, now=ctx.clock.now(), source=ctx.source
+    )
+    log.info("flow %s: schedule %s", flow.id, result)
+
+
+def on_flow_stopping(ctx: Context[Services]) -> None:
+    ref = ctx.event.payload
+    assert isinstance(ref, FlowRef)
+    flows.tombstone(ctx.redis, ref.id, ctx.event.time)
+    dropped = admission.drop_flow(
+        ctx.redis, _inputs(ctx), ctx.once, flow_id=ref.id, now=ctx.clock.now(), source=ctx.source
+    )
+    log.info("flow %s stopped: schedule and %d waiting runs dropped", ref.id, dropped)
+
+
+def on_deployment(ctx: Context[Services]) -> None:
+    status = ctx.event.payload
+    assert isinstance(status, DeploymentStatus)
+    admission.set_deployment(
+        ctx.redis,
+        _inputs(ctx),
+        ctx.once,
+        flow_id=status.id,
+        started=ctx.event.type == t.FLOW_STARTED,
+        now=ctx.clock.now(),
+        source=ctx.source,
+    )
+
+
+# --- runs ----------------------------------------------------------------------------------
+def execute_run_id(ctx: Context[Services], flow_id: str) -> str:
+    """Derived from the incoming event's identity: a redelivery names the same run."""
+    return f"{flow_id}~{ctx.once.event_id_prefix[:20]}"
+
+
+def on_execute(ctx: Context[Services]) -> None:
+    request = ctx.event.payload
+    assert isinstance(request, FlowExecute)
+    stored = flows.get(ctx.redis, request.flow_id)
+    if stored is None:
+        raise Unprocessable(f"flowId: unknown flow {request.flow_id!r}")
+    flow = stored.flow
+    # the user is the token's subject; without an IAM identity, the flow's owner
+    user = ctx.principal.subject if ctx.principal.kind == "iam" else flow.user
+    limits = ctx.policy.tenant(flow.tenant)
+    run = admission.ExecuteRun(
+        run_id=execute_run_id(ctx, flow.id),
+        flow_id=flow.id,
+        tenant=flow.tenant,
+        user=user,
+        limit_seconds=lease.run_limit(flow.settings.max_run_seconds, limits),
+        msg_json=json.dumps(request.msg, separators=(",", ":")),
+    )
+    result, _ = admission.execute(
+        ctx.redis, _inputs(ctx), ctx.once, run, now=ctx.clock.now(), source=ctx.source
+    )
+    log.info("flow %s run %s: %s", flow.id, run.run_id, result)
+
+
+def on_run_ended(ctx: Context[Services]) -> None:
+    ended = ctx.event.payload
+    assert isinstance(ended, RunEnded)
+    result, admitted = admission.release(
+        ctx.redis,
+        _inputs(ctx),
+        ctx.once,
+        run_id=ended.run_id,
+        token=ended.fencing_token,
+        now=ctx.clock.now(),
+        source=ctx.source,
+    )
+    level = logging.WARNING if result == "stale" else logging.INFO
+    log.log(level, "run %s ended: %s, %d admitted", ended.run_id, result, admitted)
+
+
+def on_penalty(ctx: Context[Services]) -> None:
+    """Penalties are read at every decision; a change (restored above all) may free runs."""
+    admission.dispatch(ctx.redis, _inputs(ctx), ctx.once, now=ctx.clock.now(), source=ctx.source)
+
+
+# --- tick ----------------------------------------------------------------------------------
+def tick_once(ctx: Context[Services]) -> admission_cron.FireReport:
+    """One round: reclaim expired slots, dispatch, fire what is due now."""
+    now = ctx.clock.now()
+    inputs = _inputs(ctx)
+    admission.dispatch(ctx.redis, inputs, None, now=now, source=ctx.source)
+    return admission_cron.fire_due(
+        ctx.redis, inputs, ctx.policy, now=now, source=ctx.source, batch=ctx.services.batch
+    )
+
+
+def on_tick(ctx: Context[Services]) -> None:
+    """Fires due entries; with work-through, keeps firing them as they come due until the
+    end of the window, so due → admitted stays within about a second with minute ticks."""
+    end = ctx.clock.now() + ctx.services.work_through_seconds
+    while True:
+        tick_once(ctx)
+        now = ctx.clock.now()
+        if now >= end - MAX_NAP_SECONDS / 2:
+            return
+        if ctx.services.sender is not None:
+            outbox.flush(ctx.redis, ctx.services.sender, keys.TAGS)
+        upcoming = admission_cron.next_due_time(ctx.redis)
+        wake = min(end, now + MAX_NAP_SECONDS, upcoming if upcoming is not None else end)
+        if wake >= end:
+            return
+        ctx.clock.sleep(max(0.0, wake - now))
+
+
+HANDLERS: dict[str, Handler[Services]] = {
+    t.FLOW_STARTING: on_flow_starting,
+    t.FLOW_STOPPING: on_flow_stopping,
+    t.FLOW_EXECUTE: on_execute,
+    t.TICK: on_tick,
+    **dict.fromkeys(t.DEPLOYMENT_STATUS_TYPES, on_deployment),
+    **dict.fromkeys(t.RUN_ENDED_TYPES, on_run_ended),
+    **dict.fromkeys(t.PENALTY_TYPES, on_penalty),
+}
+
+SPEC: FunctionSpec[Services] = FunctionSpec(
+    name="flow-start", tag=keys.ADMISSION, handlers=HANDLERS, build_services=build_services
 )

@@ -1,0 +1,146 @@
+"""Cron arithmetic of flow-start (DESIGN §3): due times in the flow's zone, spread, catch-up.
+
+- Cron expressions are read as wall-clock times in the flow's zone and stepped on naive local
+  times, then mapped to UTC: a wall time in a spring-forward gap runs after the gap (shifted by
+  its length), a wall time that occurs twice in the fall-back hour runs once (the first time),
+  and due times always strictly increase. So every day runs each of its wall times once.
+- A stable per-flow offset (whole seconds, from a hash of the flow id) spreads flows that share
+  an expression over the first part of their interval, unless `flowSettings.spread` is false.
+- A tick plans each due entry: run it, or (after an outage) run only the latest due time
+  within the catch-up window and announce the older ones once as missed; never a burst.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from shared.errors import InvalidEvent
+
+SPREAD_FRACTION = 0.25  # offsets stay within the first quarter of the interval ...
+MAX_SPREAD_SECONDS = 300  # ... and within five minutes
+ON_TIME_SECONDS = 5.0  # a due time this late is on time, whatever the catch-up window
+_MAX_STEPS = 5000  # candidate wall times examined to find the next due time (fold hours)
+_INTERVAL_SAMPLES = 8
+_REFERENCE = datetime(2026, 1, 5, tzinfo=UTC).timestamp()  # a Monday: offsets do not drift
+
+NextAfter = Callable[[float], float]
+
+
+def _zone(zone: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidEvent(
+            f"timezone: unknown time zone: {zone!r}", problems=[f"timezone: unknown: {zone!r}"]
+        ) from exc
+
+
+def next_time(cron: str, zone: str, after: float) -> float:
+    """The first time of `cron` in `zone` strictly after `after` (epoch seconds, whole)."""
+    tz = _zone(zone)
+    local = datetime.fromtimestamp(after, tz).replace(tzinfo=None)
+    steps = croniter(cron, local)
+    for _ in range(_MAX_STEPS):
+        wall = steps.get_next(datetime)
+        # fold=0: in a gap this is the wall time shifted forward by the gap's length; in a
+        # repeated hour it is the first occurrence (the second one is earlier than `after`).
+        when = float(int(wall.replace(tzinfo=tz).timestamp()))
+        if when > after:
+            return when
+    raise InvalidEvent(f"cron: {cron!r} has no time after {after}", problems=["cron: never fires"])
+
+
+def check(cron: str, zone: str) -> None:
+    """Raises InvalidEvent naming `cron` or `timezone` when the schedule cannot run."""
+    _zone(zone)
+    try:
+        valid = croniter.is_valid(cron)
+    except Exception:  # croniter raises assorted errors on odd input
+        valid = False
+    if not valid:
+        raise InvalidEvent(
+            f"cron: not a valid cron expression: {cron!r}", problems=[f"cron: invalid: {cron!r}"]
+        )
+    try:
+        next_time(cron, zone, _REFERENCE)
+    except InvalidEvent:
+        raise
+    except Exception as exc:  # CroniterBadDateError: e.g. 30 February
+        raise InvalidEvent(
+            f"cron: {cron!r} never fires", problems=[f"cron: never fires: {cron!r}"]
+        ) from exc
+
+
+def interval_seconds(cron: str, zone: str) -> float:
+    """The shortest gap between consecutive times of `cron` (sampled from a fixed date)."""
+    times = [_REFERENCE]
+    for _ in range(_INTERVAL_SAMPLES):
+        times.append(next_time(cron, zone, times[-1]))
+    return min(later - earlier for earlier, later in itertools.pairwise(times[1:]))
+
+
+def spread_offset(flow_id: str, cron: str, zone: str, *, enabled: bool = True) -> int:
+    """Whole seconds added to each due time of the flow: stable, below the bound."""
+    if not enabled:
+        return 0
+    bound = int(min(interval_seconds(cron, zone) * SPREAD_FRACTION, MAX_SPREAD_SECONDS))
+    if bound < 1:
+        return 0
+    digest = hashlib.sha256(flow_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % bound
+
+
+def first_due(cron: str, zone: str, offset: int, now: float) -> float:
+    """The first due time after `now` of a newly stored schedule."""
+    return next_time(cron, zone, now - offset) + offset
+
+
+class NextTimes:
+    """`next_time` memoized for one tick: flows sharing an expression share the work."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[str, str, float], float] = {}
+
+    def __call__(self, cron: str, zone: str, after: float) -> float:
+        key = (cron, zone, after)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = next_time(cron, zone, after)
+        return found
+
+    def for_schedule(self, cron: str, zone: str, offset: int) -> NextAfter:
+        """Due time → next due time, offsets included."""
+        return lambda due: self(cron, zone, due - offset) + offset
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one tick does with one due entry."""
+
+    fire: float | None  # the due time to run now
+    missed_from: float | None  # the first due time announced as missed (older than the window)
+    next_due: float  # the entry's new score (> now)
+
+
+def plan(due: float, now: float, catchup_seconds: float, next_due: NextAfter) -> Plan:
+    """Plans a due entry (`due` ≤ now): run it, or only the latest due time in the window."""
+    window_start = now - max(catchup_seconds, ON_TIME_SECONDS)
+    following = next_due(due)
+    if following > now:  # the usual case: one due time passed
+        if due >= window_start:
+            return Plan(fire=due, missed_from=None, next_due=following)
+        return Plan(fire=None, missed_from=due, next_due=following)
+    missed_from = due if due < window_start else None
+    current = due if due >= window_start else next_due(window_start - 1)
+    latest: float | None = None
+    while current <= now:
+        latest = current
+        current = next_due(current)
+    return Plan(fire=latest, missed_from=missed_from, next_due=current)

@@ -1,0 +1,96 @@
+-- flow_start_common: the header every flow-start admission script shares (included).
+-- KEYS[1] dedupe key of the incoming event (unused when ARGV[3] is 0)
+-- KEYS[2] outbox of the {adm} tag
+-- ARGV[1] key prefix `co:{adm}:` (every other key is built from it; see shared/keys.py)
+-- ARGV[2] now (epoch seconds)   ARGV[3] dedupe TTL seconds (0: no dedupe, e.g. ticks)
+-- ARGV[4] source of emitted events   ARGV[5] global execution slots
+-- ARGV[6] JSON {"*": [weight, max concurrent, starts/min, max waiting], "<tenant>": [...]}
+-- ARGV[7] JSON {"tenant:<id>"|"user:<id>"|"flow:<id>": [rate factor, weight factor, suspended]}
+--         (policy file x penalties, read by the caller at decision time)
+-- ARGV[8] most runs one call may admit (bounds the script's running time)
+-- Script-specific arguments start at ARGV[9] (FIRST_ARG).
+
+local P = ARGV[1]
+local NOW = tonumber(ARGV[2])
+local DEDUPE_TTL = tonumber(ARGV[3])
+local SOURCE = ARGV[4]
+local SLOTS = tonumber(ARGV[5])
+local LIMITS = cjson.decode(ARGV[6])
+local PENALTIES = cjson.decode(ARGV[7])
+local BUDGET = tonumber(ARGV[8])
+local FIRST_ARG = 9
+local RUN_GRACE_SECONDS = 60  -- the watchdog's flow.execution.failed normally comes first
+
+local K = {
+  due = P .. 'due', deployed = P .. 'deployed', fence = P .. 'fence', runs = P .. 'runs',
+  deadlines = P .. 'deadlines', count = P .. 'count', bucket = P .. 'bucket',
+  waiting = P .. 'waiting', tenants = P .. 'wt', clock = P .. 'vt',
+}
+
+local function pair(first, second)
+  return #first .. ':' .. first .. ':' .. second
+end
+local function sched_key(flow) return P .. 'sched:' .. flow end
+local function lease_key(flow) return P .. 'lease:' .. flow end
+local function queue_key(flow, user) return P .. 'wq:' .. pair(flow, user) end
+local function queue_users_key(flow) return P .. 'wqu:' .. flow end
+local function users_key(tenant) return P .. 'wu:' .. tenant end
+local function flows_key(tenant, user) return P .. 'wf:' .. pair(tenant, user) end
+
+local function already_handled()
+  return DEDUPE_TTL > 0 and redis.call('EXISTS', KEYS[1]) == 1
+end
+
+local function mark_handled()
+  if DEDUPE_TTL > 0 then
+    redis.call('SET', KEYS[1], '1', 'EX', DEDUPE_TTL)
+  end
+end
+
+local function limits(tenant)
+  local l = LIMITS[tenant] or LIMITS['*']
+  return { weight = l[1], cap = l[2], rate = l[3], max_waiting = l[4] }
+end
+
+-- rate factor, weight factor, suspended
+local function penalty(level, id)
+  local p = PENALTIES[level .. ':' .. id]
+  if p then
+    return p[1], p[2], p[3] == 1
+  end
+  return 1, 1, false
+end
+
+local function suspended(level, id)
+  local _, _, is_suspended = penalty(level, id)
+  return is_suspended
+end
+
+local function counter(field)
+  return tonumber(redis.call('HGET', K.count, field) or '0')
+end
+
+local function count_add(field, delta)
+  if redis.call('HINCRBY', K.count, field, delta) <= 0 then
+    redis.call('HDEL', K.count, field)  -- zero counters cost memory for nothing
+  end
+end
+
+-- Outbox entries in the shape of OutgoingEvent.to_json(); `data_json` is spliced in as is so
+-- that a run's msg reaches the event byte for byte (cjson would mangle [] and big numbers).
+local EVENT_TYPE = 'org.openintegrationhub.flow.execution.'
+local function emit(kind, data_json, tenant, flow, run_id)
+  local extensions = { tenant = tenant, flowid = flow, runid = run_id }
+  redis.call('RPUSH', KEYS[2], '{"data":' .. data_json
+    .. ',"extensions":' .. cjson.encode(extensions)
+    .. ',"id":' .. cjson.encode(run_id .. '-' .. kind)
+    .. ',"source":' .. cjson.encode(SOURCE)
+    .. ',"time":' .. ARGV[2]
+    .. ',"type":' .. cjson.encode(EVENT_TYPE .. kind) .. '}')
+end
+
+-- flow.execution.skipped / deferred / missed (RunNotStarted)
+local function not_started(kind, run, reason)
+  emit(kind, cjson.encode({ flowId = run.f, runId = run.id, scheduledFor = run.s,
+    reason = reason, tenant = run.t }), run.t, run.f, run.id)
+end

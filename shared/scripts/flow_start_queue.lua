@@ -1,0 +1,332 @@
+-- flow_start_queue: admission and weighted fair dispatch (included after flow_start_common
+-- and flow_start_lease).
+-- A run is admitted when a global slot is free, its tenant is under its concurrent-run cap,
+-- its tenant's start-rate bucket holds a token and no penalty suspends its tenant, user or
+-- flow; otherwise it waits. Waiting runs are dispatched by hierarchical start-time fair
+-- queuing: tenants (weight = policy weight x penalty factor), then the tenant's users, then
+-- the user's flows (weight = penalty factor), then oldest first. A child that becomes
+-- backlogged starts at max(the level's virtual time, its own finish tag), so an idle or
+-- blocked child banks no credit; serving a child moves its tag on by 1 / weight.
+-- Run records (JSON): id, f flow, t tenant, u user, c trigger, s scheduledFor, k fencing
+-- token, l run limit (s), q 1 when it holds the flow's lease, m msg (raw JSON text).
+
+local ADMITTED = {}
+local admitted_count = 0
+
+-- start-rate token bucket (capacity: one minute's worth, at least one start)
+local function bucket_tokens(tenant)
+  local rate_factor = penalty('tenant', tenant)
+  local per_minute = limits(tenant).rate * rate_factor
+  local capacity = math.max(1, per_minute)
+  local raw = redis.call('HGET', K.bucket, tenant)
+  if not raw then
+    return capacity
+  end
+  local sep = string.find(raw, ':', 1, true)
+  local tokens = tonumber(string.sub(raw, 1, sep - 1))
+  local at = tonumber(string.sub(raw, sep + 1))
+  return math.min(capacity, tokens + math.max(0, NOW - at) * per_minute / 60)
+end
+
+-- why the tenant cannot start a run now, or nil
+local function tenant_block(tenant)
+  if suspended('tenant', tenant) then
+    return 'suspended'
+  end
+  if counter('t:' .. tenant) >= limits(tenant).cap then
+    return 'tenant_cap'
+  end
+  if bucket_tokens(tenant) < 1 then
+    return 'start_rate'
+  end
+  return nil
+end
+
+local function run_block(run)
+  if counter('*') >= SLOTS then
+    return 'slots'
+  end
+  if suspended('user', run.u) or suspended('flow', run.f) then
+    return 'suspended'
+  end
+  return tenant_block(run.t)
+end
+
+local function admit(run)
+  redis.call('HSET', K.bucket, run.t, (bucket_tokens(run.t) - 1) .. ':' .. ARGV[2])
+  count_add('*', 1)
+  count_add('t:' .. run.t, 1)
+  local msg = run.m or '{}'
+  run.m = nil
+  redis.call('HSET', K.runs, run.id, cjson.encode(run))
+  redis.call('ZADD', K.deadlines, NOW + run.l + RUN_GRACE_SECONDS, run.id)
+  if run.q == 1 then
+    lease_extend(lease_key(run.f), run.k, run.id, run.l, NOW)
+  end
+  local data = cjson.encode({ flowId = run.f, runId = run.id, tenant = run.t, user = run.u,
+    fencingToken = run.k, scheduledFor = run.s, trigger = run.c })
+  emit('admitted', string.sub(data, 1, -2) .. ',"msg":' .. msg .. '}', run.t, run.f, run.id)
+  ADMITTED[run.id] = true
+  admitted_count = admitted_count + 1
+end
+
+-- fair queuing levels ------------------------------------------------------------------------
+local function virtual_time(field)
+  return tonumber(redis.call('HGET', K.clock, field) or '0')
+end
+
+local function join(set, vfield, ffield, member)
+  if redis.call('ZSCORE', set, member) then
+    return
+  end
+  local tag = virtual_time(vfield)
+  local finish = redis.call('HGET', K.clock, ffield)
+  if finish then
+    redis.call('HDEL', K.clock, ffield)
+    tag = math.max(tag, tonumber(finish))
+  end
+  redis.call('ZADD', set, tag, member)
+end
+
+local function leave_with(set, vfield, ffield, member, finish)
+  redis.call('ZREM', set, member)
+  if finish > virtual_time(vfield) then
+    redis.call('HSET', K.clock, ffield, finish)
+  end
+end
+
+local function leave(set, vfield, ffield, member)
+  local tag = redis.call('ZSCORE', set, member)
+  if tag then
+    leave_with(set, vfield, ffield, member, tonumber(tag))
+  end
+end
+
+local function served(set, vfield, ffield, member, tag, weight, backlogged)
+  local start = math.max(tag, virtual_time(vfield))
+  redis.call('HSET', K.clock, vfield, start)
+  local finish = start + 1 / math.max(weight, 1e-6)
+  if backlogged then
+    redis.call('ZADD', set, finish, member)
+  else
+    leave_with(set, vfield, ffield, member, finish)
+  end
+end
+
+local function levels(flow, tenant, user)
+  local tu = pair(tenant, user)
+  return {
+    { flows_key(tenant, user), 'F:' .. tu, 'f:' .. pair(flow, user), flow },
+    { users_key(tenant), 'U:' .. tenant, 'u:' .. tu, user },
+    { K.tenants, 'T', 't:' .. tenant, tenant },
+  }
+end
+
+-- the flow's queue of this user has runs and the flow is deployed: make it dispatchable
+local function activate(flow, tenant, user)
+  for _, level in ipairs(levels(flow, tenant, user)) do
+    join(level[1], level[2], level[3], level[4])
+  end
+end
+
+-- the queue emptied or the flow is parked (not deployed): take it out of the rotation
+local function deactivate(flow, tenant, user)
+  for _, level in ipairs(levels(flow, tenant, user)) do
+    leave(level[1], level[2], level[3], level[4])
+    if redis.call('EXISTS', level[1]) == 1 then
+      return  -- the parent still has other dispatchable children
+    end
+  end
+end
+
+local function enqueue(run, deployed)
+  redis.call('HSET', K.waiting, run.id, cjson.encode(run))
+  redis.call('RPUSH', queue_key(run.f, run.u), run.id)
+  redis.call('SADD', queue_users_key(run.f), run.u)
+  count_add('w:' .. run.t, 1)
+  if deployed then
+    activate(run.f, run.t, run.u)
+  end
+end
+
+local function first_unsuspended(set, level)
+  local list = redis.call('ZRANGE', set, 0, -1, 'WITHSCORES')
+  for i = 1, #list, 2 do
+    if not suspended(level, list[i]) then
+      return list[i], tonumber(list[i + 1])
+    end
+  end
+  return nil
+end
+
+local function pick_user(tenant)
+  local list = redis.call('ZRANGE', users_key(tenant), 0, -1, 'WITHSCORES')
+  for i = 1, #list, 2 do
+    local user = list[i]
+    if not suspended('user', user) then
+      local flow, flow_tag = first_unsuspended(flows_key(tenant, user), 'flow')
+      if flow then
+        return user, tonumber(list[i + 1]), flow, flow_tag
+      end
+    end
+  end
+  return nil
+end
+
+-- admit waiting runs in fair order while slots are free
+local function dispatch()
+  local blocked = {}
+  while admitted_count < BUDGET and counter('*') < SLOTS do
+    local tenants = redis.call('ZRANGE', K.tenants, 0, -1, 'WITHSCORES')
+    local tenant, tenant_tag, user, user_tag, flow, flow_tag
+    for i = 1, #tenants, 2 do
+      local candidate = tenants[i]
+      if not blocked[candidate] then
+        if tenant_block(candidate) then
+          blocked[candidate] = true
+        else
+          user, user_tag, flow, flow_tag = pick_user(candidate)
+          if user then
+            tenant, tenant_tag = candidate, tonumber(tenants[i + 1])
+            break
+          end
+          blocked[candidate] = true
+        end
+      end
+    end
+    if not tenant then
+      return
+    end
+    local queue = queue_key(flow, user)
+    local run_id = redis.call('LPOP', queue)
+    local run = cjson.decode(redis.call('HGET', K.waiting, run_id))
+    redis.call('HDEL', K.waiting, run_id)
+    count_add('w:' .. tenant, -1)
+    local more = redis.call('LLEN', queue) > 0
+    if not more then
+      redis.call('SREM', queue_users_key(flow), user)
+    end
+    local lv = levels(flow, tenant, user)
+    local _, flow_weight = penalty('flow', flow)
+    served(lv[1][1], lv[1][2], lv[1][3], flow, flow_tag, flow_weight, more)
+    local _, user_weight = penalty('user', user)
+    served(lv[2][1], lv[2][2], lv[2][3], user, user_tag, user_weight,
+      redis.call('EXISTS', lv[1][1]) == 1)
+    local _, tenant_factor = penalty('tenant', tenant)
+    served(lv[3][1], lv[3][2], lv[3][3], tenant, tenant_tag,
+      limits(tenant).weight * tenant_factor, redis.call('EXISTS', lv[2][1]) == 1)
+    admit(run)
+  end
+end
+
+local function wait_reason(run, deployed)
+  if not deployed then
+    return 'not_deployed'
+  end
+  return run_block(run) or 'fair_share'
+end
+
+local function waiting_full(tenant)
+  return counter('w:' .. tenant) >= limits(tenant).max_waiting
+end
+
+-- a new run: admitted at once when nothing dispatchable waits and nothing blocks it, else it
+-- joins its queue and the fair dispatch decides. Returns 'admitted' or 'deferred'.
+local function submit(run, deployed)
+  if deployed and redis.call('EXISTS', K.tenants) == 0 and not run_block(run) then
+    admit(run)
+    return 'admitted'
+  end
+  enqueue(run, deployed)
+  if deployed then
+    dispatch()
+  end
+  if ADMITTED[run.id] then
+    return 'admitted'
+  end
+  not_started('deferred', run, wait_reason(run, deployed))
+  return 'deferred'
+end
+
+local function cron_run(flow, due, limit, tenant, user)
+  return { id = flow .. '@' .. string.format('%d', due), f = flow, t = tenant, u = user,
+    c = 'cron', s = due, l = limit, m = '{}' }
+end
+
+-- one cron due time. Returns admitted | deferred | buffered | skipped | duplicate
+local function fire_cron(flow, due, limit, overlap, tenant, user)
+  local run = cron_run(flow, due, limit, tenant, user)
+  if redis.call('HEXISTS', K.runs, run.id) == 1
+      or redis.call('HEXISTS', K.waiting, run.id) == 1 then
+    return 'duplicate'
+  end
+  if redis.call('SISMEMBER', K.deployed, flow) == 0 then
+    not_started('skipped', run, 'not_deployed')
+    return 'skipped'
+  end
+  if waiting_full(tenant) then
+    not_started('skipped', run, 'queue_full')
+    return 'skipped'
+  end
+  local sched = sched_key(flow)
+  if overlap == 'allow' then
+    run.k = redis.call('INCR', K.fence)
+  else
+    local token = lease_acquire(lease_key(flow), K.fence, run.id, limit, NOW)
+    if not token then
+      if overlap == 'buffer_one'
+          and redis.call('HSETNX', sched, 'b', string.format('%d', due) .. '|' .. limit) == 1 then
+        not_started('deferred', run, 'buffered')
+        return 'buffered'
+      end
+      not_started('skipped', run, 'overlap')
+      return 'skipped'
+    end
+    run.k, run.q = token, 1
+    local buffered = redis.call('HGET', sched, 'b')
+    if buffered then  -- its predecessor's lease expired: this run supersedes it
+      redis.call('HDEL', sched, 'b')
+      local old_due = tonumber(string.sub(buffered, 1, string.find(buffered, '|', 1, true) - 1))
+      not_started('skipped', cron_run(flow, old_due, limit, tenant, user), 'superseded')
+    end
+  end
+  return submit(run, true)
+end
+
+-- a buffered due time (overlap buffer_one) starts once the lease is free
+local function start_buffered(flow)
+  local sched = sched_key(flow)
+  local values = redis.call('HMGET', sched, 'b', 't', 'u')
+  if not values[1] then
+    return
+  end
+  redis.call('HDEL', sched, 'b')
+  local sep = string.find(values[1], '|', 1, true)
+  fire_cron(flow, tonumber(string.sub(values[1], 1, sep - 1)),
+    tonumber(string.sub(values[1], sep + 1)), 'buffer_one', values[2], values[3] or '')
+end
+
+-- a run ended (or its deadline passed): free its slot and lease, start a buffered run
+local function end_run(run_id, run)
+  redis.call('HDEL', K.runs, run_id)
+  redis.call('ZREM', K.deadlines, run_id)
+  count_add('*', -1)
+  count_add('t:' .. run.t, -1)
+  if run.q == 1 and lease_release(lease_key(run.f), run.k) == 1 then
+    start_buffered(run.f)
+  end
+end
+
+-- runs whose deadline passed without an end event give their slots back
+local function reap(limit)
+  local expired = redis.call('ZRANGEBYSCORE', K.deadlines, '-inf', NOW, 'LIMIT', 0, limit)
+  for _, run_id in ipairs(expired) do
+    local raw = redis.call('HGET', K.runs, run_id)
+    if raw then
+      end_run(run_id, cjson.decode(raw))
+    else
+      redis.call('ZREM', K.deadlines, run_id)
+    end
+  end
+  return #expired
+end

@@ -1,0 +1,44 @@
+-- flow_start_unschedule: flow.stopping drops the flow's schedule and its waiting runs (each
+-- announced as skipped, reason flow_stopped). Running runs end through step-execute.
+-- KEYS, ARGV[1..8]: see flow_start_common.
+-- ARGV[9] flow id
+-- Returns: {'duplicate'} | {'done', waiting runs dropped}
+--#include flow_start_common
+--#include flow_start_lease
+--#include flow_start_queue
+if already_handled() then
+  return { 'duplicate' }
+end
+local flow = ARGV[FIRST_ARG]
+local sched = sched_key(flow)
+local values = redis.call('HMGET', sched, 'b', 't')
+if values[1] then
+  local due = tonumber(string.sub(values[1], 1, string.find(values[1], '|', 1, true) - 1))
+  not_started('skipped', cron_run(flow, due, 0, values[2], ''), 'flow_stopped')
+end
+redis.call('DEL', sched)
+redis.call('ZREM', K.due, flow)
+redis.call('SREM', K.deployed, flow)
+local dropped = 0
+for _, user in ipairs(redis.call('SMEMBERS', queue_users_key(flow))) do
+  local queue = queue_key(flow, user)
+  local tenant = nil
+  for _, run_id in ipairs(redis.call('LRANGE', queue, 0, -1)) do
+    local raw = redis.call('HGET', K.waiting, run_id)
+    if raw then
+      local run = cjson.decode(raw)
+      tenant = run.t
+      redis.call('HDEL', K.waiting, run_id)
+      count_add('w:' .. run.t, -1)
+      not_started('skipped', run, 'flow_stopped')
+      dropped = dropped + 1
+    end
+  end
+  redis.call('DEL', queue)
+  if tenant then
+    deactivate(flow, tenant, user)
+  end
+end
+redis.call('DEL', queue_users_key(flow))
+mark_handled()
+return { 'done', dropped }

@@ -1,0 +1,159 @@
+"""flow-start through FunctionRuntime (issue 4): schedules, deployment state, execute, release."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from redis import Redis
+
+from shared import admission, keys
+from shared.clock import FakeClock
+from shared.errors import InvalidEvent, OverCapacity, Unprocessable
+from shared.events import RunAdmitted, RunNotStarted
+from tests.support.flow_start import FlowStart, flow_doc, policy
+
+MINUTE = 60.0
+
+
+@pytest.fixture()
+def fs(redis: Redis, clock: FakeClock, base_env: dict[str, str]) -> FlowStart:
+    return FlowStart(redis, clock, base_env)
+
+
+def test_a_deployed_cron_flow_is_admitted_at_its_due_time(fs: FlowStart, clock: FakeClock) -> None:
+    fs.start_flow(flow_doc("f1", cron="*/5 * * * *", spread=False))
+    fs.tick()
+    assert fs.admitted() == []  # 00:00 was "now" when stored: the first due time is 00:05
+    clock.advance(5 * MINUTE)
+    fs.tick()
+    [admitted] = fs.admitted()
+    assert RunAdmitted.parse(admitted).trigger == "cron"
+    assert admitted["scheduledFor"] == clock.now()
+    assert admitted["runId"] == f"f1@{int(clock.now())}"
+    assert admitted["tenant"] == "acme" and admitted["user"] == "u1"
+    event = fs.sender.of_type("flow.execution.admitted")[0]
+    assert event.extensions == {"tenant": "acme", "flowid": "f1", "runid": admitted["runId"]}
+
+
+def test_cron_due_times_of_an_undeployed_flow_are_skipped(fs: FlowStart, clock: FakeClock) -> None:
+    fs.start_flow(flow_doc("f1", spread=False), deployed=False)
+    clock.advance(MINUTE)
+    fs.tick()
+    assert fs.admitted() == []
+    assert fs.reasons("flow.execution.skipped") == ["not_deployed"]
+    RunNotStarted.parse(fs.emitted("flow.execution.skipped")[0])
+
+
+def test_executions_wait_until_the_flow_is_deployed(fs: FlowStart) -> None:
+    fs.start_flow(flow_doc("f1", cron=None), deployed=False)
+    fs.execute("f1", {"n": 1})
+    assert fs.admitted() == []
+    assert fs.reasons("flow.execution.deferred") == ["not_deployed"]
+    fs.send("flow.started", {"id": "f1"})
+    [admitted] = fs.admitted()
+    assert admitted["trigger"] == "execute" and admitted["msg"] == {"n": 1}
+
+
+def test_a_failed_deployment_parks_waiting_runs_again(fs: FlowStart) -> None:
+    fs.start_flow(flow_doc("f1", cron=None))
+    fs.send("flow.failed", {"id": "f1", "reason": "image pull"})
+    fs.execute("f1")
+    assert fs.admitted() == []
+    fs.send("flow.started", {"id": "f1"})
+    assert len(fs.admitted()) == 1
+
+
+def test_execute_of_an_unknown_flow_is_422(fs: FlowStart) -> None:
+    with pytest.raises(Unprocessable):
+        fs.execute("nope")
+
+
+def test_msg_reaches_the_admitted_event_unchanged(fs: FlowStart) -> None:
+    fs.start_flow(flow_doc("f1", cron=None))
+    msg = {"list": [], "big": 12345678901234567890, "nested": {"empty": {}}, "s": "ü/\n"}
+    fs.execute("f1", msg)
+    assert fs.admitted()[0]["msg"] == msg
+
+
+@pytest.mark.parametrize(
+    ("cron", "timezone", "named"),
+    [
+        ("not a cron", None, "cron"),
+        ("0 0 30 2 *", None, "cron"),
+        ("* * * * *", "Mars/Olympus", "timezone"),
+    ],
+    ids=["garbage cron", "a cron that never fires", "unknown zone"],
+)
+def test_invalid_schedules_are_refused_and_nothing_is_stored(
+    fs: FlowStart, redis: Redis, cron: str, timezone: str | None, named: str
+) -> None:
+    with pytest.raises(InvalidEvent) as refused:
+        fs.send("flow.starting", flow_doc("f1", cron=cron, timezone=timezone))
+    assert refused.value.status == 400
+    assert any(problem.startswith(named) for problem in refused.value.problems)
+    assert redis.keys("*") == []
+
+
+def test_execute_over_the_waiting_cap_is_429_and_stores_nothing(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> None:
+    fs = FlowStart(redis, clock, base_env, policy=policy(defaults={"max_waiting_runs": 2}))
+    fs.start_flow(flow_doc("f1", cron=None), deployed=False)
+    fs.execute("f1")
+    fs.execute("f1")
+    waiting_before = redis.hlen(keys.waiting_runs())
+    with pytest.raises(OverCapacity) as refused:
+        fs.execute("f1", event_id="third")
+    assert refused.value.status == 429 and refused.value.retry_after
+    assert redis.hlen(keys.waiting_runs()) == waiting_before == 2
+    fs.send("flow.started", {"id": "f1"})  # two admitted: the broker's retry now gets in
+    fs.execute("f1", event_id="third")
+    assert len(fs.admitted()) == 3
+
+
+def test_a_redelivered_execute_is_one_run(fs: FlowStart) -> None:
+    fs.start_flow(flow_doc("f1", cron=None))
+    fs.execute("f1", event_id="same")
+    fs.execute("f1", event_id="same")
+    assert len(fs.admitted()) == 1
+
+
+def test_completion_frees_the_slot_for_the_next_waiting_run(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> None:
+    fs = FlowStart(redis, clock, base_env, policy=policy(slots=1))
+    fs.start_flow(flow_doc("f1", cron=None))
+    fs.execute("f1", {"n": 1})
+    fs.execute("f1", {"n": 2})
+    assert [a["msg"] for a in fs.admitted()] == [{"n": 1}]
+    assert fs.reasons("flow.execution.deferred") == ["slots"]
+    fs.end(fs.admitted()[0])
+    assert [a["msg"] for a in fs.admitted()] == [{"n": 1}, {"n": 2}]
+    assert admission.counts(redis).running == 1
+
+
+def test_flow_stopping_drops_schedule_and_waiting_runs(
+    fs: FlowStart, redis: Redis, clock: FakeClock
+) -> None:
+    fs.start_flow(flow_doc("f1"), deployed=False)
+    fs.execute("f1")
+    fs.send("flow.stopping", {"id": "f1"})
+    assert fs.reasons("flow.execution.skipped") == ["flow_stopped"]
+    assert redis.zcard(keys.schedule_due()) == 0
+    assert admission.counts(redis).waiting_by_tenant == {}
+    clock.advance(10 * MINUTE)
+    fs.tick()
+    assert fs.admitted() == []
+
+
+def test_outbox_entries_are_events_of_the_catalogue(fs: FlowStart, redis: Redis) -> None:
+    fs.sender.down = True
+    fs.start_flow(flow_doc("f1", cron=None))
+    with pytest.raises(Exception):  # noqa: B017 - the sink is down: the runtime says so
+        fs.execute("f1")
+    [raw] = redis.lrange(keys.outbox(keys.ADMISSION), 0, -1)
+    entry = json.loads(raw)
+    assert entry["type"] == "org.openintegrationhub.flow.execution.admitted"
+    assert entry["source"] == "/component-orchestrator/flow-start"
+    RunAdmitted.parse(entry["data"])
