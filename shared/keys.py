@@ -195,6 +195,98 @@ def dead_letters() -> str:
     return _key(EXECUTION, "dead-letters")
 
 
+# --- flow-start: schedules, leases, admission (all {adm}; written by flow-start only) --------
+# The admission Lua scripts build the per-tenant/user/flow keys below from admission_prefix()
+# themselves (fair dispatch touches queues it cannot name in advance; all share the {adm} slot).
+def admission_prefix() -> str:
+    return _key(ADMISSION, "")
+
+
+def _pair(first: str, second: str) -> str:
+    """`len:first:second`: unambiguous whatever the ids contain (Lua builds it the same way)."""
+    return f"{len(first.encode())}:{first}:{second}"
+
+
+def schedule_due() -> str:
+    """Sorted set: flow id → next due time (epoch seconds, spread offset included)."""
+    return _key(ADMISSION, "due")
+
+
+def schedule(flow_id: str) -> str:
+    """Hash: c cron, z zone, o offset, t tenant, u user, p overlap, w catch-up, m max run, b."""
+    return _key(ADMISSION, "sched", flow_id)
+
+
+def deployed_flows() -> str:
+    """Set: ids of flows whose deployment is ready (flow.started, until failed/stopped)."""
+    return _key(ADMISSION, "deployed")
+
+
+def run_lease(flow_id: str) -> str:
+    """String `token|expiresAt|runId`: the flow's cron run in progress (fencing token)."""
+    return _key(ADMISSION, "lease", flow_id)
+
+
+def fencing_counter() -> str:
+    """String: the fencing token counter, incremented on every acquire."""
+    return _key(ADMISSION, "fence")
+
+
+def admitted_runs() -> str:
+    """Hash: run id → JSON of an admitted, not yet released run (holds a slot)."""
+    return _key(ADMISSION, "runs")
+
+
+def run_deadlines() -> str:
+    """Sorted set: admitted run id → when its slot is reclaimed if no end event came."""
+    return _key(ADMISSION, "deadlines")
+
+
+def admission_counts() -> str:
+    """Hash: `*` running runs, `t:<tenant>` running, `w:<tenant>` waiting."""
+    return _key(ADMISSION, "count")
+
+
+def start_buckets() -> str:
+    """Hash: tenant → `tokens:at` of its start-rate token bucket."""
+    return _key(ADMISSION, "bucket")
+
+
+def waiting_runs() -> str:
+    """Hash: run id → JSON of a run waiting for admission (with its msg)."""
+    return _key(ADMISSION, "waiting")
+
+
+def waiting_queue(flow_id: str, user: str) -> str:
+    """List: ids of the runs of one flow started by one user, oldest first."""
+    return _key(ADMISSION, "wq", _pair(flow_id, user))
+
+
+def waiting_users(flow_id: str) -> str:
+    """Set: users with a waiting queue for the flow (to park, wake or drop them)."""
+    return _key(ADMISSION, "wqu", flow_id)
+
+
+def fair_tenants() -> str:
+    """Sorted set: tenants with dispatchable runs → start tag (fair queuing)."""
+    return _key(ADMISSION, "wt")
+
+
+def fair_users(tenant: str) -> str:
+    """Sorted set: the tenant's users with dispatchable runs → start tag."""
+    return _key(ADMISSION, "wu", tenant)
+
+
+def fair_flows(tenant: str, user: str) -> str:
+    """Sorted set: the user's flows with dispatchable runs → start tag."""
+    return _key(ADMISSION, "wf", _pair(tenant, user))
+
+
+def fair_clock() -> str:
+    """Hash: virtual times of fair queuing (V per level, finish tags of idle children)."""
+    return _key(ADMISSION, "vt")
+
+
 # --- deploy: desired state, deploying deadlines, locks (one record per target) --------------
 def deploy_target(kind: str, target_id: str) -> str:
     """Hash: one deployed flow or global component (status, manifests, hashes, deadline)."""
