@@ -15,6 +15,7 @@ goes into an event, the audit stream or an error body.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -185,10 +186,18 @@ class RedactionFilter(logging.Filter):
         return True
 
 
-def install_redaction(secrets: Iterable[str | None] = ()) -> None:
-    """Every log record of this process is redacted when it is created. Safe to call twice."""
+def install_redaction(
+    secrets: Iterable[str | None] = (), *, environ: Mapping[str, str] | None = None
+) -> None:
+    """Every log record of this process is redacted when it is created. Safe to call twice.
+
+    Besides `secrets`, the values of environment variables with a secret name (ORCHESTRATOR_KEY,
+    IAM_SERVICE_TOKEN, AWS_SECRET_ACCESS_KEY, ...) are masked wherever they appear.
+    """
     global _previous_factory
     register_secret(*secrets)
+    env = os.environ if environ is None else environ
+    register_secret(*(value for name, value in env.items() if is_secret_name(name)))
     with _lock:
         if _previous_factory is not None:
             return

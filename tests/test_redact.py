@@ -189,3 +189,13 @@ def test_no_named_secret_survives_in_any_text(name: str, value: str, style: str)
     text = "before " + style.format(n=name, v=value) + " after"
     out = r.redact_text(text)
     assert value not in out.replace(name, "")
+
+
+def test_secret_environment_values_are_masked_anywhere() -> None:
+    value = "env-held-service-token-value-123"
+    r.install_redaction(environ={"IAM_SERVICE_TOKEN": value, "KUBERNETES_NAMESPACE": "flows"})
+    try:
+        assert r.redact_text(f"calling with {value}!") == f"calling with {r.MASK}!"
+        assert r.redact_text("namespace flows") == "namespace flows"
+    finally:
+        r.uninstall_redaction()
