@@ -1,14 +1,435 @@
-"""step-execute (DESIGN §3). Placeholder wiring: records what it receives until its issue lands."""
+"""step-execute (DESIGN §3): runs each admitted flow's graph through the step queues.
+
+- `flow.execution.admitted`: create the run record and publish the start nodes' messages;
+- `step.completed`: route the output along the edges (conditions, mappers, joins); complete
+  the run when nothing is pending (`flow.execution.completed` with the fencing token);
+- `step.failed` and step timeouts: retry with backoff, then dead-letter and fail the run;
+- `flow.stopping`: running runs of the flow fail (reason `stopped`), their messages are
+  dead-lettered, the flow's queues dropped;
+- `flow.execution.failed` from elsewhere (the watchdog): the run ends the same way, without a
+  second terminal event; our own terminal events coming back are ignored;
+- tick: step timeouts, delayed publishes (rates, backoff), reclaim of unacknowledged queue
+  entries, `usage.reported` for policy-check.
+Publishing happens after the state change is stored (shared/queues/publisher.py); a publish
+that fails is retried by the next event or tick, never lost.
+"""
 
 from __future__ import annotations
 
-from shared import keys
-from shared.events.types import CONSUMES
-from shared.handlers.recording import no_services, record_received
-from shared.runtime import FunctionSpec, Handler
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-HANDLERS: dict[str, Handler[object]] = dict.fromkeys(CONSUMES["step-execute"], record_received)
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import RedisError
 
-SPEC: FunctionSpec[object] = FunctionSpec(
-    name="step-execute", tag=keys.EXECUTION, handlers=HANDLERS, build_services=no_services
+from shared import flows, keys, routing, runs
+from shared.clock import Clock
+from shared.errors import Forbidden, OrchestratorError
+from shared.events import RunAdmitted, RunEnded, StepResult
+from shared.events import types as t
+from shared.events.payloads import FlowRef
+from shared.queues import StepQueue, make_queue
+from shared.queues.publisher import Publisher
+from shared.routing import Graph, RoutingError
+from shared.runtime import Context, FunctionSpec, Handler
+from shared.scripts import load_script
+from shared.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_BATCH = 500
+PUBLISH_LIMIT_PER_EVENT = 2_000
+
+
+@dataclass
+class StepExecuteServices:
+    queue: StepQueue
+    publisher: Publisher
+    retention_seconds: float = runs.DEFAULT_RETENTION_SECONDS
+    # Knative ticks once a minute: the tick handler keeps publishing delayed messages and
+    # expiring timeouts for this long. 0 where the clock ticks every second (local, tests).
+    tick_work_seconds: float = 0.0
+    reclaim_idle_seconds: float = 120.0
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+        if value < 0:
+            raise ValueError
+    except ValueError:
+        problems.append(f"{name}: must be a non-negative number of seconds, got {text!r}")
+        return default
+    return value
+
+
+def build_services(
+    settings: Settings, clock: Clock, redis: Redis, env: Mapping[str, str] | None = None
+) -> StepExecuteServices:
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    retention = _seconds(env, "RUN_RETENTION_SECONDS", runs.DEFAULT_RETENTION_SECONDS, problems)
+    tick_work = _seconds(env, "STEP_TICK_WORK_SECONDS", 0.0, problems)
+    reclaim_idle = _seconds(env, "STEP_RECLAIM_IDLE_SECONDS", 120.0, problems)
+    if problems:
+        raise SettingsError("invalid settings: " + "; ".join(problems), problems=problems)
+    queue = make_queue(
+        settings.queue_backend,
+        redis=redis,
+        aws_endpoint_url=settings.aws_endpoint_url,
+        claim_check_bucket=settings.claim_check_bucket,
+    )
+    return StepExecuteServices(
+        queue=queue,
+        publisher=Publisher(redis, queue, clock, settings.orchestrator_key),
+        retention_seconds=max(retention, 60.0),
+        tick_work_seconds=tick_work,
+        reclaim_idle_seconds=reclaim_idle,
+    )
+
+
+Ctx = Context[StepExecuteServices]
+
+
+def publish_due(ctx: Ctx) -> int:
+    """Publishes due messages; a failure is logged and left to the next event or tick."""
+    try:
+        return ctx.services.publisher.drain(ctx.policy, limit=PUBLISH_LIMIT_PER_EVENT)
+    except (OrchestratorError, RedisError) as exc:
+        log.warning("step messages not published now (retried on tick): %s", exc)
+        return 0
+
+
+# --- flow.execution.admitted ------------------------------------------------------------------
+def on_admitted(ctx: Ctx) -> None:
+    admitted = ctx.event.payload
+    assert isinstance(admitted, RunAdmitted)
+    stored = flows.get(ctx.redis, admitted.flow_id, include_stopped=True)
+    reason: str | None = None
+    graph: Graph | None = None
+    if stored is None:
+        reason = "flow_not_found"
+    elif stored.stopped:
+        reason = "stopped"
+    else:
+        graph = Graph.from_flow(stored.flow)
+        if not graph.start_nodes():
+            reason = "no_start_node"
+    if reason is not None or graph is None:
+        _not_started(ctx, admitted, reason or "flow_not_found")
+        return
+    try:
+        data_json = routing.encode({} if admitted.msg is None else admitted.msg)
+    except RoutingError as exc:
+        _not_started(ctx, admitted, "bad_message")
+        log.warning("run %s: %s", admitted.run_id, exc.message)
+        return
+    now = ctx.clock.now()
+    outcome = runs.start(
+        ctx.redis,
+        runs.Guard.of(ctx.once),
+        admitted=admitted,
+        graph=graph,
+        messages=runs.start_messages(admitted.run_id, graph, data_json),
+        limits=ctx.policy.tenant(admitted.tenant),
+        now=now,
+    )
+    log.info("run %s of flow %s: %s", admitted.run_id, admitted.flow_id, outcome)
+    publish_due(ctx)
+
+
+def _not_started(ctx: Ctx, admitted: RunAdmitted, reason: str) -> None:
+    """The run cannot start: it fails at once, so flow-start releases its lease and slot."""
+    if runs.get(ctx.redis, admitted.run_id) is not None:
+        ctx.commit(None)
+        return
+    now = ctx.clock.now()
+    event = ctx.new_event(
+        t.RUN_FAILED,
+        RunEnded(
+            flow_id=admitted.flow_id,
+            run_id=admitted.run_id,
+            tenant=admitted.tenant,
+            fencing_token=admitted.fencing_token,
+            reason=reason,
+            user=admitted.user or None,
+        ),
+        tenant=admitted.tenant,
+        flow_id=admitted.flow_id,
+        run_id=admitted.run_id,
+        event_id=f"run-end-{admitted.run_id}",
+    )
+
+    def write(pipe: Pipeline) -> None:
+        runs.record_not_started(
+            pipe,
+            admitted,
+            reason=reason,
+            now=now,
+            retention_seconds=ctx.services.retention_seconds,
+        )
+
+    ctx.commit(write, [event])
+    log.warning("run %s of flow %s not started: %s", admitted.run_id, admitted.flow_id, reason)
+
+
+# --- step.completed / step.failed -------------------------------------------------------------
+def _running(ctx: Ctx, result: StepResult) -> runs.RunGraph | None:
+    run = runs.load(ctx.redis, result.run_id)
+    if run is None:
+        ctx.commit(None)  # the run ended (or never existed here): nothing to route
+        log.info("step result for run %s ignored: not running", result.run_id)
+        return None
+    if ctx.principal.tenant is not None and ctx.principal.tenant != run.tenant:
+        raise Forbidden("step token belongs to another tenant than the run")
+    return run
+
+
+def on_step_completed(ctx: Ctx) -> None:
+    result = ctx.event.payload
+    assert isinstance(result, StepResult)
+    run = _running(ctx, result)
+    if run is None:
+        return
+    now = ctx.clock.now()
+    try:
+        routes = routing.route(run.graph, result.step_id, result.data)
+    except RoutingError as exc:
+        outcome = _fail(ctx, run, result, mode="abort", error=exc.message, reason="routing_error")
+    else:
+        outcome = runs.record_output(
+            ctx.redis,
+            runs.Guard.of(ctx.once),
+            run=run,
+            result=result,
+            routes=routes,
+            now=now,
+            retention_seconds=ctx.services.retention_seconds,
+            source=ctx.source,
+        )
+    if outcome == "wrong_step":
+        raise Forbidden("the message belongs to another step than the step token")
+    if outcome in ("completed", "failed"):
+        log.info("run %s %s", result.run_id, outcome)
+    publish_due(ctx)
+
+
+def on_step_failed(ctx: Ctx) -> None:
+    result = ctx.event.payload
+    assert isinstance(result, StepResult)
+    run = _running(ctx, result)
+    if run is None:
+        return
+    outcome = _fail(
+        ctx, run, result, mode="failed", error=result.error or "step failed", reason="step_failed"
+    )
+    if outcome == "wrong_step":
+        raise Forbidden("the message belongs to another step than the step token")
+    log.info("step %s of run %s failed: %s", result.step_id, result.run_id, outcome)
+    publish_due(ctx)
+
+
+def _fail(
+    ctx: Ctx, run: runs.RunGraph, result: StepResult, *, mode: runs.FailMode, error: str,
+    reason: str,
+) -> str:  # fmt: skip
+    return runs.fail(
+        ctx.redis,
+        runs.Guard.of(ctx.once),
+        run_id=result.run_id,
+        flow_id=run.flow_id,
+        graph=run.graph,
+        mode=mode,
+        message=result.message_id,
+        step=result.step_id,
+        attempt=result.attempt,
+        error=error,
+        reason=reason,
+        now=ctx.clock.now(),
+        retention_seconds=ctx.services.retention_seconds,
+        source=ctx.source,
+    )
+
+
+# --- flow.stopping and terminal events from elsewhere -----------------------------------------
+def on_flow_stopping(ctx: Ctx) -> None:
+    flow = ctx.event.payload
+    assert isinstance(flow, FlowRef)
+    ended = 0
+    for run_id in runs.running_of_flow(ctx.redis, flow.id):
+        run = runs.load(ctx.redis, run_id)
+        outcome = runs.fail(
+            ctx.redis,
+            runs.Guard.keyed(ctx.event.source, ctx.event.id, run_id),
+            run_id=run_id,
+            flow_id=flow.id,
+            graph=run.graph if run else None,
+            mode="end",
+            error="flow stopped",
+            reason="stopped",
+            emit=True,
+            now=ctx.clock.now(),
+            retention_seconds=ctx.services.retention_seconds,
+            source=ctx.source,
+        )
+        ended += outcome == "failed"
+    prefix = keys.step_queue(flow.id, "")
+    queues = [q for q in _members(ctx.redis, keys.step_queues()) if q.startswith(prefix)]
+    for queue in queues:
+        ctx.services.queue.drop(queue)
+    if queues:
+        ctx.redis.srem(keys.step_queues(), *queues)
+    ctx.commit(None)
+    log.info("flow %s stopping: %d run(s) ended, %d queue(s) dropped", flow.id, ended, len(queues))
+
+
+def on_run_ended(ctx: Ctx) -> None:
+    ended = ctx.event.payload
+    assert isinstance(ended, RunEnded)
+    if ctx.event.source == ctx.source or ctx.event.type != t.RUN_FAILED:
+        ctx.commit(None)  # our own terminal events; only step-execute completes runs
+        return
+    run = runs.load(ctx.redis, ended.run_id)
+    outcome = runs.fail(
+        ctx.redis,
+        runs.Guard.of(ctx.once),
+        run_id=ended.run_id,
+        flow_id=ended.flow_id,
+        graph=run.graph if run else None,
+        mode="end",
+        error=f"ended by {ctx.event.source}",
+        reason=ended.reason or "failed",
+        emit=False,  # the sender (the watchdog) already emitted the terminal event
+        fencing_token=ended.fencing_token,
+        now=ctx.clock.now(),
+        retention_seconds=ctx.services.retention_seconds,
+        source=ctx.source,
+    )
+    if outcome == "not_running" or outcome == "stale":
+        ctx.commit(None)
+    log.info("run %s ended by %s (%s): %s", ended.run_id, ctx.event.source, ended.reason, outcome)
+
+
+# --- tick -------------------------------------------------------------------------------------
+def expire_timeouts(ctx: Ctx) -> int:
+    """Messages past their step timeout are failed (retried or dead-lettered)."""
+    now = ctx.clock.now()
+    ids = [
+        _text(i)
+        for i in ctx.redis.zrangebyscore(keys.step_deadlines(), "-inf", now, 0, TIMEOUT_BATCH)
+    ]
+    expired = 0
+    loaded: dict[str, runs.RunGraph | None] = {}
+    for message_id in ids:
+        run_id, attempt, step = ctx.redis.hmget(
+            keys.step_message(message_id), ["run", "attempt", "step"]
+        )
+        if run_id is None:
+            ctx.redis.zrem(keys.step_deadlines(), message_id)
+            continue
+        rid = _text(run_id)
+        if rid not in loaded:
+            loaded[rid] = runs.load(ctx.redis, rid)
+        run = loaded[rid]
+        if run is None:
+            ctx.redis.zrem(keys.step_deadlines(), message_id)
+            continue
+        outcome = runs.fail(
+            ctx.redis,
+            runs.Guard.none(),
+            run_id=rid,
+            flow_id=run.flow_id,
+            graph=run.graph,
+            mode="timeout",
+            message=message_id,
+            attempt=int(_text(attempt or b"0")),
+            error=f"step {_text(step or b'')} timed out",
+            reason="step_timeout",
+            now=now,
+            retention_seconds=ctx.services.retention_seconds,
+            source=ctx.source,
+        )
+        expired += outcome in ("retry", "failed")
+        if outcome == "failed":
+            loaded[rid] = None
+    return expired
+
+
+def reclaim(ctx: Ctx) -> int:
+    moved = 0
+    for queue in _members(ctx.redis, keys.step_queues()):
+        try:
+            moved += ctx.services.queue.reclaim(
+                queue, min_idle_seconds=ctx.services.reclaim_idle_seconds
+            )
+        except OrchestratorError as exc:
+            log.warning("reclaim of %s failed: %s", queue, exc.message)
+    return moved
+
+
+def report_usage(ctx: Ctx) -> int:
+    return int(
+        load_script("step_usage_flush")(
+            ctx.redis,
+            [keys.step_usage("messages"), keys.step_usage("bytes"), keys.outbox(keys.EXECUTION)],
+            [repr(ctx.clock.now()), ctx.source, f"usage-{uuid.uuid4().hex[:16]}-"],
+        )
+    )
+
+
+def on_tick(ctx: Ctx) -> None:
+    started = ctx.clock.now()
+    reclaim(ctx)
+    while True:
+        expire_timeouts(ctx)
+        publish_due(ctx)
+        remaining = ctx.services.tick_work_seconds - (ctx.clock.now() - started)
+        wait = _next_work_in(ctx)
+        if remaining <= 0 or wait is None or wait >= remaining:
+            break
+        ctx.clock.sleep(max(wait, 0.05))
+    report_usage(ctx)
+    runs.trim_recent(
+        ctx.redis, now=ctx.clock.now(), retention_seconds=ctx.services.retention_seconds
+    )
+
+
+def _next_work_in(ctx: Ctx) -> float | None:
+    """Seconds until the next message comes due or times out (None: nothing scheduled)."""
+    now = ctx.clock.now()
+    heads = [
+        ctx.redis.zrange(key, 0, 0, withscores=True)
+        for key in (keys.step_due(), keys.step_deadlines())
+    ]
+    times = [float(head[0][1]) for head in heads if head]
+    return max(0.0, min(times) - now) if times else None
+
+
+def _members(redis: Redis, key: str) -> list[str]:
+    return sorted(_text(member) for member in redis.smembers(key))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+HANDLERS: dict[str, Handler[StepExecuteServices]] = {
+    t.RUN_ADMITTED: on_admitted,
+    t.STEP_COMPLETED: on_step_completed,
+    t.STEP_FAILED: on_step_failed,
+    t.FLOW_STOPPING: on_flow_stopping,
+    t.RUN_COMPLETED: on_run_ended,
+    t.RUN_FAILED: on_run_ended,
+    t.TICK: on_tick,
+}
+
+SPEC: FunctionSpec[StepExecuteServices] = FunctionSpec(
+    name=t.STEP_EXECUTE, tag=keys.EXECUTION, handlers=HANDLERS, build_services=build_services
 )

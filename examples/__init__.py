@@ -1,0 +1,1 @@
+"""Example components for the demo (`make run`)."""
