@@ -13,6 +13,9 @@ if stopped == '1' and version <= current then
   return 'stale'
 end
 if stopped ~= '1' and redis.call('HGET', KEYS[1], 'hash') == ARGV[3] then
+  -- Same content, but remember the newer version: else an older, different document (or an
+  -- older stop) delivered late would win against this newer one.
+  redis.call('HSET', KEYS[1], 'version', ARGV[4])
   return 'same'
 end
 redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'hash', ARGV[3], 'version', ARGV[4],
