@@ -205,6 +205,9 @@ class StepResult(Payload):
     # Which delivery of the message this result answers (the worker copies it from the
     # message); step-execute ignores a late failure of an earlier attempt. None: unknown.
     attempt: int | None = _json_default("attempt", None)
+    # True: this event carries no output, it only ends the message's outputs (a component
+    # that emitted nothing); `data` is then ignored.
+    empty: bool = _json_default("empty", False)
 
     @classmethod
     def read(cls, reader: FieldReader) -> Self:
@@ -222,6 +225,7 @@ class StepResult(Payload):
             attachments=attachments,
             error=reader.optional_string("error"),
             attempt=_optional_count(reader, "attempt"),
+            empty=reader.boolean("empty"),
         )
 
 
