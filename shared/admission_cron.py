@@ -103,6 +103,13 @@ def next_due_time(redis: Redis) -> float | None:
     return float(first[0][1]) if first else None
 
 
+def next_due(redis: Redis, flow_id: str) -> float | None:
+    """One flow's next due time (spread offset included), or None without a schedule.
+    Read only (the operator CLI)."""
+    score = redis.zscore(keys.schedule_due(), flow_id)
+    return None if score is None else float(score)
+
+
 def plan_entry(
     entry: list[str], policy: Policy, now: float, next_times: schedule.NextTimes
 ) -> list[ArgT]:
