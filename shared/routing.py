@@ -12,8 +12,8 @@ the run instead of the function.
 - a join node (`nodeSettings.join: true`) gets one message once nothing upstream of it is
   pending: its data is an object keyed by source step, the value being the input data (a list
   when that source sent several);
-- an output whose data is null carries nothing: it only ends the step's message (a component
-  that emitted no output).
+- a step.completed with `empty: true` carries no output: it only ends the step's message (a
+  component that emitted nothing); the handler routes nothing for it.
 """
 
 from __future__ import annotations
@@ -182,8 +182,6 @@ def encode(data: Any) -> str:
 
 def route(graph: Graph, step_id: str, data: Any) -> list[Route]:
     """The routes of one output of `step_id`; raises RoutingError on a bad edge expression."""
-    if data is None:
-        return []
     routes: list[Route] = []
     for edge in graph.outgoing(step_id):
         if edge.condition and not condition_holds(edge.condition, data):

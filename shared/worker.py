@@ -8,8 +8,8 @@ QUEUE_BACKEND, REDIS_URL, AWS_ENDPOINT_URL, CLAIM_CHECK_BUCKET, K_SINK.
 It consumes its step's queue and, for each message, calls `function(msg, fields)` where `msg`
 is `{"data": ..., "attachments": [], "metadata": {runId, flowId, stepId, messageId, attempt,
 tenant}}` and `fields` the node's fields. The return value is the step's output data; a list,
-tuple or generator gives several outputs (sent with `seq`, `final` on the last); None gives no
-output. Each output becomes a `step.completed` CloudEvent, an exception a `step.failed`, sent
+tuple or generator gives several outputs (sent with `seq`, `final` on the last; None items are
+skipped); None gives no output (one final event marked `empty`). Each output becomes a `step.completed` CloudEvent, an exception a `step.failed`, sent
 in binary mode to K_SINK with the message's step token in the `steptoken` extension. The
 message is acknowledged once its events are delivered; if they cannot be, it is left for
 redelivery. SIGTERM stops the worker after the message in hand. FLOW_TOKEN stays in the
@@ -134,7 +134,7 @@ def outputs(result: Any) -> Iterator[Any]:
     if result is None:
         return
     if isinstance(result, list | tuple) or inspect.isgenerator(result):
-        yield from result
+        yield from (item for item in result if item is not None)
     else:
         yield result
 
@@ -275,7 +275,10 @@ class Worker:
                         message.message_id, error)  # fmt: skip
             yield self._event(message, t.STEP_FAILED, seq, None, final=True, error=error)
             return
-        yield self._event(message, t.STEP_COMPLETED, seq, held.pop() if held else None, final=True)
+        if held:
+            yield self._event(message, t.STEP_COMPLETED, seq, held.pop(), final=True)
+        else:
+            yield self._event(message, t.STEP_COMPLETED, seq, None, final=True, empty=True)
 
     def _event(
         self,
@@ -286,6 +289,7 @@ class Worker:
         *,
         final: bool,
         error: str | None = None,
+        empty: bool = False,
     ) -> CloudEvent:
         suffix = "failed" if event_type == t.STEP_FAILED else str(seq)
         payload: dict[str, Any] = {
@@ -294,10 +298,13 @@ class Worker:
             "messageId": message.message_id,
             "seq": seq,
             "final": final,
-            "data": data,  # null: no output (the step emitted nothing)
             "attachments": [],
             "attempt": message.attempt,
         }
+        if data is not None:
+            payload["data"] = data
+        if empty:
+            payload["empty"] = True  # no output: this event only ends the message
         if error is not None:
             payload["error"] = error
         attributes = {

@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fakes.kube_api",
     "tests.fakes.component_repo",
     "tests.fakes.iam",
+    "tests.fakes.aws",
 ]
 
 

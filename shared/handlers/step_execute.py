@@ -200,7 +200,7 @@ def on_step_completed(ctx: Ctx) -> None:
         return
     now = ctx.clock.now()
     try:
-        routes = routing.route(run.graph, result.step_id, result.data)
+        routes = [] if result.empty else routing.route(run.graph, result.step_id, result.data)
     except RoutingError as exc:
         outcome = _fail(ctx, run, result, mode="abort", error=exc.message, reason="routing_error")
     else:
