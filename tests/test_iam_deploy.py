@@ -157,10 +157,3 @@ def test_stopping_another_tenants_flow_is_refused(
         )
     assert len(iam.live_tokens()) == 1 and len(kube_api.objects("deployments")) == 1
 
-
-# Still to add once step-execute and flow-start have their real handlers (issue 8 §7): a
-# log-capture test that runs a whole flow lifecycle through all four functions with auth on
-# (flow.starting → deploy → flow.started → cron/execute → admitted → step.completed with step
-# tokens → completed → flow.stopping) and finds no IAM token, flow token, step token, internal
-# authtoken, ORCHESTRATOR_KEY or IAM_SERVICE_TOKEN in any log line, emitted event, audit entry
-# or dead letter. The fixture above (root handler at DEBUG + install_redaction) is the pattern.
