@@ -39,10 +39,6 @@ from shared.events import OutgoingEvent
 
 log = logging.getLogger(__name__)
 
-LOCK_SECONDS = 60.0  # a crashed holder blocks its target at most this long
-LOCK_WAIT_SECONDS = 20.0  # an event waits this long for a concurrent one, then 503
-
-
 class TargetBusy(TemporaryError):
     """Another deploy, stop or reconcile of this target holds its lock."""
 
@@ -65,11 +61,12 @@ def target_of(obj: ObservedObject) -> str | None:
 @dataclass
 class HeldLock:
     lock: Lock
+    seconds: float
 
     def extend(self) -> None:
         """Called between API writes: a long apply keeps its lock."""
         try:
-            self.lock.extend(LOCK_SECONDS, replace_ttl=True)
+            self.lock.extend(self.seconds, replace_ttl=True)
         except LockError as exc:
             raise TemporaryError("lost the deploy lock during a long apply; retry") from exc
 
@@ -99,9 +96,9 @@ class Deployer:
         """Yields the held lock, or None when `wait` is False and someone else holds it."""
         lock = self.redis.lock(
             keys.deploy_lock(kind, target_id),
-            timeout=LOCK_SECONDS,
+            timeout=self.services.lock_seconds,
             blocking=wait,
-            blocking_timeout=LOCK_WAIT_SECONDS if wait else None,
+            blocking_timeout=self.services.lock_wait_seconds if wait else None,
             thread_local=False,
         )
         if not lock.acquire():
@@ -110,7 +107,7 @@ class Deployer:
             yield None
             return
         try:
-            yield HeldLock(lock)
+            yield HeldLock(lock, self.services.lock_seconds)
         finally:
             try:
                 lock.release()

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 READY_WAIT_SECONDS = 2.0  # how long a request waits for readiness before leaving it to the tick
 READY_POLL_SECONDS = 0.25
+LOCK_SECONDS = 60.0  # a crashed holder blocks its target at most this long
+LOCK_WAIT_SECONDS = 20.0  # an event waits this long for a concurrent one, then 503
 
 
 class FlowTokens(Protocol):
@@ -68,6 +70,8 @@ class DeployServices:
     worker: WorkerSettings
     ready_wait_seconds: float = READY_WAIT_SECONDS
     ready_poll_seconds: float = READY_POLL_SECONDS
+    lock_seconds: float = LOCK_SECONDS
+    lock_wait_seconds: float = LOCK_WAIT_SECONDS
 
 
 def build_services(settings: Settings, clock: Clock, redis: Redis) -> DeployServices:

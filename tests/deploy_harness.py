@@ -16,6 +16,7 @@ from shared.clock import FakeClock
 from shared.component_repository import HttpComponentRepository
 from shared.deploy_services import DeployServices, NoFlowTokens
 from shared.desired_state import WorkerSettings
+from shared.driver import DeployDriver
 from shared.events import OutgoingEvent
 from shared.handlers.deploy import SPEC
 from shared.kubernetes import KubernetesDriver, make_api_client
@@ -81,13 +82,15 @@ class DeployHarness:
     policy: Policy = field(default_factory=Policy)
     ready_timeout: float = 300.0
     ready_wait: float = 0.5
+    driver: DeployDriver | None = None  # default: the Kubernetes driver on the fake API
 
     def __post_init__(self) -> None:
         self.sender = CapturingSender()
         self.tokens = CountingTokens()
-        self.driver = KubernetesDriver(
-            make_api_client(host=self.kube.url), "flows", request_timeout=1.0
-        )
+        if self.driver is None:
+            self.driver = KubernetesDriver(
+                make_api_client(host=self.kube.url), "flows", request_timeout=1.0
+            )
         settings = Settings(
             redis_url="redis://unused:1/0",
             orchestrator_key=TEST_KEY,
@@ -95,7 +98,7 @@ class DeployHarness:
             deploy_ready_timeout=self.ready_timeout,
             k_sink="http://sink.invalid",
         )
-        services = DeployServices(
+        self.services = services = DeployServices(
             driver=self.driver,
             components=HttpComponentRepository(self.repo.url, clock=self.clock),
             tokens=self.tokens,
@@ -115,6 +118,7 @@ class DeployHarness:
         )
 
     def close(self) -> None:
+        assert self.driver is not None
         self.driver.close()
 
     # ---- sending events ----------------------------------------------------------------------
