@@ -39,6 +39,7 @@ from shared.events import OutgoingEvent
 
 log = logging.getLogger(__name__)
 
+
 class TargetBusy(TemporaryError):
     """Another deploy, stop or reconcile of this target holds its lock."""
 
