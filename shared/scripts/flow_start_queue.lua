@@ -173,6 +173,22 @@ local function pick_user(tenant)
   return nil
 end
 
+-- the oldest waiting run of the flow's queue for this user, taken out of the waiting state
+local function pop_run(flow, tenant, user)
+  local queue = queue_key(flow, user)
+  local run_id = redis.call('LPOP', queue)
+  local raw = run_id and redis.call('HGET', K.waiting, run_id)
+  if not raw then
+    return nil
+  end
+  redis.call('HDEL', K.waiting, run_id)
+  count_add('w:' .. tenant, -1)
+  if redis.call('EXISTS', queue) == 0 then
+    redis.call('SREM', queue_users_key(flow), user)
+  end
+  return cjson.decode(raw)
+end
+
 -- admit waiting runs in fair order while slots are free
 local function dispatch()
   local blocked = {}
@@ -197,25 +213,22 @@ local function dispatch()
     if not tenant then
       return
     end
-    local queue = queue_key(flow, user)
-    local run_id = redis.call('LPOP', queue)
-    local run = cjson.decode(redis.call('HGET', K.waiting, run_id))
-    redis.call('HDEL', K.waiting, run_id)
-    count_add('w:' .. tenant, -1)
-    local more = redis.call('LLEN', queue) > 0
-    if not more then
-      redis.call('SREM', queue_users_key(flow), user)
+    local run = pop_run(flow, tenant, user)
+    if run then
+      local more = redis.call('EXISTS', queue_key(flow, user)) == 1
+      local lv = levels(flow, tenant, user)
+      local _, flow_weight = penalty('flow', flow)
+      served(lv[1][1], lv[1][2], lv[1][3], flow, flow_tag, flow_weight, more)
+      local _, user_weight = penalty('user', user)
+      served(lv[2][1], lv[2][2], lv[2][3], user, user_tag, user_weight,
+        redis.call('EXISTS', lv[1][1]) == 1)
+      local _, tenant_factor = penalty('tenant', tenant)
+      served(lv[3][1], lv[3][2], lv[3][3], tenant, tenant_tag,
+        limits(tenant).weight * tenant_factor, redis.call('EXISTS', lv[2][1]) == 1)
+      admit(run)
+    else  -- never expected: heal the rotation instead of failing every dispatch
+      deactivate(flow, tenant, user)
     end
-    local lv = levels(flow, tenant, user)
-    local _, flow_weight = penalty('flow', flow)
-    served(lv[1][1], lv[1][2], lv[1][3], flow, flow_tag, flow_weight, more)
-    local _, user_weight = penalty('user', user)
-    served(lv[2][1], lv[2][2], lv[2][3], user, user_tag, user_weight,
-      redis.call('EXISTS', lv[1][1]) == 1)
-    local _, tenant_factor = penalty('tenant', tenant)
-    served(lv[3][1], lv[3][2], lv[3][3], tenant, tenant_tag,
-      limits(tenant).weight * tenant_factor, redis.call('EXISTS', lv[2][1]) == 1)
-    admit(run)
   end
 end
 
