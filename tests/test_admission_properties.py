@@ -4,6 +4,7 @@ never more running than slots, no waiting tenant starves, shares converge to wei
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import Counter
 
 from hypothesis import HealthCheck, given, settings
@@ -107,7 +108,7 @@ def test_no_waiting_tenant_starves(redis: Redis, weights: list[int], slots: int)
     order = [str(d["tenant"]) for d in adm.admitted_order()]
     for i in names:
         positions = [p for p, tenant in enumerate(order) if tenant == i]
-        for start, end in zip(positions, positions[1:], strict=False):
+        for start, end in itertools.pairwise(positions):
             between = Counter(order[start + 1 : end])
             for j, count in between.items():
                 assert count <= -(-weight[j] // weight[i]) + 1 + slots, (i, j, order)
@@ -120,7 +121,9 @@ def test_shares_converge_to_weights(redis: Redis, weights: list[int]) -> None:
     clock = FakeClock()
     names = [f"t{i}" for i in range(len(weights))]
     adm = Admission(
-        redis, clock, policy(slots=1, tenants={n: {"weight": w} for n, w in zip(names, weights)})
+        redis,
+        clock,
+        policy(slots=1, tenants={n: {"weight": w} for n, w in zip(names, weights, strict=True)}),
     )
     adm.deploy("blocker-flow", *[f"f-{n}" for n in names])
     adm.submit("blocker", "blocker-flow")
