@@ -23,7 +23,7 @@ from typing import Any
 from redis import Redis
 
 from shared import keys
-from shared.policy import Policy
+from shared.policy import SUBJECT_LEVELS, Policy, Rule
 from shared.scripts import load_script, script_source
 
 SLOTS = 12
@@ -72,12 +72,29 @@ def subjects_of(tenant: str, user: str = "", flow: str = "") -> list[SubjectRef]
     return [SubjectRef(level, value, tenant) for level, value in pairs if value and tenant]
 
 
-def windows(policy: Policy) -> tuple[int, ...]:
-    """Every distinct rule window (global and per tenant), in whole seconds; each gets a ring."""
+LevelWindows = Mapping[str, Sequence[int]]
+
+
+def _all_rules(policy: Policy) -> list[Rule]:
     rules = list(policy.rules) + [r for limits in policy.tenants.values() for r in limits.rules]
-    rules += list(policy.defaults.rules)
-    found = sorted({max(1, round(rule.window_seconds)) for rule in rules})
+    return rules + list(policy.defaults.rules)
+
+
+def windows(policy: Policy) -> tuple[int, ...]:
+    """Every distinct rule window (global and per tenant), in whole seconds."""
+    found = sorted({max(1, round(rule.window_seconds)) for rule in _all_rules(policy)})
     return tuple(found) or DEFAULT_WINDOWS
+
+
+def level_windows(policy: Policy) -> dict[str, tuple[int, ...]]:
+    """The rings each subject level keeps: the windows of its rules; a level without rules
+    keeps the widest window, and tenants always keep it too (the usage an operator sees)."""
+    widest = max(windows(policy))
+    found: dict[str, set[int]] = {level: set() for level in SUBJECT_LEVELS}
+    for rule in _all_rules(policy):
+        found[rule.subject].add(max(1, round(rule.window_seconds)))
+    found["tenant"].add(widest)
+    return {level: tuple(sorted(ws or {widest})) for level, ws in found.items()}
 
 
 def width(window_seconds: int) -> float:
@@ -119,7 +136,7 @@ class Recorded:
 
 
 def _keys_and_args(
-    record: Record, now: float, ring_windows: Sequence[int]
+    record: Record, now: float, ring_windows: LevelWindows
 ) -> tuple[list[str], list[str]]:
     unknown = [m for m in record.amounts if m not in FIELD]
     if unknown:
@@ -133,10 +150,11 @@ def _keys_and_args(
         keys.watched_runs(),
         keys.ledger_active(),
     ]
-    rings: list[tuple[str, int]] = [
-        (keys.ledger(s.level, s.id, w), w) for s in record.subjects for w in ring_windows
+    script_keys += [
+        keys.ledger(s.level, s.id, window)
+        for s in record.subjects
+        for window in ring_windows[s.level]
     ]
-    script_keys += [key for key, _ in rings]
     amounts = [(FIELD[m], float(v)) for m, v in record.amounts.items() if v]
     args: list[str] = [
         str(ttl),
@@ -150,10 +168,12 @@ def _keys_and_args(
     ]
     for index, amount in amounts:
         args += [str(index), repr(amount)]
-    for _, window in rings:
-        args += [repr(width(window)), str(window + math.ceil(width(window)))]
-    members = [s.member() for s in record.subjects]
-    args += [str(len(members)), *members]
+    args.append(str(len(record.subjects)))
+    for subject in record.subjects:
+        shapes = ring_windows[subject.level]
+        args += [subject.member(), str(len(shapes))]
+        for window in shapes:
+            args += [repr(width(window)), str(window + math.ceil(width(window)))]
     return script_keys, args
 
 
@@ -162,7 +182,7 @@ def _recorded(reply: Any) -> Recorded:
     return Recorded(int(status), float(seconds.decode() if isinstance(seconds, bytes) else seconds))
 
 
-def record(redis: Redis, entry: Record, *, now: float, ring_windows: Sequence[int]) -> Recorded:
+def record(redis: Redis, entry: Record, *, now: float, ring_windows: LevelWindows) -> Recorded:
     """Writes one entry atomically (dedupe key, rings, run bookkeeping, outbox)."""
     script_keys, args = _keys_and_args(entry, now, ring_windows)
     return _recorded(load_script(SCRIPT)(redis, script_keys, args))
@@ -172,7 +192,7 @@ def record_many(
     redis: Redis,
     entries: Iterable[tuple[Record, float]],
     *,
-    ring_windows: Sequence[int],
+    ring_windows: LevelWindows,
     batch: int = 500,
 ) -> list[Recorded]:
     """Writes many (entry, now) pairs through one pipeline per `batch` (bulk ingestion)."""

@@ -4,7 +4,9 @@ metrics-server reports current usage (cores, bytes) per pod. Usage over time is 
 the time since the last read: the read time is swapped atomically (SET ... GET), so two ticks
 that overlap each count their own interval and nothing is counted twice. The interval is capped
 (after an outage we do not extrapolate one sample over hours); the very first read only sets
-the mark. Pods are attributed by the labels deploy puts on them (tenant, user, flow).
+the mark. Pods are attributed by the flow label deploy puts on them: label values may be
+shortened or hashed, so the flow is found by recomputing the label of every wanted flow, and
+its tenant and user come from the flow document (the tenant and user labels are the fallback).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from redis import Redis
 
-from shared import keys, ledger
+from shared import flows, keys, ledger
 from shared.driver import LABEL_PREFIX
 from shared.ledger import Record, SubjectRef
 
@@ -47,14 +49,34 @@ def interval(redis: Redis, *, now: float) -> float:
     return max(0.0, min(now - float(text), MAX_INTERVAL_SECONDS))
 
 
-def usage_records(pods: Sequence[PodUsage], seconds: float) -> list[Record]:
+Owner = tuple[str, str, str]  # tenant, user, flow id
+
+
+def flow_owners(redis: Redis) -> dict[str, Owner]:
+    """Flow label value → (tenant, user, flow id) for every wanted flow."""
+    from shared.desired_state import label_value  # deploy's labelling; heavy imports, lazily
+
+    owners: dict[str, Owner] = {}
+    for flow_id in flows.wanted_ids(redis):
+        stored = flows.get(redis, flow_id)
+        if stored is not None:
+            owners[label_value(flow_id)] = (stored.flow.tenant, stored.flow.user, flow_id)
+    return owners
+
+
+def usage_records(
+    pods: Sequence[PodUsage], seconds: float, owners: dict[str, Owner] | None = None
+) -> list[Record]:
     """One ledger record per (tenant, user, flow): cpu_seconds and memory_mib_seconds."""
-    sums: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    sums: dict[Owner, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for pod in pods:
-        tenant = pod.labels.get(TENANT_LABEL, "")
-        if not tenant:
-            continue  # not a flow's pod (a global component): nobody to count it against
-        owner = (tenant, pod.labels.get(USER_LABEL, ""), pod.labels.get(FLOW_LABEL, ""))
+        flow_label = pod.labels.get(FLOW_LABEL, "")
+        owner = (owners or {}).get(flow_label) if flow_label else None
+        if owner is None:
+            tenant = pod.labels.get(TENANT_LABEL, "")
+            if not tenant or not flow_label:
+                continue  # a global component's pod: no flow to count it against
+            owner = (tenant, pod.labels.get(USER_LABEL, ""), flow_label)
         sums[owner][0] += pod.cpu_cores * seconds
         sums[owner][1] += pod.memory_bytes / MIB * seconds
     return [
@@ -67,13 +89,13 @@ def usage_records(pods: Sequence[PodUsage], seconds: float) -> list[Record]:
 
 
 def read_once(
-    redis: Redis, source: PodUsageSource, *, now: float, ring_windows: Sequence[int]
+    redis: Redis, source: PodUsageSource, *, now: float, ring_windows: ledger.LevelWindows
 ) -> list[SubjectRef]:
     """Reads pod usage once and adds it to the ledger; returns the subjects counted."""
     pods = source.pod_usage()
     seconds = interval(redis, now=now)
     if seconds <= 0:
         return []
-    records = usage_records(pods, seconds)
+    records = usage_records(pods, seconds, flow_owners(redis))
     ledger.record_many(redis, [(r, now) for r in records], ring_windows=ring_windows)
     return [subject for record in records for subject in record.subjects]

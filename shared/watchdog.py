@@ -105,7 +105,7 @@ def running(redis: Redis) -> list[WatchedRun]:
 
 
 def accrue(
-    redis: Redis, runs: Sequence[WatchedRun], *, now: float, ring_windows: Sequence[int]
+    redis: Redis, runs: Sequence[WatchedRun], *, now: float, ring_windows: ledger.LevelWindows
 ) -> list[SubjectRef]:
     """Adds the run time passed since the last tick to each run's subjects; returns them."""
     entries = [
@@ -122,7 +122,7 @@ def timeouts(
     runs: Sequence[WatchedRun],
     *,
     now: float,
-    ring_windows: Sequence[int],
+    ring_windows: ledger.LevelWindows,
     source: str,
 ) -> list[Timeout]:
     """Ends every run past its deadline: failed event (reason timeout) + ledger, atomically."""

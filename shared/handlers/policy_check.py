@@ -111,7 +111,7 @@ def police(
 def _count(ctx: Ctx, entry: Record) -> None:
     """Ledger write (once per event), then the rules of the subjects it touched."""
     now = ctx.clock.now()
-    result = ledger.record(ctx.redis, entry, now=now, ring_windows=ledger.windows(ctx.policy))
+    result = ledger.record(ctx.redis, entry, now=now, ring_windows=ledger.level_windows(ctx.policy))
     if result.duplicate:
         log.info("duplicate %s id=%s: already counted", ctx.event.type, ctx.event.id)
         return
@@ -213,7 +213,7 @@ def tick(
     pod_usage: PodUsageSource | None = None,
 ) -> list[penalties.Decision]:
     """One pass of the police: watchdog, metrics, rules of active subjects, decay."""
-    ring_windows = ledger.windows(policy)
+    ring_windows = ledger.level_windows(policy)
     runs = watchdog.running(redis)
     decisions = []
     for timeout in watchdog.timeouts(
@@ -243,7 +243,7 @@ def tick(
             metrics_reader.read_once(redis, pod_usage, now=now, ring_windows=ring_windows)
         except OrchestratorError as exc:  # the rest of the tick must still happen
             log.warning("pod metrics not read: %s", exc)
-    horizon = now - max(ring_windows)
+    horizon = now - max(ledger.windows(policy))
     subjects = ledger.active_subjects(redis, since=horizon)
     decisions += police(redis, policy, subjects, now=now, source=source)
     decisions += penalties.decay_all(redis, policy.penalties, now=now, source=source)

@@ -7,7 +7,7 @@
 -- KEYS[1] dedupe key of the event    KEYS[2] outbox of the {pol} tag
 -- KEYS[3] watched run hash           KEYS[4] watched runs (sorted set, score = deadline)
 -- KEYS[5] active subjects (sorted set, score = last write)
--- KEYS[6..] ledger rings, one per subject and window
+-- KEYS[6..] ledger rings, subject by subject, each subject's windows in ARGV order
 -- ARGV[1] dedupe TTL seconds (0: no dedupe; tick accrual is idempotent by its own timestamps)
 -- ARGV[2] now (seconds)          ARGV[3] slots per ring     ARGV[4] metric fields per slot
 -- ARGV[5] run operation: none | admit | end | accrue | timeout
@@ -18,8 +18,8 @@
 -- ARGV[9] timeout: outbox entry (JSON) announcing the timeout
 -- ARGV[10] field index of run_seconds (the run-time delta is added there)
 -- ARGV[11] n, then n pairs (metric field index, amount)
--- then one pair (bucket width seconds, TTL seconds) per ring
--- then a count m of active-subject members and the m members
+-- then the subject count, and per subject: its active-index member, its ring count w, and w pairs
+-- (bucket width seconds, TTL seconds), in the order of its rings in KEYS
 -- Returns {status, run seconds added as a string}:
 --   status 1 recorded, 0 duplicate event, 2 nothing to count (run unknown or already ended)
 local now = tonumber(ARGV[2])
@@ -104,35 +104,44 @@ if run_seconds > 0 then
   incs[#incs + 1] = run_seconds
 end
 
-for k = 6, #KEYS do
-  local width, ttl = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1])
+-- the TTL and the active index are refreshed when a ring enters a new bucket: often enough
+-- (a ring outlives its last bucket by one window) and far cheaper than on every write
+local k = 6
+local subjects = tonumber(ARGV[pos])
+pos = pos + 1
+for _ = 1, subjects do
+  local member, rings = ARGV[pos], tonumber(ARGV[pos + 1])
   pos = pos + 2
-  if #incs > 0 then
-    local key = KEYS[k]
+  local touched = false
+  for _ = 1, rings do
+    local key, width, ttl = KEYS[k], tonumber(ARGV[pos]), tonumber(ARGV[pos + 1])
+    k = k + 1
+    pos = pos + 2
     local bucket = math.floor(now / width)
     local slot = tostring(bucket % slots)
     local held = tonumber(redis.call('HGET', key, slot))
     -- a bucket older than the one the slot holds is out of the ring: dropped
-    if held == nil or held <= bucket then
+    if #incs > 0 and (held == nil or held <= bucket) then
       if held ~= bucket then
-        local stale = {}
-        for i = 0, metric_fields - 1 do
-          stale[#stale + 1] = slot .. '.' .. i
+        if held ~= nil then
+          local stale = {}
+          for m = 0, metric_fields - 1 do
+            stale[#stale + 1] = slot .. '.' .. m
+          end
+          redis.call('HDEL', key, unpack(stale))
         end
-        redis.call('HDEL', key, unpack(stale))
         redis.call('HSET', key, slot, bucket)
+        redis.call('EXPIRE', key, ttl)
+        touched = true
       end
-      for i = 1, #incs, 2 do
-        redis.call('HINCRBYFLOAT', key, slot .. '.' .. incs[i], incs[i + 1])
+      for m = 1, #incs, 2 do
+        redis.call('HINCRBYFLOAT', key, slot .. '.' .. incs[m], incs[m + 1])
       end
-      redis.call('EXPIRE', key, ttl)
     end
   end
-end
-
-local members = tonumber(ARGV[pos])
-for i = 1, members do
-  redis.call('ZADD', KEYS[5], now, ARGV[pos + i])
+  if touched then
+    redis.call('ZADD', KEYS[5], now, member)
+  end
 end
 
 return {1, tostring(run_seconds)}
