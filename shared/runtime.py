@@ -188,8 +188,8 @@ class FunctionRuntime(Generic[S]):
         handler = self.spec.handlers.get(event.type)
         if handler is None:
             raise InvalidEvent(f"type: {self.spec.name} has no handler for {event.type!r}")
-        principal = self.authorizer.authorize(cloudevent, event.payload)
         try:
+            principal = self.authorizer.authorize(cloudevent, event.payload)
             once = Once.for_event(self.redis, self.spec.tag, event)
             duplicate = event.type != TICK and once.done()
             if duplicate:
