@@ -217,8 +217,11 @@ class FunctionRuntime(Generic[S]):
 
 
 def lazy_runtime(spec: FunctionSpec[S]) -> Callable[[], FunctionRuntime[S]]:
-    """Builds the runtime on first use (not at import), once per process."""
+    """Checks the settings now (no I/O: a bad value stops the process at start, naming the
+    variable) and builds clients on first use, once per process."""
     import threading
+
+    Settings.from_env(os.environ)
 
     lock = threading.Lock()
     built: list[FunctionRuntime[S]] = []
