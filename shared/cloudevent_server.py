@@ -48,7 +48,10 @@ class CloudEventServer:
     def start(self) -> CloudEventServer:
         """Serves in a background thread."""
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"{self.name}-http", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"{self.name}-http",
+            daemon=True,
         )
         self._thread.start()
         return self

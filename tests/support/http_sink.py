@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,11 +36,16 @@ class HttpSink:
         self.default = default
         self.requests: list[Request] = []
         self._script: deque[Answer] = deque()
+        self._stalls: deque[float] = deque()
+        self.gate = threading.Event()
+        self.gate.set()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -48,6 +54,11 @@ class HttpSink:
     def answer(self, *answers: Answer) -> None:
         with self._lock:
             self._script.extend(answers)
+
+    def stall(self, *seconds: float) -> None:
+        """The next requests answer only after these delays (to provoke client timeouts)."""
+        with self._lock:
+            self._stalls.extend(seconds)
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Request]:
         """Blocks until at least `count` requests arrived (or the timeout passed)."""
@@ -81,12 +92,19 @@ class HttpSink:
                 request = Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 with sink._arrived:
                     status, headers = sink._next()
+                    stall = sink._stalls.popleft() if sink._stalls else 0.0
                     sink.requests.append(request)
                     sink._arrived.notify_all()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                sink.gate.wait(30)
+                if stall:
+                    time.sleep(stall)
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a timeout test)
 
         return Handler
