@@ -30,6 +30,26 @@ _ENTRY_FIELDS = 10
 StoreResult = Literal["scheduled", "kept", "dropped", "duplicate"]
 
 
+def schedule_args(flow: FlowDocument, now: float) -> list[ArgT]:
+    """The flow_start_schedule arguments (after the header) of a flow; validate it first."""
+    if flow.cron is None:
+        return [flow.id, *[""] * 9]
+    settings = flow.settings
+    offset = schedule.spread_offset(flow.id, flow.cron, flow.timezone, enabled=settings.spread)
+    return [
+        flow.id,
+        flow.cron,
+        flow.timezone,
+        offset,
+        flow.tenant,
+        flow.user,
+        repr(schedule.first_due(flow.cron, flow.timezone, offset, now)),
+        settings.overlap_policy or "",
+        "" if settings.catchup_window_seconds is None else settings.catchup_window_seconds,
+        "" if settings.max_run_seconds is None else settings.max_run_seconds,
+    ]
+
+
 def store_schedule(
     redis: Redis,
     inputs: Inputs,
@@ -40,27 +60,10 @@ def store_schedule(
     source: str,
 ) -> StoreResult:
     """Stores the flow's schedule (or drops it when the flow has no cron). Validate first."""
-    args: list[ArgT] = [flow.id]
-    if flow.cron is None:
-        args += [""] * 9
-    else:
-        offset = schedule.spread_offset(
-            flow.id, flow.cron, flow.timezone, enabled=flow.settings.spread
-        )
-        settings = flow.settings
-        args += [
-            flow.cron,
-            flow.timezone,
-            offset,
-            flow.tenant,
-            flow.user,
-            repr(schedule.first_due(flow.cron, flow.timezone, offset, now)),
-            settings.overlap_policy or "",
-            "" if settings.catchup_window_seconds is None else settings.catchup_window_seconds,
-            "" if settings.max_run_seconds is None else settings.max_run_seconds,
-        ]
     reply = load_script("flow_start_schedule")(
-        redis, script_keys(once), [*header(inputs, now=now, source=source, once=once), *args]
+        redis,
+        script_keys(once),
+        [*header(inputs, now=now, source=source, once=once), *schedule_args(flow, now)],
     )
     return _text(reply[0])  # type: ignore[return-value]
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Callable
@@ -78,6 +79,7 @@ def check(cron: str, zone: str) -> None:
         ) from exc
 
 
+@functools.lru_cache(maxsize=1024)
 def interval_seconds(cron: str, zone: str) -> float:
     """The shortest gap between consecutive times of `cron` (sampled from a fixed date)."""
     times = [_REFERENCE]
