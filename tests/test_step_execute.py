@@ -1,4 +1,4 @@
-"""step-execute end to end on real Redis: graphs run through the queues with the real worker code."""
+"""step-execute end to end on real Redis: graphs run through queues with the real worker."""
 
 from __future__ import annotations
 
@@ -168,10 +168,24 @@ def test_own_terminal_events_and_foreign_completions_are_ignored(harness: StepHa
     from tests.support.events import internal
 
     data = {"flowId": "pair", "runId": "run-1", "tenant": TENANT, "fencingToken": 7}
-    harness.handle(internal("flow.execution.completed", data, key=TEST_KEY, clock=harness.clock,
-                            source="/component-orchestrator/policy-check"))  # fmt: skip
-    harness.handle(internal("flow.execution.failed", {**data, "reason": "x"}, key=TEST_KEY,
-                            clock=harness.clock, source="/component-orchestrator/step-execute"))  # fmt: skip
+    harness.handle(
+        internal(
+            "flow.execution.completed",
+            data,
+            key=TEST_KEY,
+            clock=harness.clock,
+            source="/component-orchestrator/policy-check",
+        )
+    )
+    harness.handle(
+        internal(
+            "flow.execution.failed",
+            {**data, "reason": "x"},
+            key=TEST_KEY,
+            clock=harness.clock,
+            source="/component-orchestrator/step-execute",
+        )
+    )
     assert harness.run().status == "running"
 
 
@@ -185,9 +199,12 @@ def test_usage_is_reported_per_tenant_user_and_flow_on_tick(harness: StepHarness
     (usage,) = harness.sender.of_type("usage.reported")
     start_bytes = len('{"hello":"world"}')
     assert usage.data == {
-        "tenant": TENANT, "user": USER, "flowId": "pair", "messages": 2,
+        "tenant": TENANT,
+        "user": USER,
+        "flowId": "pair",
+        "messages": 2,
         "bytes": start_bytes + len('{"x":1}'),
-    }  # fmt: skip
+    }
     harness.tick()  # reported once: the counts start again from zero
     assert len(harness.sender.of_type("usage.reported")) == 1
 

@@ -56,7 +56,7 @@ class StepMessage:
                 message_id=str(raw["messageId"]),
                 tenant=str(raw.get("tenant", "")),
                 attempt=int(raw.get("attempt", 0)),
-                data_json=json.dumps(raw.get("data"), separators=(",", ":")),
+                data_json=json.dumps(raw.get("data"), separators=(",", ":"), ensure_ascii=False),
                 token=str(raw["stepToken"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -123,14 +123,25 @@ class StepHarness:
         fencing: int = 7,
     ) -> Outcome:
         data = {
-            "flowId": flow_id, "runId": run_id, "tenant": tenant, "user": user,
-            "fencingToken": fencing, "scheduledFor": self.clock.now(), "trigger": "execute",
+            "flowId": flow_id,
+            "runId": run_id,
+            "tenant": tenant,
+            "user": user,
+            "fencingToken": fencing,
+            "scheduledFor": self.clock.now(),
+            "trigger": "execute",
             "msg": {} if msg is None else msg,
-        }  # fmt: skip
+        }
         return self.handle(
-            internal("flow.execution.admitted", data, key=TEST_KEY, clock=self.clock,
-                     sender="flow-start", source="/component-orchestrator/flow-start",
-                     event_id=f"admit-{run_id}")  # fmt: skip
+            internal(
+                "flow.execution.admitted",
+                data,
+                key=TEST_KEY,
+                clock=self.clock,
+                sender="flow-start",
+                source="/component-orchestrator/flow-start",
+                event_id=f"admit-{run_id}",
+            )
         )
 
     def handle(self, event: CloudEvent) -> Outcome:
@@ -175,10 +186,15 @@ class StepHarness:
         **payload: Any,
     ) -> CloudEvent:
         body: dict[str, Any] = {
-            "runId": message.run_id, "stepId": message.step_id,
-            "messageId": message.message_id, "seq": seq, "final": final, "data": data,
-            "attempt": message.attempt, **payload,
-        }  # fmt: skip
+            "runId": message.run_id,
+            "stepId": message.step_id,
+            "messageId": message.message_id,
+            "seq": seq,
+            "final": final,
+            "data": data,
+            "attempt": message.attempt,
+            **payload,
+        }
         if data is None and failed is None:
             body["empty"] = True  # no output: only ends the message
         if failed is not None:
@@ -194,13 +210,21 @@ class StepHarness:
 
     def worker(self, flow_id: str, step: str, function: Callable[..., Any]) -> Worker:
         config = WorkerConfig(
-            flow_id=flow_id, step_id=step, queue=keys.step_queue(flow_id, step),
-            entrypoint="tests", tenant=TENANT,
-        )  # fmt: skip
+            flow_id=flow_id,
+            step_id=step,
+            queue=keys.step_queue(flow_id, step),
+            entrypoint="tests",
+            tenant=TENANT,
+        )
         return Worker(
-            config, self.queue, RuntimeSender(self.runtime), function,
-            consumer=f"worker-{step}", clock=self.clock, batch_size=1000,
-        )  # fmt: skip
+            config,
+            self.queue,
+            RuntimeSender(self.runtime),
+            function,
+            consumer=f"worker-{step}",
+            clock=self.clock,
+            batch_size=1000,
+        )
 
     def run_workers(
         self, flow_id: str, functions: Mapping[str, Callable[..., Any]], rounds: int = 50
