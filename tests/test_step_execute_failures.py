@@ -204,3 +204,17 @@ def test_every_published_message_ends_acknowledged_retried_or_dead_lettered(
     dead = {letter["messageId"] for letter in harness.dead_letters()}
     assert dead == {m.message_id for m in messages[1:]}
     assert harness.redis.exists(*[keys.step_message(m.message_id) for m in messages]) == 0
+
+
+def test_a_tick_reclaims_messages_a_dead_worker_received_but_never_acknowledged(
+    harness: StepHarness,
+) -> None:
+    harness.services.reclaim_idle_seconds = 0
+    harness.admit("pair")
+    taken = harness.receive("pair", "a", consumer="died")
+    assert len(taken) == 1 and harness.receive("pair", "a", consumer="alive") == []
+    harness.tick()
+    (again,) = harness.messages("pair", "a")
+    assert again.message_id == taken[0].message.message_id
+    harness.handle(harness.result(again, None))
+    assert harness.run().status == "completed"
