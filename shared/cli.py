@@ -197,7 +197,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
         pass
     finally:
         broker.close(wait=False)
-    return 0
+    # Deliveries still in flight (or waiting to retry) end with the process, as they would when
+    # a broker pod stops; exit now instead of letting the pool's threads wait for their answers.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:

@@ -190,6 +190,10 @@ class LocalRun:
                 "WORKERS": "1",  # one gunicorn worker per function: state lives in Redis
             }
         )
+        # The local clock ticks every second: a tick handler must not work through the minute
+        # the way it does between the PingSource's once-a-minute ticks.
+        for name in ("FLOW_START_WORK_THROUGH_SECONDS", "STEP_TICK_WORK_SECONDS"):
+            env.setdefault(name, "0")
         for name in ("REDIS_URL", "ORCHESTRATOR_POLICY_FILE", "COMPONENT_REPOSITORY_URL"):
             if self.options.environ.get(name):
                 env[name] = self.options.environ[name]

@@ -1,0 +1,125 @@
+"""`make run` end to end: everything starts, an event sent with `orchestrator send` reaches the
+functions that consume it through the broker, and Ctrl-C leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.supervisor import group_members
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0  # the issue's bound for `make run` to be up
+
+
+class Run:
+    """`orchestrator run` as a subprocess, its output read line by line."""
+
+    def __init__(self, state_dir: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        env.update({"PYTHONUNBUFFERED": "1", "DEMO": "0"})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "run", "--no-demo", "--broker-port", "0",
+             "--state-dir", str(state_dir)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        """The first line (seen so far or arriving within `timeout`) matching `pattern`."""
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if match := regex.search(line):
+                return match
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(
+                    f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines)
+                ) from None
+            self.lines.append(line)
+            if match := regex.search(line):
+                return match
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(timeout=30)
+        while not self._queue.empty():
+            self.lines.append(self._queue.get())
+        return code
+
+
+@pytest.fixture()
+def make_run(tmp_path: Path) -> Iterator[Run]:
+    run = Run(tmp_path / "state")
+    yield run
+    if run.process.poll() is None:
+        run.process.kill()
+        run.process.wait()
+
+
+def send(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "send", *args, "--state-dir", str(state_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.slow
+def test_make_run_routes_an_event_end_to_end_and_stops_cleanly(
+    make_run: Run, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    make_run.wait_for(r"^ready: broker (http://\S+)", START_TIMEOUT)
+    text = "\n".join(make_run.lines)
+    pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
+    assert len(pids) == 6, text  # redis, four functions, broker
+    assert "ORCHESTRATOR_AUTH=required" in text
+    assert (state / "session.json").stat().st_mode & 0o777 == 0o600
+
+    sent = send(state, "flow.starting", "examples/flow.json", "--id", "hello-1")
+    assert sent.returncode == 0, sent.stderr
+    assert "202" in sent.stdout
+    assert "eyJ" not in sent.stdout + sent.stderr  # the minted token is never printed
+    make_run.wait_for(r"flow\.starting .*id=hello-1 → deploy +200", 20)
+    make_run.wait_for(r"flow\.starting .*id=hello-1 → flow-start +200", 20)
+
+    stop = tmp_path / "stop.json"
+    stop.write_text('{"id": "hello-flow"}')
+    forged = send(state, "flow.stopping", str(stop), "--id", "forged-1", "--authtoken", "forged")
+    assert forged.returncode == 0
+    make_run.wait_for(r"flow\.stopping .*id=forged-1 → deploy +401", 20)
+    make_run.wait_for(r"dead-letter flow\.stopping id=forged-1 → deploy", 20)
+
+    assert make_run.stop() == 0
+    output = "\n".join(make_run.lines)
+    assert "stopped: no process left behind" in output
+    assert not any("→ step-execute" in line and "hello-1" in line for line in make_run.lines)
+    assert "forged" not in (state / "dead-letters.jsonl").read_text().replace("forged-1", "")
+    assert group_members(pids) == []
+    assert not (state / "session.json").exists()
