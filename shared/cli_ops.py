@@ -463,7 +463,8 @@ def show_events(
         out.write("\n")
         out.flush()
 
-    backlog = event_log.recent(redis, count=count if not (wanted or tenant) else 10 * count)
+    # (at least one, to know where --follow continues from; more when filters drop some)
+    backlog = event_log.recent(redis, count=max(1, count if not (wanted or tenant) else 10 * count))
     shown = [e for e in backlog if _matches(e, wanted, tenant)][-count:] if count else []
     for event in shown:
         emit(event)
