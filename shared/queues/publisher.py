@@ -98,7 +98,7 @@ class Publisher:
         self, policy: Policy, claimed: list[str], rows: dict[str, dict[str, object]], now: float
     ) -> None:
         by_queue: dict[str, list[StepMessage]] = {}
-        record: list[str | int | float] = [repr(now)]
+        record: list[str | int | float] = []
         message_keys: list[str] = []
         for message_id in claimed:
             row = rows[message_id]
@@ -125,12 +125,10 @@ class Publisher:
             # Still claimed: they come due again when the claim lease ends, and are retried.
             log.warning("publishing step messages failed (retried later): %s", exc.message)
             raise
-        finally:
-            published_queues = list(by_queue)
-            if published_queues:
-                self.redis.sadd(keys.step_queues(), *published_queues)
         load_script("step_published")(
-            self.redis, [keys.step_due(), keys.step_deadlines(), *message_keys], record
+            self.redis,
+            [keys.step_due(), keys.step_deadlines(), keys.step_queues(), *message_keys],
+            [repr(now), len(by_queue), *by_queue, *record],
         )
 
     def _token(
