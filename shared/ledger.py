@@ -213,40 +213,30 @@ def record_many(
 
 
 # ---------------------------------------------------------------- reading
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _sum_ring(raw: Mapping[Any, Any], now: float, window: int) -> dict[str, float]:
-    current = math.floor(now / width(window))
-    live: set[str] = set()
-    for name, value in raw.items():
-        text = _text(name)
-        if "." not in text and current - SLOTS < int(float(value)) <= current:
-            live.add(text)
-    totals = dict.fromkeys(STORED_METRICS, 0.0)
-    for name, value in raw.items():
-        slot, _, index = _text(name).partition(".")
-        if index and slot in live:
-            totals[STORED_METRICS[int(index)]] += float(value)
-    return totals
-
-
 def usage(redis: Redis, subject: SubjectRef, window: int, *, now: float) -> dict[str, float]:
     """Sums per stored metric over the window ending now (a missing ring reads as zeros)."""
-    raw = redis.hgetall(keys.ledger(subject.level, subject.id, window))
-    return _sum_ring(raw, now, window)
+    return usage_many(redis, [(subject, window)], now=now)[0]
 
 
 def usage_many(
     redis: Redis, wanted: Sequence[tuple[SubjectRef, int]], *, now: float
 ) -> list[dict[str, float]]:
-    """`usage` for many (subject, window) pairs in one round trip."""
-    pipe = redis.pipeline(transaction=False)
-    for subject, window in wanted:
-        pipe.hgetall(keys.ledger(subject.level, subject.id, window))
+    """`usage` for many (subject, window) pairs in one round trip (summed inside Redis)."""
+    if not wanted:
+        return []
+    reply = load_script("ledger_read")(
+        redis,
+        [keys.ledger(subject.level, subject.id, window) for subject, window in wanted],
+        [
+            repr(float(now)),
+            str(SLOTS),
+            str(len(STORED_METRICS)),
+            *(repr(width(window)) for _, window in wanted),
+        ],
+    )
     return [
-        _sum_ring(raw, now, window) for raw, (_, window) in zip(pipe.execute(), wanted, strict=True)
+        {metric: float(_text(value)) for metric, value in zip(STORED_METRICS, sums, strict=True)}
+        for sums in reply
     ]
 
 
@@ -283,3 +273,7 @@ def run_fields(
             "limit": limit,
         }
     )
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

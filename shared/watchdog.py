@@ -30,6 +30,7 @@ TIMEOUT_REASON = "timeout"
 TIMEOUT_RULE = "max-run-seconds"
 ENDED_MARKER_SECONDS = 6 * 3600  # an ended run's marker: a late second terminal event is ignored
 RUN_TTL_MARGIN_SECONDS = 24 * 3600  # a run never seen to end is forgotten this long after its limit
+DEFERRED_MARKER_SECONDS = 7 * 24 * 3600  # a waiting run's marker (runs wait at most this long)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,13 @@ def admit_op(run: RunAdmitted, *, now: float, limit: float) -> RunOp:
         limit=limit,
     )
     ttl = round(limit) + RUN_TTL_MARGIN_SECONDS
-    return RunOp("admit", run.run_id, (fields, repr(now + limit), str(ttl), ""))
+    runs_field = str(ledger.FIELD["runs"])
+    return RunOp("admit", run.run_id, (fields, repr(now + limit), str(ttl), runs_field))
+
+
+def defer_op(run_id: str) -> RunOp:
+    """A run request that waits for its turn: counted in `runs` now, not again when admitted."""
+    return RunOp("defer", run_id, ("", "", str(DEFERRED_MARKER_SECONDS), ""))
 
 
 def end_op(run_id: str, *, ended_at: float, unknown_seconds: float) -> RunOp:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from shared import keys, penalties
+from shared import keys, penalties, watchdog
 from shared.clock import FakeClock
 from shared.events.types import CONSUMES
 from shared.handlers.policy_check import SPEC, PolicyServices, build_services
@@ -122,6 +122,30 @@ def test_deploys_count_for_churn_stops_do_not(pc: PolicyCheck, redis: Redis) -> 
     pc.send("flow.failed", {"id": "f1", "reason": "ImagePullBackOff"})
     [violation] = pc.emitted("policy.violation")
     assert (violation["rule"], violation["subject"]) == ("churn", {"level": "tenant", "id": "acme"})
+
+
+def test_a_deferred_run_counts_as_a_request_once_even_when_admitted_later(
+    pc: PolicyCheck, redis: Redis, clock: FakeClock
+) -> None:
+    store_flow(redis, "f1")
+    waiting = {"flowId": "f1", "runId": "r-9", "scheduledFor": clock.now(), "reason": "tenant_cap"}
+    pc.send("flow.execution.deferred", waiting)
+    pc.send("flow.execution.deferred", waiting)  # deferred again later: the same request
+    assert pc.measured("flow", "f1", "runs") == 1
+    run = {
+        "flowId": "f1",
+        "runId": "r-9",
+        "tenant": "acme",
+        "user": "u1",
+        "fencingToken": 3,
+        "scheduledFor": clock.now(),
+        "trigger": "execute",
+    }
+    pc.send("flow.execution.admitted", run)
+    assert pc.measured("flow", "f1", "runs") == 1
+    assert [r.run_id for r in watchdog.running(redis)] == ["r-9"]  # watched once admitted
+    pc.send("flow.execution.admitted", {**run, "runId": "r-10"})
+    assert pc.measured("tenant", "acme", "runs") == 2
 
 
 def test_skipped_and_missed_runs_count_deferred_ones_do_not(

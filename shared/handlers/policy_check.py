@@ -189,19 +189,23 @@ def on_deployment(ctx: Ctx) -> None:
 
 
 def on_not_started(ctx: Ctx) -> None:
-    """skipped and missed runs count as `skipped`; a deferred run is only waiting its turn."""
+    """skipped and missed runs count as `skipped`; a deferred run is a run request that waits
+    its turn: it counts in `runs` now (a flood of requests shows before any is admitted) and
+    not again when admitted."""
     event = ctx.event.payload
     assert isinstance(event, RunNotStarted)
-    if ctx.event.type == RUN_DEFERRED:
-        return
     owner_tenant, user = _owner(ctx, event.flow_id)
     tenant = event.tenant or owner_tenant
     if not tenant:
         log.info("%s of unknown flow %s: not counted", ctx.event.type, event.flow_id)
         return
-    _count(
-        ctx, Record(ledger.subjects_of(tenant, user, event.flow_id), {"skipped": 1}, **_once(ctx))
-    )
+    subjects = ledger.subjects_of(tenant, user, event.flow_id)
+    if ctx.event.type == RUN_DEFERRED:
+        if event.run_id:
+            op = watchdog.defer_op(event.run_id)
+            _count(ctx, Record(subjects, {"runs": 1}, run=op, **_once(ctx)))
+        return
+    _count(ctx, Record(subjects, {"skipped": 1}, **_once(ctx)))
 
 
 def tick(

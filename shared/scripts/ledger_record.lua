@@ -10,12 +10,13 @@
 -- KEYS[6..] ledger rings, subject by subject, each subject's windows in ARGV order
 -- ARGV[1] dedupe TTL seconds (0: no dedupe; tick accrual is idempotent by its own timestamps)
 -- ARGV[2] now (seconds)          ARGV[3] slots per ring     ARGV[4] metric fields per slot
--- ARGV[5] run operation: none | admit | end | accrue | timeout
+-- ARGV[5] run operation: none | defer | admit | end | accrue | timeout
 -- ARGV[6] admit: run fields JSON (runId, flow, tenant, user, token, admitted, limit)
 --         end: end time of the run
 -- ARGV[7] admit: deadline   end: seconds to count when the run is unknown here
--- ARGV[8] admit: run hash TTL   end / timeout: TTL of the ended run's marker
+-- ARGV[8] admit / defer: run hash TTL   end / timeout: TTL of the ended run's marker
 -- ARGV[9] timeout: outbox entry (JSON) announcing the timeout
+--         admit: field index of `runs`, not counted again for a run counted when deferred
 -- ARGV[10] field index of run_seconds (the run-time delta is added there)
 -- ARGV[11] n, then n pairs (metric field index, amount)
 -- then the subject count, and per subject: its active-index member, its ring count w, and w pairs
@@ -38,11 +39,23 @@ end
 local run_key, index_key = KEYS[3], KEYS[4]
 local status = 1
 local run_seconds = 0
+local uncounted = nil  -- a metric field index not to add (a request counted once)
 
-if op == 'admit' then
+if op == 'defer' then
+  -- a run request that waits: counted now, marked so that its admission is not counted again
   if redis.call('EXISTS', run_key) == 1 then
     status = 2
   else
+    redis.call('HSET', run_key, 'deferred', '1')
+    redis.call('EXPIRE', run_key, tonumber(ARGV[8]))
+  end
+elseif op == 'admit' then
+  if redis.call('HEXISTS', run_key, 'admitted') == 1 then
+    status = 2
+  else
+    if redis.call('HEXISTS', run_key, 'deferred') == 1 then
+      uncounted = ARGV[9]
+    end
     local run = cjson.decode(ARGV[6])
     redis.call('HSET', run_key, 'runId', run.runId, 'flow', run.flow, 'tenant', run.tenant,
       'user', run.user, 'token', run.token, 'admitted', run.admitted, 'limit', run.limit,
@@ -93,7 +106,7 @@ local n = tonumber(ARGV[11])
 local pos = 12
 for _ = 1, n do
   local amount = tonumber(ARGV[pos + 1])
-  if amount ~= 0 then
+  if amount ~= 0 and ARGV[pos] ~= uncounted then
     incs[#incs + 1] = ARGV[pos]
     incs[#incs + 1] = amount
   end
