@@ -71,6 +71,7 @@ def broker_dead_letters() -> str:
 def received(tag: str) -> str:
     return _key(tag, "received")
 
+
 # --- penalties (written by policy-check only; read by flow-start, step-execute, deploy) -----
 def penalty(level: str, subject_id: str) -> str:
     """Hash: step (warn/throttle/deprioritize/suspend), until, rule, since, repeats."""
@@ -193,6 +194,11 @@ def step_usage(metric: str) -> str:
 def dead_letters() -> str:
     """Capped stream: every dead-lettered step message with its run, step, reason and error."""
     return _key(EXECUTION, "dead-letters")
+
+
+def step_reclaim_turn() -> str:
+    """String with a TTL: set by the tick that reclaims stale queue entries, so ticks take turns."""
+    return _key(EXECUTION, "reclaim-turn")
 
 
 # --- flow-start: schedules, leases, admission (all {adm}; written by flow-start only) --------

@@ -381,3 +381,12 @@ def test_python_m_shared_worker_refuses_a_bad_environment() -> None:
     )
     assert result.returncode == 2
     assert b"STEP_QUEUE: required" in result.stderr + result.stdout
+
+
+def test_every_component_of_the_local_catalogue_loads_with_its_function_names() -> None:
+    catalogue = json.loads((ROOT / "shared" / "data" / "catalogue.json").read_text())
+    for component in catalogue["components"]:
+        entrypoint = component["descriptor"]["entrypoint"]
+        for function in component.get("functions", []):
+            assert callable(load_function(entrypoint, function["name"])), component["id"]
+        load_function(entrypoint, "process") if not component["isGlobal"] else None

@@ -10,3 +10,6 @@ log = logging.getLogger("examples.sink")
 
 def process(msg: dict[str, Any], fields: dict[str, Any]) -> None:
     log.info("sink %s received %s", fields.get("name", msg["metadata"]["stepId"]), msg["data"])
+
+
+store = process  # the function name the local catalogue gives this component

@@ -11,3 +11,6 @@ def process(msg: dict[str, Any], fields: dict[str, Any]) -> Iterator[dict[str, A
     run_id = msg["metadata"]["runId"]
     for index in range(count):
         yield {"id": f"{run_id}-{index}", "index": index, "value": index * 10}
+
+
+emit = process  # the function name the local catalogue gives this component

@@ -312,8 +312,6 @@ def on_run_ended(ctx: Ctx) -> None:
         retention_seconds=ctx.services.retention_seconds,
         source=ctx.source,
     )
-    if outcome == "not_running" or outcome == "stale":
-        ctx.commit(None)
     log.info("run %s ended by %s (%s): %s", ended.run_id, ctx.event.source, ended.reason, outcome)
 
 
@@ -363,6 +361,11 @@ def expire_timeouts(ctx: Ctx) -> int:
 
 
 def reclaim(ctx: Ctx) -> int:
+    """Re-queues entries received and never acknowledged (a worker died), at most once per
+    half reclaim interval across all ticks: it costs a round trip per step queue."""
+    interval = max(1, int(ctx.services.reclaim_idle_seconds / 2))
+    if not ctx.redis.set(keys.step_reclaim_turn(), b"1", nx=True, ex=interval):
+        return 0
     moved = 0
     for queue in _members(ctx.redis, keys.step_queues()):
         try:
