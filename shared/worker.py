@@ -9,11 +9,12 @@ It consumes its step's queue and, for each message, calls `function(msg, fields)
 is `{"data": ..., "attachments": [], "metadata": {runId, flowId, stepId, messageId, attempt,
 tenant}}` and `fields` the node's fields. The return value is the step's output data; a list,
 tuple or generator gives several outputs (sent with `seq`, `final` on the last; None items are
-skipped); None gives no output (one final event marked `empty`). Each output becomes a `step.completed` CloudEvent, an exception a `step.failed`, sent
-in binary mode to K_SINK with the message's step token in the `steptoken` extension. The
-message is acknowledged once its events are delivered; if they cannot be, it is left for
-redelivery. SIGTERM stops the worker after the message in hand. FLOW_TOKEN stays in the
-environment for components that call the hub; it is never logged.
+skipped); None gives no output (one final event marked `empty`). Each output becomes a
+`step.completed` CloudEvent, an exception a `step.failed`, sent in binary mode to K_SINK with
+the message's step token in the `steptoken` extension. The message is acknowledged once its
+events are delivered; if they cannot be, it is left for redelivery. SIGTERM stops the worker
+after the message in hand. FLOW_TOKEN stays in the environment for components that call the
+hub; it is never logged.
 """
 
 from __future__ import annotations
