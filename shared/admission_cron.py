@@ -116,8 +116,8 @@ def next_due(redis: Redis, flow_id: str) -> float | None:
 def plan_entry(
     entry: list[str], policy: Policy, now: float, next_times: schedule.NextTimes
 ) -> list[ArgT]:
-    """The 8 flow_start_fire arguments of one due entry."""
-    flow, score, cron, zone, offset, tenant, _user, overlap, catchup, max_run = entry
+    """The 10 flow_start_fire arguments of one due entry."""
+    flow, score, cron, zone, offset, tenant, user, overlap, catchup, max_run = entry
     limits = policy.tenant(tenant)
     window = int(catchup) if catchup else limits.catchup_window_seconds
     limit = lease.run_limit(int(max_run) if max_run else None, limits)
@@ -126,7 +126,7 @@ def plan_entry(
         planned = schedule.plan(float(score), now, window, step)
     except Exception as exc:  # a stored schedule that can no longer be computed: drop it
         log.error("schedule of flow %s dropped: %s", flow, exc)
-        return [flow, score, "", "", "", limit, overlap or limits.overlap_policy, window]
+        return [flow, score, "", "", "", limit, overlap or limits.overlap_policy, window, "", ""]
     return [
         flow,
         score,
@@ -136,6 +136,8 @@ def plan_entry(
         limit,
         overlap or limits.overlap_policy,
         window,
+        tenant,
+        user,
     ]
 
 

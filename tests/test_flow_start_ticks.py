@@ -6,10 +6,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+import pytest
 from redis import Redis
 
 from shared import admission, keys
 from shared.clock import FakeClock
+from shared.errors import TemporaryError
 from shared.handlers.flow_start import Services
 from tests.support.flow_start import FlowStart, flow_doc, policy
 
@@ -100,3 +102,29 @@ def test_without_work_through_a_tick_returns_at_once(
     clock.set(1_767_225_600 + 60)
     fs.tick()
     assert clock.now() == 1_767_225_600 + 60
+
+
+def test_a_tick_sends_its_events_in_parallel_and_keeps_what_failed(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> None:
+    from shared.admission_outbox import flush_parallel
+    from tests.support.events import CapturingSender
+
+    fs = FlowStart(redis, clock, base_env, policy=ROOMY)
+    parallel = CapturingSender()
+    fs.runtime.services = Services(sender=parallel)
+    for n in range(60):
+        fs.start_flow(flow_doc(f"f{n}", cron="* * * * *", spread=False))
+    clock.advance(60)
+    fs.tick()
+    assert len(parallel.of_type("flow.execution.admitted")) == 60
+    assert redis.llen(keys.outbox(keys.ADMISSION)) == 0
+    fs.sender.down = True
+    with pytest.raises(TemporaryError):  # stored, then the sink was down
+        fs.execute("f1")
+    down = CapturingSender()
+    down.down = True
+    assert flush_parallel(redis, down) == 0
+    assert redis.llen(keys.outbox(keys.ADMISSION)) == 1  # nothing sent, nothing lost
+    assert flush_parallel(redis, parallel) == 1
+    assert redis.llen(keys.outbox(keys.ADMISSION)) == 0

@@ -25,9 +25,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import requests
+import requests.adapters
 from redis import Redis
 
-from shared import admission, admission_cron, flows, keys, lease, outbox, schedule
+from shared import admission, admission_cron, admission_outbox, flows, keys, lease, schedule
 from shared.clock import Clock
 from shared.errors import InvalidEvent, Unprocessable
 from shared.events import DeploymentStatus, FlowDocument, FlowExecute, FlowRef, RunEnded
@@ -46,7 +48,7 @@ MAX_NAP_SECONDS = 1.0  # look again at least this often (new schedules, freed sl
 @dataclass(frozen=True)
 class Services:
     work_through_seconds: float = 0.0
-    sender: EventSender | None = None  # flushes while working through a minute
+    sender: EventSender | None = None  # sends a tick's events in parallel (and mid-minute)
     batch: int = admission_cron.BATCH
 
 
@@ -64,13 +66,19 @@ def build_services(
             f"{WORK_THROUGH_ENV}: must be seconds in [0, 3600), got {text!r}",
             problems=[WORK_THROUGH_ENV],
         ) from None
-    sender = (
-        HttpSender(
-            settings.k_sink, key=settings.orchestrator_key, sender_name="flow-start", clock=clock
+    sender = None
+    if settings.k_sink:  # its own pooled session: the tick sends in parallel
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=admission_outbox.WORKERS)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        sender = HttpSender(
+            settings.k_sink,
+            key=settings.orchestrator_key,
+            sender_name="flow-start",
+            clock=clock,
+            session=session,
         )
-        if settings.k_sink
-        else None
-    )
     return Services(work_through_seconds=work_through, sender=sender)
 
 
@@ -186,11 +194,11 @@ def on_tick(ctx: Context[Services]) -> None:
     end = ctx.clock.now() + ctx.services.work_through_seconds
     while True:
         tick_once(ctx)
+        if ctx.services.sender is not None:
+            admission_outbox.flush_parallel(ctx.redis, ctx.services.sender)
         now = ctx.clock.now()
         if now >= end - MAX_NAP_SECONDS / 2:
             return
-        if ctx.services.sender is not None:
-            outbox.flush(ctx.redis, ctx.services.sender, keys.TAGS)
         upcoming = admission_cron.next_due_time(ctx.redis)
         wake = min(end, now + MAX_NAP_SECONDS, upcoming if upcoming is not None else end)
         if wake >= end:

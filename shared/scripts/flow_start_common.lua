@@ -47,9 +47,15 @@ local function mark_handled()
   end
 end
 
+local limits_cache = {}
 local function limits(tenant)
-  local l = LIMITS[tenant] or LIMITS['*']
-  return { weight = l[1], cap = l[2], rate = l[3], max_waiting = l[4] }
+  local found = limits_cache[tenant]
+  if not found then
+    local l = LIMITS[tenant] or LIMITS['*']
+    found = { weight = l[1], cap = l[2], rate = l[3], max_waiting = l[4] }
+    limits_cache[tenant] = found
+  end
+  return found
 end
 
 -- rate factor, weight factor, suspended
@@ -66,13 +72,36 @@ local function suspended(level, id)
   return is_suspended
 end
 
+-- Many runs per call (a tick fires up to a thousand): counters and the fencing counter are
+-- read once and written back once by flush(), and outbox entries are pushed in bulk.
+local counts, dirty_counts = {}, {}
 local function counter(field)
-  return tonumber(redis.call('HGET', K.count, field) or '0')
+  local value = counts[field]
+  if value == nil then
+    value = tonumber(redis.call('HGET', K.count, field) or '0')
+    counts[field] = value
+  end
+  return value
 end
 
 local function count_add(field, delta)
-  if redis.call('HINCRBY', K.count, field, delta) <= 0 then
-    redis.call('HDEL', K.count, field)  -- zero counters cost memory for nothing
+  counts[field] = counter(field) + delta
+  dirty_counts[field] = true
+end
+
+local fence = nil
+local function next_token()
+  fence = (fence or tonumber(redis.call('GET', K.fence) or '0')) + 1
+  return fence
+end
+
+local OUTBOX, RUNS, DEADLINES, DUE = {}, {}, {}, {}
+local BUCKET_WRITES = {}  -- tenant -> `tokens:at`
+
+-- `command key a1 a2 ...` in chunks (Lua's unpack has a stack limit)
+local function bulk(command, key, items)
+  for first = 1, #items, 1000 do
+    redis.call(command, key, unpack(items, first, math.min(first + 999, #items)))
   end
 end
 
@@ -81,16 +110,44 @@ end
 local EVENT_TYPE = 'org.openintegrationhub.flow.execution.'
 local function emit(kind, data_json, tenant, flow, run_id)
   local extensions = { tenant = tenant, flowid = flow, runid = run_id }
-  redis.call('RPUSH', KEYS[2], '{"data":' .. data_json
+  OUTBOX[#OUTBOX + 1] = '{"data":' .. data_json
     .. ',"extensions":' .. cjson.encode(extensions)
     .. ',"id":' .. cjson.encode(run_id .. '-' .. kind)
     .. ',"source":' .. cjson.encode(SOURCE)
     .. ',"time":' .. ARGV[2]
-    .. ',"type":' .. cjson.encode(EVENT_TYPE .. kind) .. '}')
+    .. ',"type":' .. cjson.encode(EVENT_TYPE .. kind) .. '}'
 end
 
 -- flow.execution.skipped / deferred / missed (RunNotStarted)
 local function not_started(kind, run, reason)
   emit(kind, cjson.encode({ flowId = run.f, runId = run.id, scheduledFor = run.s,
     reason = reason, tenant = run.t }), run.t, run.f, run.id)
+end
+
+-- writes what the call batched; every entry script calls it before returning
+local function flush()
+  local set, gone = {}, {}
+  for field in pairs(dirty_counts) do
+    if counts[field] > 0 then
+      set[#set + 1] = field
+      set[#set + 1] = counts[field]
+    else
+      gone[#gone + 1] = field  -- zero counters cost memory for nothing
+    end
+  end
+  bulk('HSET', K.count, set)
+  bulk('HDEL', K.count, gone)
+  if fence then
+    redis.call('SET', K.fence, fence)
+  end
+  local bucket_items = {}
+  for tenant, value in pairs(BUCKET_WRITES) do
+    bucket_items[#bucket_items + 1] = tenant
+    bucket_items[#bucket_items + 1] = value
+  end
+  bulk('HSET', K.bucket, bucket_items)
+  bulk('HSET', K.runs, RUNS)
+  bulk('ZADD', K.deadlines, DEADLINES)
+  bulk('ZADD', K.due, DUE)
+  bulk('RPUSH', KEYS[2], OUTBOX)
 end

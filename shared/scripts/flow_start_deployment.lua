@@ -29,5 +29,6 @@ for _, user in ipairs(redis.call('SMEMBERS', queue_users_key(flow))) do
   end
 end
 dispatch()
+flush()
 mark_handled()
 return { 'done', admitted_count }

@@ -11,5 +11,6 @@ if already_handled() then
 end
 local reclaimed = reap(tonumber(ARGV[FIRST_ARG]))
 dispatch()
+flush()
 mark_handled()
 return { 'done', reclaimed, admitted_count }

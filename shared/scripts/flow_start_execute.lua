@@ -17,8 +17,9 @@ end
 local run = {
   id = ARGV[FIRST_ARG], f = ARGV[FIRST_ARG + 1], t = tenant, u = ARGV[FIRST_ARG + 3],
   c = 'execute', s = NOW, l = tonumber(ARGV[FIRST_ARG + 4]), m = ARGV[FIRST_ARG + 5],
-  k = redis.call('INCR', K.fence),
+  k = next_token(),
 }
 local result = submit(run, redis.call('SISMEMBER', K.deployed, run.f) == 1)
+flush()
 mark_handled()
 return { result, run.k }

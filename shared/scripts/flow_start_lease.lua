@@ -4,7 +4,8 @@
 -- the key's own TTL only collects it later. The token comes from one counter incremented on
 -- every acquire, so a stale run can never release or extend a newer run's lease (fencing).
 -- lease_holder(key, now) -> token, run_id | nil (free or expired)
--- lease_acquire(key, fence_key, run_id, ttl_s, now) -> token | nil (held by another run)
+-- lease_acquire(key, fence_key, run_id, ttl_s, now, next_token?) -> token | nil (held)
+--   next_token: the caller's token source (admission scripts batch the counter), else INCR
 -- lease_release(key, token) -> 1 released | 0 (held with another token, or gone)
 -- lease_extend(key, token, ttl_s, now) -> 1 | 0
 local LEASE_KEEP_SECONDS = 3600  -- an expired lease is kept this long for inspection
@@ -27,11 +28,11 @@ local function lease_write(key, token, run_id, ttl_s, now)
     'EX', math.ceil(ttl_s) + LEASE_KEEP_SECONDS)
 end
 
-local function lease_acquire(key, fence_key, run_id, ttl_s, now)
+local function lease_acquire(key, fence_key, run_id, ttl_s, now, next_token)
   if lease_holder(key, now) then
     return nil
   end
-  local token = redis.call('INCR', fence_key)
+  local token = next_token and next_token() or redis.call('INCR', fence_key)
   lease_write(key, token, run_id, ttl_s, now)
   return token
 end

@@ -13,19 +13,31 @@
 local ADMITTED = {}
 local admitted_count = 0
 
--- start-rate token bucket (capacity: one minute's worth, at least one start)
+-- start-rate token bucket (capacity: one minute's worth, at least one start); read once per
+-- tenant and call, written back by admit()
+local buckets = {}
 local function bucket_tokens(tenant)
   local rate_factor = penalty('tenant', tenant)
   local per_minute = limits(tenant).rate * rate_factor
   local capacity = math.max(1, per_minute)
-  local raw = redis.call('HGET', K.bucket, tenant)
-  if not raw then
-    return capacity
+  local bucket = buckets[tenant]
+  if not bucket then
+    local raw = redis.call('HGET', K.bucket, tenant)
+    if raw then
+      local sep = string.find(raw, ':', 1, true)
+      bucket = { tonumber(string.sub(raw, 1, sep - 1)), tonumber(string.sub(raw, sep + 1)) }
+    else
+      bucket = { capacity, NOW }
+    end
+    buckets[tenant] = bucket
   end
-  local sep = string.find(raw, ':', 1, true)
-  local tokens = tonumber(string.sub(raw, 1, sep - 1))
-  local at = tonumber(string.sub(raw, sep + 1))
-  return math.min(capacity, tokens + math.max(0, NOW - at) * per_minute / 60)
+  return math.min(capacity, bucket[1] + math.max(0, NOW - bucket[2]) * per_minute / 60)
+end
+
+local function bucket_take(tenant)
+  local tokens = bucket_tokens(tenant) - 1
+  buckets[tenant] = { tokens, NOW }
+  BUCKET_WRITES[tenant] = tokens .. ':' .. ARGV[2]
 end
 
 -- why the tenant cannot start a run now, or nil
@@ -52,15 +64,19 @@ local function run_block(run)
   return tenant_block(run.t)
 end
 
+local FRESH_LEASE = {}  -- runs whose lease this call acquired (nothing to extend)
+
 local function admit(run)
-  redis.call('HSET', K.bucket, run.t, (bucket_tokens(run.t) - 1) .. ':' .. ARGV[2])
+  bucket_take(run.t)
   count_add('*', 1)
   count_add('t:' .. run.t, 1)
   local msg = run.m or '{}'
   run.m = nil
-  redis.call('HSET', K.runs, run.id, cjson.encode(run))
-  redis.call('ZADD', K.deadlines, NOW + run.l + RUN_GRACE_SECONDS, run.id)
-  if run.q == 1 then
+  RUNS[#RUNS + 1] = run.id
+  RUNS[#RUNS + 1] = cjson.encode(run)
+  DEADLINES[#DEADLINES + 1] = NOW + run.l + RUN_GRACE_SECONDS
+  DEADLINES[#DEADLINES + 1] = run.id
+  if run.q == 1 and not FRESH_LEASE[run.id] then
     lease_extend(lease_key(run.f), run.k, run.id, run.l, NOW)
   end
   local data = cjson.encode({ flowId = run.f, runId = run.id, tenant = run.t, user = run.u,
@@ -102,11 +118,11 @@ local function leave(set, vfield, ffield, member)
   end
 end
 
-local function served(set, vfield, ffield, member, tag, weight, backlogged)
+local function served(set, vfield, ffield, member, tag, weight, still_waiting)
   local start = math.max(tag, virtual_time(vfield))
   redis.call('HSET', K.clock, vfield, start)
   local finish = start + 1 / math.max(weight, 1e-6)
-  if backlogged then
+  if still_waiting then
     redis.call('ZADD', set, finish, member)
   else
     leave_with(set, vfield, ffield, member, finish)
@@ -139,6 +155,15 @@ local function deactivate(flow, tenant, user)
   end
 end
 
+-- whether dispatchable runs wait (read once, forgotten when queues change)
+local backlog = nil
+local function backlogged()
+  if backlog == nil then
+    backlog = redis.call('EXISTS', K.tenants) == 1
+  end
+  return backlog
+end
+
 local function enqueue(run, deployed)
   redis.call('HSET', K.waiting, run.id, cjson.encode(run))
   redis.call('RPUSH', queue_key(run.f, run.u), run.id)
@@ -146,6 +171,7 @@ local function enqueue(run, deployed)
   count_add('w:' .. run.t, 1)
   if deployed then
     activate(run.f, run.t, run.u)
+    backlog = nil
   end
 end
 
@@ -191,6 +217,7 @@ end
 
 -- admit waiting runs in fair order while slots are free
 local function dispatch()
+  backlog = nil
   local blocked = {}
   while admitted_count < BUDGET and counter('*') < SLOTS do
     local tenants = redis.call('ZRANGE', K.tenants, 0, -1, 'WITHSCORES')
@@ -246,7 +273,7 @@ end
 -- a new run: admitted at once when nothing dispatchable waits and nothing blocks it, else it
 -- joins its queue and the fair dispatch decides. Returns 'admitted' or 'deferred'.
 local function submit(run, deployed)
-  if deployed and redis.call('EXISTS', K.tenants) == 0 and not run_block(run) then
+  if deployed and not backlogged() and not run_block(run) then
     admit(run)
     return 'admitted'
   end
@@ -266,13 +293,9 @@ local function cron_run(flow, due, limit, tenant, user)
     c = 'cron', s = due, l = limit, m = '{}' }
 end
 
--- one cron due time. Returns admitted | deferred | buffered | skipped | duplicate
+-- one cron due time. Returns admitted | deferred | buffered | skipped
 local function fire_cron(flow, due, limit, overlap, tenant, user)
-  local run = cron_run(flow, due, limit, tenant, user)
-  if redis.call('HEXISTS', K.runs, run.id) == 1
-      or redis.call('HEXISTS', K.waiting, run.id) == 1 then
-    return 'duplicate'
-  end
+  local run = cron_run(flow, due, limit, tenant, user)  -- the caller claimed this due time
   if redis.call('SISMEMBER', K.deployed, flow) == 0 then
     not_started('skipped', run, 'not_deployed')
     return 'skipped'
@@ -283,9 +306,9 @@ local function fire_cron(flow, due, limit, overlap, tenant, user)
   end
   local sched = sched_key(flow)
   if overlap == 'allow' then
-    run.k = redis.call('INCR', K.fence)
+    run.k = next_token()
   else
-    local token = lease_acquire(lease_key(flow), K.fence, run.id, limit, NOW)
+    local token = lease_acquire(lease_key(flow), K.fence, run.id, limit, NOW, next_token)
     if not token then
       if overlap == 'buffer_one'
           and redis.call('HSETNX', sched, 'b', string.format('%d', due) .. '|' .. limit) == 1 then
@@ -296,6 +319,7 @@ local function fire_cron(flow, due, limit, overlap, tenant, user)
       return 'skipped'
     end
     run.k, run.q = token, 1
+    FRESH_LEASE[run.id] = true
     local buffered = redis.call('HGET', sched, 'b')
     if buffered then  -- its predecessor's lease expired: this run supersedes it
       redis.call('HDEL', sched, 'b')

@@ -23,5 +23,6 @@ if raw then
   end
 end
 dispatch()
+flush()
 mark_handled()
 return { result, admitted_count }

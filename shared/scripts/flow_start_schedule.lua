@@ -39,5 +39,6 @@ else
     result = 'scheduled'
   end
 end
+flush()
 mark_handled()
 return { result }

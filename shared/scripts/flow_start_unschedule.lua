@@ -40,5 +40,6 @@ for _, user in ipairs(redis.call('SMEMBERS', queue_users_key(flow))) do
   end
 end
 redis.call('DEL', queue_users_key(flow))
+flush()
 mark_handled()
 return { 'done', dropped }
