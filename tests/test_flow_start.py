@@ -157,3 +157,11 @@ def test_outbox_entries_are_events_of_the_catalogue(fs: FlowStart, redis: Redis)
     assert entry["type"] == "org.openintegrationhub.flow.execution.admitted"
     assert entry["source"] == "/component-orchestrator/flow-start"
     RunAdmitted.parse(entry["data"])
+
+
+def test_ids_that_need_escaping_survive_the_lua_built_events(fs: FlowStart) -> None:
+    fs.start_flow(flow_doc("f1", cron=None, tenant='ac"me/ü\\', owner="user\n1"))
+    fs.execute("f1")
+    [admitted] = fs.admitted()
+    assert (admitted["tenant"], admitted["user"]) == ('ac"me/ü\\', "user\n1")
+    assert fs.sender.of_type("flow.execution.admitted")[0].extensions["tenant"] == 'ac"me/ü\\'

@@ -105,17 +105,30 @@ local function bulk(command, key, items)
   end
 end
 
+-- JSON text of a string / number without a cjson call when nothing needs escaping (ids)
+local function quote(text)
+  if string.find(text, '[%c"\\/\128-\255]') then
+    return cjson.encode(text)
+  end
+  return '"' .. text .. '"'
+end
+
+local function number(value)
+  if value == math.floor(value) and math.abs(value) < 1e15 then
+    return string.format('%d', value)
+  end
+  return string.format('%.17g', value)
+end
+
 -- Outbox entries in the shape of OutgoingEvent.to_json(); `data_json` is spliced in as is so
 -- that a run's msg reaches the event byte for byte (cjson would mangle [] and big numbers).
 local EVENT_TYPE = 'org.openintegrationhub.flow.execution.'
 local function emit(kind, data_json, tenant, flow, run_id)
-  local extensions = { tenant = tenant, flowid = flow, runid = run_id }
   OUTBOX[#OUTBOX + 1] = '{"data":' .. data_json
-    .. ',"extensions":' .. cjson.encode(extensions)
-    .. ',"id":' .. cjson.encode(run_id .. '-' .. kind)
-    .. ',"source":' .. cjson.encode(SOURCE)
-    .. ',"time":' .. ARGV[2]
-    .. ',"type":' .. cjson.encode(EVENT_TYPE .. kind) .. '}'
+    .. ',"extensions":{"flowid":' .. quote(flow) .. ',"runid":' .. quote(run_id)
+    .. ',"tenant":' .. quote(tenant) .. '},"id":' .. quote(run_id .. '-' .. kind)
+    .. ',"source":' .. quote(SOURCE) .. ',"time":' .. ARGV[2]
+    .. ',"type":"' .. EVENT_TYPE .. kind .. '"}'
 end
 
 -- flow.execution.skipped / deferred / missed (RunNotStarted)

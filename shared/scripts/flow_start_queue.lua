@@ -79,9 +79,10 @@ local function admit(run)
   if run.q == 1 and not FRESH_LEASE[run.id] then
     lease_extend(lease_key(run.f), run.k, run.id, run.l, NOW)
   end
-  local data = cjson.encode({ flowId = run.f, runId = run.id, tenant = run.t, user = run.u,
-    fencingToken = run.k, scheduledFor = run.s, trigger = run.c })
-  emit('admitted', string.sub(data, 1, -2) .. ',"msg":' .. msg .. '}', run.t, run.f, run.id)
+  emit('admitted', '{"fencingToken":' .. number(run.k) .. ',"flowId":' .. quote(run.f)
+    .. ',"runId":' .. quote(run.id) .. ',"scheduledFor":' .. number(run.s)
+    .. ',"tenant":' .. quote(run.t) .. ',"trigger":' .. quote(run.c)
+    .. ',"user":' .. quote(run.u) .. ',"msg":' .. msg .. '}', run.t, run.f, run.id)
   ADMITTED[run.id] = true
   admitted_count = admitted_count + 1
 end
