@@ -165,3 +165,59 @@ def test_ids_that_need_escaping_survive_the_lua_built_events(fs: FlowStart) -> N
     [admitted] = fs.admitted()
     assert (admitted["tenant"], admitted["user"]) == ('ac"me/ü\\', "user\n1")
     assert fs.sender.of_type("flow.execution.admitted")[0].extensions["tenant"] == 'ac"me/ü\\'
+
+
+def test_an_outage_runs_the_latest_due_time_once_and_announces_the_rest_missed(
+    fs: FlowStart, clock: FakeClock
+) -> None:
+    fs.start_flow(flow_doc("f1", spread=False, overlapPolicy="allow"))
+    clock.advance(3600 + 30)  # an hour without ticks
+    fs.tick()
+    [admitted] = fs.admitted()
+    assert admitted["scheduledFor"] == 1_767_225_600 + 3600  # the latest, not a burst
+    [missed] = fs.emitted("flow.execution.missed")
+    assert missed["scheduledFor"] == 1_767_225_600 + 60
+    clock.advance(60)
+    fs.tick()
+    assert len(fs.admitted()) == 2
+
+
+def test_a_resent_flow_keeps_its_due_time_and_a_new_cron_moves_it(
+    fs: FlowStart, redis: Redis, clock: FakeClock
+) -> None:
+    fs.start_flow(flow_doc("f1", cron="0 * * * *", spread=False))
+    first = redis.zscore(keys.schedule_due(), "f1")
+    clock.advance(600)
+    fs.send("flow.starting", flow_doc("f1", cron="0 * * * *", spread=False, maxRunSeconds=60))
+    assert redis.zscore(keys.schedule_due(), "f1") == first
+    fs.send("flow.starting", flow_doc("f1", cron="*/5 * * * *", spread=False))
+    assert redis.zscore(keys.schedule_due(), "f1") == 1_767_225_600 + 900
+    fs.send("flow.starting", flow_doc("f1", cron=None))
+    assert redis.zscore(keys.schedule_due(), "f1") is None
+
+
+def test_an_older_flow_starting_does_not_change_the_schedule(fs: FlowStart, redis: Redis) -> None:
+    fs.send(
+        "flow.starting", {**flow_doc("f1", cron="0 * * * *"), "updatedAt": "2026-01-02T00:00:00Z"}
+    )
+    fs.send(
+        "flow.starting", {**flow_doc("f1", cron="* * * * *"), "updatedAt": "2026-01-01T00:00:00Z"}
+    )
+    assert redis.hget(keys.schedule("f1"), "c") == b"0 * * * *"
+
+
+def test_penalty_events_dispatch_with_the_penalties_read_at_decision_time(
+    fs: FlowStart, redis: Redis
+) -> None:
+    from tests.support.admission import penalize
+
+    fs.start_flow(flow_doc("f1", cron=None))
+    penalize(redis, "tenant", "acme", "suspend")
+    fs.send(
+        "tenant.suspended", {"subject": {"level": "tenant", "id": "acme"}, "penalty": "suspend"}
+    )
+    fs.execute("f1")
+    assert fs.reasons("flow.execution.deferred") == ["suspended"]
+    penalize(redis, "tenant", "acme", None)
+    fs.send("tenant.restored", {"subject": {"level": "tenant", "id": "acme"}, "penalty": "none"})
+    assert len(fs.admitted()) == 1
