@@ -93,6 +93,9 @@ def test_a_failing_script_raises_our_temporary_error(redis: Redis) -> None:
 def test_an_unreachable_redis_is_temporary() -> None:
     from shared.embedded_redis import free_port
 
-    dead = Redis(port=free_port(), socket_connect_timeout=0.5)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    dead = Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     with pytest.raises(TemporaryError):
         flows.upsert(dead, _flow(), None)
