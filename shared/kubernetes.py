@@ -267,7 +267,12 @@ class KubernetesDriver:
     def readiness(self, selector: str | None = None) -> list[Readiness]:
         full = _and(MANAGED_SELECTOR, selector)
         deployments = self.list_objects("Deployment", full)
-        errors = self.pod_errors(full) if deployments else {}
+        lagging = any(
+            int((d.get("status") or {}).get("readyReplicas") or 0)
+            < int((d.get("spec") or {}).get("replicas", 1))
+            for d in deployments
+        )
+        errors = self.pod_errors(full) if lagging else {}  # pods are read only when useful
         result = []
         for item in deployments:
             meta, spec, status = item["metadata"], item.get("spec") or {}, item.get("status") or {}
