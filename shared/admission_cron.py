@@ -25,7 +25,8 @@ from shared.scripts import ArgT, load_script
 log = logging.getLogger(__name__)
 
 BATCH = 1000
-_ENTRY_FIELDS = 10
+_SEPARATOR = "\x1f"
+_FIELDS = ("c", "z", "o", "t", "u", "p", "w", "m")
 
 StoreResult = Literal["scheduled", "kept", "dropped", "duplicate"]
 
@@ -92,12 +93,19 @@ class FireReport:
 
 
 def due_entries(redis: Redis, now: float, limit: int = BATCH) -> list[list[str]]:
-    """Up to `limit` due entries, earliest first (read only; fire claims)."""
+    """Up to `limit` due entries, earliest first (read only; fire claims): flow, due, cron,
+    zone, offset, tenant, user, overlap, catch-up, max run."""
     flat = load_script("flow_start_due")(
         redis, [keys.schedule_due()], [keys.admission_prefix(), repr(float(now)), limit]
     )
-    values = [_text(v) for v in flat]
-    return [values[i : i + _ENTRY_FIELDS] for i in range(0, len(values), _ENTRY_FIELDS)]
+    entries = []
+    for i in range(0, len(flat), 3):
+        flow, settings = _text(flat[i]), _text(flat[i + 2]).split(_SEPARATOR)
+        if len(settings) != len(_FIELDS):  # an id holding the separator: read it field by field
+            values = redis.hmget(keys.schedule(flow), list(_FIELDS))
+            settings = ["" if v is None else _text(v) for v in values]
+        entries.append([flow, _text(flat[i + 1]), *settings])
+    return entries
 
 
 def next_due_time(redis: Redis) -> float | None:

@@ -221,3 +221,12 @@ def test_penalty_events_dispatch_with_the_penalties_read_at_decision_time(
     penalize(redis, "tenant", "acme", None)
     fs.send("tenant.restored", {"subject": {"level": "tenant", "id": "acme"}, "penalty": "none"})
     assert len(fs.admitted()) == 1
+
+
+def test_a_tenant_id_holding_the_unit_separator_still_fires(
+    fs: FlowStart, clock: FakeClock
+) -> None:
+    fs.start_flow(flow_doc("f1", tenant="odd\x1ftenant", spread=False))
+    clock.advance(MINUTE)
+    fs.tick()
+    assert [a["tenant"] for a in fs.admitted()] == ["odd\x1ftenant"]

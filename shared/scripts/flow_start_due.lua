@@ -2,18 +2,20 @@
 -- flow_start_fire claims each one by its score (compare-and-set), so reading twice is harmless.
 -- KEYS[1] due sorted set
 -- ARGV[1] key prefix co:{adm}:   ARGV[2] now (epoch s)   ARGV[3] most entries
--- Returns: flat list, 10 per entry: flow, due, cron, zone, offset, tenant, user,
---          overlap, catch-up, max run ('' where the flow has no own setting)
+-- Returns: flat list, 3 per entry: flow, due, and the settings joined by \31 (unit separator):
+--          cron, zone, offset, tenant, user, overlap, catch-up, max run ('' where unset)
+--          (one reply item instead of eight: the client parses a thousand entries per tick)
 local entries = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES',
   'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
 for i = 1, #entries, 2 do
   local flow = entries[i]
   local v = redis.call('HMGET', ARGV[1] .. 'sched:' .. flow, 'c', 'z', 'o', 't', 'u', 'p', 'w', 'm')
+  for j = 1, 8 do
+    v[j] = v[j] or ''
+  end
   out[#out + 1] = flow
   out[#out + 1] = entries[i + 1]
-  for j = 1, 8 do
-    out[#out + 1] = v[j] or ''
-  end
+  out[#out + 1] = table.concat(v, '\31')
 end
 return out
