@@ -99,6 +99,9 @@ class Supervisor:
         every request is idempotent and the broker retries what was cut off."""
         with self._lock:
             children = list(reversed(self.children))
+        # Descendants that started a session of their own (the local deploy driver's step
+        # workers) are outside every group we signal: note them now, while they are ours.
+        strays = descendants([c.pid for c in children])
         for child in children:
             _signal_group(child.pid, signal.SIGINT)
         deadline = time.monotonic() + timeout
@@ -110,6 +113,7 @@ class Supervisor:
             _signal_group(child.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.process.wait(timeout)
+        _stop_strays(strays, timeout)
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -117,20 +121,62 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
+def _proc_stat(pid: int | str) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgrp, start time) of a process from /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
+
+
+def descendants(roots: Sequence[int]) -> dict[int, int]:
+    """Every live descendant of `roots` (Linux /proc): pid → its start time, so that a pid
+    reused later by an unrelated process is never signalled."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _proc_stat(entry)) is not None and stat[0] != "Z":
+            children.setdefault(stat[1], []).append((int(entry), stat[3]))
+    found: dict[int, int] = {}
+    pending = list(roots)
+    while pending:
+        for pid, started in children.get(pending.pop(), []):
+            if pid not in found:
+                found[pid] = started
+                pending.append(pid)
+    return found
+
+
+def _still_same(pid: int, started: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z" and stat[3] == started
+
+
+def _stop_strays(strays: Mapping[int, int], timeout: float) -> None:
+    """SIGTERM, then SIGKILL, to the noted descendants that outlived their parents."""
+    alive = [pid for pid, started in strays.items() if _still_same(pid, started)]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [pid for pid in alive if _still_same(pid, strays[pid])]
+        if not alive:
+            return
+        time.sleep(0.05)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def group_members(pgids: Sequence[int]) -> list[int]:
     """Pids of live (non-zombie) processes in any of these process groups (Linux /proc)."""
     wanted = set(pgids)
     found: list[int] = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp in wanted and state != "Z":
+        stat = _proc_stat(entry) if entry.isdigit() else None
+        if stat is not None and stat[2] in wanted and stat[0] != "Z":
             found.append(int(entry))
     return found
 

@@ -17,6 +17,25 @@ import pytest
 
 from shared.supervisor import group_members
 
+
+def processes_with(variable: str, value: str) -> list[int]:
+    """Live processes whose environment has variable=value (every process of one `make run`
+    inherits its REDIS_URL, whichever session or group it started)."""
+    wanted = f"{variable}={value}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if wanted in environ.split(b"\0") and state != "Z":
+            found.append(int(entry))
+    return found
+
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0  # the issue's bound for `make run` to be up
 
@@ -96,6 +115,7 @@ def test_make_run_routes_an_event_end_to_end_and_stops_cleanly(
 ) -> None:
     state = tmp_path / "state"
     make_run.wait_for(r"^ready: broker (http://\S+)", START_TIMEOUT)
+    redis_url = make_run.wait_for(r"^  redis +(redis://\S+)", 1).group(1)
     text = "\n".join(make_run.lines)
     pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
     assert len(pids) == 6, text  # redis, four functions, broker
@@ -108,6 +128,8 @@ def test_make_run_routes_an_event_end_to_end_and_stops_cleanly(
     assert "eyJ" not in sent.stdout + sent.stderr  # the minted token is never printed
     make_run.wait_for(r"flow\.starting .*id=hello-1 → deploy +200", 20)
     make_run.wait_for(r"flow\.starting .*id=hello-1 → flow-start +200", 20)
+    make_run.wait_for(r"flow\.started .* → flow-start +200", 20)  # deployed: workers run
+    assert len(processes_with("REDIS_URL", redis_url)) > 6
 
     stop = tmp_path / "stop.json"
     stop.write_text('{"id": "hello-flow"}')
@@ -122,4 +144,5 @@ def test_make_run_routes_an_event_end_to_end_and_stops_cleanly(
     assert not any("→ step-execute" in line and "hello-1" in line for line in make_run.lines)
     assert "forged" not in (state / "dead-letters.jsonl").read_text().replace("forged-1", "")
     assert group_members(pids) == []
+    assert processes_with("REDIS_URL", redis_url) == []  # step workers included
     assert not (state / "session.json").exists()
