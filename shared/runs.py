@@ -21,13 +21,17 @@ from typing import Literal
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
+from shared.errors import TemporaryError
 from shared.events import RunAdmitted, StepResult
 from shared.idempotency import Once
 from shared.policy import TenantLimits
 from shared.routing import Graph, Route, message_id
-from shared.scripts import load_script
+from shared.scripts import ScriptError, load_script
 
 DEFAULT_RETENTION_SECONDS = 24 * 3600
 BACKOFF_BASE_SECONDS = 2.0
@@ -57,6 +61,36 @@ class Guard:
     @classmethod
     def none(cls) -> Guard:
         return cls(keys.dedupe(keys.EXECUTION, "step-execute", "-"), 0)
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    """One prepared call of a run script, to run alone or pipelined with others."""
+
+    script: str
+    keys: list[str]
+    args: list[str | int | float]
+
+
+def run_call(redis: Redis, call: ScriptCall) -> str:
+    return _text(load_script(call.script)(redis, call.keys, call.args))
+
+
+def run_calls(redis: Redis, calls: Sequence[ScriptCall]) -> list[str]:
+    """Runs prepared calls in order in one round trip: the same as one by one (each script
+    is atomic on its own), for a batch of results or of expired messages."""
+    if not calls:
+        return []
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                script = redis.register_script(load_script(call.script).source)
+                script(keys=call.keys, args=call.args, client=pipe)  # loads it if missing
+            return [_text(result) for result in pipe.execute()]
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise TemporaryError("redis unavailable running run scripts") from exc
+    except ResponseError as exc:
+        raise ScriptError(f"run script failed: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -261,8 +295,7 @@ def _join_keys(run_id: str, graph: Graph) -> tuple[list[str], list[str]]:
     return joins, [keys.run_join(run_id, node) for node in joins]
 
 
-def record_output(
-    redis: Redis,
+def output_call(
     guard: Guard,
     *,
     run: RunGraph,
@@ -271,8 +304,8 @@ def record_output(
     now: float,
     retention_seconds: float,
     source: str,
-) -> str:
-    """Routes one step output: 'routed', 'completed', or why nothing happened."""
+) -> ScriptCall:
+    """The `step_route` call that records one step output and routes it."""
     graph = run.graph
     run_id, parent, seq = result.run_id, result.message_id, str(result.seq)
     joins, join_lists = _join_keys(run_id, graph)
@@ -292,7 +325,7 @@ def record_output(
         *[keys.step_message(i) for i in join_ids],
         *[keys.step_message(m.message_id) for m in messages],
     ]  # fmt: skip
-    args: list[str | int] = [
+    args: list[str | int | float] = [
         guard.ttl, result.step_id, run_id, parent, seq, 1 if result.final else 0, repr(now),
         int(retention_seconds), usage_field(run.tenant, run.user, run.flow_id), source,
         len(joins), len(messages), len(inputs),
@@ -303,10 +336,66 @@ def record_output(
         args.extend((message.message_id, message.step_id, message.data_json))
     for route in inputs:
         args.extend((joins.index(route.target) + 1, result.step_id, route.data_json))
-    return _text(load_script("step_route")(redis, script_keys, args))
+    return ScriptCall("step_route", script_keys, args)
+
+
+def record_output(
+    redis: Redis,
+    guard: Guard,
+    *,
+    run: RunGraph,
+    result: StepResult,
+    routes: Sequence[Route],
+    now: float,
+    retention_seconds: float,
+    source: str,
+) -> str:
+    """Routes one step output: 'routed', 'completed', or why nothing happened."""
+    call = output_call(
+        guard, run=run, result=result, routes=routes, now=now,
+        retention_seconds=retention_seconds, source=source,
+    )  # fmt: skip
+    return run_call(redis, call)
 
 
 # --- failures and ends ------------------------------------------------------------------------
+def fail_call(
+    guard: Guard,
+    *,
+    run_id: str,
+    flow_id: str,
+    graph: Graph | None,
+    mode: FailMode,
+    message: str = "",
+    step: str = "",
+    attempt: int | None = None,
+    error: str = "",
+    reason: str = "step_failed",
+    emit: bool = True,
+    fencing_token: int | None = None,
+    now: float,
+    retention_seconds: float,
+    source: str,
+) -> ScriptCall:
+    """The `step_fail` call: a message failed (retry, or dead-letter and fail the run) or the
+    run ends (stop, watchdog)."""
+    join_lists = _join_keys(run_id, graph)[1] if graph is not None else []
+    script_keys = [
+        guard.dedupe_key, keys.outbox(keys.EXECUTION), keys.run(run_id),
+        keys.run_messages(run_id), keys.run_step_counts(run_id), keys.run_seen(run_id),
+        keys.step_message(message), keys.step_due(), keys.step_deadlines(),
+        keys.runs_running(), keys.runs_recent(), keys.flow_runs(flow_id), keys.dead_letters(),
+        *join_lists,
+    ]  # fmt: skip
+    args: list[str | int | float] = [
+        guard.ttl, step, mode, run_id, message, -1 if attempt is None else attempt, error[:2000],
+        repr(now), int(retention_seconds), source, reason, 1 if emit else 0,
+        -1 if fencing_token is None else fencing_token, BACKOFF_BASE_SECONDS,
+        BACKOFF_MAX_SECONDS, DEAD_LETTER_CAP, len(join_lists),
+    ]  # fmt: skip
+    return ScriptCall("step_fail", script_keys, args)
+
+
 def fail(
     redis: Redis,
     guard: Guard,
@@ -326,22 +415,12 @@ def fail(
     retention_seconds: float,
     source: str,
 ) -> str:
-    """A message failed (retry or dead-letter + run failed) or the run ends: see step_fail.lua.
-
-    Returns 'retry', 'failed', or why nothing happened ('duplicate', 'not_running', 'stale').
-    """
-    join_lists = _join_keys(run_id, graph)[1] if graph is not None else []
-    script_keys = [
-        guard.dedupe_key, keys.outbox(keys.EXECUTION), keys.run(run_id),
-        keys.run_messages(run_id), keys.run_step_counts(run_id), keys.run_seen(run_id),
-        keys.step_message(message), keys.step_due(), keys.step_deadlines(),
-        keys.runs_running(), keys.runs_recent(), keys.flow_runs(flow_id), keys.dead_letters(),
-        *join_lists,
-    ]  # fmt: skip
-    args: list[str | int | float] = [
-        guard.ttl, step, mode, run_id, message, -1 if attempt is None else attempt, error[:2000],
-        repr(now), int(retention_seconds), source, reason, 1 if emit else 0,
-        -1 if fencing_token is None else fencing_token, BACKOFF_BASE_SECONDS,
-        BACKOFF_MAX_SECONDS, DEAD_LETTER_CAP, len(join_lists),
-    ]  # fmt: skip
-    return _text(load_script("step_fail")(redis, script_keys, args))
+    """Returns 'retry', 'failed', or why nothing happened ('duplicate', 'not_running',
+    'stale', 'wrong_step'); see `fail_call`."""
+    call = fail_call(
+        guard, run_id=run_id, flow_id=flow_id, graph=graph, mode=mode, message=message,
+        step=step, attempt=attempt, error=error, reason=reason, emit=emit,
+        fencing_token=fencing_token, now=now, retention_seconds=retention_seconds,
+        source=source,
+    )  # fmt: skip
+    return run_call(redis, call)

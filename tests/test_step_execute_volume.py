@@ -1,7 +1,9 @@
 """10,000 messages through Redis Streams without loss or hang, driving `shared` directly.
 
-The source fans out to SINKS steps, so its OUTPUTS outputs make 10,000 step messages, each
-consumed from its stream and completed; the run completes once, nothing is lost or doubled.
+The source fans out to SINKS steps, so its OUTPUTS outputs make 10,000 step messages; each is
+published by the publisher, consumed from its stream, and completed with the same script call
+the step.completed handler makes (pipelined a batch at a time, which runs them one by one on
+the server); the run completes once, nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ COUNT = SINKS * OUTPUTS  # 10,000 step messages
 SOURCE = "/component-orchestrator/step-execute"
 
 
-def output(
-    redis: Redis,
+def output_call(
     clock: FakeClock,
     run: runs.RunGraph,
     step: str,
@@ -32,8 +33,8 @@ def output(
     seq: int,
     final: bool,
     data: object,
-) -> str:
-    """One step output, handled as the step.completed handler does (routing + script)."""
+) -> runs.ScriptCall:
+    """One step output as the step.completed handler records it (routing + script call)."""
     result = StepResult(
         run_id="run-v",
         step_id=step,
@@ -43,13 +44,11 @@ def output(
         data=data,
         empty=data is None,
     )
-    routes = [] if data is None else route(run.graph, step, data)
-    return runs.record_output(
-        redis,
+    return runs.output_call(
         runs.Guard.keyed("volume", message_id, str(seq)),
         run=run,
         result=result,
-        routes=routes,
+        routes=[] if data is None else route(run.graph, step, data),
         now=clock.now(),
         retention_seconds=3600,
         source=SOURCE,
@@ -76,7 +75,6 @@ def test_ten_thousand_messages_flow_through_redis_streams_count_in_equals_count_
     )
     queue = RedisStreamsQueue(redis, maxlen=COUNT * 2)
     publisher = Publisher(redis, queue, clock, TEST_KEY)
-
     started = runs.start(
         redis,
         runs.Guard.keyed("volume", "start"),
@@ -94,10 +92,11 @@ def test_ten_thousand_messages_flow_through_redis_streams_count_in_equals_count_
     assert run is not None
 
     # the source emits OUTPUTS outputs, each fanned out to every sink
-    for seq in range(OUTPUTS):
-        output(
-            redis, clock, run, "a", start.message.message_id, seq, seq == OUTPUTS - 1, {"n": seq}
-        )
+    calls = [
+        output_call(clock, run, "a", start.message.message_id, seq, seq == OUTPUTS - 1, {"n": seq})
+        for seq in range(OUTPUTS)
+    ]
+    assert set(runs.run_calls(redis, calls)) == {"routed"}
     queue.ack(keys.step_queue("volume", "a"), [start])
     assert publisher.drain(policy, limit=COUNT * 2) == COUNT
 
@@ -109,11 +108,13 @@ def test_ten_thousand_messages_flow_through_redis_streams_count_in_equals_count_
         for sink in sinks:
             sink_queue = keys.step_queue("volume", sink)
             deliveries = queue.receive(sink_queue, "w", max_messages=500, wait_seconds=0)
+            batch = []
             for delivery in deliveries:
                 message = delivery.message
                 assert message is not None
                 seen.append((message.step_id, message.data["n"]))
-                outcome = output(redis, clock, run, sink, message.message_id, 0, True, None)
+                batch.append(output_call(clock, run, sink, message.message_id, 0, True, None))
+            for outcome in runs.run_calls(redis, batch):
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
             queue.ack(sink_queue, deliveries)
             received += len(deliveries)

@@ -317,47 +317,50 @@ def on_run_ended(ctx: Ctx) -> None:
 
 # --- tick -------------------------------------------------------------------------------------
 def expire_timeouts(ctx: Ctx) -> int:
-    """Messages past their step timeout are failed (retried or dead-lettered)."""
+    """Messages past their step timeout are failed (retried or dead-lettered), in one batch."""
     now = ctx.clock.now()
     ids = [
         _text(i)
         for i in ctx.redis.zrangebyscore(keys.step_deadlines(), "-inf", now, 0, TIMEOUT_BATCH)
     ]
-    expired = 0
-    loaded: dict[str, runs.RunGraph | None] = {}
+    if not ids:
+        return 0
+    pipe = ctx.redis.pipeline(transaction=False)
     for message_id in ids:
-        run_id, attempt, step = ctx.redis.hmget(
-            keys.step_message(message_id), ["run", "attempt", "step"]
-        )
-        if run_id is None:
-            ctx.redis.zrem(keys.step_deadlines(), message_id)
-            continue
-        rid = _text(run_id)
-        if rid not in loaded:
-            loaded[rid] = runs.load(ctx.redis, rid)
-        run = loaded[rid]
+        pipe.hmget(keys.step_message(message_id), ["run", "attempt", "step"])
+    loaded: dict[str, runs.RunGraph | None] = {}
+    gone: list[str] = []
+    calls: list[runs.ScriptCall] = []
+    for message_id, (run_id, attempt, step) in zip(ids, pipe.execute(), strict=True):
+        run = None
+        if run_id is not None:
+            rid = _text(run_id)
+            if rid not in loaded:
+                loaded[rid] = runs.load(ctx.redis, rid)
+            run = loaded[rid]
         if run is None:
-            ctx.redis.zrem(keys.step_deadlines(), message_id)
+            gone.append(message_id)  # its run ended: nothing to time out
             continue
-        outcome = runs.fail(
-            ctx.redis,
-            runs.Guard.none(),
-            run_id=rid,
-            flow_id=run.flow_id,
-            graph=run.graph,
-            mode="timeout",
-            message=message_id,
-            attempt=int(_text(attempt or b"0")),
-            error=f"step {_text(step or b'')} timed out",
-            reason="step_timeout",
-            now=now,
-            retention_seconds=ctx.services.retention_seconds,
-            source=ctx.source,
+        calls.append(
+            runs.fail_call(
+                runs.Guard.none(),
+                run_id=_text(run_id),
+                flow_id=run.flow_id,
+                graph=run.graph,
+                mode="timeout",
+                message=message_id,
+                attempt=int(_text(attempt or b"0")),
+                error=f"step {_text(step or b'')} timed out",
+                reason="step_timeout",
+                now=now,
+                retention_seconds=ctx.services.retention_seconds,
+                source=ctx.source,
+            )
         )
-        expired += outcome in ("retry", "failed")
-        if outcome == "failed":
-            loaded[rid] = None
-    return expired
+    if gone:
+        ctx.redis.zrem(keys.step_deadlines(), *gone)
+    outcomes = runs.run_calls(ctx.redis, calls)
+    return sum(outcome in ("retry", "failed") for outcome in outcomes)
 
 
 def reclaim(ctx: Ctx) -> int:
