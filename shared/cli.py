@@ -207,25 +207,21 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     """The Knative Broker's deadLetterSink: records dead letters in Redis, one log line each."""
     from shared import store
     from shared.cloudevent_server import CloudEventServer
-    from shared.dead_letters import RedisDeadLetters, describe, from_knative
+    from shared.dead_letters import RedisDeadLetters, sink
 
     url = os.environ.get("REDIS_URL")
     if not url:
         raise SystemExit("REDIS_URL: required")
-    letters = RedisDeadLetters(store.connect(url))
-    clock = SystemClock()
-
-    def accept(event: CloudEvent) -> int:
-        letter = from_knative(event, clock.now())
-        letters.append(letter)
-        print(describe(letter), flush=True)
-        return 202
-
+    accept = sink(RedisDeadLetters(store.connect(url)), SystemClock().now, _print_flush)
     server = CloudEventServer(accept, host=args.host, port=args.port, name="dead-letters")
     print(f"dead-letter sink on {server.url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return 0
+
+
+def _print_flush(line: str) -> None:
+    print(line, flush=True)
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -134,3 +134,17 @@ def describe(letter: DeadLetter) -> str:
         f"dead-letter {event_type} id={letter.attributes.get('id', '?')} "
         f"→ {letter.subscriber} status={letter.status} attempts={letter.attempts}: {letter.reason}"
     )
+
+
+def sink(
+    store: DeadLetterStore, now: Callable[[], float], report: Callable[[str], None]
+) -> Callable[[CloudEvent], int]:
+    """The ingress callback of the Knative dead-letter sink: record, log one line, 202."""
+
+    def accept(event: CloudEvent) -> int:
+        letter = from_knative(event, now())
+        store.append(letter)
+        report(describe(letter))
+        return 202
+
+    return accept
