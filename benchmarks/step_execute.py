@@ -6,7 +6,8 @@ All on one embedded Redis, in the same run:
 2. routed through step-execute, driving `shared` directly: each step.completed output of step
    a is routed (JSONata-free edge) and recorded by the `step_route` script, then published to
    step b's stream by the publisher (claim under the rate buckets, token, XADD, deadline):
-   messages/s, and the whole message life (publish, consume, complete) per second;
+   messages/s, and the whole message life (publish, consume, complete) per second; once with
+   one script call per output (as the handler makes it), once with 100 calls pipelined;
 3. the same through the function runtime (`FunctionRuntime.handle`: CloudEvent parse, step
    token check, dedupe, handler, outbox flush), one step.completed at a time: messages/s and
    the latency from step.completed received to the next step's message in its stream (XADD
@@ -119,44 +120,51 @@ def start_run(redis: Redis, flow_id: str, run_id: str) -> tuple[runs.RunGraph, s
     return run, runs.start_messages(run_id, graph, "{}")[0].message_id
 
 
-def routed_direct(redis: Redis, n: int) -> dict[str, float]:
+def routed_direct(redis: Redis, n: int, batch: int = 1) -> dict[str, float]:
+    """`batch` 1: one script call per output, as the handler makes it; more: that many
+    prepared calls pipelined in one round trip (`runs.run_calls`)."""
     clock = SystemClock()
     queue = RedisStreamsQueue(redis, maxlen=n * 2)
     publisher = Publisher(redis, queue, clock, KEY)
-    run, start = start_run(redis, "direct", "run-direct")
+    flow_id, run_id = f"direct-{batch}", f"run-direct-{batch}"
+    run, start = start_run(redis, flow_id, run_id)
     publisher.drain(POLICY)
-    queue.receive(keys.step_queue("direct", "a"), "c", max_messages=10, wait_seconds=0)
+    queue.receive(keys.step_queue(flow_id, "a"), "c", max_messages=10, wait_seconds=0)
 
-    def output(step: str, message_id: str, seq: int, final: bool, data: Any) -> str:
-        result = StepResult(run_id="run-direct", step_id=step, message_id=message_id, seq=seq,
+    def call(step: str, message_id: str, seq: int, final: bool, data: Any) -> runs.ScriptCall:
+        result = StepResult(run_id=run_id, step_id=step, message_id=message_id, seq=seq,
                             final=final, data=data, empty=data is None)  # fmt: skip
-        return runs.record_output(
-            redis, runs.Guard.keyed("direct", message_id, str(seq)), run=run, result=result,
+        return runs.output_call(
+            runs.Guard.keyed(run_id, message_id, str(seq)), run=run, result=result,
             routes=[] if data is None else route(run.graph, step, data), now=clock.now(),
             retention_seconds=3600, source=SOURCE,
         )  # fmt: skip
 
+    def record(calls: list[runs.ScriptCall]) -> None:
+        if batch == 1:
+            for one in calls:
+                runs.run_call(redis, one)
+        else:
+            runs.run_calls(redis, calls)
+
     started = time.perf_counter()
-    for seq in range(n):
-        output("a", start, seq, seq == n - 1, {"n": seq})
-        if seq % 100 == 99:
-            publisher.drain(POLICY, limit=n)
-    publisher.drain(POLICY, limit=n)
+    for first in range(0, n, 100):
+        record([call("a", start, seq, seq == n - 1, {"n": seq})
+                for seq in range(first, min(n, first + 100))])  # fmt: skip
+        publisher.drain(POLICY, limit=n)
     routed = time.perf_counter() - started
-    b_queue = keys.step_queue("direct", "b")
+    b_queue = keys.step_queue(flow_id, "b")
     consumed = 0
     while True:
-        deliveries = queue.receive(b_queue, "c", max_messages=500, wait_seconds=0)
+        deliveries = queue.receive(b_queue, "c", max_messages=100, wait_seconds=0)
         if not deliveries:
             break
-        for delivery in deliveries:
-            assert delivery.message is not None
-            output("b", delivery.message.message_id, 0, True, None)
+        record([call("b", d.message.message_id, 0, True, None) for d in deliveries if d.message])
         queue.ack(b_queue, deliveries)
         consumed += len(deliveries)
     total = time.perf_counter() - started
-    record = runs.get(redis, "run-direct")
-    assert consumed == n and record is not None and record.status == "completed", record
+    record_ = runs.get(redis, run_id)
+    assert consumed == n and record_ is not None and record_.status == "completed", record_
     return {"routed_per_s": n / routed, "lifecycle_per_s": n / total}
 
 
@@ -214,11 +222,14 @@ def run(results_dir: Path) -> dict[str, Any]:
     with redis_server() as redis:
         raw = raw_streams(redis, N_DIRECT)
         direct = routed_direct(redis, N_DIRECT)
+        batched = routed_direct(redis, N_DIRECT, batch=100)
         through = routed_runtime(redis, N_RUNTIME)
     results = {
         "raw_xadd_xreadgroup_per_s": raw,
         "routed_direct_per_s": direct["routed_per_s"],
         "lifecycle_direct_per_s": direct["lifecycle_per_s"],
+        "routed_batched_per_s": batched["routed_per_s"],
+        "lifecycle_batched_per_s": batched["lifecycle_per_s"],
         "routed_runtime_per_s": through["per_s"],
         "completed_to_published_p50_ms": through["p50_ms"],
         "completed_to_published_p99_ms": through["p99_ms"],
@@ -233,6 +244,9 @@ def run(results_dir: Path) -> dict[str, Any]:
         ("routed / raw", f"{results['routed_direct_vs_raw']:.2f}x", ""),
         ("whole message life (route, publish, consume, complete)",
          f"{direct['lifecycle_per_s']:,.0f} msg/s", ""),
+        ("routed, 100 script calls pipelined per round trip",
+         f"{batched['routed_per_s']:,.0f} msg/s", ""),
+        ("whole message life, pipelined", f"{batched['lifecycle_per_s']:,.0f} msg/s", ""),
         ("routed through the function runtime, one event at a time",
          f"{through['per_s']:,.0f} msg/s", ""),
         ("step.completed -> next step published, p50", f"{through['p50_ms']:.2f} ms", ""),
