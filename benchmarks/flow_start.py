@@ -288,44 +288,66 @@ def fairness_fifo() -> dict[str, float]:
 
 
 # --- 5. latency in the local runner's set-up ---------------------------------------------------
-class Arrivals(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    seen: list[tuple[float, dict[str, Any]]] = []
+ARRIVALS = "bench:arrivals"
 
-    def log_message(self, *args: Any) -> None:
-        pass
 
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        decided = datetime.fromisoformat(self.headers.get("ce-time", "")).timestamp()
-        Arrivals.seen.append((time.time(), {**json.loads(body), "_decided": decided}))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+def serve_sink(port: int, redis_url: str) -> None:
+    """The event sink, in its own process (it must not share the sender's interpreter lock):
+    records arrival time, decision time (ce-time) and the admitted payload in Redis."""
+    client = Redis.from_url(redis_url)
+
+    class Arrivals(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            arrived = time.time()
+            decided = datetime.fromisoformat(self.headers.get("ce-time", "")).timestamp()
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            client.rpush(ARRIVALS, json.dumps([arrived, decided, json.loads(body)]))
+
+    ThreadingHTTPServer(("127.0.0.1", port), Arrivals).serve_forever()
 
 
 def latency_case(redis: Redis, flows: int = 1000) -> dict[str, float]:
+    import multiprocessing
+    import socket
+
     import functions_framework
     from werkzeug.serving import make_server
 
+    from shared.embedded_redis import free_port
     from shared.local_clock import LocalClock
 
     redis.flushall()
-    Arrivals.seen = []
+    url = redis.connection_pool.connection_kwargs
+    redis_url = f"redis://{url['host']}:{url['port']}/0"
+    sink_port = free_port()
+    sink = multiprocessing.get_context("spawn").Process(
+        target=serve_sink, args=(sink_port, redis_url), daemon=True
+    )
+    sink.start()
+    for _ in range(100):  # until the sink listens
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", sink_port)) == 0:
+                break
+        time.sleep(0.05)
     policy_file = Path(tempfile.mkdtemp()) / "policy.yaml"
     policy_file.write_text(
         "slots: 100000\ndefaults: {max_concurrent_runs: 100000, start_rate_per_minute: 1000000}\n"
     )
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), Arrivals)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    url = redis.connection_pool.connection_kwargs
     os.environ.update(
         {
-            "REDIS_URL": f"redis://{url['host']}:{url['port']}/0",
+            "REDIS_URL": redis_url,
             "ORCHESTRATOR_KEY": "benchmark-orchestrator-key-0123456789",
             "ORCHESTRATOR_AUTH": "off",
             "ORCHESTRATOR_DEPLOY_DRIVER": "local",
-            "K_SINK": f"http://127.0.0.1:{sink.server_address[1]}/",
+            "K_SINK": f"http://127.0.0.1:{sink_port}/",
             "FLOW_START_WORK_THROUGH_SECONDS": "0",
             "ORCHESTRATOR_POLICY_FILE": str(policy_file),
         }
@@ -340,23 +362,17 @@ def latency_case(redis: Redis, flows: int = 1000) -> dict[str, float]:
     due = math.ceil(now) + 3
     redis.zadd(keys.schedule_due(), {f"lat-{n}": due for n in range(flows)})
     clock = LocalClock(f"http://127.0.0.1:{server.server_port}/").start()
-    deadline = time.time() + 30
-    while len(Arrivals.seen) < flows and time.time() < deadline:
+    deadline = time.time() + 60
+    while redis.llen(ARRIVALS) < flows and time.time() < deadline:
         time.sleep(0.1)
     clock.stop()
     server.shutdown()
-    sink.shutdown()
+    sink.terminate()
     logging.disable(logging.NOTSET)
-    delays = sorted(
-        arrived - float(body["scheduledFor"])
-        for arrived, body in Arrivals.seen
-        if "scheduledFor" in body and "fencingToken" in body
-    )
-    decided = sorted(
-        float(body["_decided"]) - float(body["scheduledFor"])
-        for _, body in Arrivals.seen
-        if "fencingToken" in body
-    )
+    seen = [json.loads(raw) for raw in redis.lrange(ARRIVALS, 0, -1)]
+    admitted = [(a, d, body) for a, d, body in seen if "fencingToken" in body]
+    delays = sorted(a - float(body["scheduledFor"]) for a, _, body in admitted)
+    decided = sorted(d - float(body["scheduledFor"]) for _, d, body in admitted)
     if len(delays) < flows:
         return {"flows": flows, "arrived": len(delays), "p50_s": math.inf, "p99_s": math.inf,
                 "decided_p99_s": math.inf}  # fmt: skip
