@@ -282,3 +282,20 @@ def test_missing_kubeconfig_names_the_variable(tmp_path: Any) -> None:
     with pytest.raises(KubernetesConfigError) as caught:
         make_api_client(env={"KUBECONFIG": str(tmp_path / "none")})
     assert "KUBECONFIG" in caught.value.message
+
+
+def test_the_fake_serves_discovery_for_the_dynamic_client(kube_api: FakeKubeApi) -> None:
+    from kubernetes.dynamic import DynamicClient
+
+    client = make_api_client(host=kube_api.url)
+    dynamic = DynamicClient(client)
+    deployments = dynamic.resources.get(api_version="apps/v1", kind="Deployment")
+    secrets = dynamic.resources.get(api_version="v1", kind="Secret")
+    assert (deployments.namespaced, secrets.namespaced) == (True, True)
+    body = deployment(manifests())
+    name = body["metadata"]["name"]
+    dynamic.server_side_apply(
+        deployments, body=body, name=name, namespace="flows", field_manager=FIELD_MANAGER
+    )
+    assert [d.metadata.name for d in dynamic.get(deployments, namespace="flows").items] == [name]
+    client.close()
