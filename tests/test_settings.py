@@ -11,7 +11,11 @@ from hypothesis import strategies as st
 from shared.settings import Settings, SettingsError
 
 KEY = "k" * 32
-MINIMAL = {"REDIS_URL": "redis://localhost:6379/0", "ORCHESTRATOR_KEY": KEY, "ORCHESTRATOR_AUTH": "off"}
+MINIMAL = {
+    "REDIS_URL": "redis://localhost:6379/0",
+    "ORCHESTRATOR_KEY": KEY,
+    "ORCHESTRATOR_AUTH": "off",
+}
 
 
 def _settings(**changes: str | None) -> Settings:

@@ -1,7 +1,7 @@
 """Building a FunctionRuntime in tests, with real Redis and a fake clock.
 
-    runtime = make_runtime(SPEC, redis, clock, base_env)            # CapturingSender
-    runtime = make_runtime(recording_spec("deploy"), redis, clock, base_env)
+runtime = make_runtime(SPEC, redis, clock, base_env)            # CapturingSender
+runtime = make_runtime(recording_spec("deploy"), redis, clock, base_env)
 """
 
 from __future__ import annotations
