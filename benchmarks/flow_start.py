@@ -387,7 +387,7 @@ def latency_case(redis: Redis, flows: int = 1000) -> dict[str, float]:
 
 # --- report --------------------------------------------------------------------------------
 def run(results_dir: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"load_before": os.getloadavg()[0], "cpus": os.cpu_count()}
     with redis_server() as redis:
         small = tick_case(redis, 1000)
         large = tick_case(redis, 100_000)
@@ -396,12 +396,14 @@ def run(results_dir: Path) -> dict[str, Any]:
         results["memory"] = memory_case(redis)
         results["fairness"] = {"ours": fairness_ours(redis), "fifo": fairness_fifo()}
         results["latency"] = latency_case(redis)
+    results["load_after"] = os.getloadavg()[0]
     rows = table(results)
     results["rows"] = rows
     results["command"] = "make bench (or .venv/bin/python -m benchmarks.flow_start)"
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "flow_start.json").write_text(json.dumps(results, indent=2, default=str))
-    (results_dir / "flow_start.md").write_text(markdown(rows))
+    (results_dir / "flow_start.md").write_text(markdown(rows, results))
+    print(f"load average {results['load_before']:.1f} -> {results['load_after']:.1f}")
     for row in rows:
         print(f"{row['figure']:<58} {row['value']:>14}   target {row['target']:<14} {row['ok']}")
     return results
@@ -440,11 +442,13 @@ def table(r: dict[str, Any]) -> list[dict[str, str]]:
     ]  # fmt: skip
 
 
-def markdown(rows: list[dict[str, str]]) -> str:
+def markdown(rows: list[dict[str, str]], results: dict[str, Any]) -> str:
     lines = [
         "# flow-start benchmark (issue 4 §7)",
         "",
-        "`make bench` (or `.venv/bin/python -m benchmarks.flow_start`)",
+        "`make bench` (or `.venv/bin/python -m benchmarks.flow_start`); "
+        f"{results['cpus']} CPUs, load average {results['load_before']:.1f} before and "
+        f"{results['load_after']:.1f} after (timings scale with it; ratios much less).",
         "",
         "| figure | value | target | |",
         "|---|---:|---|---|",
