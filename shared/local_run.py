@@ -134,6 +134,7 @@ class LocalRun:
         started = time.monotonic()
         host = self.options.host
         env = self._base_env()
+        self._demo_policy(env)
         redis_note = self._start_redis(env)
         auth_note = self._start_iam(env)
         broker_port = self._broker_port()
@@ -199,6 +200,17 @@ class LocalRun:
                 env[name] = self.options.environ[name]
         return env
 
+    def _demo_policy(self, env: dict[str, str]) -> None:
+        """With the demo, the functions run with its policy (`shared.demo.DEMO_POLICY`), so its
+        effects show within minutes; a policy file you set yourself wins."""
+        if not self.options.demo or env.get("ORCHESTRATOR_POLICY_FILE"):
+            return
+        if importlib.util.find_spec("shared.demo") is None:
+            return
+        policy = getattr(importlib.import_module("shared.demo"), "DEMO_POLICY", None)
+        if policy is not None and Path(policy).is_file():
+            env["ORCHESTRATOR_POLICY_FILE"] = str(policy)
+
     def _start_redis(self, env: dict[str, str]) -> str:
         if env.get("REDIS_URL"):
             return "external (REDIS_URL)"
@@ -259,6 +271,8 @@ class LocalRun:
         for name, where, note in rows:
             self.say(f"  {name:<13} {where:<34} {note}")
         self.say(f"  auth          {auth_note}")
+        policy = self.session.env.get("ORCHESTRATOR_POLICY_FILE") or "built-in defaults"
+        self.say(f"  policy        {policy}")
         self.say(f"  dead letters  {self.state_dir / 'dead-letters.jsonl'}")
         self.say("send an event:   orchestrator send flow.starting examples/flow.json")
         self.say("stop:            Ctrl-C")
