@@ -567,5 +567,62 @@ def add_parser(subparsers: Any) -> None:
     tail.add_argument("--tenant", help="only this tenant's events")
     tail.set_defaults(func=cmd_events_tail)
 
+    demo_cmd = subparsers.add_parser(
+        "demo",
+        help="the demo: live beside a running `orchestrator run`, or --headless (simulated time)",
+    )
+    demo_cmd.add_argument(
+        "--headless",
+        action="store_true",
+        help="run the scenario through the four functions in this process, on simulated time",
+    )
+    demo_cmd.add_argument(
+        "--seconds", type=int, default=None, help="simulated seconds (headless; default 150)"
+    )
+    demo_cmd.add_argument("--out", default=None, help="where summary.{txt,json} and share.png go")
+    demo_cmd.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo_cmd.add_argument("--state-dir", default=None, help="where `make run` keeps its session")
+    demo_cmd.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import threading
+
+    from shared import demo
+    from shared.demo_board import summary_text
+    from shared.local_run import DEFAULT_STATE_DIR, RunSession
+
+    if args.headless:
+        seconds = args.seconds if args.seconds is not None else demo.DEFAULT_HEADLESS_SECONDS
+        if seconds < 1:
+            raise SystemExit("--seconds: must be at least 1")
+        out_dir = Path(args.out) if args.out else demo.DEFAULT_OUT_DIR
+        summary = demo.headless_in_own_redis(seconds, out_dir=out_dir)
+        out = _stdout()
+        if args.json:
+            _write_json(summary, out)
+        else:
+            out.write(summary_text(summary) + "\n")
+            files = summary.get("files", {})
+            out.write(f"files: {files.get('text')}, {files.get('json')}, {files.get('png')}\n")
+        return 0
+    session = RunSession.load(Path(args.state_dir or DEFAULT_STATE_DIR))
+    if session is None:
+        raise SystemExit(
+            "no running `orchestrator run` here: start one (make run, which shows the demo "
+            "itself), or run `orchestrator demo --headless`"
+        )
+    stop = threading.Event()
+    live_out = Path(args.out) if args.out else None
+    worker = threading.Thread(target=demo.run, args=(session, stop), kwargs={"out_dir": live_out})
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        worker.join()
+    return 0
+
 
 add_parsers = add_parser  # the name the packaging issue uses

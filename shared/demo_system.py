@@ -4,9 +4,9 @@ Everything that decides is the real code: each function is a `FunctionRuntime` w
 handlers, state is in a real Redis, events are routed by the Triggers in knative/base with
 the Broker's retry table (shared.broker). Only what is outside the orchestrator is simulated:
 - the cluster: `SimulatedCluster` keeps the Deployments deploy applies and reports them Ready;
-- the component workers: `SimulatedWorkers` take the step messages from the real step queues
-  (shared.queues), spend the node's `fields.seconds` of simulated time per message, and answer
-  step.completed with the message's step token, `fields.count` outputs each (seq/final);
+- the component workers' time: `SimulatedWorkers` run the real step worker (shared.worker) on
+  the real step queues, one message per replica at a time, each held for the node's
+  `fields.seconds` of simulated time (the demo component's own sleep is left out);
 - time: a FakeClock the caller advances; ticks come when the caller says.
 Auth is off here (no IAM); our own events are signed with ORCHESTRATOR_KEY as on the wire.
 """
@@ -16,17 +16,16 @@ from __future__ import annotations
 import base64
 import heapq
 import itertools
-import json
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cloudevents.http import CloudEvent
 from redis import Redis
 
-from shared import flows
+from shared import demo_components, flows
 from shared.auth import Authorizer
 from shared.broker import DeliveryPolicy, is_retryable, load_topology
 from shared.clock import FakeClock
@@ -37,7 +36,6 @@ from shared.driver import MANAGED_SELECTOR, Manifest, ObservedObject, Readiness
 from shared.errors import OrchestratorError
 from shared.events import OutgoingEvent
 from shared.events import types as t
-from shared.events.envelope import EXT_STEP_TOKEN
 from shared.handlers import deploy, flow_start, policy_check, step_execute
 from shared.local_run import knative_dir
 from shared.policy import Policy
@@ -46,6 +44,7 @@ from shared.queues.redis_streams import RedisStreamsQueue
 from shared.runtime import FunctionRuntime, FunctionSpec
 from shared.settings import Settings
 from shared.tokens import sign_internal
+from shared.worker import ComponentFunction, Worker, WorkerConfig, load_function
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,10 @@ SPECS: dict[str, FunctionSpec[Any]] = {
     t.POLICY_CHECK: policy_check.SPEC,
 }
 TICK_ORDER = (t.POLICY_CHECK, t.DEPLOY, t.FLOW_START, t.STEP_EXECUTE)
+# Seconds between ticks per function. The local clock ticks every second; deploy's tick only
+# reconciles and checks readiness, which the simulated cluster answers at once, so it ticks
+# less often here (each tick costs a few Redis round trips per flow).
+TICK_EVERY = {t.POLICY_CHECK: 1, t.DEPLOY: 5, t.FLOW_START: 1, t.STEP_EXECUTE: 1}
 MAX_DELIVERIES_PER_PUMP = 200_000  # a runaway loop stops instead of hanging the demo
 
 
@@ -221,9 +224,7 @@ class SimulatedCluster:
             if kind != "Deployment":
                 continue
             secret = self.objects.get(("Secret", name), {})
-            env = {
-                k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()
-            }
+            env = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
             result.append((manifest, env))
         return result
 
@@ -242,83 +243,85 @@ class _Busy:
     done_at: float
     seq: int
     deployment: str = field(compare=False)
-    queue: str = field(compare=False)
     delivery: Delivery = field(compare=False)
-    env: dict[str, str] = field(compare=False)
+
+
+class _BusStepSender:
+    """The workers' K_SINK: step events go to the bus like any event to the broker."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+
+    def send(self, event: CloudEvent) -> None:
+        self._bus.publish(event)
+
+
+def simulated_function(entrypoint: str, name: str) -> ComponentFunction:
+    """The component a worker runs; the demo's own without its sleep (time is simulated)."""
+    if entrypoint == demo_components.__name__:
+        return demo_components.produce
+    return load_function(entrypoint, name)
 
 
 class SimulatedWorkers:
-    """Component workers on simulated time: `replicas` messages at a time per Deployment."""
+    """The real step worker (shared.worker.Worker) per Deployment, on simulated time: each
+    replica takes one message, holds it for the node's `fields.seconds`, then the worker
+    handles it (runs the component, sends step.completed/failed, acknowledges)."""
 
     def __init__(self, redis: Redis, cluster: SimulatedCluster, bus: Bus, clock: FakeClock) -> None:
         self.queue = RedisStreamsQueue(redis)
-        self.cluster, self.bus, self.clock = cluster, bus, clock
+        self.cluster, self.clock = cluster, clock
+        self.sender = _BusStepSender(bus)
+        self.workers: dict[str, Worker] = {}
         self._busy: list[_Busy] = []
         self._seq = itertools.count()
         self.completed = 0
 
+    def _worker(self, name: str, env: dict[str, str]) -> Worker:
+        if name not in self.workers:
+            config = WorkerConfig.from_env(env)
+            self.workers[name] = Worker(
+                config,
+                self.queue,
+                self.sender,
+                simulated_function(config.entrypoint, config.function),
+                consumer=name,
+                clock=self.clock,
+                wait_seconds=0,
+            )
+        return self.workers[name]
+
     def step(self) -> None:
         """Finishes what is done by now, then takes new messages where replicas are free."""
         now = self.clock.now()
+        deployments = {m["metadata"]["name"]: (m, env) for m, env in self.cluster.deployments()}
         while self._busy and self._busy[0].done_at <= now:
-            self._finish(heapq.heappop(self._busy))
+            busy = heapq.heappop(self._busy)
+            if busy.deployment in deployments:  # else deleted meanwhile: reclaimed later
+                self._finish(busy.deployment, deployments[busy.deployment][1], busy.delivery)
         in_use: dict[str, int] = {}
         for busy in self._busy:
             in_use[busy.deployment] = in_use.get(busy.deployment, 0) + 1
-        for manifest, env in self.cluster.deployments():
-            name = manifest["metadata"]["name"]
+        for name, (manifest, env) in deployments.items():
             free = int(manifest["spec"].get("replicas") or 0) - in_use.get(name, 0)
-            queue = env.get("STEP_QUEUE")
-            if free <= 0 or not queue:
+            if free <= 0 or not env.get("STEP_QUEUE"):
                 continue
-            fields = _fields(env)
-            seconds = float(fields.get("seconds", 0) or 0)
-            for delivery in self.queue.receive(queue, name, max_messages=free, wait_seconds=0):
-                busy = _Busy(now + seconds, next(self._seq), name, queue, delivery, env)
+            worker = self._worker(name, env)
+            seconds = float(worker.config.fields.get("seconds", 0) or 0)
+            received = self.queue.receive(
+                worker.config.queue, name, max_messages=free, wait_seconds=0
+            )
+            for delivery in received:
                 if seconds <= 0:
-                    self._finish(busy)
+                    self._finish(name, env, delivery)
                 else:
-                    heapq.heappush(self._busy, busy)
+                    heapq.heappush(
+                        self._busy, _Busy(now + seconds, next(self._seq), name, delivery)
+                    )
 
-    def _finish(self, busy: _Busy) -> None:
-        message = busy.delivery.message
-        if message is not None:
-            fields = _fields(busy.env)
-            count = max(1, int(fields.get("count", 1) or 1))
-            for seq in range(count):
-                data = {"step": message.step_id, "index": seq, "input": message.data}
-                event = CloudEvent(
-                    {
-                        "type": t.STEP_COMPLETED,
-                        "source": f"/demo/workers/{busy.deployment}",
-                        "id": f"{message.message_id}-{message.attempt}-{seq}",
-                        "datacontenttype": "application/json",
-                        "tenant": message.tenant,
-                        "flowid": message.flow_id,
-                        "runid": message.run_id,
-                        EXT_STEP_TOKEN: message.token,
-                    },
-                    {
-                        "runId": message.run_id,
-                        "stepId": message.step_id,
-                        "messageId": message.message_id,
-                        "seq": seq,
-                        "final": seq == count - 1,
-                        "data": data,
-                        "attempt": message.attempt,
-                    },
-                )
-                self.bus.deliver_to(t.STEP_EXECUTE, event)
+    def _finish(self, name: str, env: dict[str, str], delivery: Delivery) -> None:
+        if self._worker(name, env).handle(delivery):
             self.completed += 1
-        self.queue.ack(busy.queue, [busy.delivery])
-
-
-def _fields(env: Mapping[str, str]) -> dict[str, Any]:
-    try:
-        value = json.loads(env.get("STEP_FIELDS") or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 # --------------------------------------------------------------------------- the system
@@ -386,9 +389,13 @@ class InProcessSystem:
             attributes["id"] = event_id
         self.bus.publish(CloudEvent(attributes, data))
 
-    def tick(self) -> None:
+    def tick(self, only_due: bool = False) -> None:
+        """A tick to every function (`only_due`: those whose TICK_EVERY divides the second)."""
+        second = int(self.clock.now())
         for function in TICK_ORDER:
-            self.bus.deliver_to(function, CloudEvent({"type": t.TICK, "source": "/demo/clock"}, {}))
+            if not only_due or second % TICK_EVERY[function] == 0:
+                event = CloudEvent({"type": t.TICK, "source": "/demo/clock"}, {})
+                self.bus.deliver_to(function, event)
 
     def settle(self, rounds: int = 20) -> None:
         """Delivers and lets workers pick up until nothing moves (at the current time)."""
@@ -399,20 +406,11 @@ class InProcessSystem:
             if not moved:
                 return
 
-    def run_for(
-        self, seconds: int, *, each_second: Callable[[float], None] | None = None
-    ) -> None:
+    def run_for(self, seconds: int, *, each_second: Callable[[float], None] | None = None) -> None:
         """`seconds` simulated seconds: advance, tick, deliver, work; then `each_second`."""
         for _ in range(seconds):
             self.clock.advance(1.0)
-            self.tick()
+            self.tick(only_due=True)
             self.settle()
             if each_second is not None:
                 each_second(self.clock.now())
-
-
-def drive(system: InProcessSystem, actions: Iterable[Callable[[], None]]) -> None:
-    """Runs the actions, then lets the system settle."""
-    for action in actions:
-        action()
-    system.settle()
