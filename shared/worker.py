@@ -90,7 +90,9 @@ class WorkerConfig:
         if backend not in QUEUE_BACKENDS:
             problems.append(f"QUEUE_BACKEND: must be one of {', '.join(QUEUE_BACKENDS)}")
         if not global_component:
-            required = ["FLOW_ID", "STEP_ID", "STEP_QUEUE", "COMPONENT_ENTRYPOINT", "K_SINK"]
+            # K_SINK is checked where events are sent over HTTP (`main`): an in-process
+            # worker (the headless demo) brings its own sender.
+            required = ["FLOW_ID", "STEP_ID", "STEP_QUEUE", "COMPONENT_ENTRYPOINT"]
             required += ["REDIS_URL"] if backend == "redis" else ["CLAIM_CHECK_BUCKET"]
             problems.extend(f"{name}: required" for name in required if not text(name))
         if problems:
@@ -350,6 +352,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
             log.info("global component %s: no step queue; idle until stopped", config.component_id)
             stop.wait()
             return 0
+        if not config.k_sink:
+            raise SettingsError("invalid worker settings: K_SINK: required", problems=["K_SINK"])
         function = load_function(config.entrypoint, config.function)
         redis = None
         if config.queue_backend == "redis":
