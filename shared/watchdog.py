@@ -9,6 +9,8 @@ set of run ids by deadline. The limit is min(flowSettings.maxRunSeconds, the ten
 emitting `flow.execution.failed` (reason timeout, with the run's fencing token) in the same
 atomic step that takes it out of the index, so two ticks never end it twice. flow-start
 releases the run's lease and slot when it consumes that event; step-execute stops routing it.
+Runs of a suspended subject are ended the same way (reason suspended): deploy has scaled their
+workers to zero, so they cannot finish, and their slots would stay taken until the timeout.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from shared.ledger import Record, RunOp, SubjectRef
 from shared.policy import Policy
 
 TIMEOUT_REASON = "timeout"
+SUSPENDED_REASON = "suspended"
 TIMEOUT_RULE = "max-run-seconds"
 ENDED_MARKER_SECONDS = 6 * 3600  # an ended run's marker: a late second terminal event is ignored
 RUN_TTL_MARGIN_SECONDS = 24 * 3600  # a run never seen to end is forgotten this long after its limit
@@ -133,50 +136,77 @@ def timeouts(
     source: str,
 ) -> list[Timeout]:
     """Ends every run past its deadline: failed event (reason timeout) + ledger, atomically."""
-    ended = []
-    for run in runs:
-        if run.deadline > now:
-            continue
-        elapsed = now - run.admitted
-        event = make_event(
-            RUN_FAILED,
-            RunEnded(
-                flow_id=run.flow,
-                run_id=run.run_id,
-                tenant=run.tenant,
-                fencing_token=run.token,
-                duration_ms=round(elapsed * 1000),
-                reason=TIMEOUT_REASON,
-                user=run.user or None,
-            ),
-            event_id="timeout-" + keys.digest(run.run_id)[:24],
-            source=source,
-            time=now,
-            tenant=run.tenant,
+    overdue = [run for run in runs if run.deadline <= now]
+    return [
+        Timeout(run, now - run.admitted)
+        for run in overdue
+        if end(redis, run, now=now, ring_windows=ring_windows, source=source, reason=TIMEOUT_REASON)
+    ]
+
+
+def suspended_runs(redis: Redis, runs: Sequence[WatchedRun]) -> list[WatchedRun]:
+    """The runs whose tenant, user or flow is suspended now (one round trip)."""
+    subjects = sorted({(s.level, s.id) for run in runs for s in run.subjects()})
+    pipe = redis.pipeline(transaction=False)
+    for level, subject_id in subjects:
+        pipe.hget(keys.penalty(level, subject_id), "step")
+    steps = dict(zip(subjects, pipe.execute(), strict=True))
+    suspended = {pair for pair, step in steps.items() if step in (b"suspend", "suspend")}
+    return [run for run in runs if any((s.level, s.id) in suspended for s in run.subjects())]
+
+
+def end(
+    redis: Redis,
+    run: WatchedRun,
+    *,
+    now: float,
+    ring_windows: ledger.LevelWindows,
+    source: str,
+    reason: str,
+) -> bool:
+    """Emits flow.execution.failed for the run (with its fencing token) and counts it, in one
+    atomic step; False when the run already ended (another tick or its own end won)."""
+    elapsed = now - run.admitted
+    event = make_event(
+        RUN_FAILED,
+        RunEnded(
             flow_id=run.flow,
             run_id=run.run_id,
-        )
-        op = RunOp("timeout", run.run_id, ("", "", str(ENDED_MARKER_SECONDS), event.to_json()))
-        entry = Record(run.subjects(), {"ended": 1, "errors": 1}, run=op)
-        if ledger.record(redis, entry, now=now, ring_windows=ring_windows).counted:
-            audit.append(
-                redis,
-                {
-                    "time": now,
-                    "action": "timeout",
-                    "level": "flow",
-                    "subject": run.flow,
-                    "tenant": run.tenant,
-                    "rule": TIMEOUT_RULE,
-                    "measured": elapsed,
-                    "limit": run.limit,
-                    "window": f"{round(run.limit)}s",
-                    "penalty": "",
-                    "actor": "watchdog",
-                },
-            )
-            ended.append(Timeout(run, elapsed))
-    return ended
+            tenant=run.tenant,
+            fencing_token=run.token,
+            duration_ms=round(elapsed * 1000),
+            reason=reason,
+            user=run.user or None,
+        ),
+        event_id=f"{reason}-" + keys.digest(run.run_id)[:24],
+        source=source,
+        time=now,
+        tenant=run.tenant,
+        flow_id=run.flow,
+        run_id=run.run_id,
+    )
+    op = RunOp("timeout", run.run_id, ("", "", str(ENDED_MARKER_SECONDS), event.to_json()))
+    errors = 1.0 if reason == TIMEOUT_REASON else 0.0  # a suspension is not the run's error
+    entry = Record(run.subjects(), {"ended": 1, "errors": errors}, run=op)
+    if not ledger.record(redis, entry, now=now, ring_windows=ring_windows).counted:
+        return False
+    audit.append(
+        redis,
+        {
+            "time": now,
+            "action": reason,
+            "level": "flow",
+            "subject": run.flow,
+            "tenant": run.tenant,
+            "rule": TIMEOUT_RULE if reason == TIMEOUT_REASON else "",
+            "measured": elapsed,
+            "limit": run.limit,
+            "window": f"{round(run.limit)}s",
+            "penalty": "" if reason == TIMEOUT_REASON else "suspend",
+            "actor": "watchdog",
+        },
+    )
+    return True
 
 
 def _parse(run_id: str, raw: Mapping[Any, Any] | None) -> WatchedRun | None:

@@ -158,3 +158,29 @@ def _token(clock: FakeClock) -> str:
     from tests.conftest import TEST_KEY
 
     return sign_internal(TEST_KEY, "policy-check", clock)
+
+
+@pytest.mark.parametrize("level", ["tenant", "user", "flow"])
+def test_runs_of_a_suspended_subject_are_ended_and_free_their_slots(
+    pc: PolicyCheck, redis: Redis, clock: FakeClock, level: str
+) -> None:
+    """deploy scales a suspended subject to zero: its runs cannot finish, so the watchdog ends
+    them at once (reason suspended, not an error, not a violation) instead of at the timeout."""
+    bad = pc.admit("f1", user="u1", token=4)
+    good = pc.admit("f2", user="u2")
+    redis.hset(
+        keys.penalty(level, {"tenant": "acme", "user": "u1", "flow": "f1"}[level]),
+        "step",
+        "suspend",
+    )
+    clock.advance(30)
+    pc.tick()
+    failed = pc.emitted("flow.execution.failed")
+    expected = [bad["runId"], good["runId"]] if level == "tenant" else [bad["runId"]]
+    assert sorted(f["runId"] for f in failed) == sorted(expected)
+    assert {f["reason"] for f in failed} == {"suspended"}
+    assert pc.emitted("policy.violation") == []
+    assert pc.measured("flow", "f1", "errors") == 0
+    assert pc.measured("flow", "f1", "run_seconds") == 30
+    pc.tick()
+    assert len(pc.emitted("flow.execution.failed")) == len(expected)  # once

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 
 # usage.reported is high volume: its dedupe keys live a day (redeliveries come within minutes)
 USAGE_DEDUPE_SECONDS = 24 * 3600
-NOT_ERRORS = frozenset({"stopped"})  # a run ended by flow.stopping is not the flow's fault
+# a run ended by flow.stopping, or because its subject was suspended, is not the flow's fault
+NOT_ERRORS = frozenset({"stopped", watchdog.SUSPENDED_REASON})
 
 
 class KubernetesPodUsage:
@@ -216,13 +217,13 @@ def tick(
     source: str,
     pod_usage: PodUsageSource | None = None,
 ) -> list[penalties.Decision]:
-    """One pass of the police: watchdog, metrics, rules of active subjects, decay."""
+    """One pass of the police: watchdog (timeouts, runs of suspended subjects, run time),
+    metrics, rules of active subjects, decay."""
     ring_windows = ledger.level_windows(policy)
     runs = watchdog.running(redis)
     decisions = []
-    for timeout in watchdog.timeouts(
-        redis, runs, now=now, ring_windows=ring_windows, source=source
-    ):
+    timed_out = watchdog.timeouts(redis, runs, now=now, ring_windows=ring_windows, source=source)
+    for timeout in timed_out:
         decisions.append(
             penalties.escalate(
                 redis,
@@ -241,7 +242,21 @@ def tick(
                 source=source,
             )
         )
-    watchdog.accrue(redis, runs, now=now, ring_windows=ring_windows)
+    remaining = [run for run in runs if run.deadline > now]
+    stopped = {
+        run.run_id
+        for run in watchdog.suspended_runs(redis, remaining)
+        if watchdog.end(
+            redis,
+            run,
+            now=now,
+            ring_windows=ring_windows,
+            source=source,
+            reason=watchdog.SUSPENDED_REASON,
+        )
+    }
+    remaining = [run for run in remaining if run.run_id not in stopped]
+    watchdog.accrue(redis, remaining, now=now, ring_windows=ring_windows)
     if pod_usage is not None:
         try:
             metrics_reader.read_once(redis, pod_usage, now=now, ring_windows=ring_windows)
