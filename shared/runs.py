@@ -15,6 +15,8 @@ routing errors, stop, watchdog).
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -275,6 +277,30 @@ class RunGraph:
     flow_id: str
     tenant: str
     user: str
+
+
+class RunGraphs:
+    """Snapshots of running runs kept in memory (a run's snapshot never changes), so routing
+    a step output reads nothing before its script; an ended run is caught by the script."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._cache: OrderedDict[str, RunGraph] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, redis: Redis, run_id: str) -> RunGraph | None:
+        with self._lock:
+            cached = self._cache.get(run_id)
+            if cached is not None:
+                self._cache.move_to_end(run_id)
+                return cached
+        loaded = load(redis, run_id)
+        if loaded is not None:
+            with self._lock:
+                self._cache[run_id] = loaded
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+        return loaded
 
 
 def load(redis: Redis, run_id: str) -> RunGraph | None:

@@ -20,7 +20,7 @@ import logging
 import os
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis import Redis
 from redis.client import Pipeline
@@ -54,6 +54,7 @@ class StepExecuteServices:
     # expiring timeouts for this long. 0 where the clock ticks every second (local, tests).
     tick_work_seconds: float = 0.0
     reclaim_idle_seconds: float = 120.0
+    graphs: runs.RunGraphs = field(default_factory=runs.RunGraphs)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:
@@ -182,7 +183,7 @@ def _not_started(ctx: Ctx, admitted: RunAdmitted, reason: str) -> None:
 
 # --- step.completed / step.failed -------------------------------------------------------------
 def _running(ctx: Ctx, result: StepResult) -> runs.RunGraph | None:
-    run = runs.load(ctx.redis, result.run_id)
+    run = ctx.services.graphs.get(ctx.redis, result.run_id)
     if run is None:
         ctx.commit(None)  # the run ended (or never existed here): nothing to route
         log.info("step result for run %s ignored: not running", result.run_id)
@@ -218,7 +219,8 @@ def on_step_completed(ctx: Ctx) -> None:
         raise Forbidden("the message belongs to another step than the step token")
     if outcome in ("completed", "failed"):
         log.info("run %s %s", result.run_id, outcome)
-    publish_due(ctx)
+    if outcome == "routed" and (routes or run.graph.joins):
+        publish_due(ctx)  # else nothing new is due: delayed messages wait for the tick
 
 
 def on_step_failed(ctx: Ctx) -> None:
@@ -233,7 +235,7 @@ def on_step_failed(ctx: Ctx) -> None:
     if outcome == "wrong_step":
         raise Forbidden("the message belongs to another step than the step token")
     log.info("step %s of run %s failed: %s", result.step_id, result.run_id, outcome)
-    publish_due(ctx)
+    # a retry is due after its backoff: the tick (or the next routing event) publishes it
 
 
 def _fail(
