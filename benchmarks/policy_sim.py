@@ -408,9 +408,22 @@ def analyse(sim: Sim) -> dict[str, Any]:
                 1 for _, _, who, _ in sim.events if who in (f"tenant:{t}", f"flow:{t}-flow")
             ),
         }
-    false_positives = sorted({who for _, _, who, _ in sim.events
-                              if not any(b in who for b in BAD)})
-    return {"periods": table, "bad_citizens": detection, "good_tenants_punished": false_positives}
+    for t in BAD:  # each bad citizen's share from its onset until its limits were lowered
+        lowered = first_of(("throttle", "deprioritize", "suspend"), t)
+        got, fair = shares(sim, onset, lowered), fair_shares(sim, onset, lowered)
+        detection[t]["share_before_punishment"] = round(got[t], 4)
+        detection[t]["fair_before_punishment"] = round(fair[t], 4)
+    good_events = [(who, kind, step) for _, kind, who, step in sim.events
+                   if not any(b in who for b in BAD)]
+    warned = sorted({who for who, kind, _ in good_events if kind == "policy.violation"})
+    false_positives = sorted({who for who, kind, step in good_events
+                              if step in ("throttle", "deprioritize", "suspend")})
+    return {
+        "periods": table,
+        "bad_citizens": detection,
+        "good_tenants_warned": warned,
+        "good_tenants_punished": false_positives,
+    }
 
 
 # ---------------------------------------------------------------- ingestion rate
@@ -538,11 +551,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {100 * period['good_max_deviation_from_fair']:.1f} % | {100 * period['bad_share']['flood']:.2f} % "
             f"| {100 * period['bad_share']['longrun']:.2f} % |"
         )
-    lines += ["", "| bad citizen | detected after | limits lowered after | suspended after | restored after misbehaviour ended | penalty events |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| bad citizen | share before punishment (fair) | detected after | limits lowered after | suspended after | restored after misbehaviour ended | penalty events |",
+              "|---|---|---|---|---|---|---|"]
     for tenant, d in result["bad_citizens"].items():
-        lines.append(f"| {tenant} | {d['detected_after_s']} s | {d['limits_lowered_after_s']} s | {d['suspended_after_s']} s | {d['restored_after_s']} s | {d['penalty_events']} |")
-    lines += ["", f"Good tenants punished (false positives): {result['good_tenants_punished'] or 'none'}."]
+        lines.append(
+            f"| {tenant} | {100 * d['share_before_punishment']:.1f} % ({100 * d['fair_before_punishment']:.1f} %) "
+            f"| {d['detected_after_s']} s | {d['limits_lowered_after_s']} s | {d['suspended_after_s']} s "
+            f"| {d['restored_after_s']} s | {d['penalty_events']} |")
+    lines += ["", f"Good tenants only warned (no limit changed): {', '.join(result['good_tenants_warned']) or 'none'}; "
+              f"good tenants whose limits were lowered: {', '.join(result['good_tenants_punished']) or 'none'}."]
     ing, rt = result["ingestion"], result["runtime_ingestion"]
     lines += [
         "",

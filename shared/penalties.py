@@ -7,8 +7,9 @@ Read side: `current_level`, `factors`, `is_suspended` (the hash field `step` is 
 Write side (policy-check only), one Lua script per decision, each writing the state, its audit
 entry and its events together:
 - `escalate`: a violation steps the subject one rung up, unless the evidence was already
-  punished (cooldown still running, or the same rule fired less than one window ago); the
-  cooldown doubles with every escalation, capped by `max_cooldown`;
+  punished (the same rule fired less than one window ago) or the last step is younger than
+  one base `cooldown`; the new step holds for its cooldown at least (no decay before
+  `until`), and that cooldown doubles with every escalation, capped by `max_cooldown`;
 - `decay`: after the cooldown and `decay_after` without a violation, one rung down; the last
   rung restores (the history is kept for `max_cooldown`, so a quick relapse still doubles);
 - `lift`: an operator removes the penalty at once (audited; the doubling starts over).

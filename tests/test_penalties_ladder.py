@@ -52,15 +52,18 @@ def short_types(events: list[OutgoingEvent]) -> list[str]:
     return [e.type.removeprefix("org.openintegrationhub.") for e in events]
 
 
-def test_the_ladder_escalates_one_step_per_cooldown(redis: Redis, clock: FakeClock) -> None:
+def test_the_ladder_climbs_on_fresh_evidence_each_step_holding_a_doubling_cooldown(
+    redis: Redis, clock: FakeClock
+) -> None:
     t0 = clock.now()
-    expected = [  # (seconds after t0, decision, step, cooldown)
+    expected = [  # (seconds after t0, decision, step, cooldown the step holds for)
         (0, "escalated", "warn", 300),
-        (10, "held", "warn", None),  # cooldown running: the same misbehaviour is not re-punished
+        (10, "held", "warn", None),  # the same misbehaviour is not punished twice at once
         (300, "escalated", "throttle", 600),
-        (900, "escalated", "deprioritize", 1200),
-        (2100, "escalated", "suspend", 2400),
-        (4500, "escalated", "suspend", 3600),  # top of the ladder: again, capped at max_cooldown
+        (599, "held", "throttle", None),  # each step gets one base cooldown to work
+        (600, "escalated", "deprioritize", 1200),
+        (900, "escalated", "suspend", 2400),
+        (1200, "escalated", "suspend", 3600),  # top of the ladder: again, capped at max_cooldown
     ]
     for offset, action, step, cooldown in expected:
         clock.set(t0 + offset)
@@ -90,7 +93,9 @@ def test_the_ladder_escalates_one_step_per_cooldown(redis: Redis, clock: FakeClo
     )
     assert (violation.measured, violation.limit, violation.window) == (6001, 6000, "1m")
     suspended = PenaltyChanged.parse(events[-1].data)
-    assert suspended.penalty == "suspend" and suspended.until == t0 + 4500 + 3600
+    assert suspended.penalty == "suspend" and suspended.until == t0 + 1200 + 3600
+    clock.set(t0 + 1200 + 3599)
+    assert decay(redis, clock).action == "held"  # a step holds for its whole cooldown
     assert all(e.extensions["tenant"] == "noisy" for e in events)
 
 
@@ -124,8 +129,8 @@ def test_cooldown_doubles_and_is_capped(repeats: int, cooldown: int) -> None:
 
 
 def test_the_same_evidence_is_not_punished_twice(redis: Redis, clock: FakeClock) -> None:
-    """A 15-minute window still holds the data of the first violation after the 5-minute
-    cooldown: the next step needs a violation measured on data the first did not see."""
+    """A 15-minute window still holds the data of the first violation after 5 minutes: the
+    next step needs a violation measured on data the first did not see."""
     wide = penalties.Evidence("long-runs", 40_000, 36_000, "15m", 900)
     t0 = clock.now()
     assert escalate(redis, clock, evidence=wide).step == "warn"

@@ -1,7 +1,10 @@
 -- penalty_escalate: a rule was violated; step the subject one rung up the ladder unless the
--- evidence was already punished (the penalty's cooldown has not run out, or the rule fired
--- less than one window ago: the same data must not be punished twice). The cooldown doubles
--- with every escalation (repeats), capped; repeats are forgotten after `forget_after` clean.
+-- evidence was already punished: the same rule fired less than one window ago (the same data
+-- must not be punished twice), or the subject changed step less than one base cooldown ago
+-- (each step gets a moment to work). The cooldown is how long the new step holds at least
+-- before it may decay: it doubles with every escalation (repeats), capped; repeats are
+-- forgotten after `forget_after` without a penalty. A violation that does not escalate is
+-- still noted (lastViolation): it keeps the penalty from decaying.
 -- The decision, its audit entry and its events are written together.
 -- KEYS[1] penalty hash of the subject   KEYS[2] penalty index (sorted set)
 -- KEYS[3] audit stream                  KEYS[4] outbox of the {pol} tag
@@ -27,9 +30,10 @@ end
 
 local step = redis.call('HGET', key, 'step')
 local until_at = tonumber(redis.call('HGET', key, 'until') or '0') or 0
+local since = tonumber(redis.call('HGET', key, 'since') or '0') or 0
 local fired = tonumber(redis.call('HGET', key, 'fired:' .. rule) or '')
 redis.call('HSET', key, 'lastViolation', now)
-if (step and now < until_at) or (fired and now < fired + horizon) then
+if (step and now < since + tonumber(ARGV[11])) or (fired and now < fired + horizon) then
   return {'held', step or '', tostring(until_at)}
 end
 
