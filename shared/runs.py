@@ -321,6 +321,16 @@ def _join_keys(run_id: str, graph: Graph) -> tuple[list[str], list[str]]:
     return joins, [keys.run_join(run_id, node) for node in joins]
 
 
+def new_messages(result: StepResult, routes: Sequence[Route]) -> list[NewMessage]:
+    """The messages an output creates (join inputs aside): ids the same on every delivery."""
+    run_id, parent, seq = result.run_id, result.message_id, str(result.seq)
+    return [
+        NewMessage(message_id(run_id, parent, seq, route.target, str(i)), route.target,
+                   route.data_json)
+        for i, route in enumerate(routes) if not route.join
+    ]  # fmt: skip
+
+
 def output_call(
     guard: Guard,
     *,
@@ -336,11 +346,7 @@ def output_call(
     run_id, parent, seq = result.run_id, result.message_id, str(result.seq)
     joins, join_lists = _join_keys(run_id, graph)
     join_ids = [message_id(run_id, parent, seq, "join", node) for node in joins]
-    messages = [
-        NewMessage(message_id(run_id, parent, seq, route.target, str(i)), route.target,
-                   route.data_json)
-        for i, route in enumerate(routes) if not route.join
-    ]  # fmt: skip
+    messages = new_messages(result, routes)
     inputs = [route for route in routes if route.join]
     script_keys = [
         guard.dedupe_key, keys.outbox(keys.EXECUTION), keys.run(run_id),

@@ -219,8 +219,30 @@ def on_step_completed(ctx: Ctx) -> None:
         raise Forbidden("the message belongs to another step than the step token")
     if outcome in ("completed", "failed"):
         log.info("run %s %s", result.run_id, outcome)
-    if outcome == "routed" and (routes or run.graph.joins):
-        publish_due(ctx)  # else nothing new is due: delayed messages wait for the tick
+    if outcome != "routed":
+        return
+    if run.graph.joins:
+        publish_due(ctx)  # a join may have fired: read what is due
+    elif routes:
+        _publish_created(ctx, run, result, routes)
+    # else nothing new is due: delayed messages wait for the tick
+
+
+def _publish_created(
+    ctx: Ctx, run: runs.RunGraph, result: StepResult, routes: list[routing.Route]
+) -> None:
+    """Publishes the messages this output just created, as the script stored them."""
+    rows = {
+        message.message_id: {
+            "run": result.run_id, "flow": run.flow_id, "step": message.step_id,
+            "tenant": run.tenant, "user": run.user, "attempt": "0", "data": message.data_json,
+        }
+        for message in runs.new_messages(result, routes)
+    }  # fmt: skip
+    try:
+        ctx.services.publisher.publish_created(ctx.policy, rows)
+    except (OrchestratorError, RedisError) as exc:
+        log.warning("step messages not published now (retried on tick): %s", exc)
 
 
 def on_step_failed(ctx: Ctx) -> None:

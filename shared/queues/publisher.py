@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -62,6 +63,26 @@ class Publisher:
                 break
         return published
 
+    def publish_created(self, policy: Policy, rows: Mapping[str, Mapping[str, object]]) -> int:
+        """Publishes messages a script has just created, whose fields the caller knows (run,
+        flow, step, tenant, user, attempt, data): the same claim, publish and record as
+        `drain`, without reading the due set first. Returns how many were published."""
+        if not rows:
+            return 0
+        now = self.clock.now()
+        due = [
+            step_rates.DueMessage(
+                message_id, _text(row["tenant"]), _text(row["user"]), _text(row["flow"])
+            )
+            for message_id, row in rows.items()
+        ]
+        claimed = step_rates.claim(
+            self.redis, policy, due, now=now, lease_seconds=CLAIM_LEASE_SECONDS
+        )
+        if claimed:
+            self._publish(policy, claimed, rows, now)
+        return len(claimed)
+
     def _batch(self, policy: Policy) -> tuple[int, bool]:
         now = self.clock.now()
         ids = [
@@ -95,7 +116,11 @@ class Publisher:
         return len(claimed), len(ids) == self.batch_size
 
     def _publish(
-        self, policy: Policy, claimed: list[str], rows: dict[str, dict[str, object]], now: float
+        self,
+        policy: Policy,
+        claimed: list[str],
+        rows: Mapping[str, Mapping[str, object]],
+        now: float,
     ) -> None:
         by_queue: dict[str, list[StepMessage]] = {}
         record: list[str | int | float] = []
