@@ -17,6 +17,7 @@ All on one embedded Redis, in the same run:
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -234,6 +235,7 @@ def run(results_dir: Path) -> dict[str, Any]:
         "completed_to_published_p50_ms": through["p50_ms"],
         "completed_to_published_p99_ms": through["p99_ms"],
         "routed_direct_vs_raw": direct["routed_per_s"] / raw,
+        "load_average_1m": os.getloadavg()[0],
         "messages_direct": N_DIRECT,
         "messages_runtime": N_RUNTIME,
     }
@@ -255,16 +257,18 @@ def run(results_dir: Path) -> dict[str, Any]:
     ]  # fmt: skip
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "step_execute.json").write_text(json.dumps(results, indent=2))
-    (results_dir / "step_execute.md").write_text(markdown(rows))
+    (results_dir / "step_execute.md").write_text(markdown(rows, results["load_average_1m"]))
     return results
 
 
-def markdown(rows: list[tuple[str, str, str]]) -> str:
+def markdown(rows: list[tuple[str, str, str]], load: float) -> str:
     lines = [
         "# step-execute benchmark (issue 6 §9)",
         "",
         "`make bench` (or `.venv/bin/python -m benchmarks.step_execute`); "
-        f"{N_DIRECT:,} messages direct, {N_RUNTIME:,} through the runtime, one embedded Redis.",
+        f"{N_DIRECT:,} messages direct, {N_RUNTIME:,} through the runtime, one embedded Redis "
+        f"on the same machine (1-minute load average at the end: {load:.1f}; every figure is "
+        "bound by round trips, so a busy machine lowers them all).",
         "",
         "| figure | value | target |",
         "|---|---:|---|",
