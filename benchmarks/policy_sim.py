@@ -1,14 +1,17 @@
 """Simulation benchmark of policy-check (issue 7 §7): a simulated day in seconds.
 
-20 tenants share 40 execution slots. 18 behave: each wants about 2.5 concurrent runs of ~5 min
-(more than the fair 2 slots, so every tenant is always waiting and admission is contended).
-From 02:00 to 18:00 two tenants misbehave: `flood` sends flow.execute every 10 s (runs of 30 s), `longrun` starts a run every minute that would take 50 min (the watchdog ends them at
+20 tenants share 40 execution slots. 18 behave: each wants about 2 concurrent runs of ~5 min
+(Poisson arrivals: bursts above the fair 2 slots, so admission is contended at times).
+From 02:00 to 18:00 two tenants misbehave: `flood` sends flow.execute every 10 s (runs of
+30 s), `longrun` starts a run every minute that would take 50 min (the watchdog ends them at
 the 30 min `max_run_seconds`). Everything goes through the real code on a real Redis:
 flow-start's admission scripts (shared/admission.py: fair order, caps, slots, penalty factors
 read at decision time), policy-check's ledger, rules, penalties and watchdog (the functions
-its handlers call, without the CloudEvent envelope), the watchdog's failed events released by
-admission like flow-start does. Reported: per-tenant share of run-seconds before and after
-punishment against the fair share, time to detect and to restore, and the ledger's
+its handlers call, without the CloudEvent envelope); the watchdog's failed events are
+released by admission as flow-start does. At 18:00 the two fix their flows (stop and
+redeploy: their waiting runs are dropped) and behave from then on.
+Reported: per-tenant share of run-seconds before and after punishment against the fair
+share (weighted max-min, minute by minute), time to detect and to restore, and the ledger's
 ingestion rate in events/s (pipelined, and through the full function runtime).
 
 `run(results_dir)` writes policy_sim.{json,md,png}. `python -m benchmarks.policy_sim` runs it.
@@ -17,7 +20,6 @@ ingestion rate in events/s (pipelined, and through the full function runtime).
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import tempfile
@@ -31,7 +33,7 @@ from typing import Any
 
 from redis import Redis
 
-from shared import admission, keys, ledger, penalties, watchdog
+from shared import admission, keys, ledger, watchdog
 from shared.embedded_redis import EmbeddedRedis
 from shared.errors import OverCapacity
 from shared.events import OutgoingEvent
@@ -65,8 +67,13 @@ POLICY_DOC: dict[str, Any] = {
     },
     "rules": [
         {"name": "flood", "metric": "runs", "subject": "tenant", "window": "5m", "max": 15},
-        {"name": "long-runs", "metric": "run_seconds", "subject": "tenant", "window": "15m",
-         "max": 3600},
+        {
+            "name": "long-runs",
+            "metric": "run_seconds",
+            "subject": "tenant",
+            "window": "15m",
+            "max": 5400,
+        },
     ],
     "penalties": {"cooldown": "5m", "max_cooldown": "2h", "decay_after": "30m"},
 }
@@ -172,7 +179,12 @@ def on_admitted(sim: Sim) -> None:
         sim.admitted += 1
         duration = sim.planned.pop(run.run_id, GOOD_RUN)
         sim.running[run.run_id] = Run(
-            run.run_id, run.tenant, run.flow_id, run.user, run.fencing_token, sim.now,
+            run.run_id,
+            run.tenant,
+            run.flow_id,
+            run.user,
+            run.fencing_token,
+            sim.now,
             sim.now + duration,
         )
         limit = watchdog.limit_for(sim.policy, run.tenant, None)
@@ -189,8 +201,13 @@ def end_run(sim: Sim, run: Run, *, failed: bool) -> None:
     """flow.execution.completed/failed: flow-start releases, policy-check counts."""
     sim.running.pop(run.run_id, None)
     admission.release(
-        sim.redis, sim.admission_inputs(), None,
-        run_id=run.run_id, token=run.token, now=sim.now, source=FS_SOURCE,
+        sim.redis,
+        sim.admission_inputs(),
+        None,
+        run_id=run.run_id,
+        token=run.token,
+        now=sim.now,
+        source=FS_SOURCE,
     )
     subjects = ledger.subjects_of(run.tenant, run.user, run.flow)
     op = watchdog.end_op(run.run_id, ended_at=sim.now, unknown_seconds=sim.now - run.start)
@@ -202,7 +219,9 @@ def end_run(sim: Sim, run: Run, *, failed: bool) -> None:
         "bytes": 20_000,
         "cpu_seconds": (sim.now - run.start) * 0.1,
     }
-    ledger.record(sim.redis, Record(subjects, amounts, run=op), now=sim.now, ring_windows=sim.windows())
+    ledger.record(
+        sim.redis, Record(subjects, amounts, run=op), now=sim.now, ring_windows=sim.windows()
+    )
     police(sim.redis, sim.policy, subjects, now=sim.now, source=SOURCE)
     sim.dirty = True
 
@@ -216,18 +235,26 @@ def policy_tick(sim: Sim) -> None:
             if run is not None:
                 sim.running.pop(run.run_id)
                 admission.release(
-                    sim.redis, sim.admission_inputs(), None,
-                    run_id=run.run_id, token=run.token, now=sim.now, source=FS_SOURCE,
+                    sim.redis,
+                    sim.admission_inputs(),
+                    None,
+                    run_id=run.run_id,
+                    token=run.token,
+                    now=sim.now,
+                    source=FS_SOURCE,
                 )
                 sim.dirty = True
             continue
         subject = data.get("subject") or {}
         sim.events.append(
-            (sim.elapsed, event.type.removeprefix(PREFIX), f"{subject.get('level')}:{subject.get('id')}",
-             str(data.get("penalty", "")))
+            (
+                sim.elapsed,
+                event.type.removeprefix(PREFIX),
+                f"{subject.get('level')}:{subject.get('id')}",
+                str(data.get("penalty", "")),
+            )
         )
-    admission.dispatch(sim.redis, sim.admission_inputs(), now=sim.now,
-                       source=FS_SOURCE)
+    admission.dispatch(sim.redis, sim.admission_inputs(), now=sim.now, source=FS_SOURCE)
     sim.dirty = True
     minute = int(sim.elapsed // TICK)
     pipe = sim.redis.pipeline(transaction=False)
@@ -248,9 +275,7 @@ def policy_tick(sim: Sim) -> None:
         if not wants or levels[tenant] == "suspend":
             continue
         factor = (
-            sim.policy.penalties.deprioritize_factor
-            if levels[tenant] == "deprioritize"
-            else 1.0
+            sim.policy.penalties.deprioritize_factor if levels[tenant] == "deprioritize" else 1.0
         )
         weights[tenant] = sim.policy.tenant(tenant).weight * factor
         demand[tenant] = min(wants, sim.policy.tenant(tenant).max_concurrent_runs)
@@ -258,9 +283,30 @@ def policy_tick(sim: Sim) -> None:
     sim.demand[minute] = demand
 
 
+def mend(sim: Sim) -> None:
+    """At the end of the misbehaviour the bad citizens fix their flows and redeploy: flow.stopping
+    drops the flow's waiting runs (flow-start), flow.started deploys it again."""
+    for tenant in BAD:
+        flow = f"{tenant}-flow"
+        admission.drop_flow(
+            sim.redis, sim.admission_inputs(), None, flow_id=flow, now=sim.now, source=FS_SOURCE
+        )
+        admission.set_deployment(
+            sim.redis,
+            sim.admission_inputs(),
+            None,
+            flow_id=flow,
+            started=True,
+            now=sim.now,
+            source=FS_SOURCE,
+        )
+
+
 def step(sim: Sim, arrivals: dict[str, float]) -> None:
     sim.inputs = None  # penalties may have changed: read them again at decision time
     bad_now = misbehaving(sim)
+    if MISBEHAVE[1] <= sim.elapsed < MISBEHAVE[1] + STEP:
+        mend(sim)
     for tenant in TENANTS:
         if tenant == "flood" and bad_now:
             submit(sim, tenant, 30.0)
@@ -291,8 +337,13 @@ def simulate_day(redis: Redis, seed: int = 7) -> Sim:
     sim = Sim(redis, policy, random.Random(seed), now=start, start=start)
     for tenant in TENANTS:
         admission.set_deployment(
-            redis, admission.read_inputs(redis, policy), None,
-            flow_id=f"{tenant}-flow", started=True, now=start, source=FS_SOURCE,
+            redis,
+            admission.read_inputs(redis, policy),
+            None,
+            flow_id=f"{tenant}-flow",
+            started=True,
+            now=start,
+            source=FS_SOURCE,
         )
     arrivals = {t: start + sim.rng.expovariate(GOOD_CONCURRENCY / GOOD_RUN) for t in TENANTS}
     while sim.elapsed < DAY:
@@ -312,7 +363,9 @@ def shares(sim: Sim, lo: float, hi: float) -> dict[str, float]:
     return {t: totals.get(t, 0.0) / whole for t in TENANTS}
 
 
-def water_fill(capacity: float, weights: dict[str, float], demand: dict[str, int]) -> dict[str, float]:
+def water_fill(
+    capacity: float, weights: dict[str, float], demand: dict[str, int]
+) -> dict[str, float]:
     """Weighted max-min fair allocation of `capacity` slots: nobody gets more than it wants,
     what one does not want is shared by the others in proportion to their weights."""
     allocation = dict.fromkeys(weights, 0.0)
@@ -367,9 +420,13 @@ def restored_at(sim: Sim, tenant: str) -> float | None:
 def analyse(sim: Sim) -> dict[str, Any]:
     onset, stop = MISBEHAVE
     good = [t for t in TENANTS if t not in BAD]
+
     def first_of(kinds: tuple[str, ...], t: str) -> float:
-        return min((first(sim, f"{lvl}:{s}", k, onset) or stop)
-                   for k in kinds for lvl, s in (("tenant", t), ("flow", f"{t}-flow")))
+        return min(
+            (first(sim, f"{lvl}:{s}", k, onset) or stop)
+            for k in kinds
+            for lvl, s in (("tenant", t), ("flow", f"{t}-flow"))
+        )
 
     punished_from = min(first_of(("throttle", "deprioritize", "suspend"), t) for t in BAD)
     contained_from = max(first_of(("deprioritize", "suspend"), t) for t in BAD)
@@ -400,7 +457,9 @@ def analyse(sim: Sim) -> dict[str, Any]:
         detection[t] = {
             "misbehaviour_starts_h": onset / HOUR,
             "detected_after_s": None if detected >= stop else round(detected - onset),
-            "limits_lowered_after_s": round(first_of(("throttle", "deprioritize", "suspend"), t) - onset),
+            "limits_lowered_after_s": round(
+                first_of(("throttle", "deprioritize", "suspend"), t) - onset
+            ),
             "suspended_after_s": None if suspended >= stop else round(suspended - onset),
             "misbehaviour_ends_h": stop / HOUR,
             "restored_after_s": None if restored is None else round(restored - stop),
@@ -413,11 +472,13 @@ def analyse(sim: Sim) -> dict[str, Any]:
         got, fair = shares(sim, onset, lowered), fair_shares(sim, onset, lowered)
         detection[t]["share_before_punishment"] = round(got[t], 4)
         detection[t]["fair_before_punishment"] = round(fair[t], 4)
-    good_events = [(who, kind, step) for _, kind, who, step in sim.events
-                   if not any(b in who for b in BAD)]
+    good_events = [
+        (who, kind, step) for _, kind, who, step in sim.events if not any(b in who for b in BAD)
+    ]
     warned = sorted({who for who, kind, _ in good_events if kind == "policy.violation"})
-    false_positives = sorted({who for who, kind, step in good_events
-                              if step in ("throttle", "deprioritize", "suspend")})
+    false_positives = sorted(
+        {who for who, kind, step in good_events if step in ("throttle", "deprioritize", "suspend")}
+    )
     return {
         "periods": table,
         "bad_citizens": detection,
@@ -458,6 +519,8 @@ def ingestion_rate(redis: Redis, count: int) -> dict[str, Any]:
 def runtime_rate(redis: Redis, count: int) -> dict[str, Any]:
     """The same events as signed CloudEvents through FunctionRuntime.handle (parse, verify the
     internal token, dedupe, ledger, rules): what one policy-check instance sustains."""
+    from cloudevents.http import CloudEvent
+
     from shared.auth import Authorizer
     from shared.clock import FakeClock
     from shared.handlers.policy_check import SPEC, PolicyServices
@@ -465,32 +528,62 @@ def runtime_rate(redis: Redis, count: int) -> dict[str, Any]:
     from shared.runtime import FunctionRuntime
     from shared.settings import Settings
     from shared.tokens import sign_internal
-    from cloudevents.http import CloudEvent
 
     redis.flushall()
     key = "bench-orchestrator-key-0123456789abcdef"
-    url = "redis://%s:%s/0" % (
-        redis.connection_pool.connection_kwargs["host"], redis.connection_pool.connection_kwargs["port"])
-    settings = Settings.from_env({"REDIS_URL": url, "ORCHESTRATOR_KEY": key, "ORCHESTRATOR_AUTH": "off",
-                                  "ORCHESTRATOR_DEPLOY_DRIVER": "local"})
+    url = "redis://{}:{}/0".format(
+        redis.connection_pool.connection_kwargs["host"],
+        redis.connection_pool.connection_kwargs["port"],
+    )
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": url,
+            "ORCHESTRATOR_KEY": key,
+            "ORCHESTRATOR_AUTH": "off",
+            "ORCHESTRATOR_DEPLOY_DRIVER": "local",
+        }
+    )
     clock = FakeClock()
-    runtime = FunctionRuntime(SPEC, settings=settings, redis=redis, clock=clock, policy=Policy(),
-                              sender=NullSender(), authorizer=Authorizer(settings, clock, flow_tenant=lambda _: None),
-                              services=PolicyServices())
+    runtime = FunctionRuntime(
+        SPEC,
+        settings=settings,
+        redis=redis,
+        clock=clock,
+        policy=Policy(),
+        sender=NullSender(),
+        authorizer=Authorizer(settings, clock, flow_tenant=lambda _: None),
+        services=PolicyServices(),
+    )
     token = sign_internal(key, "step-execute", clock)
     events = []
     for n in range(count):
         tenant = f"t{n % 20}"
-        events.append(CloudEvent(
-            {"type": PREFIX + "usage.reported", "source": "/bench", "id": f"u-{n}", "authtoken": token},
-            {"tenant": tenant, "user": f"{tenant}-u{n % 2}", "flowId": f"{tenant}-f{n % 5}", "messages": 3},
-        ))
+        events.append(
+            CloudEvent(
+                {
+                    "type": PREFIX + "usage.reported",
+                    "source": "/bench",
+                    "id": f"u-{n}",
+                    "authtoken": token,
+                },
+                {
+                    "tenant": tenant,
+                    "user": f"{tenant}-u{n % 2}",
+                    "flowId": f"{tenant}-f{n % 5}",
+                    "messages": 3,
+                },
+            )
+        )
     began = time.perf_counter()
     for event in events:
         runtime.handle(event)
         clock.advance(0.01)
     seconds = time.perf_counter() - began
-    return {"events": count, "seconds": round(seconds, 2), "events_per_second": round(count / seconds)}
+    return {
+        "events": count,
+        "seconds": round(seconds, 2),
+        "events_per_second": round(count / seconds),
+    }
 
 
 # ---------------------------------------------------------------- output
@@ -512,8 +605,9 @@ def plot(sim: Sim, analysis: dict[str, Any], path: Path) -> None:
         xs.append((lo + window / 2) / 60)
         for tenant in TENANTS:
             series[tenant].append(100 * totals.get(tenant, 0.0) / whole)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 1]})
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     for tenant in TENANTS:
         if tenant in BAD:
             continue
@@ -521,8 +615,12 @@ def plot(sim: Sim, analysis: dict[str, Any], path: Path) -> None:
     top.plot([], [], color="0.7", label="18 good tenants (each)")
     top.plot(xs, series["flood"], color="tab:red", linewidth=2, label="flood (floods executions)")
     top.plot(xs, series["longrun"], color="tab:orange", linewidth=2, label="longrun (runs long)")
-    top.axhline(100 / 20, color="tab:blue", linestyle="--", linewidth=1, label="fair share, 20 tenants")
-    top.axhline(100 / 18, color="tab:green", linestyle=":", linewidth=1, label="fair share, 18 tenants")
+    top.axhline(
+        100 / 20, color="tab:blue", linestyle="--", linewidth=1, label="fair share, 20 tenants"
+    )
+    top.axhline(
+        100 / 18, color="tab:green", linestyle=":", linewidth=1, label="fair share, 18 tenants"
+    )
     for edge in MISBEHAVE:
         top.axvline(edge / HOUR, color="k", linewidth=0.6)
     top.set_ylabel("share of run-seconds (%)")
@@ -531,8 +629,13 @@ def plot(sim: Sim, analysis: dict[str, Any], path: Path) -> None:
     rank = {"none": 0, "warn": 1, "throttle": 2, "deprioritize": 3, "suspend": 4}
     for tenant, color in (("flood", "tab:red"), ("longrun", "tab:orange")):
         steps = sorted(sim.steps.items())
-        bottom.step([m / 60 for m, _ in steps], [rank[s[tenant]] for _, s in steps], where="post",
-                    color=color, label=tenant)
+        bottom.step(
+            [m / 60 for m, _ in steps],
+            [rank[s[tenant]] for _, s in steps],
+            where="post",
+            color=color,
+            label=tenant,
+        )
     bottom.set_yticks(list(rank.values()), list(rank))
     bottom.set_xlabel("simulated hour")
     bottom.legend(loc="upper right", fontsize=8)
@@ -541,39 +644,57 @@ def plot(sim: Sim, analysis: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _pct(value: float, digits: int = 2) -> str:
+    return f"{100 * value:.{digits}f} %"
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# policy-check simulation", "", result["setup"], ""]
-    lines += ["| period | hours | good tenants: mean share | good: worst deviation from fair | flood share | longrun share |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "| period | hours | good: mean share | good: worst vs fair | flood | longrun |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, period in result["periods"].items():
         lines.append(
-            f"| {name} | {period['from_h']}–{period['to_h']} | {100 * period['good_mean_share']:.2f} % "
-            f"| {100 * period['good_max_deviation_from_fair']:.1f} % | {100 * period['bad_share']['flood']:.2f} % "
-            f"| {100 * period['bad_share']['longrun']:.2f} % |"
+            f"| {name} | {period['from_h']}-{period['to_h']} "
+            f"| {_pct(period['good_mean_share'])} "
+            f"| {_pct(period['good_max_deviation_from_fair'], 1)} "
+            f"| {_pct(period['bad_share']['flood'])} | {_pct(period['bad_share']['longrun'])} |"
         )
-    lines += ["", "| bad citizen | share before punishment (fair) | detected after | limits lowered after | suspended after | restored after misbehaviour ended | penalty events |",
-              "|---|---|---|---|---|---|---|"]
-    for tenant, d in result["bad_citizens"].items():
-        lines.append(
-            f"| {tenant} | {100 * d['share_before_punishment']:.1f} % ({100 * d['fair_before_punishment']:.1f} %) "
-            f"| {d['detected_after_s']} s | {d['limits_lowered_after_s']} s | {d['suspended_after_s']} s "
-            f"| {d['restored_after_s']} s | {d['penalty_events']} |")
-    lines += ["", f"Good tenants only warned (no limit changed): {', '.join(result['good_tenants_warned']) or 'none'}; "
-              f"good tenants whose limits were lowered: {', '.join(result['good_tenants_punished']) or 'none'}."]
-    ing, rt = result["ingestion"], result["runtime_ingestion"]
     lines += [
         "",
-        f"Ledger ingestion: {ing['events']:,} usage events in {ing['seconds']} s = **{ing['events_per_second']:,} events/s** "
-        f"(pipelined `ledger_record` calls; 1,000,000 events ≈ {ing['extrapolated_seconds_for_1M']} s at this rate).",
-        f"Through the full function runtime (signed CloudEvent → parse → verify → dedupe → ledger → rules): "
-        f"{rt['events']:,} events at **{rt['events_per_second']:,} events/s** per instance.",
+        "| bad citizen | share before punishment (fair) | detected | limits lowered | suspended "
+        "| restored after it stopped | penalty events |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for tenant, d in result["bad_citizens"].items():
+        lines.append(
+            f"| {tenant} | {_pct(d['share_before_punishment'], 1)} "
+            f"({_pct(d['fair_before_punishment'], 1)}) | {d['detected_after_s']} s "
+            f"| {d['limits_lowered_after_s']} s | {d['suspended_after_s']} s "
+            f"| {d['restored_after_s']} s | {d['penalty_events']} |"
+        )
+    warned = ", ".join(result["good_tenants_warned"]) or "none"
+    punished = ", ".join(result["good_tenants_punished"]) or "none"
+    ing, rt, sim = result["ingestion"], result["runtime_ingestion"], result["simulation"]
+    deviation = result["periods"]["contained"]["good_max_deviation_from_fair"]
+    lines += [
         "",
-        f"Simulated day: {result['simulation']['wall_seconds']} s wall, {result['simulation']['submitted']:,} runs submitted, "
-        f"{result['simulation']['admitted']:,} admitted.",
+        f"Good tenants only warned: {warned}; good tenants whose limits were lowered: {punished}.",
         "",
-        f"Targets: bad citizens contained and the others' shares within 10 % of fair "
-        f"(contained period: worst good tenant {100 * result['periods']['contained']['good_max_deviation_from_fair']:.1f} % "
-        f"from fair) → **{'met' if result['targets_met'] else 'NOT met'}**.",
+        f"Ledger ingestion: {ing['events']:,} usage events in {ing['seconds']} s = "
+        f"**{ing['events_per_second']:,} events/s** (pipelined `ledger_record` calls with dedupe "
+        f"keys; 1,000,000 events take about {ing['extrapolated_seconds_for_1M']} s at this rate).",
+        "Through the full function runtime (signed CloudEvent: parse, verify, dedupe, ledger, "
+        f"rules): {rt['events']:,} events at **{rt['events_per_second']:,} events/s** "
+        "per instance.",
+        "",
+        f"Simulated day: {sim['wall_seconds']} s wall, {sim['submitted']:,} runs submitted, "
+        f"{sim['admitted']:,} admitted.",
+        "",
+        "Target: bad citizens contained and the others' shares within 10 % of fair "
+        f"(contained period: worst good tenant {_pct(deviation, 1)} from fair): "
+        f"**{'met' if result['targets_met'] else 'NOT met'}**.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -611,10 +732,11 @@ def run(results_dir: str | Path) -> dict[str, Any]:
     )
     result: dict[str, Any] = {
         "setup": (
-            f"20 tenants (18 good, `flood`, `longrun`), {POLICY_DOC['slots']} slots, simulated day in "
-            f"{STEP:.0f} s steps, misbehaviour {MISBEHAVE[0] / HOUR:.0f}:00–{MISBEHAVE[1] / HOUR:.0f}:00; "
-            "rules: flood = run requests per tenant > 15 / 5 min, long-runs = run-seconds per tenant > 3600 / 15 min (2 x fair), "
-            "max_run_seconds 1800; penalties cooldown 5m (doubling, max 2h), decay_after 30m."
+            f"20 tenants (18 good, `flood`, `longrun`), {POLICY_DOC['slots']} slots, simulated "
+            f"day in {STEP:.0f} s steps, misbehaviour {MISBEHAVE[0] / HOUR:.0f}:00-"
+            f"{MISBEHAVE[1] / HOUR:.0f}:00; rules: flood = run requests per tenant > 15 / 5 min, "
+            "long-runs = run-seconds per tenant > 5400 / 15 min (3 x fair), max_run_seconds "
+            "1800; penalties: cooldown 5m (doubling, max 2h), decay_after 30m."
         ),
         "simulation": {
             "wall_seconds": round(wall, 1),
