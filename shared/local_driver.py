@@ -26,6 +26,7 @@ from typing import IO
 
 from shared.desired_state import SECRET_HASH_ANNOTATION, secret_environment
 from shared.driver import MANAGED_SELECTOR, Manifest, ObservedObject, Readiness
+from shared.worker import PARENT_PID_VARIABLE
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class LocalDriver:
         log_file = log_path.open("wb")
         process = subprocess.Popen(
             list(self._command),
-            env={**self._base_env, **environment},
+            env={**self._base_env, **environment, PARENT_PID_VARIABLE: str(os.getpid())},
             cwd=self._cwd,
             stdin=subprocess.DEVNULL,
             stdout=log_file,

@@ -333,6 +333,25 @@ class Worker:
                 self.clock.sleep(0.25 * 2**attempt)
 
 
+PARENT_PID_VARIABLE = "ORCHESTRATOR_PARENT_PID"
+
+
+def watch_parent(parent_pid: str | None, stop: threading.Event, interval: float = 1.0) -> None:
+    """A local worker stops when the process that started it is gone, so that no worker
+    outlives `make run` (in Kubernetes the variable is unset and the kubelet owns the pod)."""
+    if not parent_pid or not parent_pid.isdigit():
+        return
+    expected = int(parent_pid)
+
+    def watch() -> None:
+        while not stop.wait(interval):
+            if os.getppid() != expected:
+                log.info("parent %d is gone: stopping", expected)
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(env: Mapping[str, str] | None = None) -> int:
     from shared.logs import configure_logging
 
@@ -346,6 +365,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    watch_parent(env.get(PARENT_PID_VARIABLE), stop)
     try:
         config = WorkerConfig.from_env(env)
         if config.global_component:
