@@ -15,7 +15,7 @@ from redis import Redis
 from shared import keys
 from shared.errors import TemporaryError
 from shared.events import OutgoingEvent
-from shared.outbox import EventSender
+from shared.outbox import EventSender, record_sent
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,10 @@ def flush_parallel(
     with ThreadPoolExecutor(max_workers=min(workers, len(raws))) as pool:
         sent = list(pool.map(send, raws))
     pipe = redis.pipeline(transaction=False)
-    for raw, ok in zip(raws, sent, strict=True):
-        if ok:
-            pipe.lrem(key, 1, raw)  # type: ignore[arg-type]
-    pipe.execute()
+    done = [raw for raw, ok in zip(raws, sent, strict=True) if ok]
+    for raw in done:
+        pipe.lrem(key, 1, raw)  # type: ignore[arg-type]
+    for raw, removed in zip(done, pipe.execute(), strict=True):
+        # metrics and the event log, as shared.outbox.flush records them
+        record_sent(redis, OutgoingEvent.from_json(raw), removed=bool(removed))
     return sum(sent)

@@ -58,6 +58,7 @@ class Board:
     samples: list[Sample] = field(default_factory=list)
     last_entry: str = "0-0"
     deployed: set[str] = field(default_factory=set)  # flows deploy reported started
+    seen_ids: set[str] = field(default_factory=set)  # an event resent (at-least-once) counts once
     notes: list[str] = field(default_factory=list)
     policy_note: str = ""
 
@@ -81,6 +82,9 @@ class Board:
 
     def _count(self, event: event_log.LoggedEvent) -> None:
         self.last_entry = event.entry_id
+        if event.id in self.seen_ids:
+            return
+        self.seen_ids.add(event.id)
         tenant = event.extensions.get("tenant", "")
         flow = event.extensions.get("flowid", "")
         data = event.data if isinstance(event.data, dict) else {}

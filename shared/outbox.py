@@ -100,16 +100,20 @@ def flush(
                 break
             event = OutgoingEvent.from_json(raw)
             sender.send(event)
-            redis.lrem(key, 1, raw)  # type: ignore[arg-type]
+            removed = redis.lrem(key, 1, raw)  # type: ignore[arg-type]
             sent += 1
-            metrics.observe_emitted(event)
-            _log_sent(redis, event)
+            record_sent(redis, event, removed=bool(removed))
             log.info("emitted %s id=%s", short(event.type), event.id)
     return sent
 
 
-def _log_sent(redis: Redis, event: OutgoingEvent) -> None:
-    """The event log (`orchestrator events tail`) is for people: it never fails a flush."""
+def record_sent(redis: Redis, event: OutgoingEvent, *, removed: bool) -> None:
+    """What every flusher does after a successful send: the metrics, and the event log entry
+    when it was this flusher that removed the event from the outbox (so one entry per event,
+    however many concurrent flushers sent it). The event log never fails a flush."""
+    metrics.observe_emitted(event)
+    if not removed:
+        return
     try:
         event_log.record(redis, event)
     except RedisError:
