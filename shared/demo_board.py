@@ -212,6 +212,7 @@ class Board:
             "tenants": tenants,
             "flows": flows,
             "penalties": self.penalty_events,
+            "peakRunningAll": max((sum(s.running.values()) for s in self.samples), default=0),
             "slowFlow": {"id": SLOW_FLOW, "skipped": self.flow_counts[SLOW_FLOW]["skipped"]},
             "badTenant": {"id": BAD_TENANT, **tenants.get(BAD_TENANT, {})},
             "notes": list(self.notes),
