@@ -51,7 +51,9 @@ class Board:
     tenants: tuple[str, ...] = tuple(TENANTS)
     counts: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     flow_counts: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    skip_reasons: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    reasons: dict[tuple[str, str], Counter[str]] = field(
+        default_factory=lambda: defaultdict(Counter)
+    )  # (flow, skipped | failed) → reason → count
     penalty_events: list[dict[str, Any]] = field(default_factory=list)
     violations: Counter[str] = field(default_factory=Counter)
     waits: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -92,8 +94,8 @@ class Board:
         if name:
             self.counts[tenant][name] += 1
             self.flow_counts[flow][name] += 1
-            if event.type == t.RUN_SKIPPED:
-                self.skip_reasons[flow][str(data.get("reason", ""))] += 1
+            if event.type in (t.RUN_SKIPPED, t.RUN_FAILED):
+                self.reasons[(flow, name)][str(data.get("reason", ""))] += 1
             due = data.get("scheduledFor")
             if event.type == t.RUN_ADMITTED and isinstance(due, int | float) and event.time:
                 self.waits[tenant].append(max(0.0, event.time - due))  # due (or asked) → admitted
@@ -202,7 +204,8 @@ class Board:
             flow.id: {
                 "tenant": flow.tenant,
                 **{name: self.flow_counts[flow.id][name] for name in COUNTED.values()},
-                "skipReasons": dict(self.skip_reasons[flow.id]),
+                "skipReasons": dict(self.reasons[(flow.id, "skipped")]),
+                "failReasons": dict(self.reasons[(flow.id, "failed")]),
             }
             for flow in FLOWS
         }

@@ -658,3 +658,10 @@ def test_dev_brings_a_redis_that_never_evicts_and_keeps_an_append_only_file() ->
 
 def test_prod_brings_no_redis_of_its_own() -> None:
     assert of_kind(render("prod"), "StatefulSet") == []
+
+
+# ------------------------------------------------------------------------------ docs
+def test_the_event_reference_names_every_type() -> None:
+    text = (ROOT / "docs" / "events.md").read_text()
+    missing = [t.short(typ) for typ in sorted(t.ALL_TYPES) if f"`{t.short(typ)}`" not in text]
+    assert missing == []
