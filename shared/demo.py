@@ -231,5 +231,9 @@ def run(session: RunSession, stop: threading.Event, *, out_dir: Path | None = No
         board.notes.append(board.policy_note)
     summary = board.summary(elapsed, extra=extra)
     paths = write_outputs(board, summary, out_dir or Path(session.state_dir) / "demo")
-    console.print(summary_text(summary))
-    console.print(f"demo: summary in {paths['text']} and {paths['json']}, chart in {paths['png']}")
+    console.print(summary_text(summary), soft_wrap=True, highlight=False, markup=False)
+    console.print(
+        f"demo: summary in {paths['text']} and {paths['json']}, chart in {paths['png']}",
+        soft_wrap=True,
+        highlight=False,
+    )
