@@ -210,7 +210,14 @@ def _run_cmd(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def test_the_cmd_serves_a_function_and_its_metrics() -> None:
     port = free_port()
-    process = _run_cmd({"PORT": str(port), "FUNCTION_SOURCE": "functions/flow_start/main.py"})
+    settings = {  # what the Knative Service gives it; nothing is contacted to serve probes
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "ORCHESTRATOR_KEY": "k" * 48,
+        "ORCHESTRATOR_AUTH": "off",
+    }
+    process = _run_cmd(
+        {"PORT": str(port), "FUNCTION_SOURCE": "functions/flow_start/main.py", **settings}
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -603,11 +603,15 @@ def _probe_paths(service: Manifest) -> set[str]:
 
 @pytest.mark.parametrize("function", t.FUNCTIONS)
 def test_the_function_app_answers_its_probe_paths(
-    docs: tuple[Manifest, ...], function: str
+    docs: tuple[Manifest, ...], function: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The app starts with the overlay's environment (settings are checked at start) and
+    answers the probes without touching Redis."""
     import functions_framework
 
     service = function_services(docs)[function]
+    for name, value in settings_env(docs, service).items():
+        monkeypatch.setenv(name, value)
     source = ROOT / literal_env(service)["FUNCTION_SOURCE"]
     client = functions_framework.create_app(target="handle", source=str(source)).test_client()
     for path in _probe_paths(service):
