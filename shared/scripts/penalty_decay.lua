@@ -8,11 +8,9 @@
 -- ARGV[7] event type prefix   ARGV[8] audit stream max length   ARGV[9] flow id extension
 -- ARGV[10] index member (level:id)
 -- Returns {'decayed' | 'restored' | 'held' | 'none', step after ('' for none), until}
+--#include penalty_common
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
-local RANK = {warn = 1, throttle = 2, deprioritize = 3, suspend = 4}
-local EVENTS = {throttle = 'tenant.throttled', deprioritize = 'tenant.deprioritized',
-  suspend = 'tenant.suspended'}
 
 local step = redis.call('HGET', key, 'step')
 if not step then
@@ -26,16 +24,8 @@ if now < until_at or now - math.max(since, last) < tonumber(ARGV[3]) then
   return {'held', step, tostring(until_at)}
 end
 
-local ladder = {}
-for rung in string.gmatch(ARGV[2], '[^,]+') do
-  ladder[#ladder + 1] = rung
-end
-local position = 0
-for _, rung in ipairs(ladder) do
-  if RANK[rung] <= RANK[step] then
-    position = position + 1
-  end
-end
+local ladder = ladder_of(ARGV[2])
+local position = position_on(ladder, step)
 
 local level = redis.call('HGET', key, 'level') or ''
 local id = redis.call('HGET', key, 'id') or ''
@@ -59,16 +49,11 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'time', now, 'action',
   'limit', redis.call('HGET', key, 'limit') or '', 'window', redis.call('HGET', key, 'window') or '',
   'penalty', new_step, 'previous', step, 'until', '', 'actor', 'policy-check')
 
-local extensions = {tenant = tenant}
-if ARGV[9] ~= '' then
-  extensions.flowid = ARGV[9]
-end
 local data = {subject = {level = level, id = id}, penalty = new_step, rule = rule}
 if new_step ~= 'none' then
   data['until'] = now
 end
-redis.call('RPUSH', KEYS[4], cjson.encode({
-  id = ARGV[5] .. '-decay-' .. string.format('%.0f', now * 1000),
-  type = ARGV[7] .. (EVENTS[new_step] or 'tenant.restored'), source = ARGV[6], data = data,
-  extensions = extensions, time = now}))
+redis.call('RPUSH', KEYS[4], outbox_event(
+  ARGV[5] .. '-decay-' .. string.format('%.0f', now * 1000),
+  ARGV[7] .. (EVENTS[new_step] or 'tenant.restored'), ARGV[6], data, tenant, ARGV[9], now))
 return {action, new_step == 'none' and '' or new_step, tostring(now)}

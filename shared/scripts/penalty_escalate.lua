@@ -15,18 +15,12 @@
 -- ARGV[15] event source   ARGV[16] event type prefix   ARGV[17] audit stream max length
 -- ARGV[18] flow id extension ('' for none)   ARGV[19] audit action (escalate | timeout)
 -- Returns {'escalated' | 'held', step after the decision ('' for none), until}
+--#include penalty_common
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local level, id, tenant, rule = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local horizon = tonumber(ARGV[9])
-local RANK = {warn = 1, throttle = 2, deprioritize = 3, suspend = 4}
-local EVENTS = {throttle = 'tenant.throttled', deprioritize = 'tenant.deprioritized',
-  suspend = 'tenant.suspended'}
-
-local ladder = {}
-for step in string.gmatch(ARGV[10], '[^,]+') do
-  ladder[#ladder + 1] = step
-end
+local ladder = ladder_of(ARGV[10])
 
 local step = redis.call('HGET', key, 'step')
 local until_at = tonumber(redis.call('HGET', key, 'until') or '0') or 0
@@ -37,15 +31,7 @@ if (step and now < since + tonumber(ARGV[11])) or (fired and now < fired + horiz
   return {'held', step or '', tostring(until_at)}
 end
 
--- position on the ladder: how many of its rungs are at or below the current step
-local position = 0
-if step then
-  for _, rung in ipairs(ladder) do
-    if RANK[rung] <= RANK[step] then
-      position = position + 1
-    end
-  end
-end
+local position = position_on(ladder, step)
 local repeats = tonumber(redis.call('HGET', key, 'repeats') or '0') or 0
 if not step then
   local restored = tonumber(redis.call('HGET', key, 'restoredAt') or '')
@@ -68,15 +54,11 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[17], '*', 'time', now, 'action',
   'limit', ARGV[7], 'window', ARGV[8], 'penalty', new_step, 'previous', step or '',
   'until', new_until, 'actor', 'policy-check')
 
-local extensions = {tenant = tenant}
-if ARGV[18] ~= '' then
-  extensions.flowid = ARGV[18]
-end
 local subject = {level = level, id = id}
 local stamp = string.format('%.0f', now * 1000)
 local function event(kind, event_type, data)
-  return cjson.encode({id = ARGV[14] .. '-' .. kind .. '-' .. stamp, type = ARGV[16] .. event_type,
-    source = ARGV[15], data = data, extensions = extensions, time = now})
+  return outbox_event(ARGV[14] .. '-' .. kind .. '-' .. stamp, ARGV[16] .. event_type,
+    ARGV[15], data, tenant, ARGV[18], now)
 end
 redis.call('RPUSH', KEYS[4], event('violation', 'policy.violation', {subject = subject,
   rule = rule, measured = tonumber(ARGV[6]), limit = tonumber(ARGV[7]), window = ARGV[8]}))

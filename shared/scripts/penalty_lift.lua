@@ -6,6 +6,7 @@
 -- ARGV[7] audit stream max length   ARGV[8] flow id extension   ARGV[9] index member (level:id)
 -- ARGV[10] level   ARGV[11] subject id
 -- Returns the step that was lifted, or '' when the subject had no penalty
+--#include penalty_common
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local step = redis.call('HGET', key, 'step')
@@ -24,13 +25,8 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'time', now, 'action', 
   'measured', redis.call('HGET', key, 'measured') or '', 'limit',
   redis.call('HGET', key, 'limit') or '', 'window', redis.call('HGET', key, 'window') or '',
   'penalty', 'none', 'previous', step, 'until', '', 'actor', ARGV[2])
-local extensions = {tenant = tenant}
-if ARGV[8] ~= '' then
-  extensions.flowid = ARGV[8]
-end
-redis.call('RPUSH', KEYS[4], cjson.encode({
-  id = ARGV[4] .. '-lift-' .. string.format('%.0f', now * 1000),
-  type = ARGV[6] .. 'tenant.restored', source = ARGV[5],
-  data = {subject = {level = ARGV[10], id = ARGV[11]}, penalty = 'none', rule = rule},
-  extensions = extensions, time = now}))
+redis.call('RPUSH', KEYS[4], outbox_event(
+  ARGV[4] .. '-lift-' .. string.format('%.0f', now * 1000), ARGV[6] .. 'tenant.restored',
+  ARGV[5], {subject = {level = ARGV[10], id = ARGV[11]}, penalty = 'none', rule = rule},
+  tenant, ARGV[8], now))
 return step

@@ -1,0 +1,38 @@
+-- penalty_common: helpers shared by the penalty scripts (included with --#include).
+-- RANK orders the steps as shared/penalties.py does; EVENTS names the event of each step
+-- (warn has none; stepping down to warn or to nothing announces tenant.restored).
+local RANK = {warn = 1, throttle = 2, deprioritize = 3, suspend = 4}
+local EVENTS = {throttle = 'tenant.throttled', deprioritize = 'tenant.deprioritized',
+  suspend = 'tenant.suspended'}
+
+-- the ladder of the policy, from its comma-separated text
+local function ladder_of(text)
+  local ladder = {}
+  for rung in string.gmatch(text, '[^,]+') do
+    ladder[#ladder + 1] = rung
+  end
+  return ladder
+end
+
+-- how many rungs of the ladder are at or below `step` (0 for no step)
+local function position_on(ladder, step)
+  local position = 0
+  if step then
+    for _, rung in ipairs(ladder) do
+      if RANK[rung] <= RANK[step] then
+        position = position + 1
+      end
+    end
+  end
+  return position
+end
+
+-- an outbox entry (OutgoingEvent JSON) with the tenant and, for a flow, the flowid extension
+local function outbox_event(id, event_type, source, data, tenant, flow_id, now)
+  local extensions = {tenant = tenant}
+  if flow_id ~= '' then
+    extensions.flowid = flow_id
+  end
+  return cjson.encode({id = id, type = event_type, source = source, data = data,
+    extensions = extensions, time = now})
+end
