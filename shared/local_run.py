@@ -198,11 +198,6 @@ class LocalRun:
         for name in ("REDIS_URL", "ORCHESTRATOR_POLICY_FILE", "COMPONENT_REPOSITORY_URL"):
             if self.options.environ.get(name):
                 env[name] = self.options.environ[name]
-        if self.options.demo and not env.get("ORCHESTRATOR_POLICY_FILE"):
-            # the demo's small limits make its effects show within a minute or two
-            from shared.demo_scenario import DEMO_POLICY
-
-            env["ORCHESTRATOR_POLICY_FILE"] = str(DEMO_POLICY)
         return env
 
     def _demo_policy(self, env: dict[str, str]) -> None:
