@@ -14,6 +14,7 @@ Every delivery prints one line (type, id, target, status), never a token.
 from __future__ import annotations
 
 import email.utils
+import heapq
 import logging
 import threading
 import time
@@ -200,6 +201,68 @@ class Delivery:
         return self.attempts[-1].status if self.attempts else None
 
 
+@dataclass
+class _Pending:
+    """One event on its way to one subscriber, across attempts."""
+
+    trigger: Trigger
+    url: str
+    policy: DeliveryPolicy
+    event: CloudEvent
+    headers: dict[str, str]
+    body: Any
+    future: Future[Delivery]
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+class RetryTimer:
+    """One thread that runs callbacks when they are due (retries wait here, not in pools)."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Callable[[], None]]] = []
+        self._count = 0
+        self._closed = False
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="broker-retries", daemon=True)
+        self._thread.start()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        with self._condition:
+            if self._closed:
+                run_now = True
+            else:
+                run_now = False
+                self._count += 1
+                heapq.heappush(self._due, (time.monotonic() + delay, self._count, callback))
+                self._condition.notify()
+        if run_now:
+            callback()
+
+    def close(self) -> None:
+        """Runs every pending callback at once (they see the broker stopping) and ends."""
+        with self._condition:
+            self._closed = True
+            pending = [callback for _, _, callback in sorted(self._due)]
+            self._due.clear()
+            self._condition.notify()
+        for callback in pending:
+            callback()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._closed and (not self._due or self._due[0][0] > time.monotonic()):
+                    timeout = self._due[0][0] - time.monotonic() if self._due else None
+                    self._condition.wait(timeout)
+                if self._closed:
+                    return
+                _, _, callback = heapq.heappop(self._due)
+            try:
+                callback()
+            except Exception:
+                log.exception("broker retry failed")
+
+
 Report = Callable[[str], None]
 Wait = Callable[[float], bool]  # waits; True when the broker is stopping
 
@@ -239,7 +302,8 @@ class Broker:
         self.quiet_types = frozenset(quiet_types)
         self.now = now
         self._stopping = threading.Event()
-        self._wait: Wait = wait or self._stopping.wait
+        self._custom_wait: Wait | None = wait
+        self._timer = RetryTimer()
         self._session = session or requests.Session()
         self.routes: list[tuple[Trigger, str, DeliveryPolicy]] = []
         for trigger in topology.triggers:
@@ -275,8 +339,7 @@ class Broker:
         futures: list[Future[Delivery]] = []
         for trigger, url, policy in self.routes:
             if trigger.matches(attributes):
-                pool = self._pools[trigger.subscriber]
-                futures.append(pool.submit(self.deliver, trigger, url, policy, event))
+                futures.append(self._start(trigger, url, policy, event))
         if not futures and str(attributes.get("type")) != TICK:
             self.report(
                 f"no trigger   {short(str(attributes.get('type')))} id={attributes.get('id')}"
@@ -287,32 +350,63 @@ class Broker:
     def deliver(
         self, trigger: Trigger, url: str, policy: DeliveryPolicy, event: CloudEvent
     ) -> Delivery:
+        """Delivers one event to one subscriber, retries included; blocks until done."""
+        return self._start(trigger, url, policy, event).result()
+
+    def _start(
+        self, trigger: Trigger, url: str, policy: DeliveryPolicy, event: CloudEvent
+    ) -> Future[Delivery]:
         headers, body = to_binary(event)
-        attempts: list[Attempt] = []
-        while True:
-            status, reason, retry_after = self._post(url, headers, body, policy.timeout)
-            retries_done = len(attempts)
-            can_retry = is_retryable(status) and retries_done < policy.retry
-            delay = policy.delay(retries_done + 1, status, retry_after) if can_retry else None
-            attempts.append(Attempt(status, reason, delay))
-            delivered = status is not None and 200 <= status < 300
-            self._report(trigger, event, attempts[-1], len(attempts), delivered)
-            if delivered or delay is None:
-                break
-            if self._wait(delay) or self._stopping.is_set():
+        pending = _Pending(trigger, url, policy, event, dict(headers), body, Future())
+        self._submit(pending)
+        return pending.future
+
+    def _submit(self, pending: _Pending) -> None:
+        try:
+            self._pools[pending.trigger.subscriber].submit(self._try_once, pending)
+        except RuntimeError:  # the pool is shut down: the broker is stopping
+            self._try_once(pending)
+
+    def _try_once(self, pending: _Pending) -> None:
+        """One attempt. A retry is scheduled on the timer, never slept in a pool thread, so
+        subscribers answering 429 with a long Retry-After cannot hold every thread."""
+        attempts = pending.attempts
+        if attempts and self._stopping.is_set():
+            attempts.append(Attempt(None, _STOPPED))
+            self._finish(pending, delivered=False)
+            return
+        status, reason, retry_after = self._post(
+            pending.url, pending.headers, pending.body, pending.policy.timeout
+        )
+        retries_done = len(attempts)
+        can_retry = is_retryable(status) and retries_done < pending.policy.retry
+        delay = pending.policy.delay(retries_done + 1, status, retry_after) if can_retry else None
+        attempts.append(Attempt(status, reason, delay))
+        delivered = status is not None and 200 <= status < 300
+        self._report(pending.trigger, pending.event, attempts[-1], len(attempts), delivered)
+        if delivered or delay is None:
+            self._finish(pending, delivered)
+        elif self._custom_wait is not None:
+            if self._custom_wait(delay) or self._stopping.is_set():
                 attempts.append(Attempt(None, _STOPPED))
-                break
+                self._finish(pending, delivered=False)
+            else:
+                self._submit(pending)
+        else:
+            self._timer.call_later(delay, lambda: self._submit(pending))
+
+    def _finish(self, pending: _Pending, delivered: bool) -> None:
         result = Delivery(
-            trigger=trigger.name,
-            subscriber=trigger.subscriber,
-            event_type=str(event["type"]),
-            event_id=str(event["id"]),
-            attempts=tuple(attempts),
+            trigger=pending.trigger.name,
+            subscriber=pending.trigger.subscriber,
+            event_type=str(pending.event["type"]),
+            event_id=str(pending.event["id"]),
+            attempts=tuple(pending.attempts),
             delivered=delivered,
         )
         if not delivered:
-            self._dead_letter(result, event)
-        return result
+            self._dead_letter(result, pending.event)
+        pending.future.set_result(result)
 
     def _post(
         self, url: str, headers: Mapping[str, str], body: Any, timeout: float
@@ -368,6 +462,7 @@ class Broker:
     def close(self, wait: bool = True) -> None:
         """Stops accepting; pending retries end at their next wait and are dead-lettered."""
         self._stopping.set()
+        self._timer.close()  # pending retries run now, see the stop, and are dead-lettered
         for pool in self._pools.values():
             pool.shutdown(wait=wait)
 

@@ -453,3 +453,27 @@ def test_dead_letters_are_json_lines(tmp_path: Path, sinks: dict[str, HttpSink])
             future.result(timeout=10)
     lines = (tmp_path / "dead.jsonl").read_text().splitlines()
     assert [json.loads(line)["attributes"]["id"] for line in lines] == ["a", "b"]
+
+
+def test_retries_wait_on_the_timer_so_a_throttling_subscriber_keeps_its_pool_free(
+    sinks: dict[str, HttpSink], tmp_path: Path
+) -> None:
+    """Twenty events answered 429 with Retry-After: 30 would hold every pool thread if retries
+    slept in the pool; the twenty-first event must still get through at once."""
+    throttled = [(429, {"Retry-After": "30"})] * 20
+    sinks["deploy"].answer(*throttled)
+    broker = Broker(
+        BASE_TOPOLOGY,
+        {"deploy": sinks["deploy"].url},
+        FileDeadLetters(tmp_path / "dead.jsonl"),
+        overrides={"retry": 3},
+        report=[].append,
+        workers_per_subscriber=2,
+    )
+    for number in range(20):
+        broker.publish(_event(t.COMPONENT_STOPPING, id=f"throttled-{number}"))
+    sinks["deploy"].wait_for(20)
+    [future] = broker.publish(_event(t.COMPONENT_STOPPING, id="next"))
+    delivery = future.result(timeout=10)  # would wait ~30 s if the pool were held
+    broker.close(wait=False)
+    assert delivery.delivered and len(delivery.attempts) == 1
