@@ -354,7 +354,7 @@ class InProcessSystem:
                 worker=WorkerSettings.from_settings(settings),
                 ready_wait_seconds=0.0,
             ),
-            t.STEP_EXECUTE: step_execute.build_services(settings, clock, redis, env={}),
+            t.STEP_EXECUTE: step_execute.build_services(settings, clock, redis),
             t.POLICY_CHECK: policy_check.build_services(settings, clock, redis),
         }
         for name, spec in SPECS.items():

@@ -41,6 +41,12 @@ class Settings:
     queue_backend: str = "redis"
     aws_endpoint_url: str | None = None
     claim_check_bucket: str | None = None
+    # Tuning beyond DESIGN §7 (README, "Settings"): how long one tick keeps working, for a
+    # PingSource that ticks once a minute (0 where a local clock ticks every second).
+    flow_start_work_through_seconds: float = 55.0
+    step_tick_work_seconds: float = 0.0
+    step_reclaim_idle_seconds: float = 120.0
+    run_retention_seconds: float = 86400.0
 
     @property
     def auth_required(self) -> bool:
@@ -103,6 +109,22 @@ class Settings:
             )
             ready_timeout = 300.0
 
+        def seconds(name: str, default: float, *, below: float | None = None) -> float:
+            value = text(name)
+            if value is None:
+                return default
+            try:
+                number = float(value)
+                if number < 0 or (below is not None and number >= below):
+                    raise ValueError
+            except ValueError:
+                limit = f" below {below:g}" if below is not None else ""
+                problems.append(
+                    f"{name}: must be a non-negative number of seconds{limit}, got {value!r}"
+                )
+                return default
+            return number
+
         namespace = text("KUBERNETES_NAMESPACE") or "flows"
         if not _is_dns_label(namespace):
             problems.append(f"KUBERNETES_NAMESPACE: not a DNS label: {namespace!r}")
@@ -126,6 +148,12 @@ class Settings:
             queue_backend=choice("QUEUE_BACKEND", QUEUE_BACKENDS, "redis"),
             aws_endpoint_url=url("AWS_ENDPOINT_URL"),
             claim_check_bucket=text("CLAIM_CHECK_BUCKET"),
+            flow_start_work_through_seconds=seconds(
+                "FLOW_START_WORK_THROUGH_SECONDS", 55.0, below=3600
+            ),
+            step_tick_work_seconds=seconds("STEP_TICK_WORK_SECONDS", 0.0, below=3600),
+            step_reclaim_idle_seconds=seconds("STEP_RECLAIM_IDLE_SECONDS", 120.0),
+            run_retention_seconds=seconds("RUN_RETENTION_SECONDS", 86400.0),
         )
         if settings.auth_required and not (settings.iam_jwks_url or settings.iam_introspect_url):
             problems.append(

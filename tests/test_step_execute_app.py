@@ -125,7 +125,7 @@ def sqs_harness(redis: Redis, clock: FakeClock, base_env: dict[str, str], aws: A
         "AWS_ENDPOINT_URL": aws.endpoint_url,
         "CLAIM_CHECK_BUCKET": aws.bucket,
     }
-    services = build_services(Settings.from_env(env), clock, redis, env={})
+    services = build_services(Settings.from_env(env), clock, redis)
     assert isinstance(services.queue, SqsQueue)
     return StepHarness(redis, clock, env, services=services)
 
@@ -158,11 +158,20 @@ def test_a_run_over_sqs_with_a_big_body_through_s3(
         ("RUN_RETENTION_SECONDS", "-1"),
         ("STEP_TICK_WORK_SECONDS", "soon"),
         ("STEP_RECLAIM_IDLE_SECONDS", "x"),
+        ("FLOW_START_WORK_THROUGH_SECONDS", "3600"),
     ],
 )
-def test_bad_step_execute_settings_stop_it_at_start(
-    redis: Redis, clock: FakeClock, base_env: dict[str, str], name: str, value: str
+def test_bad_tick_settings_stop_the_function_at_start(
+    base_env: dict[str, str], name: str, value: str
 ) -> None:
     with pytest.raises(SettingsError) as caught:
-        build_services(Settings.from_env(base_env), clock, redis, env={name: value})
+        Settings.from_env({**base_env, name: value})
     assert name in str(caught.value)
+
+
+def test_tick_settings_reach_the_services(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> None:
+    env = {**base_env, "STEP_TICK_WORK_SECONDS": "7", "RUN_RETENTION_SECONDS": "600"}
+    services = build_services(Settings.from_env(env), clock, redis)
+    assert (services.tick_work_seconds, services.retention_seconds) == (7.0, 600.0)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import requests
@@ -31,7 +29,7 @@ from redis import Redis
 
 from shared import admission, admission_cron, admission_outbox, flows, keys, lease, schedule
 from shared.clock import Clock
-from shared.errors import InvalidEvent, Unprocessable
+from shared.errors import Unprocessable
 from shared.events import DeploymentStatus, FlowDocument, FlowExecute, FlowRef, RunEnded
 from shared.events import types as t
 from shared.outbox import EventSender, HttpSender
@@ -40,8 +38,6 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WORK_THROUGH_ENV = "FLOW_START_WORK_THROUGH_SECONDS"
-DEFAULT_WORK_THROUGH_SECONDS = 55.0  # PingSource ticks once a minute: return before the next
 MAX_NAP_SECONDS = 1.0  # look again at least this often (new schedules, freed slots)
 
 
@@ -52,20 +48,8 @@ class Services:
     batch: int = admission_cron.BATCH
 
 
-def build_services(
-    settings: Settings, clock: Clock, redis: Redis, env: Mapping[str, str] | None = None
-) -> Services:
-    env = os.environ if env is None else env
-    text = env.get(WORK_THROUGH_ENV, "").strip() or str(DEFAULT_WORK_THROUGH_SECONDS)
-    try:
-        work_through = float(text)
-        if not 0 <= work_through < 3600:
-            raise ValueError
-    except ValueError:
-        raise InvalidEvent(
-            f"{WORK_THROUGH_ENV}: must be seconds in [0, 3600), got {text!r}",
-            problems=[WORK_THROUGH_ENV],
-        ) from None
+def build_services(settings: Settings, clock: Clock, redis: Redis) -> Services:
+    work_through = settings.flow_start_work_through_seconds
     sender = None
     if settings.k_sink:  # its own pooled session: the tick sends in parallel
         session = requests.Session()

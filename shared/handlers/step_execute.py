@@ -17,9 +17,7 @@ that fails is retried by the next event or tick, never lost.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -37,7 +35,7 @@ from shared.queues.publisher import Publisher
 from shared.routing import Graph, RoutingError
 from shared.runtime import Context, FunctionSpec, Handler
 from shared.scripts import load_script
-from shared.settings import Settings, SettingsError
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,30 +55,7 @@ class StepExecuteServices:
     graphs: runs.RunGraphs = field(default_factory=runs.RunGraphs)
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:
-    text = (env.get(name) or "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-        if value < 0:
-            raise ValueError
-    except ValueError:
-        problems.append(f"{name}: must be a non-negative number of seconds, got {text!r}")
-        return default
-    return value
-
-
-def build_services(
-    settings: Settings, clock: Clock, redis: Redis, env: Mapping[str, str] | None = None
-) -> StepExecuteServices:
-    env = os.environ if env is None else env
-    problems: list[str] = []
-    retention = _seconds(env, "RUN_RETENTION_SECONDS", runs.DEFAULT_RETENTION_SECONDS, problems)
-    tick_work = _seconds(env, "STEP_TICK_WORK_SECONDS", 0.0, problems)
-    reclaim_idle = _seconds(env, "STEP_RECLAIM_IDLE_SECONDS", 120.0, problems)
-    if problems:
-        raise SettingsError("invalid settings: " + "; ".join(problems), problems=problems)
+def build_services(settings: Settings, clock: Clock, redis: Redis) -> StepExecuteServices:
     queue = make_queue(
         settings.queue_backend,
         redis=redis,
@@ -90,9 +65,9 @@ def build_services(
     return StepExecuteServices(
         queue=queue,
         publisher=Publisher(redis, queue, clock, settings.orchestrator_key),
-        retention_seconds=max(retention, 60.0),
-        tick_work_seconds=tick_work,
-        reclaim_idle_seconds=reclaim_idle,
+        retention_seconds=max(settings.run_retention_seconds, 60.0),
+        tick_work_seconds=settings.step_tick_work_seconds,
+        reclaim_idle_seconds=settings.step_reclaim_idle_seconds,
     )
 
 

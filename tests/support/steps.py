@@ -96,7 +96,7 @@ class StepHarness:
         self.clock = clock
         self.env = dict(env)
         settings = Settings.from_env(self.env)
-        self.services = services or build_services(settings, clock, redis, env={})
+        self.services = services or build_services(settings, clock, redis)
         self.runtime = make_runtime(
             SPEC, redis, clock, self.env, policy=policy or fast_policy(), services=self.services
         )
