@@ -1,7 +1,8 @@
 """The rules of the policy file (DESIGN §8) evaluated against the ledger.
 
 A rule names a metric, a subject level, a window and a limit (`max`). A subject violates it
-when the measured value is strictly above `max`: exactly at the limit is still allowed.
+when the measured value reaches `max` (issue 7: a rule fires exactly at its limit, not below);
+nothing measured (0) never violates, so `max: 0` means "any at all".
 `error_ratio` is errors / finished runs. `min_runs` (any rule, meant for `error_ratio`)
 makes a rule apply only once at least that many runs finished in the window. The rules of a
 subject are those of its tenant (`Policy.rules_for`: global rules, a tenant's own rule with
@@ -58,8 +59,8 @@ def measure(rule: Rule, totals: Mapping[str, float]) -> float | None:
 
 
 def violates(rule: Rule, measured: float | None) -> bool:
-    """Strictly above the limit: `max` itself is allowed."""
-    return measured is not None and measured > rule.max
+    """At or above the limit; a zero measurement never violates."""
+    return measured is not None and measured > 0 and measured >= rule.max
 
 
 def rules_of(policy: Policy, subject: SubjectRef) -> list[Rule]:

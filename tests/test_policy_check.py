@@ -38,7 +38,7 @@ FAST = parse_policy(
                 "max": 0.5,
                 "min_runs": 20,
             },
-            {"name": "skippy", "metric": "skipped", "subject": "flow", "window": "1h", "max": 2},
+            {"name": "skippy", "metric": "skipped", "subject": "flow", "window": "1h", "max": 3},
         ],
         "penalties": {"cooldown": "5m", "max_cooldown": "1h", "decay_after": "10m"},
     }
@@ -95,16 +95,17 @@ def test_a_usage_report_without_user_is_counted_against_the_flows_owner(
     assert pc.measured("user", "owner-7", "messages") == 4
 
 
-def test_a_chatty_flow_is_warned_the_moment_it_passes_the_limit(pc: PolicyCheck) -> None:
-    for _ in range(6):
+def test_a_chatty_flow_is_warned_the_moment_it_reaches_the_limit(pc: PolicyCheck) -> None:
+    for _ in range(5):
         pc.usage(messages=1000)
-    assert pc.emitted("policy.violation") == []  # exactly at the limit
+    pc.usage(messages=999)
+    assert pc.emitted("policy.violation") == []  # one below the limit
     pc.usage(messages=1)
     [violation] = pc.emitted("policy.violation")
     assert violation["subject"] == {"level": "flow", "id": "f1"}
     assert (violation["rule"], violation["measured"], violation["limit"], violation["window"]) == (
         "chatty-flow",
-        6001,
+        6000,
         6000,
         "1m",
     )
@@ -114,7 +115,7 @@ def test_a_chatty_flow_is_warned_the_moment_it_passes_the_limit(pc: PolicyCheck)
 
 def test_deploys_count_for_churn_stops_do_not(pc: PolicyCheck, redis: Redis) -> None:
     store_flow(redis, "f1")
-    for _ in range(30):
+    for _ in range(29):
         pc.send("flow.started", {"id": "f1"})
     pc.send("flow.stopped", {"id": "f1"})
     pc.send("flow.started", {"id": "unknown-flow"})
