@@ -8,14 +8,11 @@ succeeded; what failed stays for the runtime's flush (which then answers 503) an
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from redis import Redis
 
-from shared import keys
-from shared.errors import TemporaryError
-from shared.events import OutgoingEvent
-from shared.outbox import EventSender, record_sent
+from shared import keys, outbox
+from shared.outbox import EventSender
 
 log = logging.getLogger(__name__)
 
@@ -26,27 +23,13 @@ LIMIT = 5000
 def flush_parallel(
     redis: Redis, sender: EventSender, *, workers: int = WORKERS, limit: int = LIMIT
 ) -> int:
-    """Sends up to `limit` entries of the {adm} outbox with `workers` threads; returns sent."""
-    key = keys.outbox(keys.ADMISSION)
-    raws: list[bytes | str] = redis.lrange(key, 0, limit - 1)
-    if not raws:
-        return 0
-
-    def send(raw: bytes | str) -> bool:
-        try:
-            sender.send(OutgoingEvent.from_json(raw))
-        except TemporaryError as exc:
-            log.warning("outbox: send failed, left for the next flush: %s", exc.message)
-            return False
-        return True
-
-    with ThreadPoolExecutor(max_workers=min(workers, len(raws))) as pool:
-        sent = list(pool.map(send, raws))
-    pipe = redis.pipeline(transaction=False)
-    done = [raw for raw, ok in zip(raws, sent, strict=True) if ok]
-    for raw in done:
-        pipe.lrem(key, 1, raw)  # type: ignore[arg-type]
-    for raw, removed in zip(done, pipe.execute(), strict=True):
-        # metrics and the event log, as shared.outbox.flush records them
-        record_sent(redis, OutgoingEvent.from_json(raw), removed=bool(removed))
-    return sum(sent)
+    """Sends up to `limit` entries of the {adm} outbox with `workers` threads; returns sent.
+    What failed goes back to the outbox for the runtime's flush (which then answers 503)."""
+    return outbox.flush(
+        redis,
+        sender,
+        [keys.ADMISSION],
+        limit,
+        workers=workers,
+        raise_on_failure=False,
+    )

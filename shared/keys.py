@@ -43,6 +43,11 @@ def outbox(tag: str) -> str:
     return _key(tag, "outbox")
 
 
+def outbox_in_flight(tag: str) -> str:
+    """Sorted set of the tag's outbox entries being sent, scored by their lease deadline."""
+    return _key(tag, "outbox-in-flight")
+
+
 def outboxes() -> list[str]:
     return [outbox(tag) for tag in TAGS]
 

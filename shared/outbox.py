@@ -7,7 +7,9 @@ again. Receivers dedupe by event id, so sending an event twice is harmless; losi
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import requests
@@ -21,6 +23,7 @@ from shared.clock import Clock
 from shared.errors import TemporaryError
 from shared.events import OutgoingEvent
 from shared.events.types import short
+from shared.scripts import load_script
 from shared.tokens import sign_internal
 
 log = logging.getLogger(__name__)
@@ -84,27 +87,98 @@ def pending(redis: Redis, tags: Iterable[str] = keys.TAGS) -> int:
     return sum(int(redis.llen(keys.outbox(tag))) for tag in tags)
 
 
-def flush(
-    redis: Redis, sender: EventSender, tags: Iterable[str] = keys.TAGS, limit: int = 1000
-) -> int:
-    """Sends what waits in the outboxes, oldest first; stops at the first failure (TemporaryError).
+CLAIM_LEASE_SECONDS = 60.0
 
-    An entry is removed only after its send succeeded, so a crash in between sends it again.
+
+def claim(redis: Redis, tag: str, limit: int, *, now: float | None = None) -> list[bytes]:
+    """Takes up to `limit` entries of a tag's outbox under a lease (see outbox_claim.lua)."""
+    entries = load_script("outbox_claim")(
+        redis,
+        [keys.outbox(tag), keys.outbox_in_flight(tag)],
+        [repr(time.time() if now is None else now), repr(CLAIM_LEASE_SECONDS), limit],
+    )
+    return list(entries)
+
+
+def release(redis: Redis, tag: str, entries: Sequence[bytes]) -> None:
+    """Puts unsent claimed entries back at the head of the outbox, in their order."""
+    if entries:
+        load_script("outbox_release")(
+            redis, [keys.outbox(tag), keys.outbox_in_flight(tag)], list(entries)
+        )
+
+
+def _acknowledge(redis: Redis, tag: str, entries: Sequence[bytes]) -> None:
+    pipe = redis.pipeline(transaction=False)
+    for entry in entries:
+        pipe.zrem(keys.outbox_in_flight(tag), entry)
+    for entry, removed in zip(entries, pipe.execute(), strict=True):
+        event = OutgoingEvent.from_json(entry)
+        record_sent(redis, event, removed=bool(removed))
+        log.info("emitted %s id=%s", short(event.type), event.id)
+
+
+def flush(
+    redis: Redis,
+    sender: EventSender,
+    tags: Iterable[str] = keys.TAGS,
+    limit: int = 1000,
+    *,
+    workers: int = 1,
+    raise_on_failure: bool = True,
+) -> int:
+    """Sends what waits in the outboxes, oldest first; returns how many were sent.
+
+    Entries are claimed first, so concurrent flushers (a request and a tick, four functions
+    on one tick) do not send the same event; an entry is acknowledged only after its send
+    succeeded, and what was not sent goes back to the head of its outbox. With one worker a
+    failure stops the flush (TemporaryError, unless `raise_on_failure` is off); with several
+    the entries are sent in parallel and the failed ones go back.
     """
     sent = 0
     for tag in tags:
-        key = keys.outbox(tag)
         while sent < limit:
-            raw = redis.lindex(key, 0)
-            if raw is None:
+            entries = claim(redis, tag, min(limit - sent, 100 if workers == 1 else limit))
+            if not entries:
                 break
-            event = OutgoingEvent.from_json(raw)
-            sender.send(event)
-            removed = redis.lrem(key, 1, raw)  # type: ignore[arg-type]
-            sent += 1
-            record_sent(redis, event, removed=bool(removed))
-            log.info("emitted %s id=%s", short(event.type), event.id)
+            done, failure = _send_all(sender, entries, workers)
+            _acknowledge(redis, tag, done)
+            sent_now = set(done)
+            release(redis, tag, [entry for entry in entries if entry not in sent_now])
+            sent += len(done)
+            if failure is not None:
+                if raise_on_failure:
+                    raise failure
+                return sent
     return sent
+
+
+def _send_all(
+    sender: EventSender, entries: Sequence[bytes], workers: int
+) -> tuple[list[bytes], TemporaryError | None]:
+    """Sends the entries; returns those sent and the first failure (sequential: stops there)."""
+    if workers <= 1:
+        done: list[bytes] = []
+        for entry in entries:
+            try:
+                sender.send(OutgoingEvent.from_json(entry))
+            except TemporaryError as failure:
+                return done, failure
+            done.append(entry)
+        return done, None
+
+    def send(entry: bytes) -> TemporaryError | None:
+        try:
+            sender.send(OutgoingEvent.from_json(entry))
+        except TemporaryError as failure:
+            return failure
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(entries))) as pool:
+        results = list(pool.map(send, entries))
+    failures = [failure for failure in results if failure is not None]
+    sent = [entry for entry, failure in zip(entries, results, strict=True) if failure is None]
+    return sent, failures[0] if failures else None
 
 
 def record_sent(redis: Redis, event: OutgoingEvent, *, removed: bool) -> None:

@@ -204,3 +204,58 @@ def test_a_tick_flushes_what_other_tags_left_behind(
     assert outbox.pending(redis) == 2
     outcome = runtime.handle(cloudevent("orchestrator.tick", {}))
     assert outcome.flushed == 2 and outbox.pending(redis) == 0
+
+
+class SlowSender(CapturingSender):
+    """Takes a moment per event, so concurrent flushers really overlap."""
+
+    def send(self, event: OutgoingEvent) -> None:
+        import time
+
+        time.sleep(0.002)
+        super().send(event)
+
+
+@pytest.mark.parametrize("flushers", [2, 4], ids=["a request and a tick", "four functions"])
+def test_concurrent_flushers_send_each_event_once(redis: Redis, flushers: int) -> None:
+    import threading
+
+    events = [_event(n) for n in range(200)]
+    _stage(redis, keys.ADMISSION, events)
+    sender = SlowSender()
+    threads = [
+        threading.Thread(target=outbox.flush, args=(redis, sender, [keys.ADMISSION]))
+        for _ in range(flushers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sent = [event.id for event in sender.events]
+    assert sorted(sent) == sorted(event.id for event in events)  # each exactly once
+    assert redis.llen(keys.outbox(keys.ADMISSION)) == 0
+    assert redis.zcard(keys.outbox_in_flight(keys.ADMISSION)) == 0
+
+
+def test_a_flusher_that_dies_mid_send_leaves_its_events_to_the_next_after_the_lease(
+    redis: Redis,
+) -> None:
+    events = [_event(n) for n in range(3)]
+    _stage(redis, keys.DEPLOY, events)
+    claimed = outbox.claim(redis, keys.DEPLOY, 10, now=1000.0)  # then the flusher dies
+    assert len(claimed) == 3
+    assert outbox.claim(redis, keys.DEPLOY, 10, now=1000.0 + 1) == []  # leased: not resent
+    later = 1000.0 + outbox.CLAIM_LEASE_SECONDS + 1
+    again = outbox.claim(redis, keys.DEPLOY, 10, now=later)
+    assert [OutgoingEvent.from_json(e).id for e in again] == [e.id for e in events]
+
+
+def test_a_failed_send_puts_the_rest_back_in_order(redis: Redis) -> None:
+    events = [_event(n) for n in range(6)]
+    _stage(redis, keys.POLICY, events)
+    sender = FailingAfter(2)
+    with pytest.raises(TemporaryError):
+        outbox.flush(redis, sender, [keys.POLICY])
+    waiting = [OutgoingEvent.from_json(e).id for e in redis.lrange(keys.outbox(keys.POLICY), 0, -1)]
+    assert waiting == [e.id for e in events[2:]]
+    assert redis.zcard(keys.outbox_in_flight(keys.POLICY)) == 0
