@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import socket
 import sys
 import threading
@@ -214,9 +215,16 @@ class LocalRun:
     def _start_redis(self, env: dict[str, str]) -> str:
         if env.get("REDIS_URL"):
             return "external (REDIS_URL)"
-        self.redis = EmbeddedRedis(self.state_dir / "redis").start()
+        data_dir = self.state_dir / "redis"
+        if self.options.demo:
+            # The demo is a scenario that starts from nothing: runs, leases and penalties left
+            # by an earlier session (perhaps killed) would hold its slots. Its state is its own.
+            data_dir = self.state_dir / "demo-redis"
+            shutil.rmtree(data_dir, ignore_errors=True)
+        self.redis = EmbeddedRedis(data_dir).start()
         env["REDIS_URL"] = self.redis.url
-        return f"embedded, data in {self.state_dir / 'redis'} (pid {self.redis.process.pid})"  # type: ignore[union-attr]
+        fresh = " (fresh for the demo)" if self.options.demo else ""
+        return f"embedded, data in {data_dir}{fresh} (pid {self.redis.process.pid})"  # type: ignore[union-attr]
 
     def _start_iam(self, env: dict[str, str]) -> str:
         if not self.options.auth or importlib.util.find_spec("shared.embedded_iam") is None:
