@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,32 +25,15 @@ from redis import Redis
 from rich.console import Console
 from rich.table import Table
 
-from shared import admission, admission_cron, deploy_records, event_log, flows, lease, ledger, store
+from shared import admission, admission_cron, deploy_records, event_log, flows, lease, ledger
 from shared import penalties as penalty_state
 from shared import runs as run_records
 from shared.clock import Clock, SystemClock
 from shared.events.types import short
-from shared.policy import Policy, load_policy
-
+from shared.operator_session import connect, environment
+from shared.policy import Policy
 
 # --------------------------------------------------------------------------- connection
-def environment(state_dir: str | None) -> dict[str, str]:
-    """The process environment, completed by a running `make run` session when it lacks Redis."""
-    env = dict(os.environ)
-    if "REDIS_URL" not in env:
-        from shared.local_run import DEFAULT_STATE_DIR, RunSession
-
-        session = RunSession.load(Path(state_dir or DEFAULT_STATE_DIR))
-        if session is not None:
-            env = {**session.env, **env}
-    return env
-
-
-def connect(env: Mapping[str, str]) -> tuple[Redis, Policy]:
-    url = env.get("REDIS_URL")
-    if not url:
-        raise SystemExit("REDIS_URL: required (or a running `orchestrator run` in --state-dir)")
-    return store.connect(url), load_policy(env.get("ORCHESTRATOR_POLICY_FILE") or None)
 
 
 # --------------------------------------------------------------------------- views

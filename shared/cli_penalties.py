@@ -11,38 +11,18 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 from redis import Redis
 
-from shared import audit, penalties, store
+from shared import audit, penalties
 from shared.clock import Clock, SystemClock
-from shared.policy import SUBJECT_LEVELS, Policy, load_policy
+from shared.operator_session import connect, environment
+from shared.policy import SUBJECT_LEVELS, Policy
 
 CLI_SOURCE = "/component-orchestrator/cli"
-
-
-def _environment(state_dir: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    if "REDIS_URL" not in env:
-        from shared.local_run import DEFAULT_STATE_DIR, RunSession
-
-        session = RunSession.load(Path(state_dir or DEFAULT_STATE_DIR))
-        if session is not None:
-            env.update(session.env)
-    return env
-
-
-def connect(env: Mapping[str, str]) -> tuple[Redis, Policy]:
-    url = env.get("REDIS_URL")
-    if not url:
-        raise SystemExit("REDIS_URL: required (or a running `orchestrator run` in --state-dir)")
-    return store.connect(url), load_policy(env.get("ORCHESTRATOR_POLICY_FILE") or None)
 
 
 def parse_subject(text: str) -> tuple[str, str]:
@@ -150,7 +130,7 @@ def lift(
 
 
 def cmd_penalties(args: argparse.Namespace) -> int:
-    redis, policy = connect(_environment(args.state_dir))
+    redis, policy = connect(environment(args.state_dir))
     try:
         if getattr(args, "penalties_command", None) == "lift":
             return lift(
