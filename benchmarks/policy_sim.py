@@ -734,8 +734,8 @@ def run(results_dir: str | Path) -> dict[str, Any]:
         "setup": (
             f"20 tenants (18 good, `flood`, `longrun`), {POLICY_DOC['slots']} slots, simulated "
             f"day in {STEP:.0f} s steps, misbehaviour {MISBEHAVE[0] / HOUR:.0f}:00-"
-            f"{MISBEHAVE[1] / HOUR:.0f}:00; rules: flood = run requests per tenant > 15 / 5 min, "
-            "long-runs = run-seconds per tenant > 5400 / 15 min (3 x fair), max_run_seconds "
+            f"{MISBEHAVE[1] / HOUR:.0f}:00; rules: flood = run requests per tenant >= 15 / 5 min, "
+            "long-runs = run-seconds per tenant >= 5400 / 15 min (3 x fair), max_run_seconds "
             "1800; penalties: cooldown 5m (doubling, max 2h), decay_after 30m."
         ),
         "simulation": {

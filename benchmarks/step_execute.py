@@ -185,7 +185,7 @@ def runtime(redis: Redis) -> FunctionRuntime[Any]:
     return FunctionRuntime(
         SPEC, settings=settings, redis=redis, clock=clock, policy=POLICY, sender=_Discard(),
         authorizer=Authorizer(settings, clock, flow_tenant=lambda _: TENANT),
-        services=build_services(settings, clock, redis, env={}),
+        services=build_services(settings, clock, redis),
     )  # fmt: skip
 
 
