@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from shared.cli import build_parser
+from shared.clock import FakeClock
+from shared.events.types import TICK
+from shared.local_clock import LocalClock
+from shared.local_run import LocalRun, RunOptions
 from shared.supervisor import group_members
+from tests.support.http_sink import HttpSink
 
 
 def processes_with(variable: str, value: str) -> list[int]:
@@ -146,3 +152,63 @@ def test_make_run_routes_an_event_end_to_end_and_stops_cleanly(
     assert group_members(pids) == []
     assert processes_with("REDIS_URL", redis_url) == []  # step workers included
     assert not (state / "session.json").exists()
+
+
+# --------------------------------------------------------------------------- the parts, alone
+def test_the_local_clock_ticks_in_binary_mode_without_a_token() -> None:
+    with HttpSink() as broker:
+        clock = LocalClock(broker.url, interval=0.05).start()
+        try:
+            arrived = broker.wait_for(2)
+        finally:
+            clock.stop()
+    assert len(arrived) >= 2, "the clock sent fewer than two ticks"
+    for request in arrived:
+        assert request.headers["ce-type"] == TICK
+        assert request.headers["ce-id"].startswith("tick-")
+        assert "ce-authtoken" not in request.headers  # ticks are harmless by design
+        assert request.json() == {}
+
+
+def test_a_tick_resent_within_its_second_is_a_duplicate() -> None:
+    fake = FakeClock(start=1767225600.2)
+    with HttpSink() as broker:
+        clock = LocalClock(broker.url, clock=fake)
+        assert clock.tick_once()
+        fake.advance(0.5)
+        assert clock.tick_once()
+        fake.advance(1)
+        assert clock.tick_once()
+    ids = [request.headers["ce-id"] for request in broker.requests]
+    assert ids == ["tick-1767225600", "tick-1767225600", "tick-1767225601"]
+
+
+def test_the_clock_counts_only_what_the_broker_accepted() -> None:
+    with HttpSink(default=503) as broker:
+        clock = LocalClock(broker.url, clock=FakeClock())
+        assert not clock.tick_once()
+    assert clock.sent == 0
+    assert not LocalClock("http://127.0.0.1:1/", clock=FakeClock()).tick_once()  # nobody there
+
+
+def test_an_outer_redis_url_wins_over_the_embedded_server(
+    tmp_path: Path, base_env: dict[str, str]
+) -> None:
+    outer = base_env["REDIS_URL"]
+    run = LocalRun(RunOptions(state_dir=tmp_path, demo=False, environ={"REDIS_URL": outer}))
+    env = run._base_env()
+    note = run._start_redis(env)
+    assert env["REDIS_URL"] == outer and "external" in note
+    assert run.redis is None and not (tmp_path / "redis").exists()  # nothing started
+
+
+@pytest.mark.parametrize(("demo", "expected"), [("0", False), ("1", True), (None, True)])
+def test_demo_0_turns_the_demo_off(
+    monkeypatch: pytest.MonkeyPatch, demo: str | None, expected: bool
+) -> None:
+    if demo is None:
+        monkeypatch.delenv("DEMO", raising=False)
+    else:
+        monkeypatch.setenv("DEMO", demo)
+    assert build_parser().parse_args(["run"]).demo is expected
+    assert build_parser().parse_args(["run", "--no-demo"]).demo is False
