@@ -298,3 +298,18 @@ def test_a_short_ladder_goes_from_warn_straight_to_suspend(redis: Redis, clock: 
     assert escalate(redis, clock, pen=short).step == "warn"
     clock.advance(300)
     assert escalate(redis, clock, pen=short).step == "suspend"
+
+
+def test_the_audit_stream_stays_capped(
+    redis: Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit, "MAX_ENTRIES", 200)
+    pipe = redis.pipeline(transaction=False)
+    for n in range(1_000):
+        audit.append(pipe, {"time": n, "action": "timeout", "subject": f"f{n}"})
+    pipe.execute()
+    for n in range(50):  # the penalty scripts trim it too
+        escalate(redis, clock, subject=f"t{n}")
+    # MAXLEN ~ trims whole stream nodes (100 entries each): never more than one node over
+    assert 200 <= audit.length(redis) <= 300
+    assert audit.read(redis, count=1)[0].get("subject") == "t49"  # the newest are kept

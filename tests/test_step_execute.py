@@ -9,6 +9,7 @@ from redis import Redis
 
 from shared import keys
 from shared.clock import FakeClock
+from shared.errors import Unauthorized
 from tests.support.steps import TENANT, USER, StepHarness, fast_policy, flow_document
 
 FIVE_STEPS = flow_document(
@@ -225,6 +226,25 @@ def test_the_published_message_carries_run_step_message_data_and_a_step_token(
     # the token lives step_timeout_seconds x (step_retries + 1) = 30 x 3
     harness.clock.advance(89)
     verify_step_token(TEST_KEY, message.token, harness.clock)
+    harness.clock.advance(2)
+    with pytest.raises(Unauthorized):  # and not longer
+        verify_step_token(TEST_KEY, message.token, harness.clock)
+
+
+def test_the_completed_event_says_how_long_the_run_took_and_how_many_steps_ran(
+    harness: StepHarness,
+) -> None:
+    two_steps(harness)
+    harness.admit("pair")
+    (start,) = harness.messages("pair", "a")
+    harness.clock.advance(1.5)
+    harness.handle(harness.result(start, {"x": 1}))
+    (second,) = harness.messages("pair", "b")
+    harness.clock.advance(2.25)
+    harness.handle(harness.result(second, None))
+
+    (completed,) = harness.sender.of_type("flow.execution.completed")
+    assert completed.data["durationMs"] == 3750 and completed.data["steps"] == 2
 
 
 def test_runs_are_listed_while_running_and_after_they_ended(harness: StepHarness) -> None:

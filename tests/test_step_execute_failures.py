@@ -44,6 +44,7 @@ def test_a_failing_step_is_retried_with_exponential_backoff_then_dead_lettered(
 
     (failed,) = harness.sender.of_type("flow.execution.failed")
     assert failed.data["reason"] == "step_failed" and failed.data["fencingToken"] == 9
+    assert failed.data["durationMs"] == 6000  # the two backoffs, 2 s then 4 s
     (letter,) = harness.dead_letters()
     assert letter["messageId"] == last.message_id and letter["error"] == "boom 2"
     assert letter["attempt"] == "2" and letter["step"] == "a" and letter["tenant"] == TENANT
