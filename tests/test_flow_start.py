@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -11,6 +12,7 @@ from shared import admission, keys
 from shared.clock import FakeClock
 from shared.errors import InvalidEvent, OverCapacity, Unprocessable
 from shared.events import RunAdmitted, RunNotStarted
+from tests.fakes.iam import FakeIam
 from tests.support.flow_start import FlowStart, flow_doc, policy
 
 MINUTE = 60.0
@@ -76,20 +78,41 @@ def test_msg_reaches_the_admitted_event_unchanged(fs: FlowStart) -> None:
     assert fs.admitted()[0]["msg"] == msg
 
 
+BAD_SETTINGS: dict[str, dict[str, Any]] = {
+    "flowSettings.overlapPolicy": {"overlapPolicy": "sometimes"},
+    "flowSettings.maxRunSeconds": {"maxRunSeconds": -5},
+    "flowSettings.catchupWindowSeconds": {"catchupWindowSeconds": "soon"},
+    "flowSettings.spread": {"spread": "no"},
+}
+
+
 @pytest.mark.parametrize(
     ("cron", "timezone", "named"),
     [
         ("not a cron", None, "cron"),
         ("0 0 30 2 *", None, "cron"),
         ("* * * * *", "Mars/Olympus", "timezone"),
+        ("* * * * *", None, "flowSettings.overlapPolicy"),
+        ("* * * * *", None, "flowSettings.maxRunSeconds"),
+        ("* * * * *", None, "flowSettings.catchupWindowSeconds"),
+        ("* * * * *", None, "flowSettings.spread"),
     ],
-    ids=["garbage cron", "a cron that never fires", "unknown zone"],
+    ids=[
+        "garbage cron",
+        "a cron that never fires",
+        "unknown zone",
+        "unknown overlap policy",
+        "negative run limit",
+        "catch-up window not a number",
+        "spread not a boolean",
+    ],
 )
 def test_invalid_schedules_are_refused_and_nothing_is_stored(
     fs: FlowStart, redis: Redis, cron: str, timezone: str | None, named: str
 ) -> None:
+    bad_settings = BAD_SETTINGS.get(named, {})
     with pytest.raises(InvalidEvent) as refused:
-        fs.send("flow.starting", flow_doc("f1", cron=cron, timezone=timezone))
+        fs.send("flow.starting", flow_doc("f1", cron=cron, timezone=timezone, **bad_settings))
     assert refused.value.status == 400
     assert any(problem.startswith(named) for problem in refused.value.problems)
     assert redis.keys("*") == []
@@ -230,3 +253,66 @@ def test_a_tenant_id_holding_the_unit_separator_still_fires(
     clock.advance(MINUTE)
     fs.tick()
     assert [a["tenant"] for a in fs.admitted()] == ["odd\x1ftenant"]
+
+
+def test_a_schedule_without_a_timezone_runs_in_utc(fs: FlowStart, redis: Redis) -> None:
+    fs.start_flow(flow_doc("f1", cron="0 9 * * *", spread=False))
+    fs.start_flow(flow_doc("f2", cron="0 9 * * *", spread=False, timezone="Europe/Berlin"))
+    assert redis.hget(keys.schedule("f1"), "z") == b"UTC"
+    assert redis.zscore(keys.schedule_due(), "f1") == 1_767_225_600 + 9 * 3600
+    assert redis.zscore(keys.schedule_due(), "f2") == 1_767_225_600 + 8 * 3600
+
+
+def test_execute_is_never_skipped_while_a_cron_run_holds_the_lease(
+    fs: FlowStart, clock: FakeClock
+) -> None:
+    fs.start_flow(flow_doc("f1", spread=False))  # overlap policy skip (the default)
+    clock.advance(MINUTE)
+    fs.tick()
+    [cron_run] = fs.admitted()
+    fs.execute("f1", {"n": 1})
+    fs.execute("f1", {"n": 2})
+    clock.advance(MINUTE)
+    fs.tick()  # the cron due time is skipped, the executions were not
+    assert [a["trigger"] for a in fs.admitted()] == ["cron", "execute", "execute"]
+    assert [a["msg"] for a in fs.admitted()[1:]] == [{"n": 1}, {"n": 2}]
+    assert fs.reasons("flow.execution.skipped") == ["overlap"]
+    assert all(a["fencingToken"] > cron_run["fencingToken"] for a in fs.admitted()[1:])
+    fs.end(fs.admitted()[1])  # an execute run ending leaves the cron run's lease alone
+    clock.advance(MINUTE)
+    fs.tick()
+    assert fs.reasons("flow.execution.skipped") == ["overlap", "overlap"]
+
+
+def test_a_tick_reclaims_runs_past_their_deadline_and_dispatches_waiting_ones(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> None:
+    fs = FlowStart(redis, clock, base_env, policy=policy(slots=1))
+    fs.start_flow(flow_doc("f1", cron=None, maxRunSeconds=60))
+    fs.execute("f1", {"n": 1})
+    fs.execute("f1", {"n": 2})
+    fs.tick()
+    assert [a["msg"] for a in fs.admitted()] == [{"n": 1}]  # the slot is still held
+    clock.advance(60 + 60 + 1)  # the run limit and the watchdog's grace: no end event came
+    fs.tick()
+    assert [a["msg"] for a in fs.admitted()] == [{"n": 1}, {"n": 2}]
+    assert admission.counts(redis).running == 1
+    assert admission.counts(redis).waiting_by_tenant == {}
+
+
+def test_the_user_of_an_execute_is_the_tokens_subject(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str], iam: FakeIam
+) -> None:
+    env = {
+        **base_env,
+        "ORCHESTRATOR_AUTH": "required",
+        "IAM_JWKS_URL": iam.jwks_url,
+        "IAM_ISSUER": iam.issuer,
+        "IAM_AUDIENCE": iam.audience,
+    }
+    fs = FlowStart(redis, clock, env)
+    fs.send("flow.starting", flow_doc("f1", cron=None, owner="owner-1"), authtoken=iam.token())
+    fs.send("flow.started", {"id": "f1"})
+    fs.execute("f1", authtoken=iam.token(sub="bob"))
+    [admitted] = fs.admitted()
+    assert (admitted["user"], admitted["tenant"]) == ("bob", "acme")
