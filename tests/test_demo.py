@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from rich.console import Console
 
 from shared import cli, demo
 from shared import demo_scenario as scenario
 from shared.clock import FakeClock
+from shared.demo_board import Board, Sample
 from shared.embedded_redis import EmbeddedRedis
 from shared.events import types as t
 from shared.iam import IamVerifier
@@ -171,3 +173,43 @@ def test_the_live_demo_sends_control_events_with_real_iam_tokens(iam: Any) -> No
         identity = verifier.verify(headers["ce-authtoken"])
         assert (identity.tenant, identity.subject) == (flow.tenant, flow.user)
         assert "flows.control" in identity.permissions
+
+
+def test_the_live_table_shows_per_tenant_counts_shares_and_penalty(redis: Redis) -> None:
+    policy = load_policy(str(demo.DEMO_POLICY))
+    board = Board(redis=redis, policy=policy, started_at=0.0)
+    bad, flooder = scenario.BAD_TENANT, scenario.FLOODING_TENANT
+    board.counts[flooder].update(admitted=4, deferred=9)
+    board.counts["acme"].update(admitted=7, skipped=2)
+    board.samples.append(
+        Sample(
+            at=12.0,
+            running={flooder: 1, "acme": 3},
+            slot_share={flooder: 0.25, "acme": 0.75},
+            weight_share={flooder: 0.2, "acme": 0.6},
+            penalty={bad: "throttle"},
+        )
+    )
+    console = Console(record=True, width=250, color_system=None)
+    console.print(board.table(12.0))
+    text = console.export_text()
+    for column in ("admitted", "skipped", "deferred", "slot share", "weight share", "penalty"):
+        assert column in text
+    columns = ["tenant", "weight", "admitted", "mean wait", "skipped", "deferred", "running",
+               "slot share", "weight share", "penalty", "story"]  # fmt: skip
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) == len(columns) and cells[0]:
+            rows[cells[0]] = dict(zip(columns, cells, strict=True))
+    assert set(board.tenants) <= set(rows)
+    wanted = {
+        flooder: {"admitted": "4", "skipped": "0", "deferred": "9", "running": "1",
+                  "slot share": "25%", "weight share": "20%", "penalty": "-"},
+        "acme": {"admitted": "7", "skipped": "2", "deferred": "0", "running": "3",
+                 "slot share": "75%", "weight share": "60%", "penalty": "-"},
+        bad: {"penalty": "throttle"},
+    }  # fmt: skip
+    for tenant, cells in wanted.items():
+        assert {name: rows[tenant][name] for name in cells} == cells, tenant
+    assert rows["acme"]["weight"] == f"{policy.tenant('acme').weight:g}"
