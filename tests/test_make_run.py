@@ -3,6 +3,7 @@ functions that consume it through the broker, and Ctrl-C leaves no process behin
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -40,6 +41,15 @@ def processes_with(variable: str, value: str) -> list[int]:
         if wanted in environ.split(b"\0") and state != "Z":
             found.append(int(entry))
     return found
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {name: value for name, _, value in pairs}
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +137,11 @@ def test_make_run_routes_an_event_end_to_end_and_stops_cleanly(
     assert len(pids) == 6, text  # redis, four functions, broker
     assert "ORCHESTRATOR_AUTH=required" in text
     assert (state / "session.json").stat().st_mode & 0o777 == 0o600
+    key = json.loads((state / "session.json").read_text())["env"]["ORCHESTRATOR_KEY"]
+    started = processes_with("REDIS_URL", redis_url)  # the four functions and the broker
+    assert len(started) >= 5 and {environ_of(pid).get("ORCHESTRATOR_KEY") for pid in started} == {
+        key
+    }  # one generated key, passed to every process
 
     sent = send(state, "flow.starting", "examples/flow.json", "--id", "hello-1")
     assert sent.returncode == 0, sent.stderr
