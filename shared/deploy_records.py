@@ -19,6 +19,7 @@ from redis.client import Pipeline
 from shared import keys
 from shared.desired_state import DesiredState, TargetKind
 from shared.driver import Manifest
+from shared.redact import redact_text
 
 Status = Literal["deploying", "started", "failed"]
 LIVE: frozenset[str] = frozenset({"deploying", "started"})
@@ -73,7 +74,8 @@ class TargetRecord:
         )
 
     def with_status(self, status: Status, *, reason: str = "", now: float) -> TargetRecord:
-        return replace(self, status=status, reason=reason, since=now)
+        # A reason quotes the API or a pod's last words, which may hold a token: never stored.
+        return replace(self, status=status, reason=redact_text(reason), since=now)
 
     def to_redis(self) -> dict[str, str]:
         return {

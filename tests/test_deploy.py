@@ -186,6 +186,23 @@ def test_not_ready_by_the_deadline_fails_and_never_starts(
     assert deploy.events("flow.started") == []
 
 
+def test_the_pods_last_error_is_redacted_in_the_event(deploy: DeployHarness) -> None:
+    """A crashing component may print its environment; its token must not reach the hub."""
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJmbG93LTEifQ.c2lnbmF0dXJlLXZhbHVl"
+    deploy.kube.auto_ready = False
+    deploy.start(flow_doc())
+    crash = f"bad token {token} (Authorization: Bearer opaque-secret-value)"
+    deploy.kube.set_pod_error(deployment_name("flow-1", "a"), "Error", crash, "terminated")
+    deploy.clock.advance(301)
+    deploy.tick()
+    [failed] = deploy.events("flow.failed")
+    assert "Error: bad token [REDACTED]" in failed.data["reason"]
+    assert token not in failed.to_json() and "opaque-secret-value" not in failed.to_json()
+    record = deploy.record("flow-1")
+    assert record is not None and record.status == "failed"
+    assert token not in record.reason and "opaque-secret-value" not in record.reason
+
+
 def test_unknown_component_fails_the_flow_without_writes(deploy: DeployHarness) -> None:
     deploy.start(flow_doc(nodes=[step("a", "missing")]))
     [failed] = deploy.events("flow.failed")

@@ -48,6 +48,7 @@ from shared.events import (
 )
 from shared.events import types as t
 from shared.kubernetes import KubernetesRejected
+from shared.redact import redact_text
 from shared.runtime import Context, FunctionSpec, Handler
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,13 @@ def _deployer(ctx: Ctx) -> Deployer:
 # ---- events ----------------------------------------------------------------------------------
 def _status_event(ctx: Ctx, record: TargetRecord, *, event_id: str | None = None) -> OutgoingEvent:
     started = record.status == "started"
+    # Reasons quote the API and the pods' last words, which may carry a token: mask them.
+    failure = redact_text(record.reason) or None
     if record.kind == "component":
         event_type = t.COMPONENT_STARTED if started else t.COMPONENT_FAILED
-        payload = ComponentStatus(id=record.id, reason=None if started else record.reason)
+        payload = ComponentStatus(id=record.id, reason=None if started else failure)
         return ctx.new_event(event_type, payload, event_id=event_id)
-    reason = record.reason or None
+    reason = failure
     if started and record.clamped:
         reason = "replicas clamped by tenant limits: " + ", ".join(record.clamped)
     status = DeploymentStatus(
@@ -104,7 +107,7 @@ def _fail(
         since=ctx.clock.now(),
         tenant=tenant,
         user=user,
-        reason=reason,
+        reason=redact_text(reason),
     )
     log.warning("%s %s failed: %s", kind, target_id, reason)
     ctx.commit(lambda pipe: deploy_records.write(pipe, record), [_status_event(ctx, record)])
