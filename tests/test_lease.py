@@ -174,3 +174,42 @@ def test_lease_keys_are_the_ones_keys_py_names(
     assert redis.exists(keys.run_lease("f1"), keys.fencing_counter(), keys.admitted_runs()) == 3
     assert redis.zscore(keys.run_deadlines(), run_id) is not None
     assert redis.hget(keys.admission_counts(), "t:acme") == b"1"
+
+
+def test_a_waiting_cron_run_whose_lease_was_taken_over_is_skipped_not_run_alongside(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> None:
+    fs = FlowStart(redis, clock, base_env, policy=policy(slots=2))
+    fs.start_flow(flow_doc("busy", cron=None))
+    blockers = [fs.execute("busy"), fs.execute("busy")]
+    assert len(blockers) == len(fs.admitted()) == 2  # every slot taken
+    fs.start_flow(minute_flow(maxRunSeconds=90))
+    run_minutes(fs, clock, 3)  # 1: waits holding the lease; 2: overlap; 3: lease expired
+    assert fs.reasons("flow.execution.deferred") == ["slots", "slots"]
+    assert fs.reasons("flow.execution.skipped") == ["overlap"]
+    for admitted in list(fs.admitted()):
+        fs.end(admitted)
+    cron_runs = [a for a in fs.admitted() if a["flowId"] == "f1"]
+    assert [a["scheduledFor"] for a in cron_runs] == [1_767_225_600 + 180]  # the lease holder
+    assert fs.reasons("flow.execution.skipped") == ["overlap", "superseded"]
+    assert admission.counts(redis).waiting_by_tenant == {}
+    holder = lease.current(redis, "f1", clock.now())
+    assert holder is not None and holder.run_id == cron_runs[0]["runId"]
+
+
+def test_stopping_a_flow_frees_the_lease_of_its_waiting_cron_run(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> None:
+    fs = FlowStart(redis, clock, base_env, policy=policy(slots=1))
+    fs.start_flow(flow_doc("busy", cron=None))
+    fs.execute("busy")
+    fs.start_flow(minute_flow())
+    run_minutes(fs, clock, 1)
+    assert fs.reasons("flow.execution.deferred") == ["slots"]  # waiting, holding the lease
+    fs.send("flow.stopping", {"id": "f1"})
+    assert lease.current(redis, "f1", clock.now()) is None
+    fs.start_flow(minute_flow())  # restarted at once (an update)
+    fs.end(fs.admitted()[0])
+    run_minutes(fs, clock, 1)
+    assert [a["flowId"] for a in fs.admitted()] == ["busy", "f1"]
+    assert fs.reasons("flow.execution.skipped") == ["flow_stopped"]

@@ -77,7 +77,14 @@ local function admit(run)
   DEADLINES[#DEADLINES + 1] = NOW + run.l + RUN_GRACE_SECONDS
   DEADLINES[#DEADLINES + 1] = run.id
   if run.q == 1 and not FRESH_LEASE[run.id] then
-    lease_extend(lease_key(run.f), run.k, run.id, run.l, NOW)
+    -- the lease was taken when the run started waiting; it runs from now on (dispatch has
+    -- skipped it if a newer run took the lease over; a lease gone altogether is written back)
+    local key = lease_key(run.f)
+    if lease_token(key) == nil then
+      lease_write(key, run.k, run.id, run.l, NOW)
+    else
+      lease_extend(key, run.k, run.id, run.l, NOW)
+    end
   end
   emit('admitted', '{"fencingToken":' .. number(run.k) .. ',"flowId":' .. quote(run.f)
     .. ',"runId":' .. quote(run.id) .. ',"scheduledFor":' .. number(run.s)
@@ -242,7 +249,15 @@ local function dispatch()
       return
     end
     local run = pop_run(flow, tenant, user)
-    if run then
+    local holder = run and run.q == 1 and lease_token(lease_key(flow))
+    if holder and holder ~= run.k then
+      -- a waiting cron run whose lease expired and was taken by a newer due time of the
+      -- flow: that one runs, this one never does (overlap protection); costs no share
+      not_started('skipped', run, 'superseded')
+      if redis.call('EXISTS', queue_key(flow, user)) == 0 then
+        deactivate(flow, tenant, user)
+      end
+    elseif run then
       local more = redis.call('EXISTS', queue_key(flow, user)) == 1
       local lv = levels(flow, tenant, user)
       local _, flow_weight = penalty('flow', flow)

@@ -1,5 +1,6 @@
 -- flow_start_unschedule: flow.stopping drops the flow's schedule and its waiting runs (each
--- announced as skipped, reason flow_stopped). Running runs end through step-execute.
+-- announced as skipped, reason flow_stopped, their leases freed). Running runs end through
+-- step-execute.
 -- KEYS, ARGV[1..8]: see flow_start_common.
 -- ARGV[9] flow id
 -- Returns: {'duplicate'} | {'done', waiting runs dropped}
@@ -30,6 +31,9 @@ for _, user in ipairs(redis.call('SMEMBERS', queue_users_key(flow))) do
       tenant = run.t
       redis.call('HDEL', K.waiting, run_id)
       count_add('w:' .. run.t, -1)
+      if run.q == 1 then  -- a waiting cron run holds the lease: a restarted flow needs it
+        lease_release(lease_key(flow), run.k)
+      end
       not_started('skipped', run, 'flow_stopped')
       dropped = dropped + 1
     end
