@@ -36,6 +36,7 @@ from shared.driver import (
     Readiness,
 )
 from shared.errors import PermanentError, TemporaryError
+from shared.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,14 @@ def make_api_client(
 
 
 def _status_message(exc: ApiException) -> str:
+    """The API's own words, masked: they end up in error bodies and `flow.failed` reasons."""
     try:
         body = json.loads(exc.body or "{}")
         if isinstance(body, dict) and body.get("message"):
-            return str(body["message"])
+            return redact_text(str(body["message"]))
     except (TypeError, ValueError):
         pass
-    return str(exc.reason or f"HTTP {exc.status}")
+    return redact_text(str(exc.reason or f"HTTP {exc.status}"))
 
 
 def _wrap(exc: ApiException, what: str) -> Exception:

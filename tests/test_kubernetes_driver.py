@@ -134,6 +134,17 @@ def test_errors_are_wrapped(
     assert "boom" in str(caught.value)
 
 
+@pytest.mark.parametrize("status", [422, 500])
+def test_api_messages_are_redacted(
+    driver: KubernetesDriver, kube_api: FakeKubeApi, status: int
+) -> None:
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJmbG93In0.c2lnbmF0dXJlLXZhbHVl"
+    kube_api.fail("apply", "*", status, message=f"data.FLOW_TOKEN: Invalid value: {token}")
+    with pytest.raises((TemporaryError, KubernetesRejected)) as caught:
+        driver.apply(deployment(manifests()))
+    assert token not in str(caught.value) and "Invalid value" in str(caught.value)
+
+
 def test_invalid_object_is_rejected_by_the_api(driver: KubernetesDriver) -> None:
     bad = deployment(manifests())
     bad["spec"]["template"]["spec"]["containers"][0]["image"] = ""
