@@ -217,11 +217,13 @@ class FunctionRuntime(Generic[S]):
 
 
 def lazy_runtime(spec: FunctionSpec[S]) -> Callable[[], FunctionRuntime[S]]:
-    """Checks the settings now (no I/O: a bad value stops the process at start, naming the
-    variable) and builds clients on first use, once per process."""
+    """Checks the settings and Redis' maxmemory-policy now (a bad value stops the process at
+    start, naming the variable; an unreachable Redis does not) and builds clients on first
+    use, once per process."""
     import threading
 
-    Settings.from_env(os.environ)
+    settings = Settings.from_env(os.environ)
+    store.check_at_start(settings.redis_url)
 
     lock = threading.Lock()
     built: list[FunctionRuntime[S]] = []

@@ -6,11 +6,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent
+from flask.testing import FlaskClient
+from functions_framework import create_app
 from redis import Redis
 
 from shared import store
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.errors import TemporaryError
+from shared.events import types as t
 from shared.runtime import FunctionRuntime
 from shared.store import EvictionPolicyError
 from tests.support.runtime import recording_spec
@@ -87,3 +92,43 @@ def test_the_embedded_server_is_noeviction_and_stops_cleanly(tmp_path: Path) -> 
     finally:
         server.stop()
     assert process is not None and process.poll() is not None
+
+
+# --------------------------------------------------------------------------- through a function
+def _app(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> FlaskClient:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("K_SINK", raising=False)
+    source = Path(__file__).resolve().parents[1] / "functions" / "deploy" / "main.py"
+    return create_app(target="handle", source=str(source)).test_client()
+
+
+def _tick(client: FlaskClient) -> int:
+    headers, body = to_binary(CloudEvent({"type": t.TICK, "source": "/c", "id": "t-1"}, {}))
+    return int(client.post("/", headers=headers, data=body).status_code)
+
+
+def test_a_function_process_refuses_to_start_on_an_evicting_redis(
+    monkeypatch: pytest.MonkeyPatch, eviction_policy: Redis, base_env: dict[str, str]
+) -> None:
+    eviction_policy.config_set("maxmemory-policy", "allkeys-lru")
+    with pytest.raises(EvictionPolicyError, match="REDIS_URL"):
+        _app(monkeypatch, base_env)
+
+
+def test_an_evicting_redis_found_on_first_use_answers_503_so_nothing_is_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch, eviction_policy: Redis, base_env: dict[str, str]
+) -> None:
+    client = _app(monkeypatch, base_env)  # started on a good Redis, reconfigured since
+    eviction_policy.config_set("maxmemory-policy", "volatile-lru")
+    assert _tick(client) == 503
+    eviction_policy.config_set("maxmemory-policy", "noeviction")
+    assert _tick(client) == 200  # nothing cached: fixed Redis, working function
+
+
+def test_an_unreachable_redis_at_start_does_not_stop_the_function(
+    monkeypatch: pytest.MonkeyPatch, base_env: dict[str, str]
+) -> None:
+    client = _app(monkeypatch, {**base_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert client.get("/healthz").status_code == 200
+    assert _tick(client) == 503
