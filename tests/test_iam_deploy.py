@@ -19,7 +19,7 @@ from shared.clock import FakeClock
 from shared.component_repository import HttpComponentRepository
 from shared.deploy_services import DeployServices, IamFlowTokens
 from shared.desired_state import WorkerSettings
-from shared.errors import Forbidden
+from shared.errors import Forbidden, TemporaryError
 from shared.handlers.deploy import SPEC
 from shared.iam import IamClient
 from shared.kubernetes import KubernetesDriver, make_api_client
@@ -157,3 +157,21 @@ def test_stopping_another_tenants_flow_is_refused(
         )
     assert len(iam.live_tokens()) == 1 and len(kube_api.objects("deployments")) == 1
 
+
+def test_iam_down_while_creating_the_flow_token_applies_nothing_then_recovers(
+    deploy: Deploy, iam: FakeIam, kube_api: FakeKubeApi
+) -> None:
+    caller = iam.token(tenant="acme", sub="alice")
+    deploy.runtime.handle(cloudevent("flow.starting", flow_doc("f0"), authtoken=caller))
+    before = {"deployments": kube_api.names("deployments"), "secrets": kube_api.names("secrets")}
+    iam.fail(503)  # the key set is cached: only the token API answers 503 now
+    start = cloudevent("flow.starting", flow_doc("f1"), authtoken=caller)
+    with pytest.raises(TemporaryError):
+        deploy.runtime.handle(start)
+    assert kube_api.names("deployments") == before["deployments"]
+    assert kube_api.names("secrets") == before["secrets"]
+    assert [e.data["id"] for e in deploy.sender.of_type("flow.started")] == ["f0"]
+    iam.heal()
+    deploy.runtime.handle(start)  # the broker's retry
+    assert [e.data["id"] for e in deploy.sender.of_type("flow.started")] == ["f0", "f1"]
+    assert len(iam.live_tokens()) == 2 and len(kube_api.names("secrets")) == 2
