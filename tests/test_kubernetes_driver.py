@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -310,3 +311,45 @@ def test_the_fake_serves_discovery_for_the_dynamic_client(kube_api: FakeKubeApi)
     )
     assert [d.metadata.name for d in dynamic.get(deployments, namespace="flows").items] == [name]
     client.close()
+
+
+def write_kubeconfig(path: Any, server: str) -> str:
+    path.write_text(
+        f"""
+apiVersion: v1
+kind: Config
+current-context: test
+clusters: [{{name: fake, cluster: {{server: "{server}"}}}}]
+users: [{{name: ci, user: {{token: kubeconfig-token}}}}]
+contexts: [{{name: test, context: {{cluster: fake, user: ci}}}}]
+"""
+    )
+    return str(path)
+
+
+def test_a_kubeconfig_is_used_when_no_host_is_given(kube_api: FakeKubeApi, tmp_path: Any) -> None:
+    client = make_api_client(env={"KUBECONFIG": write_kubeconfig(tmp_path / "c", kube_api.url)})
+    assert client.configuration.host == kube_api.url.rstrip("/")
+    assert client.configuration.auth_settings()["BearerToken"]["value"] == "Bearer kubeconfig-token"
+    driver = KubernetesDriver(client, "flows", request_timeout=2.0)
+    try:
+        driver.apply(deployment(manifests()))
+    finally:
+        driver.close()
+    assert len(kube_api.objects("deployments")) == 1
+
+
+def test_inside_a_pod_the_service_account_wins_over_a_kubeconfig(
+    kube_api: FakeKubeApi, tmp_path: Any
+) -> None:
+    """KUBERNETES_SERVICE_HOST means in-cluster: a kubeconfig lying around is never a fallback."""
+    if os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token"):
+        pytest.skip("these tests run inside a pod: its service account would be used")
+    env = {
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "KUBERNETES_SERVICE_PORT": "443",
+        "KUBECONFIG": write_kubeconfig(tmp_path / "c", kube_api.url),
+    }
+    with pytest.raises(KubernetesConfigError) as caught:
+        make_api_client(env=env)  # no service account files on this machine
+    assert "in-cluster" in caught.value.message
