@@ -169,3 +169,12 @@ def test_any_delivery_order_ends_in_the_state_of_the_newest_event(
         assert stored is not None and not stored.stopped
         assert stored.flow.nodes[0].component_id == newest_step
         assert flow_id in flows.wanted_ids(redis)
+
+
+def test_a_stop_dated_in_the_future_cannot_block_the_flow_for_long(redis: Redis) -> None:
+    """Anyone may name any event time: a far-future stop of a flow id nobody started yet
+    must not make every later start of that id stale."""
+    now = BASE
+    flows.tombstone(redis, "squatted", now + 10 * 365 * 86400, now=now)
+    later = now + flows.MAX_CLOCK_SKEW_SECONDS + 1
+    assert flows.upsert(redis, _flow(flow_id="squatted", step="a"), later, now=later) == "stored"

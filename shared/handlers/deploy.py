@@ -164,7 +164,7 @@ def _deploy(
 
 def on_flow_starting(ctx: Ctx) -> None:
     flow = cast(FlowDocument, ctx.event.payload)
-    if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
+    if flows.upsert(ctx.redis, flow, ctx.event.time, now=ctx.clock.now()) == "stale":
         log.info("flow.starting for %s is older than what is stored: ignored", flow.id)
         ctx.commit(None)
         return
@@ -226,7 +226,7 @@ def _stop(ctx: Ctx, kind: str, target_id: str, event: OutgoingEvent | None) -> N
 def on_flow_stopping(ctx: Ctx) -> None:
     ref = cast(FlowRef, ctx.event.payload)
     tenant = flows.tenant_of(ctx.redis, ref.id)
-    if flows.tombstone(ctx.redis, ref.id, ctx.event.time) == "stale":
+    if flows.tombstone(ctx.redis, ref.id, ctx.event.time, now=ctx.clock.now()) == "stale":
         log.info("flow.stopping for %s is older than a newer start: ignored", ref.id)
         ctx.commit(None)
         return

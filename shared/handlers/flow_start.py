@@ -76,7 +76,7 @@ def on_flow_starting(ctx: Context[Services]) -> None:
     assert isinstance(flow, FlowDocument)
     if flow.cron is not None:
         schedule.check(flow.cron, flow.timezone)  # 400 naming it; nothing stored
-    if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
+    if flows.upsert(ctx.redis, flow, ctx.event.time, now=ctx.clock.now()) == "stale":
         log.info("flow %s: older than the stored version, schedule unchanged", flow.id)
         ctx.commit(None)
         return
@@ -89,7 +89,7 @@ def on_flow_starting(ctx: Context[Services]) -> None:
 def on_flow_stopping(ctx: Context[Services]) -> None:
     ref = ctx.event.payload
     assert isinstance(ref, FlowRef)
-    flows.tombstone(ctx.redis, ref.id, ctx.event.time)
+    flows.tombstone(ctx.redis, ref.id, ctx.event.time, now=ctx.clock.now())
     dropped = admission.drop_flow(
         ctx.redis, _inputs(ctx), ctx.once, flow_id=ref.id, now=ctx.clock.now(), source=ctx.source
     )
