@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from shared.errors import OrchestratorError, TemporaryError
+from shared.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ def as_http_exception(error: OrchestratorError) -> HTTPException:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
     exception = HTTPException(description=error.message)
     exception.code = error.status
-    exception.response = json_response(error.status, error.to_body(), headers)
+    # Messages may quote what an outside system said: never let a token out in a body.
+    exception.response = json_response(error.status, redact(error.to_body()), headers)
     return exception
 
 

@@ -297,3 +297,14 @@ def test_a_failed_handler_leaves_no_dedupe_key_so_the_retry_runs(
     assert post(app, _event(event_type, data)).status_code == 503
     assert post(app, _event(event_type, data)).status_code == 200
     assert len(recorded(redis, TAG_OF["flow-start"])) == 1
+
+
+def test_an_error_body_never_carries_a_token() -> None:
+    from shared.errors import TemporaryError
+    from shared.http import as_http_exception
+
+    leaked = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl"
+    exception = as_http_exception(TemporaryError(f"IAM said: bad token {leaked}"))
+    assert exception.response is not None
+    body = exception.response.get_data(as_text=True)
+    assert leaked not in body and "IAM said" in body
