@@ -49,6 +49,13 @@ RUN_DURATION = Histogram(
     buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
     registry=REGISTRY,
 )
+DEPLOY_SECONDS = Histogram(
+    "orchestrator_deploy_seconds",
+    "From the first apply of a flow or global component until it is Ready (or failed)",
+    ["outcome"],
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+    registry=REGISTRY,
+)
 HANDLE_SECONDS = Histogram(
     "orchestrator_handle_seconds",
     "Time to handle one event (step latency for step.* events, deploy time for flow.starting)",
@@ -62,6 +69,10 @@ def observe_handled(function: str, event_type: str, outcome: str, seconds: float
     name = t.short(event_type)
     EVENTS_HANDLED.labels(function, name, outcome).inc()
     HANDLE_SECONDS.labels(function, name).observe(seconds)
+
+
+def observe_deploy(outcome: str, seconds: float) -> None:
+    DEPLOY_SECONDS.labels(outcome).observe(max(0.0, seconds))
 
 
 def observe_emitted(event: OutgoingEvent) -> None:

@@ -430,3 +430,25 @@ def test_api_calls_of_a_five_step_flow_start(deploy: DeployHarness) -> None:
     assert calls == [("apply", "secrets")] * 5 + [("apply", "deployments")] * 5 + [
         ("list", "deployments")
     ]
+
+
+def test_deploy_time_from_first_apply_to_ready_is_observed(deploy: DeployHarness) -> None:
+    from shared.metrics import REGISTRY
+
+    def count(outcome: str) -> float:
+        value = REGISTRY.get_sample_value("orchestrator_deploy_seconds_count", {"outcome": outcome})
+        return value or 0.0
+
+    def total(outcome: str) -> float:
+        value = REGISTRY.get_sample_value("orchestrator_deploy_seconds_sum", {"outcome": outcome})
+        return value or 0.0
+
+    started, seconds = count("started"), total("started")
+    deploy.kube.auto_ready = False
+    deploy.start(flow_doc())
+    deploy.clock.advance(42)
+    deploy.kube.auto_ready = True
+    deploy.tick()
+    assert len(deploy.events("flow.started")) == 1
+    assert count("started") == started + 1
+    assert total("started") - seconds == pytest.approx(42, abs=1)

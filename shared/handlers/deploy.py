@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import cast
 
-from shared import deploy_records, flows, keys
+from shared import deploy_records, flows, keys, metrics
 from shared.component_repository import Component
 from shared.deploy_reconcile import (
     Deployer,
@@ -156,8 +156,10 @@ def _deploy(
     record = replace(record, applied_hash=wanted, suspended=is_suspended)
     events = []
     if record.status == "deploying" and not is_suspended and deployer.wait_ready(record, manifests):
+        deploying_since = record.since
         record = record.with_status("started", now=ctx.clock.now())
         events.append(_status_event(ctx, record))
+        metrics.observe_deploy("started", record.since - deploying_since)
     final = record
     ctx.commit(lambda pipe: deploy_records.write(pipe, final), events)
 
@@ -281,6 +283,8 @@ def _reconcile_one(
         if after.status != record.status:
             events.append(_status_event(ctx, after, event_id=_transition_id(after)))
         committed = after != record and commit_transition(ctx.redis, record, after, events)
+        if committed and record.status == "deploying" and after.status != record.status:
+            metrics.observe_deploy(after.status, now - record.since)
         if committed and after.status == "failed":
             _remove_quietly(deployer, kind, target_id)
 
