@@ -60,10 +60,9 @@ class Empty(Payload):
 
 
 @dataclass(frozen=True)
-class FlowRef(Payload):
-    """flow.stopping: {id}."""
+class _IdRef(Payload):
+    """A payload that only names something by its id."""
 
-    event_name: ClassVar[str] = "flow.stopping"
     id: str
 
     @classmethod
@@ -72,15 +71,17 @@ class FlowRef(Payload):
 
 
 @dataclass(frozen=True)
-class ComponentRef(Payload):
+class FlowRef(_IdRef):
+    """flow.stopping: {id}."""
+
+    event_name: ClassVar[str] = "flow.stopping"
+
+
+@dataclass(frozen=True)
+class ComponentRef(_IdRef):
     """component.starting / component.stopping: {id} of a global component."""
 
     event_name: ClassVar[str] = "component"
-    id: str
-
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        return cls(id=reader.string("id"))
 
 
 @dataclass(frozen=True)
