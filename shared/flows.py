@@ -36,20 +36,13 @@ class StoredFlow:
     stopped: bool
 
 
-# A version from the future would make every later start or stop of the flow look stale
-# (and any caller may name any time): versions are capped at now + this.
+# Anyone allowed to control flows may stop an id nobody started yet; dated far in the future,
+# that tombstone would make every later start of the id stale. Such stops are capped at now +.
 MAX_CLOCK_SKEW_SECONDS = 300.0
 
 
-def _capped(version: float, now: float | None) -> float:
-    return version if now is None else min(version, now + MAX_CLOCK_SKEW_SECONDS)
-
-
-def upsert(
-    redis: Redis, flow: FlowDocument, event_time: float | None, *, now: float | None = None
-) -> UpsertResult:
+def upsert(redis: Redis, flow: FlowDocument, event_time: float | None) -> UpsertResult:
     version = flow.updated_at if flow.updated_at is not None else (event_time or 0.0)
-    version = _capped(version, now)
     result = load_script("flow_upsert")(
         redis,
         [keys.flow_document(flow.id), keys.flow_index()],
@@ -67,9 +60,11 @@ def upsert(
 def tombstone(
     redis: Redis, flow_id: str, event_time: float | None, *, now: float | None = None
 ) -> StopResult:
-    version = _capped(event_time or 0.0, now)
+    bound = "" if now is None else repr(now + MAX_CLOCK_SKEW_SECONDS)
     result = load_script("flow_tombstone")(
-        redis, [keys.flow_document(flow_id), keys.flow_index()], [flow_id, repr(version)]
+        redis,
+        [keys.flow_document(flow_id), keys.flow_index()],
+        [flow_id, repr(event_time or 0.0), bound],
     )
     return _text(result)  # type: ignore[return-value]
 

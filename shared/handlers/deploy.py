@@ -166,7 +166,7 @@ def _deploy(
 
 def on_flow_starting(ctx: Ctx) -> None:
     flow = cast(FlowDocument, ctx.event.payload)
-    if flows.upsert(ctx.redis, flow, ctx.event.time, now=ctx.clock.now()) == "stale":
+    if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
         log.info("flow.starting for %s is older than what is stored: ignored", flow.id)
         ctx.commit(None)
         return

@@ -76,7 +76,7 @@ def on_flow_starting(ctx: Context[Services]) -> None:
     assert isinstance(flow, FlowDocument)
     if flow.cron is not None:
         schedule.check(flow.cron, flow.timezone)  # 400 naming it; nothing stored
-    if flows.upsert(ctx.redis, flow, ctx.event.time, now=ctx.clock.now()) == "stale":
+    if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
         log.info("flow %s: older than the stored version, schedule unchanged", flow.id)
         ctx.commit(None)
         return

@@ -1,6 +1,8 @@
 -- flow_tombstone: mark a flow stopped, unless a newer flow.starting is already stored.
 -- KEYS[1] flow document hash   KEYS[2] set of wanted flow ids
 -- ARGV[1] flow id  ARGV[2] version (seconds) of the stop
+-- ARGV[3] the latest version a stop of a flow never seen may carry ('' = no bound): anyone
+--         may stop an unknown id, and a far-future time would make its every later start stale
 -- Returns: 'stale' (a newer start is stored), 'unknown' (never seen: tombstone kept anyway),
 --          'stopped'.
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
@@ -9,6 +11,9 @@ if version < current and redis.call('HGET', KEYS[1], 'stopped') == '0' then
   return 'stale'
 end
 local known = redis.call('EXISTS', KEYS[1])
+if known == 0 and ARGV[3] ~= '' then
+  version = math.min(version, tonumber(ARGV[3]))
+end
 redis.call('HSET', KEYS[1], 'stopped', '1', 'version', tostring(math.max(version, current)))
 redis.call('SREM', KEYS[2], ARGV[1])
 if known == 0 then
