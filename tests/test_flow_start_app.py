@@ -11,7 +11,6 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from flask.testing import FlaskClient
-from functions_framework import create_app
 from redis import Redis
 
 from shared import keys
@@ -20,10 +19,9 @@ from shared.events import RunAdmitted
 from shared.events import types as t
 from shared.tokens import sign_internal
 from tests.conftest import TEST_KEY
+from tests.support.apps import function_client
 from tests.support.flow_start import flow_doc
 from tests.support.http_sink import HttpSink
-
-SOURCE = Path(__file__).resolve().parent.parent / "functions" / "flow_start" / "main.py"
 
 
 @pytest.fixture()
@@ -36,12 +34,9 @@ def sink() -> Iterator[HttpSink]:
 def app(
     monkeypatch: pytest.MonkeyPatch, base_env: dict[str, str], redis: Redis, sink: HttpSink
 ) -> FlaskClient:
-    for name, value in base_env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("K_SINK", sink.url)
-    monkeypatch.setenv("FLOW_START_WORK_THROUGH_SECONDS", "0")
-    monkeypatch.delenv("ORCHESTRATOR_POLICY_FILE", raising=False)
-    return create_app(target="handle", source=str(SOURCE)).test_client()
+    return function_client(
+        monkeypatch, base_env, "flow-start", K_SINK=sink.url, FLOW_START_WORK_THROUGH_SECONDS="0"
+    )
 
 
 def post(client: FlaskClient, event_type: str, data: Any, event_id: str, mode: str) -> Any:
@@ -89,12 +84,21 @@ def test_refusals_answer_their_status(
 
 
 def test_over_the_waiting_cap_answers_429_with_retry_after(
-    monkeypatch: pytest.MonkeyPatch, app: FlaskClient, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
+    app: FlaskClient,
+    tmp_path: Path,
+    base_env: dict[str, str],
+    sink: HttpSink,
 ) -> None:
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text("defaults: {max_waiting_runs: 1}\n")
-    monkeypatch.setenv("ORCHESTRATOR_POLICY_FILE", str(policy_file))
-    client = create_app(target="handle", source=str(SOURCE)).test_client()
+    client = function_client(
+        monkeypatch,
+        base_env,
+        "flow-start",
+        K_SINK=sink.url,
+        ORCHESTRATOR_POLICY_FILE=str(policy_file),
+    )
     assert post(client, t.FLOW_STARTING, flow_doc("f1"), "e1", "binary").status_code == 200
     # not deployed: the first execution waits, the second is over the cap
     assert post(client, t.FLOW_EXECUTE, {"flowId": "f1"}, "e2", "binary").status_code == 200

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from flask.testing import FlaskClient
-from functions_framework import create_app
 from redis import Redis
 
 from shared import keys
@@ -23,10 +21,9 @@ from shared.settings import Settings, SettingsError
 from shared.tokens import sign_internal
 from tests.conftest import TEST_KEY
 from tests.fakes.aws import Aws
+from tests.support.apps import function_client
 from tests.support.http_sink import HttpSink
 from tests.support.steps import TENANT, USER, StepHarness, flow_document
-
-SOURCE = Path(__file__).resolve().parent.parent / "functions" / "step_execute" / "main.py"
 
 
 @pytest.fixture()
@@ -39,11 +36,7 @@ def sink() -> Iterator[HttpSink]:
 def app(
     monkeypatch: pytest.MonkeyPatch, base_env: dict[str, str], redis: Redis, sink: HttpSink
 ) -> FlaskClient:
-    for name, value in base_env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("K_SINK", sink.url)
-    monkeypatch.delenv("ORCHESTRATOR_POLICY_FILE", raising=False)
-    return create_app(target="handle", source=str(SOURCE)).test_client()
+    return function_client(monkeypatch, base_env, "step-execute", K_SINK=sink.url)
 
 
 def post(client: FlaskClient, event: CloudEvent, mode: str) -> Any:
