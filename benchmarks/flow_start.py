@@ -25,8 +25,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,9 +33,9 @@ from typing import Any
 
 from redis import Redis
 
+from benchmarks._redis import redis_server
 from shared import admission, admission_cron, keys
 from shared.clock import FakeClock
-from shared.embedded_redis import EmbeddedRedis
 from shared.events import FlowDocument
 from shared.policy import parse_policy
 from shared.scripts import load_script
@@ -60,18 +59,6 @@ for i = 1, #due, 2 do
 end
 return #due / 2
 """
-
-
-@contextmanager
-def redis_server() -> Iterator[Redis]:
-    with tempfile.TemporaryDirectory() as folder:
-        server = EmbeddedRedis(Path(folder), persist=False).start()
-        try:
-            client = Redis.from_url(server.url)
-            yield client
-            client.close()
-        finally:
-            server.stop()
 
 
 def flow_document(flow_id: str, cron: str, tenant: str, **settings: Any) -> FlowDocument:

@@ -20,10 +20,7 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,10 +28,10 @@ from typing import Any
 from cloudevents.http import CloudEvent
 from redis import Redis
 
+from benchmarks._redis import redis_server
 from shared import flows, keys, runs
 from shared.auth import Authorizer
 from shared.clock import SystemClock
-from shared.embedded_redis import EmbeddedRedis
 from shared.events import FlowDocument, RunAdmitted, StepResult
 from shared.events import types as t
 from shared.handlers.step_execute import SPEC, build_services
@@ -51,18 +48,6 @@ N_DIRECT = 10_000
 N_RUNTIME = 2_000
 POLICY = Policy(defaults=replace(TenantLimits(), messages_per_second=1e9))
 SOURCE = "/component-orchestrator/step-execute"
-
-
-@contextmanager
-def redis_server() -> Iterator[Redis]:
-    with tempfile.TemporaryDirectory() as folder:
-        server = EmbeddedRedis(Path(folder), persist=False).start()
-        try:
-            client = Redis.from_url(server.url)
-            yield client
-            client.close()
-        finally:
-            server.stop()
 
 
 def flow(flow_id: str) -> FlowDocument:
