@@ -25,6 +25,7 @@ lint: install
 	$(BIN)/ruff check shared functions
 	$(BIN)/ruff format --check shared functions
 	$(BIN)/mypy --strict shared functions
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format shared functions tests benchmarks

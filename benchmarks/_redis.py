@@ -9,7 +9,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from shared.embedded_redis import EmbeddedRedis
+from shared.local.embedded_redis import EmbeddedRedis
 
 
 @contextmanager

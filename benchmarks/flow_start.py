@@ -34,10 +34,12 @@ from typing import Any
 from redis import Redis
 
 from benchmarks._redis import redis_server
-from shared import admission, admission_cron, keys
+from shared import keys
+from shared.admission import cron as admission_cron
+from shared.admission import queue as admission
 from shared.clock import FakeClock
 from shared.events import FlowDocument
-from shared.policy import parse_policy
+from shared.model.policy import parse_policy
 from shared.scripts import load_script
 
 SOURCE = "/component-orchestrator/flow-start"
@@ -308,8 +310,8 @@ def latency_case(redis: Redis, flows: int = 1000) -> dict[str, float]:
     import functions_framework
     from werkzeug.serving import make_server
 
-    from shared.embedded_redis import free_port
-    from shared.local_clock import LocalClock
+    from shared.local.clock import LocalClock
+    from shared.local.embedded_redis import free_port
 
     redis.flushall()
     url = redis.connection_pool.connection_kwargs

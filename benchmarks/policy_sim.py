@@ -5,7 +5,7 @@
 From 02:00 to 18:00 two tenants misbehave: `flood` sends flow.execute every 10 s (runs of
 30 s), `longrun` starts a run every minute that would take 50 min (the watchdog ends them at
 the 30 min `max_run_seconds`). Everything goes through the real code on a real Redis:
-flow-start's admission scripts (shared/admission.py: fair order, caps, slots, penalty factors
+flow-start's admission scripts (shared/admission/queue.py: fair order, caps, slots, penalty factors
 read at decision time), policy-check's ledger, rules, penalties and watchdog (the functions
 its handlers call, without the CloudEvent envelope); the watchdog's failed events are
 released by admission as flow-start does. At 18:00 the two fix their flows (stop and
@@ -33,15 +33,17 @@ from typing import Any
 
 from redis import Redis
 
-from shared import admission, keys, ledger, watchdog
-from shared.embedded_redis import EmbeddedRedis
+from shared import keys
+from shared.admission import queue as admission
 from shared.errors import OverCapacity
 from shared.events import OutgoingEvent
 from shared.events.payloads import RunAdmitted, RunNotStarted
 from shared.events.types import PREFIX, RUN_ADMITTED, RUN_DEFERRED, RUN_FAILED
 from shared.handlers.policy_check import police, tick
-from shared.ledger import Record
-from shared.policy import Policy, parse_policy
+from shared.local.embedded_redis import EmbeddedRedis
+from shared.model.policy import Policy, parse_policy
+from shared.policing import ledger, watchdog
+from shared.policing.ledger import Record
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -521,13 +523,13 @@ def runtime_rate(redis: Redis, count: int) -> dict[str, Any]:
     internal token, dedupe, ledger, rules): what one policy-check instance sustains."""
     from cloudevents.http import CloudEvent
 
-    from shared.auth import Authorizer
     from shared.clock import FakeClock
     from shared.handlers.policy_check import SPEC, PolicyServices
-    from shared.outbox import NullSender
-    from shared.runtime import FunctionRuntime
+    from shared.runtime.auth import Authorizer
+    from shared.runtime.function import FunctionRuntime
+    from shared.runtime.outbox import NullSender
+    from shared.security.tokens import sign_internal
     from shared.settings import Settings
-    from shared.tokens import sign_internal
 
     redis.flushall()
     key = "bench-orchestrator-key-0123456789abcdef"

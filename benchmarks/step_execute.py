@@ -29,17 +29,19 @@ from cloudevents.http import CloudEvent
 from redis import Redis
 
 from benchmarks._redis import redis_server
-from shared import flows, keys, runs
-from shared.auth import Authorizer
+from shared import keys
+from shared.adapters.redis_streams import RedisStreamsQueue
 from shared.clock import SystemClock
 from shared.events import FlowDocument, RunAdmitted, StepResult
 from shared.events import types as t
+from shared.execution import runs
+from shared.execution.publisher import Publisher
+from shared.execution.routing import Graph, route
 from shared.handlers.step_execute import SPEC, build_services
-from shared.policy import Policy, TenantLimits
-from shared.queues.publisher import Publisher
-from shared.queues.redis_streams import RedisStreamsQueue
-from shared.routing import Graph, route
-from shared.runtime import FunctionRuntime
+from shared.model import flows
+from shared.model.policy import Policy, TenantLimits
+from shared.runtime.auth import Authorizer
+from shared.runtime.function import FunctionRuntime
 from shared.settings import Settings
 
 KEY = "benchmark-orchestrator-key-0123456789abcdef"

@@ -72,11 +72,6 @@ def broker_dead_letters() -> str:
     return PREFIX + "broker:dead-letters"
 
 
-# --- wiring checks: what a recording handler received ---------------------------------------
-def received(tag: str) -> str:
-    return _key(tag, "received")
-
-
 # --- penalties (written by policy-check only; read by flow-start, step-execute, deploy) -----
 def penalty(level: str, subject_id: str) -> str:
     """Hash: step (warn/throttle/deprioritize/suspend), until, rule, since, repeats."""
@@ -96,7 +91,7 @@ def flow_token(flow_id: str) -> str:
 
 # --- policy-check: ledger, watchdog, audit, metrics reader (written by policy-check only) ---
 def ledger(level: str, subject_id: str, window_seconds: int) -> str:
-    """Hash: a ring of fixed buckets for one subject and one window (see shared/ledger.py)."""
+    """Hash: a ring of fixed buckets for one subject and one window (shared/policing/ledger.py)."""
     return _key(POLICY, "ledger", level, subject_id, str(window_seconds))
 
 

@@ -12,7 +12,7 @@ import pytest
 from redis import Redis
 
 from shared.clock import FakeClock
-from shared.embedded_redis import EmbeddedRedis
+from shared.local.embedded_redis import EmbeddedRedis
 
 TEST_KEY = "test-orchestrator-key-0123456789abcdef"
 
@@ -29,7 +29,9 @@ pytest_plugins = [
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     external = os.environ.get("TEST_REDIS_URL")
     if external:  # run the suite against a server you started yourself
-        server = EmbeddedRedis(Path("."), port=Redis.from_url(external).connection_pool.connection_kwargs["port"])
+        server = EmbeddedRedis(
+            Path("."), port=Redis.from_url(external).connection_pool.connection_kwargs["port"]
+        )
         yield server
         return
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False).start()

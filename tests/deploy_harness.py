@@ -10,18 +10,19 @@ from typing import Any
 from cloudevents.http import CloudEvent
 from redis import Redis
 
-from shared import deploy_records, keys
-from shared.auth import Authorizer
+from shared import keys
+from shared.adapters.component_repository import HttpComponentRepository
+from shared.adapters.kubernetes import KubernetesDriver, make_api_client
 from shared.clock import FakeClock
-from shared.component_repository import HttpComponentRepository
-from shared.deploy_services import DeployServices, NoFlowTokens
-from shared.desired_state import WorkerSettings
-from shared.driver import DeployDriver
+from shared.deployment import records as deploy_records
+from shared.deployment.desired_state import WorkerSettings
+from shared.deployment.services import DeployServices, NoFlowTokens
 from shared.events import OutgoingEvent
 from shared.handlers.deploy import SPEC
-from shared.kubernetes import KubernetesDriver, make_api_client
-from shared.policy import Policy
-from shared.runtime import FunctionRuntime, Outcome
+from shared.model.policy import Policy
+from shared.ports.driver import DeployDriver
+from shared.runtime.auth import Authorizer
+from shared.runtime.function import FunctionRuntime, Outcome
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
 from tests.fakes.component_repo import FakeComponentRepo

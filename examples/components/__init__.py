@@ -1,1 +1,1 @@
-"""Three example components run by `python -m shared.worker` (see shared/worker.py)."""
+"""Three example components run by `python -m shared.worker` (see shared/worker/main.py)."""

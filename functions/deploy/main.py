@@ -6,9 +6,9 @@ import functions_framework
 from cloudevents.http import CloudEvent
 
 from shared.handlers.deploy import SPEC
-from shared.http import install_guards, serve
-from shared.logs import configure_logging
-from shared.runtime import lazy_runtime
+from shared.runtime.function import lazy_runtime
+from shared.runtime.http import install_guards, serve
+from shared.runtime.logs import configure_logging
 
 configure_logging("deploy")
 runtime = lazy_runtime(SPEC)

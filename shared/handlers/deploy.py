@@ -18,24 +18,23 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import cast
 
-from shared import deploy_records, flows, keys, metrics
-from shared.component_repository import Component
-from shared.deploy_reconcile import (
+from shared import keys
+from shared.deployment import records as deploy_records
+from shared.deployment.desired_state import (
+    DesiredState,
+    component_desired_state,
+    desired_hash,
+    flow_desired_state,
+)
+from shared.deployment.reconcile import (
     Deployer,
     HeldLock,
     commit_transition,
     selector,
     target_of,
 )
-from shared.deploy_records import TargetRecord
-from shared.deploy_services import DeployServices, build_services
-from shared.desired_state import (
-    DesiredState,
-    component_desired_state,
-    desired_hash,
-    flow_desired_state,
-)
-from shared.driver import ObservedObject
+from shared.deployment.records import TargetRecord
+from shared.deployment.services import DeployServices
 from shared.errors import PermanentError, TemporaryError
 from shared.events import (
     ComponentRef,
@@ -47,9 +46,13 @@ from shared.events import (
     PenaltyChanged,
 )
 from shared.events import types as t
-from shared.kubernetes import KubernetesRejected
-from shared.redact import redact_text
-from shared.runtime import Context, FunctionSpec, Handler
+from shared.model import flows
+from shared.ports.components import Component
+from shared.ports.driver import DriverRejected, ObservedObject
+from shared.runtime import metrics
+from shared.runtime.function import Context, FunctionSpec, Handler
+from shared.security.redact import redact_text
+from shared.wiring.deploy import build_services
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +153,7 @@ def _deploy(
         if existing is not None:  # an update may leave the objects of removed steps behind
             names = frozenset((m["kind"], m["metadata"]["name"]) for m in manifests)
             deployer.remove(record.kind, record.id, keep=names)
-    except KubernetesRejected as exc:
+    except DriverRejected as exc:
         _fail(ctx, deployer, record.kind, record.id, exc.message, record.tenant, record.user)
         return
     record = replace(record, applied_hash=wanted, suspended=is_suspended)
@@ -270,7 +273,7 @@ def _reconcile_one(
         now = ctx.clock.now()
         try:
             after = deployer.reconcile(record, observed, held)
-        except KubernetesRejected as exc:
+        except DriverRejected as exc:
             after = replace(record, applied_hash="").with_status(
                 "failed", reason=exc.message, now=now
             )

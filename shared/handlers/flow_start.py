@@ -27,13 +27,18 @@ import requests
 import requests.adapters
 from redis import Redis
 
-from shared import admission, admission_cron, admission_outbox, flows, keys, lease, schedule
+from shared import keys
+from shared.admission import cron as admission_cron
+from shared.admission import lease, schedule
+from shared.admission import outbox as admission_outbox
+from shared.admission import queue as admission
 from shared.clock import Clock
 from shared.errors import Unprocessable
 from shared.events import DeploymentStatus, FlowDocument, FlowExecute, FlowRef, RunEnded
 from shared.events import types as t
-from shared.outbox import EventSender, HttpSender
-from shared.runtime import Context, FunctionSpec, Handler
+from shared.model import flows
+from shared.runtime.function import Context, FunctionSpec, Handler
+from shared.runtime.outbox import EventSender, HttpSender
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis import Redis
 
-from shared import flows, keys, ledger, metrics_reader, penalties, rules, watchdog
-from shared.clock import Clock
+from shared import keys
 from shared.errors import OrchestratorError
 from shared.events.payloads import (
     DeploymentStatus,
@@ -38,15 +36,14 @@ from shared.events.types import (
     TICK,
     USAGE_REPORTED,
 )
-from shared.ledger import Record, SubjectRef
-from shared.metrics_reader import PodUsageSource
-from shared.penalties import Evidence
-from shared.policy import Policy
-from shared.runtime import Context, FunctionSpec, Handler
-from shared.settings import Settings
-
-if TYPE_CHECKING:
-    from shared.kubernetes import PodUsage
+from shared.model import flows, penalties
+from shared.model.penalties import Evidence
+from shared.model.policy import Policy
+from shared.policing import ledger, metrics_reader, rules, watchdog
+from shared.policing.ledger import Record, SubjectRef
+from shared.policing.metrics_reader import PodUsageSource
+from shared.runtime.function import Context, FunctionSpec, Handler
+from shared.wiring.policing import PolicyServices, build_services
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +51,6 @@ log = logging.getLogger(__name__)
 USAGE_DEDUPE_SECONDS = 24 * 3600
 # a run ended by flow.stopping, or because its subject was suspended, is not the flow's fault
 NOT_ERRORS = frozenset({"stopped", watchdog.SUSPENDED_REASON})
-
-
-class KubernetesPodUsage:
-    """Reads pod usage through shared/kubernetes.py; the client is built on first use."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._driver: Any = None
-
-    def pod_usage(self, selector: str | None = None) -> list[PodUsage]:
-        if self._driver is None:
-            from shared.kubernetes import KubernetesDriver, make_api_client
-
-            self._driver = KubernetesDriver(make_api_client(), self._settings.kubernetes_namespace)
-        result: list[PodUsage] = self._driver.pod_usage(selector)
-        return result
-
-
-@dataclass
-class PolicyServices:
-    pod_usage: PodUsageSource | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def build_services(settings: Settings, clock: Clock, redis: Redis) -> PolicyServices:
-    if settings.deploy_driver == "kubernetes":
-        return PolicyServices(pod_usage=KubernetesPodUsage(settings))
-    return PolicyServices()
 
 
 Ctx = Context[PolicyServices]

@@ -10,7 +10,7 @@
   second terminal event; our own terminal events coming back are ignored;
 - tick: step timeouts, delayed publishes (rates, backoff), reclaim of unacknowledged queue
   entries, `usage.reported` for policy-check.
-Publishing happens after the state change is stored (shared/queues/publisher.py); a publish
+Publishing happens after the state change is stored (shared/execution/publisher.py); a publish
 that fails is retried by the next event or tick, never lost.
 """
 
@@ -24,18 +24,21 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
-from shared import flows, keys, routing, runs
+from shared import keys
 from shared.clock import Clock
 from shared.errors import Forbidden, OrchestratorError
 from shared.events import RunAdmitted, RunEnded, StepResult
 from shared.events import types as t
 from shared.events.payloads import FlowRef
-from shared.queues import StepQueue, make_queue
-from shared.queues.publisher import Publisher
-from shared.routing import Graph, RoutingError
-from shared.runtime import Context, FunctionSpec, Handler
+from shared.execution import routing, runs
+from shared.execution.publisher import Publisher
+from shared.execution.routing import Graph, RoutingError
+from shared.model import flows
+from shared.ports.queue import StepQueue
+from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.scripts import load_script
 from shared.settings import Settings
+from shared.wiring.queues import make_queue
 
 log = logging.getLogger(__name__)
 

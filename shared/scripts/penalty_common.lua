@@ -1,5 +1,5 @@
 -- penalty_common: helpers shared by the penalty scripts (each includes this file).
--- RANK orders the steps as shared/penalties.py does; EVENTS names the event of each step
+-- RANK orders the steps as shared/model/penalties.py does; EVENTS names the event of each step
 -- (warn has none; stepping down to warn or to nothing announces tenant.restored).
 local RANK = {warn = 1, throttle = 2, deprioritize = 3, suspend = 4}
 local EVENTS = {throttle = 'tenant.throttled', deprioritize = 'tenant.deprioritized',

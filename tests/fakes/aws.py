@@ -15,7 +15,7 @@ import boto3
 import pytest
 import requests
 
-from shared.embedded_redis import free_port
+from shared.local.embedded_redis import free_port
 
 REGION = "us-east-1"
 BUCKET = "claim-checks"

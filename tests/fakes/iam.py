@@ -23,7 +23,7 @@ import pytest
 from jose import jws
 
 from shared.clock import Clock
-from shared.embedded_iam import EmbeddedIam, SigningKey, generate_key
+from shared.local.embedded_iam import EmbeddedIam, SigningKey, generate_key
 
 
 def _b64(data: bytes) -> str:

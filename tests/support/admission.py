@@ -9,9 +9,10 @@ from typing import Any
 
 from redis import Redis
 
-from shared import admission, keys
+from shared import keys
+from shared.admission import queue as admission
 from shared.clock import FakeClock
-from shared.policy import Policy
+from shared.model.policy import Policy
 
 SOURCE = "/component-orchestrator/flow-start"
 

@@ -12,7 +12,7 @@ from shared.clock import Clock
 from shared.errors import TemporaryError
 from shared.events import OutgoingEvent
 from shared.events.types import PREFIX
-from shared.tokens import sign_internal
+from shared.security.tokens import sign_internal
 
 _ids = itertools.count(1)
 

@@ -10,8 +10,8 @@ from redis import Redis
 from shared.clock import FakeClock
 from shared.events.types import CONTROL_TYPES, PREFIX, TICK
 from shared.handlers.flow_start import SPEC, Services
-from shared.policy import Policy, parse_policy
-from shared.runtime import FunctionRuntime, Outcome
+from shared.model.policy import Policy, parse_policy
+from shared.runtime.function import FunctionRuntime, Outcome
 from tests.conftest import TEST_KEY
 from tests.support.events import CapturingSender, cloudevent, internal
 from tests.support.runtime import make_runtime

@@ -8,14 +8,15 @@ from typing import Any
 
 from redis import Redis
 
-from shared import flows, ledger
 from shared.clock import FakeClock
 from shared.events import FlowDocument
 from shared.events.types import PREFIX, TICK
 from shared.handlers.policy_check import SPEC, PolicyServices
-from shared.ledger import SubjectRef
-from shared.policy import Policy
-from shared.runtime import FunctionRuntime, Outcome
+from shared.model import flows
+from shared.model.policy import Policy
+from shared.policing import ledger
+from shared.policing.ledger import SubjectRef
+from shared.runtime.function import FunctionRuntime, Outcome
 from tests.conftest import TEST_KEY
 from tests.support.events import CapturingSender, cloudevent, internal
 from tests.support.runtime import make_runtime

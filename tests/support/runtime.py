@@ -13,13 +13,14 @@ from typing import Any
 from redis import Redis
 from redis.client import Pipeline
 
-from shared import flows, keys
-from shared.auth import Authorizer
+from shared import keys
 from shared.clock import Clock
 from shared.events.types import CONSUMES
-from shared.outbox import EventSender
-from shared.policy import Policy, load_policy
-from shared.runtime import Context, FunctionRuntime, FunctionSpec, Handler
+from shared.model import flows
+from shared.model.policy import Policy, load_policy
+from shared.runtime.auth import Authorizer
+from shared.runtime.function import Context, FunctionRuntime, FunctionSpec, Handler
+from shared.runtime.outbox import EventSender
 from shared.settings import Settings
 from tests.support.events import CapturingSender
 
@@ -62,16 +63,21 @@ def make_runtime(
 
 
 # --- a handler that records what it receives (for wiring and dedupe tests) -------------------
+def received_key(tag: str) -> str:
+    """Where a recording handler of this tag writes (a test-only key in the tag's slot)."""
+    return f"{keys.PREFIX}{{{tag}}}:test:received"
+
+
 def recorded(redis: Redis, tag: str) -> list[dict[str, Any]]:
     """What a recording handler of this tag committed, oldest first."""
-    return [json.loads(raw) for raw in redis.lrange(keys.received(tag), 0, -1)]
+    return [json.loads(raw) for raw in redis.lrange(received_key(tag), 0, -1)]
 
 
 def record(ctx: Context[Any], emit: Callable[[Context[Any]], list[Any]] | None = None) -> None:
     entry = json.dumps({"type": ctx.event.type, "id": ctx.event.id, "source": ctx.event.source})
 
     def write(pipe: Pipeline) -> None:
-        pipe.rpush(keys.received(ctx.tag), entry)
+        pipe.rpush(received_key(ctx.tag), entry)
 
     ctx.commit(write, emit(ctx) if emit else [])
 
@@ -83,7 +89,7 @@ def recording_spec(
     handlers: Mapping[str, Handler[Any]] | None = None,
 ) -> FunctionSpec[Any]:
     """A FunctionSpec for `function` whose every consumed type goes to `handler` (default:
-    record the event in `keys.received(tag)`); `handlers` overrides single types."""
+    record the event in `received_key(tag)`); `handlers` overrides single types."""
     chosen: Handler[Any] = handler or record
     table: dict[str, Handler[Any]] = dict.fromkeys(CONSUMES[function], chosen)
     table.update(handlers or {})

@@ -15,15 +15,18 @@ from typing import Any
 from cloudevents.http import CloudEvent
 from redis import Redis
 
-from shared import flows, keys, runs
+from shared import keys
 from shared.clock import FakeClock
 from shared.events import FlowDocument
+from shared.execution import runs
 from shared.handlers.step_execute import SPEC, StepExecuteServices, build_services
-from shared.policy import Policy, TenantLimits
-from shared.queues import Delivery, StepMessage, StepQueue
-from shared.runtime import FunctionRuntime, Outcome
+from shared.model import flows
+from shared.model.policy import Policy, TenantLimits
+from shared.ports.queue import StepQueue
+from shared.ports.step_message import Delivery, StepMessage
+from shared.runtime.function import FunctionRuntime, Outcome
 from shared.settings import Settings
-from shared.worker import Worker, WorkerConfig
+from shared.worker.main import Worker, WorkerConfig
 from tests.conftest import TEST_KEY
 from tests.support.events import CapturingSender, cloudevent, internal
 from tests.support.runtime import make_runtime

@@ -1,0 +1,271 @@
+"""The `local` deploy driver (make run): each Deployment runs as `replicas` local processes.
+
+Same interface as the Kubernetes driver. A process is `python -m shared.worker` (or the
+command in ORCHESTRATOR_WORKER_COMMAND) with the Deployment's Secret as its environment.
+Like a ReplicaSet it keeps the count: scale up starts processes, scale down stops the
+newest, a dead process is restarted with a growing delay (CrashLoopBackOff) and its last
+output line is the error readiness reports. A replica is Ready while its process is alive.
+Everything lives in this process's memory: local mode only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from shared.ports.driver import (
+    MANAGED_SELECTOR,
+    PARENT_PID_VARIABLE,
+    SECRET_HASH_ANNOTATION,
+    Manifest,
+    ObservedObject,
+    Readiness,
+    secret_environment,
+)
+
+log = logging.getLogger(__name__)
+
+COMMAND_ENV = "ORCHESTRATOR_WORKER_COMMAND"
+DEFAULT_COMMAND = (sys.executable, "-m", "shared.worker")
+MAX_BACKOFF_SECONDS = 30.0
+STOP_GRACE_SECONDS = 5.0
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class _Replica:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+
+@dataclass
+class _Workload:
+    manifest: Manifest
+    replicas: list[_Replica] = field(default_factory=list)
+    restarts: int = 0
+    next_restart: float = 0.0
+    last_error: str | None = None
+    started: int = 0  # replicas ever started (names their log files)
+
+
+def selector_matches(selector: str | None, labels: Mapping[str, str]) -> bool:
+    """Equality (`k=v`, `k!=v`) and existence (`k`, `!k`) terms, comma-separated."""
+    for term in (t.strip() for t in (selector or "").split(",")):
+        if not term:
+            continue
+        if "!=" in term:
+            key, value = (s.strip() for s in term.split("!=", 1))
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = (s.strip() for s in term.replace("==", "=").split("=", 1))
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _command_from_env() -> tuple[str, ...]:
+    override = os.environ.get(COMMAND_ENV, "").strip()
+    return tuple(shlex.split(override)) if override else DEFAULT_COMMAND
+
+
+class LocalDriver:
+    def __init__(
+        self,
+        *,
+        command: Sequence[str] | None = None,
+        workdir: str | Path | None = None,
+        base_env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+    ) -> None:
+        self._command = tuple(command) if command else _command_from_env()
+        self._workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="co-workers-"))
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        self._base_env = dict(os.environ if base_env is None else base_env)
+        self._cwd = Path(cwd) if cwd else PROJECT_ROOT
+        self._secrets: dict[str, Manifest] = {}
+        self._workloads: dict[str, _Workload] = {}
+        self._lock = threading.RLock()
+
+    # ---- DeployDriver ------------------------------------------------------------------------
+    def apply(self, manifest: Manifest) -> None:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        with self._lock:
+            if kind == "Secret":
+                self._secrets[name] = manifest
+                return
+            if kind != "Deployment":
+                raise ValueError(f"the local driver runs Deployments and Secrets, not {kind}")
+            workload = self._workloads.get(name)
+            if workload is None:
+                workload = self._workloads[name] = _Workload(manifest)
+            elif _pod_template(workload.manifest) != _pod_template(manifest):
+                self._stop_all(workload)  # new environment or image: a rollout
+                workload.restarts, workload.next_restart, workload.last_error = 0, 0.0, None
+            workload.manifest = manifest
+            self._sync(name, workload)
+
+    def list_managed(self, selector: str | None = None) -> list[ObservedObject]:
+        with self._lock:
+            objects = [
+                ObservedObject(
+                    kind=manifest["kind"],
+                    name=name,
+                    labels=dict(manifest["metadata"].get("labels") or {}),
+                    annotations=dict(manifest["metadata"].get("annotations") or {}),
+                    replicas=_replicas(manifest) if manifest["kind"] == "Deployment" else None,
+                )
+                for name, manifest in [
+                    *((n, w.manifest) for n, w in sorted(self._workloads.items())),
+                    *sorted(self._secrets.items()),
+                ]
+            ]
+        return [o for o in objects if _selected(o.labels, selector)]
+
+    def readiness(self, selector: str | None = None) -> list[Readiness]:
+        result = []
+        with self._lock:
+            for name, workload in sorted(self._workloads.items()):
+                if not _selected(workload.manifest["metadata"].get("labels") or {}, selector):
+                    continue
+                self._sync(name, workload)
+                desired = _replicas(workload.manifest)
+                ready = sum(1 for r in workload.replicas if r.process.poll() is None)
+                result.append(
+                    Readiness(
+                        name=name,
+                        desired=desired,
+                        ready=ready,
+                        error=None if ready >= desired else workload.last_error,
+                    )
+                )
+        return result
+
+    def delete(self, kind: str, name: str) -> bool:
+        with self._lock:
+            if kind == "Secret":
+                return self._secrets.pop(name, None) is not None
+            workload = self._workloads.pop(name, None)
+            if workload is None:
+                return False
+            self._stop_all(workload)
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            for workload in self._workloads.values():
+                self._stop_all(workload)
+            self._workloads.clear()
+
+    # ---- processes ---------------------------------------------------------------------------
+    def processes(self, name: str) -> list[int]:
+        """Pids of a Deployment's live replicas (for tests and `orchestrator status`)."""
+        with self._lock:
+            workload = self._workloads.get(name)
+            if workload is None:
+                return []
+            return [r.process.pid for r in workload.replicas if r.process.poll() is None]
+
+    def _sync(self, name: str, workload: _Workload) -> None:
+        """Reap dead replicas, then start or stop processes until `replicas` are running."""
+        for replica in [r for r in workload.replicas if r.process.poll() is not None]:
+            workload.replicas.remove(replica)
+            replica.log_file.close()
+            workload.last_error = _exit_error(replica)
+            workload.restarts += 1
+            delay = min(MAX_BACKOFF_SECONDS, 2.0 ** min(workload.restarts - 1, 10))
+            workload.next_restart = time.monotonic() + delay
+            log.warning("worker %s exited: %s (restart in %.0fs)", name, workload.last_error, delay)
+        desired = _replicas(workload.manifest)
+        while len(workload.replicas) > desired:
+            self._stop(workload.replicas.pop())
+        if len(workload.replicas) < desired and time.monotonic() >= workload.next_restart:
+            environment = self._environment(workload.manifest)
+            if environment is None:
+                workload.last_error = "CreateContainerConfigError: secret not found"
+                return
+            while len(workload.replicas) < desired:
+                workload.replicas.append(self._start(name, workload, environment))
+
+    def _environment(self, manifest: Manifest) -> dict[str, str] | None:
+        env: dict[str, str] = {}
+        for container in manifest["spec"]["template"]["spec"].get("containers", []):
+            for source in container.get("envFrom") or []:
+                secret_name = (source.get("secretRef") or {}).get("name")
+                secret = self._secrets.get(secret_name or "")
+                if secret is None:
+                    return None
+                env.update(secret_environment(secret))
+        return env
+
+    def _start(self, name: str, workload: _Workload, environment: Mapping[str, str]) -> _Replica:
+        workload.started += 1
+        log_path = self._workdir / f"{name}-{workload.started}.log"
+        log_file = log_path.open("wb")
+        process = subprocess.Popen(
+            list(self._command),
+            env={**self._base_env, **environment, PARENT_PID_VARIABLE: str(os.getpid())},
+            cwd=self._cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # our signals, not the terminal's
+        )
+        log.info("started worker %s pid=%d", name, process.pid)
+        return _Replica(process, log_path, log_file)
+
+    def _stop(self, replica: _Replica) -> None:
+        if replica.process.poll() is None:
+            replica.process.terminate()
+            try:
+                replica.process.wait(STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                replica.process.kill()
+                replica.process.wait()
+        replica.log_file.close()
+
+    def _stop_all(self, workload: _Workload) -> None:
+        while workload.replicas:
+            self._stop(workload.replicas.pop())
+
+
+def _selected(labels: Mapping[str, str], selector: str | None) -> bool:
+    return selector_matches(MANAGED_SELECTOR, labels) and selector_matches(selector, labels)
+
+
+def _replicas(manifest: Manifest) -> int:
+    return int(manifest.get("spec", {}).get("replicas", 1))
+
+
+def _pod_template(manifest: Manifest) -> object:
+    template = manifest["spec"]["template"]
+    return (
+        template.get("spec"),
+        (template.get("metadata") or {}).get("annotations", {}).get(SECRET_HASH_ANNOTATION),
+    )
+
+
+def _exit_error(replica: _Replica) -> str:
+    code = replica.process.returncode
+    last = ""
+    with contextlib.suppress(OSError):
+        lines = replica.log_path.read_bytes().decode(errors="replace").strip().splitlines()
+        last = lines[-1].strip() if lines else ""
+    return f"Error: exit code {code}" + (f": {last}" if last else "")

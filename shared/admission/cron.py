@@ -1,0 +1,180 @@
+"""Cron schedules in Redis (DESIGN §3 flow-start): store them, and fire what is due.
+
+A tick reads the due entries (flow_start_due, O(due)), plans each in Python (croniter,
+memoized for the tick: flows sharing an expression share the work), and fires them with
+flow_start_fire, which claims every entry by compare-and-set on its score. So concurrent ticks
+and replicas fire each due time once, and the cost grows with the number due, not with the
+number of flows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from redis import Redis
+
+from shared import keys
+from shared.admission import lease, schedule
+from shared.admission.queue import Inputs, header, script_keys
+from shared.events import FlowDocument
+from shared.model.policy import Policy
+from shared.runtime.idempotency import Once
+from shared.scripts import ArgT, load_script
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+_SEPARATOR = "\x1f"
+_FIELDS = ("c", "z", "o", "t", "u", "p", "w", "m")
+
+StoreResult = Literal["scheduled", "kept", "dropped", "duplicate"]
+
+
+def schedule_args(flow: FlowDocument, now: float) -> list[ArgT]:
+    """The flow_start_schedule arguments (after the header) of a flow; validate it first."""
+    if flow.cron is None:
+        return [flow.id, *[""] * 9]
+    settings = flow.settings
+    offset = schedule.spread_offset(flow.id, flow.cron, flow.timezone, enabled=settings.spread)
+    return [
+        flow.id,
+        flow.cron,
+        flow.timezone,
+        offset,
+        flow.tenant,
+        flow.user,
+        repr(schedule.first_due(flow.cron, flow.timezone, offset, now)),
+        settings.overlap_policy or "",
+        "" if settings.catchup_window_seconds is None else settings.catchup_window_seconds,
+        "" if settings.max_run_seconds is None else settings.max_run_seconds,
+    ]
+
+
+def store_schedule(
+    redis: Redis,
+    inputs: Inputs,
+    once: Once | None,
+    flow: FlowDocument,
+    *,
+    now: float,
+    source: str,
+) -> StoreResult:
+    """Stores the flow's schedule (or drops it when the flow has no cron). Validate first."""
+    reply = load_script("flow_start_schedule")(
+        redis,
+        script_keys(once),
+        [*header(inputs, now=now, source=source, once=once), *schedule_args(flow, now)],
+    )
+    return _text(reply[0])  # type: ignore[return-value]
+
+
+@dataclass
+class FireReport:
+    """What one tick's firing did."""
+
+    fired: int = 0
+    lost: int = 0  # claimed by a concurrent tick
+    admitted: int = 0
+    deferred: int = 0
+    skipped: int = 0
+    missed: int = 0
+    batches: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, reply: list[int]) -> None:
+        self.fired += int(reply[0])
+        self.lost += int(reply[1])
+        self.admitted += int(reply[2])
+        self.deferred += int(reply[3])
+        self.skipped += int(reply[4])
+        self.missed += int(reply[5])
+        self.batches += 1
+
+
+def due_entries(redis: Redis, now: float, limit: int = BATCH) -> list[list[str]]:
+    """Up to `limit` due entries, earliest first (read only; fire claims): flow, due, cron,
+    zone, offset, tenant, user, overlap, catch-up, max run."""
+    flat = load_script("flow_start_due")(
+        redis, [keys.schedule_due()], [keys.admission_prefix(), repr(float(now)), limit]
+    )
+    entries = []
+    for i in range(0, len(flat), 3):
+        flow, settings = _text(flat[i]), _text(flat[i + 2]).split(_SEPARATOR)
+        if len(settings) != len(_FIELDS):  # an id holding the separator: read it field by field
+            values = redis.hmget(keys.schedule(flow), list(_FIELDS))
+            settings = ["" if v is None else _text(v) for v in values]
+        entries.append([flow, _text(flat[i + 1]), *settings])
+    return entries
+
+
+def next_due_time(redis: Redis) -> float | None:
+    """The earliest due time of any schedule, or None."""
+    first = redis.zrange(keys.schedule_due(), 0, 0, withscores=True)
+    return float(first[0][1]) if first else None
+
+
+def next_due(redis: Redis, flow_id: str) -> float | None:
+    """One flow's next due time (spread offset included), or None without a schedule.
+    Read only (the operator CLI)."""
+    score = redis.zscore(keys.schedule_due(), flow_id)
+    return None if score is None else float(score)
+
+
+def plan_entry(
+    entry: list[str], policy: Policy, now: float, next_times: schedule.NextTimes
+) -> list[ArgT]:
+    """The 10 flow_start_fire arguments of one due entry."""
+    flow, score, cron, zone, offset, tenant, user, overlap, catchup, max_run = entry
+    limits = policy.tenant(tenant)
+    window = int(catchup) if catchup else limits.catchup_window_seconds
+    limit = lease.run_limit(int(max_run) if max_run else None, limits)
+    try:
+        step = next_times.for_schedule(cron, zone, int(offset or 0))
+        planned = schedule.plan(float(score), now, window, step)
+    except Exception as exc:  # a stored schedule that can no longer be computed: drop it
+        log.error("schedule of flow %s dropped: %s", flow, exc)
+        return [flow, score, "", "", "", limit, overlap or limits.overlap_policy, window, "", ""]
+    return [
+        flow,
+        score,
+        "" if planned.fire is None else repr(planned.fire),
+        "" if planned.missed_from is None else repr(planned.missed_from),
+        repr(planned.next_due),
+        limit,
+        overlap or limits.overlap_policy,
+        window,
+        tenant,
+        user,
+    ]
+
+
+def fire_due(
+    redis: Redis,
+    inputs: Inputs,
+    policy: Policy,
+    *,
+    now: float,
+    source: str,
+    batch: int = BATCH,
+    max_batches: int = 1000,
+) -> FireReport:
+    """Fires every entry due at `now`, `batch` per script call."""
+    report = FireReport()
+    next_times = schedule.NextTimes()
+    for _ in range(max_batches):
+        entries = due_entries(redis, now, batch)
+        if not entries:
+            break
+        args: list[ArgT] = [*header(inputs, now=now, source=source, once=None)]
+        for entry in entries:
+            args += plan_entry(entry, policy, now, next_times)
+        report.add(load_script("flow_start_fire")(redis, script_keys(None), args))
+        if len(entries) < batch:
+            break
+    return report
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

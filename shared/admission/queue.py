@@ -1,0 +1,273 @@
+"""Fair admission of runs (DESIGN §3 flow-start): typed wrappers of the flow-start Lua scripts.
+
+Every decision is one script over keys sharing the {adm} hash tag. What the script cannot read
+itself (the policy file and the penalties policy-check writes in another slot) is read first,
+at decision time, and passed in ARGV as `Inputs`: limits per tenant, and weight/rate factors
+and suspension per penalized tenant, user and flow. The scripts write the dedupe key, the
+state change and the outbox entries of the events they cause in the same atomic step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from redis import Redis
+
+from shared import keys
+from shared.errors import OverCapacity
+from shared.model.penalties import STEPS
+from shared.model.policy import Penalties, Policy, TenantLimits
+from shared.runtime.idempotency import Once
+from shared.scripts import ArgT, load_script
+
+DEFAULT_BUDGET = 10_000  # most runs one script call admits (bounds its running time)
+REAP_LIMIT = 1000
+RETRY_AFTER_SECONDS = 30.0
+_NO_DEDUPE = 0
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The decision-time inputs of the admission scripts (policy x penalties), as ARGV text."""
+
+    slots: int
+    limits_json: str
+    penalties_json: str
+
+
+def _limits_row(limits: TenantLimits) -> list[float]:
+    return [
+        limits.weight,
+        limits.max_concurrent_runs,
+        limits.start_rate_per_minute,
+        limits.max_waiting_runs,
+    ]
+
+
+_limits_cache: dict[int, tuple[Policy, str]] = {}
+
+
+def limits_json(policy: Policy) -> str:
+    """Per-tenant limits as the scripts read them (computed once per policy object)."""
+    cached = _limits_cache.get(id(policy))
+    if cached is not None and cached[0] is policy:
+        return cached[1]
+    table = {"*": _limits_row(policy.defaults)}
+    table.update({name: _limits_row(limits) for name, limits in policy.tenants.items()})
+    text = json.dumps(table, separators=(",", ":"))
+    _limits_cache[id(policy)] = (policy, text)
+    return text
+
+
+def penalty_row(step: str | None, penalties: Penalties) -> list[float] | None:
+    """[rate factor, weight factor, suspended] of one penalty step; None when it changes nothing."""
+    rank = STEPS.index(step) if step in STEPS else -1
+    if rank < STEPS.index("throttle"):
+        return None
+    rate = penalties.throttle_factor
+    weight = penalties.deprioritize_factor if rank >= STEPS.index("deprioritize") else 1.0
+    return [rate, weight, 1 if rank >= STEPS.index("suspend") else 0]
+
+
+def read_penalties(redis: Redis, penalties: Penalties) -> dict[str, list[float]]:
+    """Factors of every penalized subject, keyed `level:id` (two round trips at most)."""
+    members = [_text(m) for m in redis.zrange(keys.penalty_index(), 0, -1)]
+    subjects = [m.partition(":") for m in members if ":" in m]
+    if not subjects:
+        return {}
+    pipe = redis.pipeline(transaction=False)
+    for level, _, subject_id in subjects:
+        pipe.hget(keys.penalty(level, subject_id), "step")
+    table: dict[str, list[float]] = {}
+    for (level, _, subject_id), step in zip(subjects, pipe.execute(), strict=True):
+        row = penalty_row(None if step is None else _text(step), penalties)
+        if row is not None:
+            table[f"{level}:{subject_id}"] = row
+    return table
+
+
+def read_inputs(redis: Redis, policy: Policy) -> Inputs:
+    penalties = read_penalties(redis, policy.penalties)
+    return Inputs(
+        slots=policy.slots,
+        limits_json=limits_json(policy),
+        penalties_json=json.dumps(penalties, separators=(",", ":")),
+    )
+
+
+def script_keys(once: Once | None) -> list[str]:
+    if once is None:
+        return [keys.dedupe(keys.ADMISSION, "flow-start", "no-dedupe"), keys.outbox(keys.ADMISSION)]
+    return once.script_keys()
+
+
+def header(
+    inputs: Inputs, *, now: float, source: str, once: Once | None, budget: int = DEFAULT_BUDGET
+) -> list[ArgT]:
+    """ARGV[1..8] of every admission script (flow_start_common.lua)."""
+    return [
+        keys.admission_prefix(),
+        repr(float(now)),
+        _NO_DEDUPE if once is None else once.ttl_seconds,
+        source,
+        inputs.slots,
+        inputs.limits_json,
+        inputs.penalties_json,
+        budget,
+    ]
+
+
+# --- flow.execute ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExecuteRun:
+    run_id: str
+    flow_id: str
+    tenant: str
+    user: str
+    limit_seconds: int
+    msg_json: str
+
+
+ExecuteResult = Literal["admitted", "deferred", "duplicate"]
+
+
+def execute(
+    redis: Redis, inputs: Inputs, once: Once | None, run: ExecuteRun, *, now: float, source: str
+) -> tuple[ExecuteResult, int | None]:
+    """Admits the run or queues it; raises OverCapacity (429) over the tenant's waiting cap."""
+    reply = load_script("flow_start_execute")(
+        redis,
+        script_keys(once),
+        [
+            *header(inputs, now=now, source=source, once=once),
+            run.run_id,
+            run.flow_id,
+            run.tenant,
+            run.user,
+            run.limit_seconds,
+            run.msg_json,
+        ],
+    )
+    result = _text(reply[0])
+    if result == "full":
+        raise OverCapacity(
+            f"tenant {run.tenant!r} has {int(reply[1])} runs waiting (max_waiting_runs)",
+            retry_after=RETRY_AFTER_SECONDS,
+        )
+    token = int(reply[1]) if len(reply) > 1 else None
+    return result, token  # type: ignore[return-value]
+
+
+# --- release -----------------------------------------------------------------------------------
+ReleaseResult = Literal["released", "stale", "unknown", "duplicate"]
+
+
+def release(
+    redis: Redis,
+    inputs: Inputs,
+    once: Once | None,
+    *,
+    run_id: str,
+    token: int,
+    now: float,
+    source: str,
+) -> tuple[ReleaseResult, int]:
+    """Frees the run's slot and lease if `token` is the run's; admits the next waiting runs."""
+    reply = load_script("flow_start_release")(
+        redis,
+        script_keys(once),
+        [*header(inputs, now=now, source=source, once=once), run_id, token],
+    )
+    admitted = int(reply[1]) if len(reply) > 1 else 0
+    return _text(reply[0]), admitted  # type: ignore[return-value]
+
+
+# --- dispatch, deployment state, stop ----------------------------------------------------------
+@dataclass(frozen=True)
+class Dispatched:
+    reclaimed: int
+    admitted: int
+    duplicate: bool = False
+
+
+def dispatch(
+    redis: Redis,
+    inputs: Inputs,
+    once: Once | None = None,
+    *,
+    now: float,
+    source: str,
+    reap_limit: int = REAP_LIMIT,
+) -> Dispatched:
+    """Reclaims slots of runs past their deadline, then admits waiting runs in fair order."""
+    reply = load_script("flow_start_dispatch")(
+        redis,
+        script_keys(once),
+        [*header(inputs, now=now, source=source, once=once), reap_limit],
+    )
+    if _text(reply[0]) == "duplicate":
+        return Dispatched(0, 0, duplicate=True)
+    return Dispatched(reclaimed=int(reply[1]), admitted=int(reply[2]))
+
+
+def set_deployment(
+    redis: Redis,
+    inputs: Inputs,
+    once: Once | None,
+    *,
+    flow_id: str,
+    started: bool,
+    now: float,
+    source: str,
+) -> int:
+    """flow.started wakes the flow's waiting runs; failed/stopped park them. Runs admitted."""
+    reply = load_script("flow_start_deployment")(
+        redis,
+        script_keys(once),
+        [
+            *header(inputs, now=now, source=source, once=once),
+            flow_id,
+            "started" if started else "down",
+        ],
+    )
+    return int(reply[1]) if len(reply) > 1 else 0
+
+
+def drop_flow(
+    redis: Redis, inputs: Inputs, once: Once | None, *, flow_id: str, now: float, source: str
+) -> int:
+    """flow.stopping: drops the schedule and the waiting runs. Returns the runs dropped."""
+    reply = load_script("flow_start_unschedule")(
+        redis,
+        script_keys(once),
+        [*header(inputs, now=now, source=source, once=once), flow_id],
+    )
+    return int(reply[1]) if len(reply) > 1 else 0
+
+
+# --- reading (CLI, tests) ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Counts:
+    running: int
+    running_by_tenant: dict[str, int]
+    waiting_by_tenant: dict[str, int]
+
+
+def counts(redis: Redis) -> Counts:
+    raw = {_text(k): int(v) for k, v in redis.hgetall(keys.admission_counts()).items()}
+    return Counts(
+        running=raw.get("*", 0),
+        running_by_tenant={k[2:]: v for k, v in raw.items() if k.startswith("t:")},
+        waiting_by_tenant={k[2:]: v for k, v in raw.items() if k.startswith("w:")},
+    )
+
+
+def admitted_runs(redis: Redis) -> dict[str, dict[str, object]]:
+    """Run id → record of every admitted run that still holds a slot."""
+    return {_text(k): json.loads(v) for k, v in redis.hgetall(keys.admitted_runs()).items()}
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,447 @@
+"""What should run for a flow or a global component: pure functions, no clients (DESIGN §3).
+
+A flow gets one Deployment and one Secret per node, named `<flow>-<node>-<hash>` (DNS-1123,
+at most 63 characters, always a short hash of the full ids so truncated names never
+collide); a global component gets `global-<component>-<hash>`. The names depend only on the
+ids, so a changed flow is an update of the same objects. Replicas come from
+`nodeSettings.replicas`, else the component descriptor, else 1, clamped by the tenant's
+`max_replicas_per_step`, then by what is left of its `max_replicas`; suspension makes them 0.
+Resources come from the descriptor within the tenant's limits.
+
+The flow token is never part of a manifest here: `with_flow_token` adds it at apply time, so
+the desired-state hash (for "never twice") and the stored manifests never contain it.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared import keys
+from shared.errors import PermanentError
+from shared.events import FlowDocument
+from shared.model.policy import Resources, TenantLimits, cpu_millicores, memory_mib
+from shared.ports.components import Component, ComponentInvalid
+from shared.ports.driver import (
+    DEPLOYMENT_LABEL,
+    LABEL_PREFIX,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MAX_NAME,
+    OBJECT_HASH_ANNOTATION,
+    SECRET_HASH_ANNOTATION,
+    Manifest,
+    label_value,
+    short_hash,
+)
+from shared.settings import Settings
+
+FLOW_TOKEN_KEY = "FLOW_TOKEN"
+CONTAINER_NAME = "step"
+WORKER_COMMAND = ("python", "-m", "shared.worker")  # inside our image (components with entrypoint)
+
+TENANT_LABEL = LABEL_PREFIX + "tenant"
+USER_LABEL = LABEL_PREFIX + "user"
+FLOW_LABEL = LABEL_PREFIX + "flow"
+NODE_LABEL = LABEL_PREFIX + "node"
+COMPONENT_LABEL = LABEL_PREFIX + "component"
+NAME_LABEL = "app.kubernetes.io/name"
+# Exact ids (label values are sanitized and may be shortened; annotations are not).
+FLOW_ID_ANNOTATION = LABEL_PREFIX + "flow-id"
+NODE_ID_ANNOTATION = LABEL_PREFIX + "node-id"
+COMPONENT_ID_ANNOTATION = LABEL_PREFIX + "component-id"
+
+TargetKind = Literal["flow", "component"]
+
+
+class ReplicaBudgetExceeded(PermanentError):
+    """Even one replica per step would exceed the tenant's max_replicas."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Settings every step worker needs, passed through into its Secret."""
+
+    queue_backend: str = "redis"
+    redis_url: str = ""
+    aws_endpoint_url: str | None = None
+    claim_check_bucket: str | None = None
+    k_sink: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerSettings:
+        return cls(
+            queue_backend=settings.queue_backend,
+            redis_url=settings.redis_url,
+            aws_endpoint_url=settings.aws_endpoint_url,
+            claim_check_bucket=settings.claim_check_bucket,
+            k_sink=settings.k_sink,
+        )
+
+    def environment(self) -> dict[str, str]:
+        values = {
+            "QUEUE_BACKEND": self.queue_backend,
+            "REDIS_URL": self.redis_url,
+            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
+            "CLAIM_CHECK_BUCKET": self.claim_check_bucket,
+            "K_SINK": self.k_sink,
+        }
+        return {k: v for k, v in values.items() if v}
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """The objects of one target (a flow or a global component), without the flow token."""
+
+    kind: TargetKind
+    id: str
+    manifests: tuple[Manifest, ...]
+    replicas: Mapping[str, int] = field(default_factory=dict)  # node (or component) → n
+    clamped: tuple[str, ...] = ()  # nodes whose replicas were lowered by tenant limits
+    tenant: str = ""
+    user: str = ""
+
+    @property
+    def hash(self) -> str:
+        return desired_hash(self.manifests)
+
+    @property
+    def total_replicas(self) -> int:
+        return sum(self.replicas.values())
+
+    def deployments(self) -> list[Manifest]:
+        return [m for m in self.manifests if m["kind"] == "Deployment"]
+
+
+# ---- names and labels ------------------------------------------------------------------------
+def dns_part(value: str) -> str:
+    """Lower-case DNS-1123 label characters only; runs of anything else become one '-'."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", value.lower())).strip("-")
+
+
+def object_name(*parts: str, hash_of: Sequence[str]) -> str:
+    """`<part>-<part>-<hash>` within 63 characters; each part gets a fair share of the room."""
+    suffix = short_hash(*hash_of)
+    cleaned = [dns_part(p) or "x" for p in parts]
+    room = MAX_NAME - len(suffix) - len(cleaned)  # one '-' after each part
+    shares = _fair_shares([len(p) for p in cleaned], room)
+    pieces = [p[:share].strip("-") or "x" for p, share in zip(cleaned, shares, strict=True)]
+    return "-".join([*pieces, suffix])
+
+
+def _fair_shares(lengths: list[int], room: int) -> list[int]:
+    """Give each part up to an equal share; what short parts leave over goes to longer ones."""
+    shares = [0] * len(lengths)
+    left, pending = room, sorted(range(len(lengths)), key=lambda i: lengths[i])
+    while pending:
+        equal = left // len(pending)
+        i = pending.pop(0)
+        shares[i] = min(lengths[i], equal)
+        left -= shares[i]
+    return shares
+
+
+def flow_selector(flow_id: str) -> str:
+    return f"{FLOW_LABEL}={label_value(flow_id)}"
+
+
+def component_selector(component_id: str) -> str:
+    return f"{COMPONENT_LABEL}={label_value(component_id)},!{FLOW_LABEL}"
+
+
+def deployment_name(flow_id: str, node_id: str) -> str:
+    return object_name(flow_id, node_id, hash_of=(flow_id, node_id))
+
+
+def global_name(component_id: str) -> str:
+    return object_name("global", component_id, hash_of=("global", component_id))
+
+
+# ---- resources and replicas ------------------------------------------------------------------
+def _format_cpu(millicores: int) -> str:
+    return f"{millicores}m"
+
+
+def _format_memory(mib: float) -> str:
+    return f"{int(mib)}Mi" if float(mib).is_integer() else f"{math.ceil(mib * 1024)}Ki"
+
+
+def clamp_resources(component: Component, limits: TenantLimits) -> dict[str, dict[str, str]]:
+    """Requests and limits from the descriptor, tenant defaults where it is silent, never above
+    the tenant's limits, and a request never above its limit."""
+    spec = component.resources
+    try:
+        cpu = _clamp_pair(spec.cpu_request, spec.cpu_limit, limits.cpu, cpu_millicores)
+        memory = _clamp_pair(spec.memory_request, spec.memory_limit, limits.memory, memory_mib)
+    except ValueError as exc:
+        raise ComponentInvalid(f"component {component.id!r}: {exc}") from exc
+    return {
+        "requests": {"cpu": _format_cpu(int(cpu[0])), "memory": _format_memory(memory[0])},
+        "limits": {"cpu": _format_cpu(int(cpu[1])), "memory": _format_memory(memory[1])},
+    }
+
+
+def _clamp_pair(
+    request: str | None,
+    limit: str | None,
+    tenant: Resources,
+    parse: Callable[[str], float],
+) -> tuple[float, float]:
+    cap = parse(tenant.limit)
+    final_limit = min(parse(limit), cap) if limit is not None else cap
+    wanted = parse(request) if request is not None else parse(tenant.request)
+    return min(wanted, final_limit), final_limit
+
+
+def wanted_replicas(node_replicas: int | None, component: Component) -> int:
+    if node_replicas is not None:
+        return node_replicas
+    if component.replicas is not None:
+        return component.replicas
+    return 1
+
+
+def clamp_replicas(
+    wanted: Mapping[str, int], per_step: int, budget: int
+) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Per step at most `per_step`; all together at most `budget` (what the tenant has left),
+    lowering the largest first and never a step below one replica (a step asked for 0 stays 0).
+    Returns the replicas and the nodes that were lowered."""
+    replicas = {node: min(n, per_step) for node, n in wanted.items()}
+    floor = sum(1 for n in replicas.values() if n > 0)
+    if floor > budget:
+        raise ReplicaBudgetExceeded(
+            f"max_replicas: {floor} step(s) need at least one replica each, "
+            f"but the tenant has only {max(budget, 0)} left"
+        )
+    while sum(replicas.values()) > budget:
+        node = max(replicas, key=lambda k: (replicas[k], k))
+        replicas[node] -= 1
+    clamped = tuple(sorted(node for node in wanted if replicas[node] < wanted[node]))
+    return replicas, clamped
+
+
+# ---- manifests -------------------------------------------------------------------------------
+def _secret_data(environment: Mapping[str, str]) -> dict[str, str]:
+    return {k: base64.b64encode(v.encode()).decode() for k, v in sorted(environment.items())}
+
+
+def _hash_of(obj: object) -> str:
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _stamp(manifest: Manifest) -> Manifest:
+    """Adds the object-hash annotation (hash of everything else), for cheap drift checks."""
+    annotations = manifest["metadata"].setdefault("annotations", {})
+    annotations.pop(OBJECT_HASH_ANNOTATION, None)
+    annotations[OBJECT_HASH_ANNOTATION] = _hash_of(manifest)[:16]
+    return manifest
+
+
+def _objects(
+    name: str,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    component: Component,
+    environment: Mapping[str, str],
+    replicas: int,
+    resources: dict[str, dict[str, str]],
+) -> tuple[Manifest, Manifest]:
+    if not component.image:
+        raise ComponentInvalid(f"component {component.id!r} has no distribution.image")
+    labels = {**labels, DEPLOYMENT_LABEL: name}
+    data = _secret_data(environment)
+    secret: Manifest = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": dict(labels), "annotations": dict(annotations)},
+        "type": "Opaque",
+        "data": data,
+    }
+    container: dict[str, object] = {
+        "name": CONTAINER_NAME,
+        "image": component.image,
+        "envFrom": [{"secretRef": {"name": name}}],
+        "resources": resources,
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    if component.entrypoint:
+        container["command"] = list(WORKER_COMMAND)
+    deployment: Manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": dict(labels), "annotations": dict(annotations)},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY, DEPLOYMENT_LABEL: name}},
+            "template": {
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {SECRET_HASH_ANNOTATION: _hash_of(data)[:16]},
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "containers": [container],
+                },
+            },
+        },
+    }
+    return _stamp(deployment), _stamp(secret)
+
+
+def flow_desired_state(
+    flow: FlowDocument,
+    components: Mapping[str, Component],
+    limits: TenantLimits,
+    worker: WorkerSettings,
+    *,
+    suspended: bool = False,
+    replicas_elsewhere: int = 0,
+) -> DesiredState:
+    """A flow's objects. `replicas_elsewhere`: the tenant's replicas in its other deployments
+    (flows and what it already runs), counted against `max_replicas`."""
+    if not flow.nodes:
+        raise PermanentError("graph.nodes: must hold at least one node")
+    wanted = {n.id: wanted_replicas(n.replicas, components[n.component_id]) for n in flow.nodes}
+    replicas, clamped = clamp_replicas(
+        wanted, limits.max_replicas_per_step, limits.max_replicas - replicas_elsewhere
+    )
+    base_labels = {
+        MANAGED_BY_LABEL: MANAGED_BY,
+        TENANT_LABEL: label_value(flow.tenant),
+        USER_LABEL: label_value(flow.user),
+        FLOW_LABEL: label_value(flow.id),
+    }
+    manifests: list[Manifest] = []
+    for node in flow.nodes:
+        component = components[node.component_id]
+        name = deployment_name(flow.id, node.id)
+        labels = {
+            **base_labels,
+            NODE_LABEL: label_value(node.id),
+            NAME_LABEL: label_value(component.id),
+        }
+        annotations = {
+            FLOW_ID_ANNOTATION: flow.id,
+            NODE_ID_ANNOTATION: node.id,
+            COMPONENT_ID_ANNOTATION: component.id,
+        }
+        environment = {
+            "FLOW_ID": flow.id,
+            "STEP_ID": node.id,
+            "TENANT": flow.tenant,
+            "USER": flow.user,
+            "COMPONENT_ID": component.id,
+            "COMPONENT_FUNCTION": node.function,
+            "COMPONENT_ENTRYPOINT": component.entrypoint,
+            "STEP_FIELDS": json.dumps(node.fields, sort_keys=True, separators=(",", ":")),
+            "STEP_QUEUE": keys.step_queue(flow.id, node.id),
+            **worker.environment(),
+        }
+        manifests.extend(
+            _objects(
+                name,
+                labels,
+                annotations,
+                component,
+                environment,
+                0 if suspended else replicas[node.id],
+                clamp_resources(component, limits),
+            )
+        )
+    return DesiredState(
+        kind="flow",
+        id=flow.id,
+        manifests=tuple(manifests),
+        replicas={node: 0 if suspended else n for node, n in replicas.items()},
+        clamped=clamped,
+        tenant=flow.tenant,
+        user=flow.user,
+    )
+
+
+def component_desired_state(
+    component: Component, limits: TenantLimits, worker: WorkerSettings
+) -> DesiredState:
+    """A global component: one shared Deployment (no tenant; the default limits apply)."""
+    if not component.is_global:
+        raise PermanentError(f"id: component {component.id!r} is not a global component")
+    replicas, clamped = clamp_replicas(
+        {component.id: wanted_replicas(None, component)},
+        limits.max_replicas_per_step,
+        limits.max_replicas,
+    )
+    name = global_name(component.id)
+    labels = {
+        MANAGED_BY_LABEL: MANAGED_BY,
+        COMPONENT_LABEL: label_value(component.id),
+        NAME_LABEL: label_value(component.id),
+    }
+    environment = {
+        "COMPONENT_ID": component.id,
+        "COMPONENT_FUNCTION": "",
+        "COMPONENT_ENTRYPOINT": component.entrypoint,
+        "GLOBAL_COMPONENT": "1",
+        **worker.environment(),
+    }
+    manifests = _objects(
+        name,
+        labels,
+        {COMPONENT_ID_ANNOTATION: component.id},
+        component,
+        environment,
+        replicas[component.id],
+        clamp_resources(component, limits),
+    )
+    return DesiredState(
+        kind="component",
+        id=component.id,
+        manifests=manifests,
+        replicas=replicas,
+        clamped=clamped,
+    )
+
+
+# ---- transformations and hashing -------------------------------------------------------------
+def suspended(manifests: Sequence[Manifest]) -> tuple[Manifest, ...]:
+    """The same objects with every Deployment at 0 replicas (re-stamped)."""
+    result = []
+    for manifest in manifests:
+        if manifest["kind"] == "Deployment" and manifest["spec"]["replicas"] != 0:
+            manifest = copy.deepcopy(manifest)
+            manifest["spec"]["replicas"] = 0
+            _stamp(manifest)
+        result.append(manifest)
+    return tuple(result)
+
+
+def desired_hash(manifests: Sequence[Manifest]) -> str:
+    """Stable over key order and object order; never includes the flow token."""
+    stripped = [without_flow_token(m) for m in manifests]
+    ordered = sorted(stripped, key=lambda m: (m["kind"], m["metadata"]["name"]))
+    return _hash_of(ordered)[:32]
+
+
+def with_flow_token(manifest: Manifest, token: str) -> Manifest:
+    """The Secret as applied: the desired one plus FLOW_TOKEN (empty tokens are left out)."""
+    if manifest["kind"] != "Secret" or not token:
+        return manifest
+    result = copy.deepcopy(manifest)
+    result["data"][FLOW_TOKEN_KEY] = base64.b64encode(token.encode()).decode()
+    return result
+
+
+def without_flow_token(manifest: Manifest) -> Manifest:
+    if manifest["kind"] != "Secret" or FLOW_TOKEN_KEY not in manifest.get("data", {}):
+        return manifest
+    result = copy.deepcopy(manifest)
+    del result["data"][FLOW_TOKEN_KEY]
+    return result

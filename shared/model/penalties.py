@@ -1,0 +1,315 @@
+"""Penalty state (DESIGN §3): policy-check writes it, flow-start, step-execute and deploy read it.
+
+The ladder is cumulative: `throttle` lowers rates, `deprioritize` also lowers the weight,
+`suspend` stops admission and scales the subject's deployments to zero.
+
+Read side: `current_level`, `factors`, `is_suspended` (the hash field `step` is the contract).
+Write side (policy-check only), one Lua script per decision, each writing the state, its audit
+entry and its events together:
+- `escalate`: a violation steps the subject one rung up, unless the evidence was already
+  punished (the same rule fired less than one window ago) or the last step is younger than
+  one base `cooldown`; the new step holds for its cooldown at least (no decay before
+  `until`), and that cooldown doubles with every escalation, capped by `max_cooldown`;
+- `decay`: after the cooldown and `decay_after` without a violation, one rung down; the last
+  rung restores (the history is kept for `max_cooldown`, so a quick relapse still doubles);
+- `lift`: an operator removes the penalty at once (audited; the doubling starts over).
+Punishing one subject writes only that subject's hash: nobody else's limits change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis import Redis
+
+from shared import keys
+from shared.events.types import PREFIX
+from shared.model import audit
+from shared.model.policy import Penalties
+from shared.scripts import load_script
+
+STEPS = ("warn", "throttle", "deprioritize", "suspend")
+
+
+def current_level(redis: Redis, level: str, subject_id: str) -> str | None:
+    """The penalty step of one subject (`tenant`, `user` or `flow`), or None."""
+    if not subject_id:
+        return None
+    value = redis.hget(keys.penalty(level, subject_id), "step")
+    if value is None:
+        return None
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    return text if text in STEPS else None
+
+
+@dataclass(frozen=True)
+class Factors:
+    """Multipliers for one run's subjects (tenant, user, flow) under their current penalties."""
+
+    rate: float = 1.0
+    weight: float = 1.0
+    suspended: bool = False
+
+
+def _rank(step: str | None) -> int:
+    return STEPS.index(step) if step in STEPS else -1
+
+
+def factors(
+    redis: Redis, penalties: Penalties, *, tenant: str, user: str = "", flow: str = ""
+) -> Factors:
+    """The strongest penalty among tenant, user and flow decides (one pipeline round trip)."""
+    pipe = redis.pipeline(transaction=False)
+    subjects = [("tenant", tenant), ("user", user), ("flow", flow)]
+    for level, subject_id in subjects:
+        pipe.hget(keys.penalty(level, subject_id or "-"), "step")
+    steps = [
+        (v.decode() if isinstance(v, bytes) else v) if subject_id else None
+        for v, (_, subject_id) in zip(pipe.execute(), subjects, strict=True)
+    ]
+    worst = max((_rank(step) for step in steps), default=-1)
+    rate = penalties.throttle_factor if worst >= _rank("throttle") else 1.0
+    weight = penalties.deprioritize_factor if worst >= _rank("deprioritize") else 1.0
+    return Factors(rate=rate, weight=weight, suspended=worst >= _rank("suspend"))
+
+
+def is_suspended(redis: Redis, *, tenant: str, user: str = "", flow: str = "") -> bool:
+    return any(
+        current_level(redis, level, subject_id) == "suspend"
+        for level, subject_id in (("tenant", tenant), ("user", user), ("flow", flow))
+        if subject_id
+    )
+
+
+# ---------------------------------------------------------------- write side (policy-check)
+@dataclass(frozen=True)
+class Evidence:
+    """Why a subject is punished: the rule, what was measured, the limit and the window."""
+
+    rule: str
+    measured: float
+    limit: float
+    window: str
+    window_seconds: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # escalated | held | decayed | restored | lifted | none
+    level: str
+    subject_id: str
+    step: str | None
+    until: float | None
+
+    @property
+    def changed(self) -> bool:
+        return self.action in ("escalated", "decayed", "restored", "lifted")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _event_base(level: str, subject_id: str) -> str:
+    return "pen-" + keys.digest(level, subject_id)[:20]
+
+
+def _flow_extension(level: str, subject_id: str) -> str:
+    return subject_id if level == "flow" else ""
+
+
+def _script_keys(level: str, subject_id: str) -> list[str]:
+    return [
+        keys.penalty(level, subject_id),
+        keys.penalty_index(),
+        keys.audit(),
+        keys.outbox(keys.POLICY),
+    ]
+
+
+def history_ttl(penalties: Penalties) -> int:
+    """How long a restored subject's history (repeats, evidence) is kept."""
+    return max(1, round(max(penalties.max_cooldown_seconds, penalties.decay_after_seconds)))
+
+
+def cooldown_for(penalties: Penalties, repeats: int) -> float:
+    """The cooldown of the escalation after `repeats` earlier ones: doubled each time, capped."""
+    return float(min(penalties.cooldown_seconds * 2**repeats, penalties.max_cooldown_seconds))
+
+
+def escalate(
+    redis: Redis,
+    penalties: Penalties,
+    *,
+    level: str,
+    subject_id: str,
+    tenant: str,
+    evidence: Evidence,
+    now: float,
+    source: str,
+    action: str = "escalate",
+) -> Decision:
+    reply = load_script("penalty_escalate")(
+        redis,
+        _script_keys(level, subject_id),
+        [
+            repr(float(now)),
+            level,
+            subject_id,
+            tenant,
+            evidence.rule,
+            repr(float(evidence.measured)),
+            repr(float(evidence.limit)),
+            evidence.window,
+            repr(float(evidence.window_seconds)),
+            ",".join(penalties.ladder),
+            repr(penalties.cooldown_seconds),
+            repr(penalties.max_cooldown_seconds),
+            repr(penalties.max_cooldown_seconds),
+            _event_base(level, subject_id),
+            source,
+            PREFIX,
+            str(audit.MAX_ENTRIES),
+            _flow_extension(level, subject_id),
+            action,
+        ],
+    )
+    decision, step, until = (_text(v) for v in reply)
+    return Decision(decision, level, subject_id, step or None, float(until) if step else None)
+
+
+def decay(
+    redis: Redis, penalties: Penalties, *, level: str, subject_id: str, now: float, source: str
+) -> Decision:
+    reply = load_script("penalty_decay")(
+        redis,
+        _script_keys(level, subject_id),
+        [
+            repr(float(now)),
+            ",".join(penalties.ladder),
+            repr(penalties.decay_after_seconds),
+            str(history_ttl(penalties)),
+            _event_base(level, subject_id),
+            source,
+            PREFIX,
+            str(audit.MAX_ENTRIES),
+            _flow_extension(level, subject_id),
+            f"{level}:{subject_id}",
+        ],
+    )
+    decision, step, until = (_text(v) for v in reply)
+    return Decision(decision, level, subject_id, step or None, float(until) if step else None)
+
+
+def decay_all(redis: Redis, penalties: Penalties, *, now: float, source: str) -> list[Decision]:
+    """One decay check for every penalized subject (the tick does this)."""
+    decisions = []
+    for member in redis.zrange(keys.penalty_index(), 0, -1):
+        level, _, subject_id = _text(member).partition(":")
+        decisions.append(
+            decay(redis, penalties, level=level, subject_id=subject_id, now=now, source=source)
+        )
+    return decisions
+
+
+def lift(
+    redis: Redis,
+    penalties: Penalties,
+    *,
+    level: str,
+    subject_id: str,
+    now: float,
+    actor: str,
+    source: str,
+) -> Decision:
+    """An operator lifts the penalty (audited, announced with tenant.restored)."""
+    lifted = _text(
+        load_script("penalty_lift")(
+            redis,
+            _script_keys(level, subject_id),
+            [
+                repr(float(now)),
+                actor,
+                str(history_ttl(penalties)),
+                _event_base(level, subject_id),
+                source,
+                PREFIX,
+                str(audit.MAX_ENTRIES),
+                _flow_extension(level, subject_id),
+                f"{level}:{subject_id}",
+                level,
+                subject_id,
+            ],
+        )
+    )
+    return Decision("lifted" if lifted else "none", level, subject_id, None, None)
+
+
+@dataclass(frozen=True)
+class PenaltyState:
+    """A current penalty with its evidence (for the operator CLI and the simulation)."""
+
+    level: str
+    id: str
+    tenant: str
+    step: str
+    until: float
+    since: float
+    rule: str
+    measured: float
+    limit: float
+    window: str
+    repeats: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "subject": f"{self.level}:{self.id}",
+            "level": self.level,
+            "id": self.id,
+            "tenant": self.tenant,
+            "penalty": self.step,
+            "until": self.until,
+            "since": self.since,
+            "rule": self.rule,
+            "measured": self.measured,
+            "limit": self.limit,
+            "window": self.window,
+            "repeats": self.repeats,
+        }
+
+
+def state(redis: Redis, level: str, subject_id: str) -> PenaltyState | None:
+    raw = {_text(k): _text(v) for k, v in redis.hgetall(keys.penalty(level, subject_id)).items()}
+    if raw.get("step") not in STEPS:
+        return None
+
+    def number(name: str) -> float:
+        try:
+            return float(raw.get(name) or 0)
+        except ValueError:
+            return 0.0
+
+    return PenaltyState(
+        level=level,
+        id=subject_id,
+        tenant=raw.get("tenant", ""),
+        step=raw["step"],
+        until=number("until"),
+        since=number("since"),
+        rule=raw.get("rule", ""),
+        measured=number("measured"),
+        limit=number("limit"),
+        window=raw.get("window", ""),
+        repeats=int(number("repeats")),
+    )
+
+
+def current(redis: Redis) -> list[PenaltyState]:
+    """Every subject with a penalty now, most recently changed first."""
+    found = []
+    for member in redis.zrevrange(keys.penalty_index(), 0, -1):
+        level, _, subject_id = _text(member).partition(":")
+        entry = state(redis, level, subject_id)
+        if entry is not None:
+            found.append(entry)
+    return found

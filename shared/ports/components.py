@@ -1,0 +1,49 @@
+"""What deploy needs to know of a component (the Component Repository port).
+
+The HTTP and catalogue repositories in shared.adapters.component_repository implement it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.errors import PermanentError
+
+
+class ComponentNotFound(PermanentError):
+    """The Component Repository does not know this component."""
+
+    def __init__(self, component_id: str) -> None:
+        super().__init__(f"component {component_id!r} not found")
+        self.component_id = component_id
+
+
+class ComponentInvalid(PermanentError):
+    """The Component Repository answered with something that is not a usable component."""
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """Kubernetes quantities; None where the component says nothing (tenant defaults apply)."""
+
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+
+
+@dataclass(frozen=True)
+class Component:
+    id: str
+    name: str
+    image: str
+    is_global: bool = False
+    replicas: int | None = None
+    resources: ResourceSpec = ResourceSpec()
+    entrypoint: str = ""  # python module the local step worker runs
+    functions: tuple[str, ...] = ()
+
+
+class ComponentRepository(Protocol):
+    def get(self, component_id: str) -> Component: ...

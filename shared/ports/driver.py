@@ -1,0 +1,119 @@
+"""The one interface deploy talks to (the deploy port); implementations live in shared.adapters.
+
+Desired objects are Kubernetes manifests (plain dicts: apiVersion, kind, metadata, spec/data)
+for apps/v1 Deployments and v1 Secrets. The `kubernetes` driver applies them with server-side
+apply; the `local` driver (for `make run`) runs each Deployment as local worker processes.
+The driver is chosen by `ORCHESTRATOR_DEPLOY_DRIVER` only, never by guessing (DESIGN §3, §7).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from shared.errors import PermanentError
+
+Manifest = dict[str, Any]
+
+MAX_NAME = 63  # Kubernetes names and label values
+HASH_CHARS = 8
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "component-orchestrator"
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+LABEL_PREFIX = "orchestrator.openintegrationhub.org/"
+DEPLOYMENT_LABEL = LABEL_PREFIX + "deployment"  # on pods: which Deployment they belong to
+OBJECT_HASH_ANNOTATION = LABEL_PREFIX + "object-hash"  # detects drift without diffing specs
+SECRET_HASH_ANNOTATION = LABEL_PREFIX + "secret-hash"
+# The local driver sets this in each worker process so the worker exits with its parent.
+PARENT_PID_VARIABLE = "ORCHESTRATOR_PARENT_PID"
+
+
+class DriverRejected(PermanentError):
+    """The platform refused an object (validation, bad request): retrying will not help."""
+
+
+@dataclass(frozen=True)
+class PodUsage:
+    """Current usage of one running pod, as the platform's metrics report it."""
+
+    name: str
+    labels: Mapping[str, str]
+    cpu_cores: float
+    memory_bytes: float
+
+
+@dataclass(frozen=True)
+class ObservedObject:
+    """One of our objects as the cluster (or the local driver) has it now."""
+
+    kind: str  # "Deployment" | "Secret"
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    replicas: int | None = None  # Deployments: spec.replicas
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """A Deployment's readiness: every desired replica Ready, and the pods' last error if not."""
+
+    name: str
+    desired: int
+    ready: int
+    exists: bool = True
+    up_to_date: bool = True  # the controller has seen the latest spec
+    error: str | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.exists and self.up_to_date and self.ready >= self.desired
+
+
+class DeployDriver(Protocol):
+    def apply(self, manifest: Manifest) -> None:
+        """Create or update the object under our one field manager; idempotent."""
+        ...
+
+    def list_managed(self, selector: str | None = None) -> list[ObservedObject]:
+        """Our objects (managed-by label), narrowed by an extra label selector."""
+        ...
+
+    def readiness(self, selector: str | None = None) -> list[Readiness]:
+        """Readiness of our Deployments matching the selector, with pods' last errors."""
+        ...
+
+    def delete(self, kind: str, name: str) -> bool:
+        """Delete one object; False if it was already gone."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def manifests_of_kind(manifests: Sequence[Manifest], kind: str) -> list[Manifest]:
+    return [m for m in manifests if m.get("kind") == kind]
+
+
+def secret_environment(manifest: Manifest) -> dict[str, str]:
+    """A Secret's data decoded (the local driver's process environment)."""
+    data = manifest.get("data") or {}
+    return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def short_hash(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:HASH_CHARS]
+
+
+def label_value(value: str) -> str:
+    """A valid label value (≤ 63, [A-Za-z0-9._-], alphanumeric at both ends); values that had
+    to change get a hash suffix so two different ids never share one."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", value)
+    cleaned = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned)
+    if cleaned == value and len(value) <= MAX_NAME:
+        return value
+    head = cleaned[: MAX_NAME - HASH_CHARS - 1].rstrip("-._")
+    return f"{head}-{short_hash(value)}" if head else short_hash(value)

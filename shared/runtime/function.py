@@ -1,0 +1,240 @@
+"""What every function does with one CloudEvent: parse, authorize, dedupe, dispatch, flush.
+
+`functions/<name>/main.py` builds one `FunctionRuntime` (lazily, from the environment) and
+calls `handle`; `orchestrator invoke` and the tests call it the same way, in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from cloudevents.http import CloudEvent
+from redis import Redis
+from redis.exceptions import RedisError
+
+from shared import keys, store
+from shared.clock import Clock, SystemClock
+from shared.errors import InvalidEvent, OrchestratorError, TemporaryError
+from shared.events import IncomingEvent, OutgoingEvent, Payload, make_event, parse_event
+from shared.events.types import CONSUMES, TICK, short
+from shared.model import flows
+from shared.model.policy import Policy, load_policy
+from shared.runtime import metrics, outbox
+from shared.runtime.auth import Authorizer, Principal
+from shared.runtime.idempotency import Once, Write
+from shared.runtime.outbox import EventSender, HttpSender, NullSender
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+
+@dataclass
+class Context(Generic[S]):
+    """Everything a handler may use for one event; handlers hold no other state."""
+
+    function: str
+    tag: str
+    redis: Redis
+    settings: Settings
+    policy: Policy
+    clock: Clock
+    services: S
+    event: IncomingEvent
+    principal: Principal
+    _emitted: int = field(default=0, repr=False)
+
+    @property
+    def source(self) -> str:
+        return f"/component-orchestrator/{self.function}"
+
+    @property
+    def once(self) -> Once:
+        return Once.for_event(self.redis, self.tag, self.event)
+
+    def new_event(
+        self,
+        event_type: str,
+        payload: Payload | dict[str, Any],
+        *,
+        tenant: str | None = None,
+        flow_id: str | None = None,
+        run_id: str | None = None,
+        event_id: str | None = None,
+    ) -> OutgoingEvent:
+        """An event caused by this one; its id is the same on every redelivery."""
+        self._emitted += 1
+        return make_event(
+            event_type,
+            payload,
+            event_id=event_id or f"{self.once.event_id_prefix}-{self._emitted}",
+            source=self.source,
+            time=self.clock.now(),
+            tenant=tenant,
+            flow_id=flow_id,
+            run_id=run_id,
+        )
+
+    def commit(self, write: Write | None, events: list[OutgoingEvent] | tuple[()] = ()) -> bool:
+        """State change + dedupe key + outbox in one transaction; False if already handled."""
+        return self.once.commit(write, events)
+
+
+Handler = Callable[[Context[S]], None]
+ServicesFactory = Callable[[Settings, Clock, Redis], S]
+
+
+@dataclass(frozen=True)
+class FunctionSpec(Generic[S]):
+    name: str
+    tag: str
+    handlers: Mapping[str, Handler[S]]
+    build_services: ServicesFactory[S]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    event_type: str
+    duplicate: bool
+    flushed: int
+
+
+class FunctionRuntime(Generic[S]):
+    def __init__(
+        self,
+        spec: FunctionSpec[S],
+        *,
+        settings: Settings,
+        redis: Redis,
+        clock: Clock,
+        policy: Policy,
+        sender: EventSender,
+        authorizer: Authorizer,
+        services: S,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.redis = redis
+        self.clock = clock
+        self.policy = policy
+        self.sender = sender
+        self.authorizer = authorizer
+        self.services = services
+        self.consumes = CONSUMES[spec.name]
+
+    @classmethod
+    def from_env(
+        cls,
+        spec: FunctionSpec[S],
+        env: Mapping[str, str] | None = None,
+        *,
+        clock: Clock | None = None,
+        sender: EventSender | None = None,
+    ) -> FunctionRuntime[S]:
+        """Settings, policy and clients from the environment; refuses to start on bad values."""
+        settings = Settings.from_env(os.environ if env is None else env)
+        clock = clock or SystemClock()
+        redis = store.connect(settings.redis_url)
+        store.check_eviction_policy(redis)
+        if sender is None:
+            sender = (
+                HttpSender(
+                    settings.k_sink,
+                    key=settings.orchestrator_key,
+                    sender_name=spec.name,
+                    clock=clock,
+                )
+                if settings.k_sink
+                else NullSender()
+            )
+        return cls(
+            spec,
+            settings=settings,
+            redis=redis,
+            clock=clock,
+            policy=load_policy(settings.policy_file),
+            sender=sender,
+            authorizer=Authorizer(
+                settings, clock, flow_tenant=lambda flow_id: flows.tenant_of(redis, flow_id)
+            ),
+            services=spec.build_services(settings, clock, redis),
+        )
+
+    def handle(self, cloudevent: CloudEvent) -> Outcome:
+        """Handles one event; raises OrchestratorError subclasses for the adapter to map."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = self._handle(cloudevent)
+            outcome = "duplicate" if result.duplicate else "ok"
+            return result
+        except OrchestratorError as error:
+            outcome = str(error.status)
+            raise
+        finally:
+            metrics.observe_handled(
+                self.spec.name,
+                str(cloudevent.get("type") or "unknown"),
+                outcome,
+                time.perf_counter() - started,
+            )
+
+    def _handle(self, cloudevent: CloudEvent) -> Outcome:
+        event = parse_event(cloudevent, self.consumes)
+        handler = self.spec.handlers.get(event.type)
+        if handler is None:
+            raise InvalidEvent(f"type: {self.spec.name} has no handler for {event.type!r}")
+        try:
+            principal = self.authorizer.authorize(cloudevent, event.payload)
+            once = Once.for_event(self.redis, self.spec.tag, event)
+            duplicate = event.type != TICK and once.done()
+            if duplicate:
+                log.info("duplicate %s id=%s: already handled", short(event.type), event.id)
+            else:
+                handler(self._context(event, principal))
+            tags = keys.TAGS if event.type == TICK else (self.spec.tag,)
+            flushed = outbox.flush(self.redis, self.sender, tags)
+        except RedisError as exc:
+            raise TemporaryError("redis unavailable") from exc
+        return Outcome(event_type=event.type, duplicate=duplicate, flushed=flushed)
+
+    def _context(self, event: IncomingEvent, principal: Principal) -> Context[S]:
+        return Context(
+            function=self.spec.name,
+            tag=self.spec.tag,
+            redis=self.redis,
+            settings=self.settings,
+            policy=self.policy,
+            clock=self.clock,
+            services=self.services,
+            event=event,
+            principal=principal,
+        )
+
+
+def lazy_runtime(spec: FunctionSpec[S]) -> Callable[[], FunctionRuntime[S]]:
+    """Checks the settings and Redis' maxmemory-policy now (a bad value stops the process at
+    start, naming the variable; an unreachable Redis does not) and builds clients on first
+    use, once per process."""
+    import threading
+
+    settings = Settings.from_env(os.environ)
+    store.check_at_start(settings.redis_url)
+
+    lock = threading.Lock()
+    built: list[FunctionRuntime[S]] = []
+
+    def get() -> FunctionRuntime[S]:
+        if not built:
+            with lock:
+                if not built:
+                    built.append(FunctionRuntime.from_env(spec))
+        return built[0]
+
+    return get

@@ -1,0 +1,85 @@
+"""Handle each CloudEvent once (DESIGN §1): dedupe key, state change and outbox in one step.
+
+Two ways to use it, both keeping the invariant "all three or none":
+- `commit(write, events)`: the handler queues its Redis writes on a MULTI pipeline; the dedupe
+  key (WATCHed) and the outbox entries are added to the same transaction;
+- Lua scripts receive `script_keys()` / `script_args()` and do the same inside the script
+  (first `SET dedupe NX`, then the state change, then RPUSH to the outbox).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+
+from shared import keys
+from shared.events import IncomingEvent, OutgoingEvent
+from shared.runtime import outbox
+
+DEDUPE_TTL_SECONDS = 7 * 24 * 3600
+
+Write = Callable[[Pipeline], None]
+
+
+@dataclass(frozen=True)
+class Once:
+    """The idempotency of one incoming event within one tag (one function's state)."""
+
+    redis: Redis
+    tag: str
+    source: str
+    event_id: str
+    ttl_seconds: int = DEDUPE_TTL_SECONDS
+
+    @classmethod
+    def for_event(cls, redis: Redis, tag: str, event: IncomingEvent) -> Once:
+        return cls(redis, tag, event.source, event.id)
+
+    @property
+    def dedupe_key(self) -> str:
+        return keys.dedupe(self.tag, self.source, self.event_id)
+
+    @property
+    def outbox_key(self) -> str:
+        return keys.outbox(self.tag)
+
+    @property
+    def event_id_prefix(self) -> str:
+        """Ids of the events this one causes: the same on every redelivery."""
+        return keys.digest(self.tag, self.source, self.event_id)[:24]
+
+    def done(self) -> bool:
+        return bool(self.redis.exists(self.dedupe_key))
+
+    def commit(self, write: Write | None, events: Sequence[OutgoingEvent] = ()) -> bool:
+        """Applies `write`, marks the event done and stages `events`, atomically.
+
+        Returns False (and changes nothing) when the event was already handled, also when a
+        concurrent delivery of the same event won the race.
+        """
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.dedupe_key)  # type: ignore[no-untyped-call]
+                if pipe.exists(self.dedupe_key):
+                    return False
+                pipe.multi()
+                if write is not None:
+                    write(pipe)
+                pipe.set(self.dedupe_key, b"1", ex=self.ttl_seconds)
+                outbox.stage(pipe, self.tag, events)
+                pipe.execute()
+            except WatchError:
+                return False
+        return True
+
+    def script_keys(self) -> list[str]:
+        """KEYS[1], KEYS[2] of a script that dedupes itself: dedupe key, outbox."""
+        return [self.dedupe_key, self.outbox_key]
+
+    def script_args(self) -> list[str | int]:
+        """ARGV[1], ARGV[2] of such a script: dedupe TTL seconds, event id prefix."""
+        return [self.ttl_seconds, self.event_id_prefix]

@@ -1,0 +1,195 @@
+"""The outbox (DESIGN §1): events are stored with the state change they announce, then sent.
+
+Sending failures leave events in the outbox; the redelivered request and every tick flush it
+again. Receivers dedupe by event id, so sending an event twice is harmless; losing one is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import requests
+from cloudevents.conversion import to_binary
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.clock import Clock
+from shared.errors import TemporaryError
+from shared.events import OutgoingEvent
+from shared.events.types import short
+from shared.runtime import event_log, metrics
+from shared.scripts import load_script
+from shared.security.tokens import sign_internal
+
+log = logging.getLogger(__name__)
+
+
+class EventSender(Protocol):
+    def send(self, event: OutgoingEvent) -> None:
+        """Delivers one event or raises TemporaryError."""
+        ...
+
+
+class HttpSender:
+    """Posts events to K_SINK in binary mode, each with a fresh internal `authtoken`."""
+
+    def __init__(
+        self,
+        sink_url: str,
+        *,
+        key: str,
+        sender_name: str,
+        clock: Clock,
+        session: requests.Session | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.sink_url = sink_url
+        self._key = key
+        self.sender_name = sender_name
+        self.clock = clock
+        self.session = session or requests.Session()
+        self.timeout = timeout
+
+    def send(self, event: OutgoingEvent) -> None:
+        token = sign_internal(self._key, self.sender_name, self.clock)
+        headers, body = to_binary(event.to_cloudevent(authtoken=token))
+        try:
+            response = self.session.post(
+                self.sink_url, headers=headers, data=body, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise TemporaryError(f"event sink unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 300:
+            raise TemporaryError(
+                f"event sink answered {response.status_code} for {short(event.type)}"
+            )
+
+
+class NullSender:
+    """Keeps everything in the outbox: for a function with no K_SINK configured."""
+
+    def send(self, event: OutgoingEvent) -> None:
+        raise TemporaryError("no event sink (K_SINK) configured; events stay in the outbox")
+
+
+def stage(pipe: Pipeline, tag: str, events: Sequence[OutgoingEvent]) -> None:
+    """Queues the events into the tag's outbox as part of the caller's MULTI."""
+    if events:
+        pipe.rpush(keys.outbox(tag), *[event.to_json() for event in events])
+
+
+def pending(redis: Redis, tags: Iterable[str] = keys.TAGS) -> int:
+    return sum(int(redis.llen(keys.outbox(tag))) for tag in tags)
+
+
+CLAIM_LEASE_SECONDS = 60.0
+
+
+def claim(redis: Redis, tag: str, limit: int, *, now: float | None = None) -> list[bytes]:
+    """Takes up to `limit` entries of a tag's outbox under a lease (see outbox_claim.lua)."""
+    entries = load_script("outbox_claim")(
+        redis,
+        [keys.outbox(tag), keys.outbox_in_flight(tag)],
+        [repr(time.time() if now is None else now), repr(CLAIM_LEASE_SECONDS), limit],
+    )
+    return list(entries)
+
+
+def release(redis: Redis, tag: str, entries: Sequence[bytes]) -> None:
+    """Puts unsent claimed entries back at the head of the outbox, in their order."""
+    if entries:
+        load_script("outbox_release")(
+            redis, [keys.outbox(tag), keys.outbox_in_flight(tag)], list(entries)
+        )
+
+
+def _acknowledge(redis: Redis, tag: str, entries: Sequence[bytes]) -> None:
+    pipe = redis.pipeline(transaction=False)
+    for entry in entries:
+        pipe.zrem(keys.outbox_in_flight(tag), entry)
+    for entry, removed in zip(entries, pipe.execute(), strict=True):
+        event = OutgoingEvent.from_json(entry)
+        record_sent(redis, event, removed=bool(removed))
+        log.info("emitted %s id=%s", short(event.type), event.id)
+
+
+def flush(
+    redis: Redis,
+    sender: EventSender,
+    tags: Iterable[str] = keys.TAGS,
+    limit: int = 1000,
+    *,
+    workers: int = 1,
+    raise_on_failure: bool = True,
+) -> int:
+    """Sends what waits in the outboxes, oldest first; returns how many were sent.
+
+    Entries are claimed first, so concurrent flushers (a request and a tick, four functions
+    on one tick) do not send the same event; an entry is acknowledged only after its send
+    succeeded, and what was not sent goes back to the head of its outbox. With one worker a
+    failure stops the flush (TemporaryError, unless `raise_on_failure` is off); with several
+    the entries are sent in parallel and the failed ones go back.
+    """
+    sent = 0
+    for tag in tags:
+        while sent < limit:
+            entries = claim(redis, tag, min(limit - sent, 100 if workers == 1 else limit))
+            if not entries:
+                break
+            done, failure = _send_all(sender, entries, workers)
+            _acknowledge(redis, tag, done)
+            sent_now = set(done)
+            release(redis, tag, [entry for entry in entries if entry not in sent_now])
+            sent += len(done)
+            if failure is not None:
+                if raise_on_failure:
+                    raise failure
+                return sent
+    return sent
+
+
+def _send_all(
+    sender: EventSender, entries: Sequence[bytes], workers: int
+) -> tuple[list[bytes], TemporaryError | None]:
+    """Sends the entries; returns those sent and the first failure (sequential: stops there)."""
+    if workers <= 1:
+        done: list[bytes] = []
+        for entry in entries:
+            try:
+                sender.send(OutgoingEvent.from_json(entry))
+            except TemporaryError as failure:
+                return done, failure
+            done.append(entry)
+        return done, None
+
+    def send(entry: bytes) -> TemporaryError | None:
+        try:
+            sender.send(OutgoingEvent.from_json(entry))
+        except TemporaryError as failure:
+            return failure
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(entries))) as pool:
+        results = list(pool.map(send, entries))
+    failures = [failure for failure in results if failure is not None]
+    sent = [entry for entry, failure in zip(entries, results, strict=True) if failure is None]
+    return sent, failures[0] if failures else None
+
+
+def record_sent(redis: Redis, event: OutgoingEvent, *, removed: bool) -> None:
+    """What every flusher does after a successful send: the metrics, and the event log entry
+    when it was this flusher that removed the event from the outbox (so one entry per event,
+    however many concurrent flushers sent it). The event log never fails a flush."""
+    metrics.observe_emitted(event)
+    if not removed:
+        return
+    try:
+        event_log.record(redis, event)
+    except RedisError:
+        log.warning("could not add %s id=%s to the event log", short(event.type), event.id)

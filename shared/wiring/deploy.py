@@ -1,0 +1,52 @@
+"""Builds deploy's services from the settings: the only place that picks its adapters."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis import Redis
+
+from shared.adapters.component_repository import make_component_repository
+from shared.clock import Clock
+from shared.deployment.desired_state import WorkerSettings
+from shared.deployment.services import DeployServices, FlowTokens, IamFlowTokens, NoFlowTokens
+from shared.ports.driver import DeployDriver
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_services(settings: Settings, clock: Clock, redis: Redis) -> DeployServices:
+    tokens: FlowTokens
+    if settings.iam_url:
+        from shared.adapters.iam import IamClient
+
+        tokens = IamFlowTokens(
+            redis, IamClient.from_settings(settings), clock, settings.orchestrator_key
+        )
+    else:
+        log.warning("IAM_URL is unset: flows are deployed without flow tokens")
+        tokens = NoFlowTokens()
+    return DeployServices(
+        driver=make_driver(settings),
+        components=make_component_repository(settings, clock),
+        tokens=tokens,
+        worker=WorkerSettings.from_settings(settings),
+    )
+
+
+def make_driver(settings: Settings, **options: Any) -> DeployDriver:
+    """The driver `settings.deploy_driver` names. Options go to its constructor helper:
+    kubernetes: host, token, request_timeout; local: command, workdir."""
+    if settings.deploy_driver == "kubernetes":
+        from shared.adapters.kubernetes import KubernetesDriver, make_api_client
+
+        client = make_api_client(host=options.pop("host", None), token=options.pop("token", None))
+        return KubernetesDriver(client, settings.kubernetes_namespace, **options)
+    if settings.deploy_driver == "local":
+        from shared.adapters.local_driver import LocalDriver
+
+        driver: DeployDriver = LocalDriver(**options)
+        return driver
+    raise ValueError(f"ORCHESTRATOR_DEPLOY_DRIVER: unknown driver {settings.deploy_driver!r}")
