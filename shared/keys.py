@@ -1,8 +1,8 @@
-"""Every Redis key of the project, built here and nowhere else (DESIGN §5).
+"""Every Redis key of the project, built here and nowhere else (docs/architecture.md §6).
 
 All keys start with `co:`. The part in braces is the Redis Cluster hash tag: keys that one Lua
 script or MULTI touches together share a tag, so each atomic step stays in one slot.
-- `{adm}`: all of flow-start's scheduling and admission state (one tag, DESIGN §3/§5);
+- `{adm}`: all of flow-start's scheduling and admission state (one tag);
 - `{dep}`: deploy's desired-state hashes, deploying deadlines, locks;
 - `{exec}`: step-execute's run records, step bookkeeping, dead letters;
 - `{pol}`: policy-check's ledger, penalties and audit;

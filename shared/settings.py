@@ -1,4 +1,5 @@
-"""Every setting of DESIGN §7, read once from a mapping (the environment) into one dataclass.
+"""Every setting (README.md "Settings"), read once from a mapping (the environment) into one
+dataclass.
 
 Invalid values stop the function at start with a message naming the variable.
 """
@@ -41,7 +42,7 @@ class Settings:
     queue_backend: str = "redis"
     aws_endpoint_url: str | None = None
     claim_check_bucket: str | None = None
-    # Tuning beyond DESIGN §7 (README, "Settings"): how long one tick keeps working, for a
+    # Tuning (README, "Settings"): how long one tick keeps working, for a
     # PingSource that ticks once a minute (0 where a local clock ticks every second).
     flow_start_work_through_seconds: float = 55.0
     step_tick_work_seconds: float = 0.0

@@ -1,4 +1,4 @@
-"""The Redis connection and its start-up checks (DESIGN §5)."""
+"""The Redis connection and its start-up checks (docs/architecture.md §6)."""
 
 from __future__ import annotations
 

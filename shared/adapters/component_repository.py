@@ -220,7 +220,8 @@ class CatalogueComponentRepository:
 
 
 def make_component_repository(settings: Settings, clock: Clock) -> ComponentRepository:
-    """COMPONENT_REPOSITORY_URL when set; otherwise the built-in catalogue (DESIGN §7)."""
+    """COMPONENT_REPOSITORY_URL when set; otherwise the built-in catalogue (README.md
+    "Settings")."""
     if settings.component_repository_url:
         return HttpComponentRepository(
             settings.component_repository_url,

@@ -1,4 +1,5 @@
-"""The IAM service seen from the orchestrator (DESIGN §4): verify tokens, manage flow tokens.
+"""The IAM service seen from the orchestrator (docs/architecture.md §8): verify tokens, manage flow
+tokens.
 
 `IamVerifier` checks an IAM token either locally against the IAM's JWKS (RS256 or ES256 only;
 signature, `exp`, `nbf`, `iss`, `aud`) or, when `IAM_INTROSPECT_URL` is set, by asking the IAM

@@ -1,4 +1,4 @@
-"""Cron schedules in Redis (DESIGN §3 flow-start): store them, and fire what is due.
+"""Cron schedules in Redis (docs/architecture.md §5, flow-start): store them, and fire what is due.
 
 A tick reads the due entries (flow_start_due, O(due)), plans each in Python (croniter,
 memoized for the tick: flows sharing an expression share the work), and fires them with

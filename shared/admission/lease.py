@@ -1,4 +1,4 @@
-"""A flow's run lease (DESIGN §3, overlap protection of cron runs).
+"""A flow's run lease (docs/architecture.md §5: overlap protection of cron runs).
 
 The lease is `token|expiresAt|runId`, held until now + the run limit by the caller's clock,
 so a crashed run's lease expires and the next due time runs (the key's own TTL only collects

@@ -1,4 +1,5 @@
-"""Fair admission of runs (DESIGN §3 flow-start): typed wrappers of the flow-start Lua scripts.
+"""Fair admission of runs (docs/architecture.md §5, flow-start): typed wrappers of the flow-start
+Lua scripts.
 
 Every decision is one script over keys sharing the {adm} hash tag. What the script cannot read
 itself (the policy file and the penalties policy-check writes in another slot) is read first,

@@ -1,4 +1,5 @@
-"""Cron arithmetic of flow-start (DESIGN §3): due times in the flow's zone, spread, catch-up.
+"""Cron arithmetic of flow-start (docs/architecture.md §5): due times in the flow's zone, spread,
+catch-up.
 
 - Cron expressions are read as wall-clock times in the flow's zone and stepped on naive local
   times, then mapped to UTC: a wall time in a spring-forward gap runs after the gap (shifted by

@@ -1,6 +1,6 @@
 """Operator commands: `orchestrator flows | runs | tenants | events tail`, each with `--json`.
 
-Every figure is read through the module that owns it (DESIGN §3): flow documents from
+Every figure is read through the module that owns it (docs/architecture.md §5): flow documents from
 shared.model.flows, schedules and leases from shared.admission, deploy status from
 shared.deployment.records, run records from shared.execution.runs, usage from
 shared.policing.ledger, penalties from shared.model.penalties, events from
@@ -447,6 +447,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
         stop.set()
         worker.join()
     return 0
-
-
-add_parsers = add_parser  # the name the packaging issue uses

@@ -1,5 +1,5 @@
 """`orchestrator token --tenant T [--sub U] [--permissions P ...] [--admin]`: an IAM token to try
-things by hand (issue 8 §5).
+things by hand (docs/operator.md).
 
 Asks the IAM's token API (the embedded IAM of a running `make run`, or IAM_URL with
 IAM_SERVICE_TOKEN from the environment) and prints only the token, so it can be captured:

@@ -1,4 +1,5 @@
-"""What should run for a flow or a global component: pure functions, no clients (DESIGN §3).
+"""What should run for a flow or a global component: pure functions, no clients
+(docs/architecture.md §5).
 
 A flow gets one Deployment and one Secret per node, named `<flow>-<node>-<hash>` (DNS-1123,
 at most 63 characters, always a short hash of the full ids so truncated names never

@@ -1,4 +1,5 @@
-"""One IAM token per deployed flow (DESIGN §4): created once, reused on redelivery, revoked on stop.
+"""One IAM token per deployed flow (docs/architecture.md §8): created once, reused on redelivery,
+revoked on stop.
 
 The token goes only into the step Secret (outside the desired-state hash). Redis keeps the
 IAM's token id and the token itself, encrypted with a key derived from ORCHESTRATOR_KEY, so a

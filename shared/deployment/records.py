@@ -1,4 +1,5 @@
-"""Deploy's own state in Redis (DESIGN §3 ownership table): one record per target.
+"""Deploy's own state in Redis (docs/architecture.md §5, who owns which state): one record per
+target.
 
 A target is a flow or a global component. Its record holds what should run (the manifests,
 without the flow token and before suspension), the hash of what was last applied (so the

@@ -1,4 +1,5 @@
-"""The event catalogue of DESIGN §2: type names, payload dataclasses, parse and build."""
+"""The event catalogue (docs/architecture.md §4, docs/events.md): type names, payload dataclasses,
+parse and build."""
 
 from shared.events import types
 from shared.events.envelope import (

@@ -47,7 +47,8 @@ PAYLOADS: dict[str, type[Payload]] = {
     **dict.fromkeys(t.PENALTY_TYPES, PenaltyChanged),
 }
 
-# Extension attributes (DESIGN §2, §4). CloudEvents allows only lower-case letters and digits.
+# Extension attributes (docs/architecture.md §4, §8). CloudEvents allows only lower-case letters
+# and digits.
 EXT_TENANT = "tenant"
 EXT_FLOW_ID = "flowid"
 EXT_RUN_ID = "runid"
@@ -193,7 +194,7 @@ def make_event(
     flow_id: str | None = None,
     run_id: str | None = None,
 ) -> OutgoingEvent:
-    """Builds an outgoing event with the extension attributes of DESIGN §2."""
+    """Builds an outgoing event with the extension attributes of docs/architecture.md §4."""
     data = payload.to_data() if isinstance(payload, Payload) else dict(payload)
     extensions = {
         name: value

@@ -1,4 +1,4 @@
-"""The flow document carried by flow.starting (DESIGN §2), validated as a whole."""
+"""The flow document carried by flow.starting (docs/events.md), validated as a whole."""
 
 from __future__ import annotations
 

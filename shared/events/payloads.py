@@ -1,4 +1,4 @@
-"""One frozen dataclass per event payload of DESIGN §2; each validates every field at once."""
+"""One frozen dataclass per event payload (docs/events.md); each validates every field at once."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Event type names (DESIGN §2) and which function consumes and emits which."""
+"""Event type names (docs/architecture.md §4) and which function consumes and emits which."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ RUN_NOT_STARTED_TYPES = frozenset({RUN_SKIPPED, RUN_DEFERRED, RUN_MISSED})
 RUN_ENDED_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED})
 STEP_RESULT_TYPES = frozenset({STEP_COMPLETED, STEP_FAILED})
 
-# Control events come from outside the orchestrator and carry an IAM token (DESIGN §4).
+# Control events come from outside the orchestrator and carry an IAM token
+# (docs/architecture.md §8).
 FLOW_CONTROL_TYPES = frozenset({FLOW_STARTING, FLOW_STOPPING, FLOW_EXECUTE})
 COMPONENT_CONTROL_TYPES = frozenset({COMPONENT_STARTING, COMPONENT_STOPPING})
 CONTROL_TYPES = FLOW_CONTROL_TYPES | COMPONENT_CONTROL_TYPES

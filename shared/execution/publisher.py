@@ -1,4 +1,4 @@
-"""Publishing due step messages to their queues (an outbox for messages, DESIGN §1).
+"""Publishing due step messages to their queues (an outbox for messages, docs/architecture.md §7).
 
 Run scripts only *schedule* messages (the `due` sorted set in `{exec}`): a step queue lives
 under its flow's hash tag, so it cannot be written in the same script. The publisher then

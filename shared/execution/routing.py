@@ -1,4 +1,5 @@
-"""Where a step's output goes next (DESIGN §3 step-execute): pure functions over a flow graph.
+"""Where a step's output goes next (docs/architecture.md §5, step-execute): pure functions over a
+flow graph.
 
 A run keeps a snapshot of its flow's graph (`Graph.to_json`), so a flow updated during a run
 does not change the run's routing. Edge `condition`s and `mapper`s are JSONata (jsonata-python),

@@ -1,4 +1,5 @@
-"""Run records (issue 6 §1): what step-execute knows of each run, changed only by Lua scripts.
+"""Run records (docs/architecture.md §5, step-execute): what step-execute knows of each run,
+changed only by Lua scripts.
 
 A run hash in `{exec}` holds flow, tenant, user, fencing token, status (running / completed /
 failed), reason, start and end time, counters (pending messages, steps done, messages, bytes,
@@ -7,7 +8,7 @@ graph (routing uses the snapshot, so a flow updated mid-run does not change the 
 pending messages, per-step pending counts and join buffers live beside it. When the run ends
 its bookkeeping is deleted and the record and its seen-set expire after the retention.
 
-Each change is one script (dedupe + state + outbox in one step, DESIGN §1):
+Each change is one script (dedupe + state + outbox in one step, docs/architecture.md §7):
 `run_start` (admitted), `step_route` (step.completed), `step_fail` (step.failed, timeouts,
 routing errors, stop, watchdog).
 """

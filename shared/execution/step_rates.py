@@ -1,4 +1,5 @@
-"""Fair message rates (DESIGN §3, issue 6 §6): a token bucket per tenant and one per flow.
+"""Fair message rates (docs/architecture.md §5, step-execute): a token bucket per tenant and one
+per flow.
 
 A tenant's bucket fills at its `messages_per_second` times the rate factor of the tenant's
 penalty; a flow's bucket at the same base rate times the factor of the flow's own penalty or

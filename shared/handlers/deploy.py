@@ -1,4 +1,4 @@
-"""deploy (DESIGN §3): desired state → Kubernetes (or local processes), never twice.
+"""deploy (docs/architecture.md §5): desired state → Kubernetes (or local processes), never twice.
 
 - flow.starting / component.starting: compute the desired objects, apply them under the
   target's lock unless the same desired state is already applied, record `deploying` with

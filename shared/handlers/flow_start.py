@@ -1,4 +1,4 @@
-"""flow-start (DESIGN §3): cron scheduling, overlap protection and fair admission.
+"""flow-start (docs/architecture.md §5): cron scheduling, overlap protection and fair admission.
 
 | event                                  | does                                                 |
 |----------------------------------------|------------------------------------------------------|

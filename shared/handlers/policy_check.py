@@ -1,4 +1,4 @@
-"""policy-check (DESIGN §3): the fairness police.
+"""policy-check (docs/architecture.md §5): the fairness police.
 
 Every counted event goes into the ledger once (its dedupe key is set by the same script), then
 the rules of the subjects it touched are evaluated and violations escalate penalties. The tick

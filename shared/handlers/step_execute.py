@@ -1,4 +1,4 @@
-"""step-execute (DESIGN §3): runs each admitted flow's graph through the step queues.
+"""step-execute (docs/architecture.md §5): runs each admitted flow's graph through the step queues.
 
 - `flow.execution.admitted`: create the run record and publish the start nodes' messages;
 - `step.completed`: route the output along the edges (conditions, mappers, joins); complete

@@ -1,4 +1,5 @@
-"""The local broker of `make run` (DESIGN §6): Knative's Broker semantics on one machine.
+"""The local broker of `make run` (docs/architecture.md §9): Knative's Broker semantics on one
+machine.
 
 - reads the Broker and Triggers in `knative/` (subscriber `ref.name` → a local URL),
 - accepts CloudEvents (structured or binary) and answers 202 before delivering,

@@ -1,7 +1,8 @@
 """The local clock of `make run`: an `orchestrator.tick` to the broker every second.
 
-In Knative a PingSource ticks once a minute; locally the clock ticks every second (DESIGN §3).
-Ticks carry no token (DESIGN §4: harmless by design).
+In Knative a PingSource ticks once a minute; locally the clock ticks every second
+(docs/architecture.md §9).
+Ticks carry no token: a tick only makes a function look at its own state (docs/architecture.md §8).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The embedded IAM of `make run` (DESIGN §6): the local path is the production path.
+"""The embedded IAM of `make run` (docs/architecture.md §9): the local path is the production path.
 
 A small HTTP server with a generated key pair that speaks the parts of the hub IAM's API the
 orchestrator uses:
@@ -142,7 +142,7 @@ class EmbeddedIam:
         return self.url + INTROSPECT_PATH
 
     def env(self, *, introspection: bool = False) -> dict[str, str]:
-        """The IAM_* settings (DESIGN §7) for processes that talk to this IAM."""
+        """The IAM_* settings (README.md "Settings") for processes that talk to this IAM."""
         env = {
             "IAM_JWKS_URL": self.jwks_url,
             "IAM_ISSUER": self.issuer,

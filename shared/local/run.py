@@ -1,4 +1,4 @@
-"""`orchestrator run` (`make run`): the whole system on one machine (DESIGN §6).
+"""`orchestrator run` (`make run`): the whole system on one machine (docs/architecture.md §9).
 
 Starts, in this order: Redis (embedded, data under .run/redis, unless REDIS_URL is set), the
 embedded IAM (a thread of this process), the four functions (functions-framework, one process

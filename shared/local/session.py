@@ -21,7 +21,7 @@ class RunSession:
     broker_url: str
     redis_url: str
     functions: dict[str, str]
-    env: dict[str, str]  # the functions' environment (settings of DESIGN §7), secrets included
+    env: dict[str, str]  # the functions' environment (README.md "Settings"), secrets included
     iam_url: str | None = None
     pid: int = field(default_factory=os.getpid)
 

@@ -1,4 +1,5 @@
-"""The audit stream: every penalty decision with its evidence (DESIGN §3 policy-check).
+"""The audit stream: every penalty decision with its evidence (docs/architecture.md §5,
+policy-check).
 
 A Redis stream capped at about `MAX_ENTRIES` (XADD MAXLEN ~). The penalty scripts append to it
 in the same atomic step as the decision; `append` is for decisions made outside a script.

@@ -1,4 +1,4 @@
-"""Flow documents: the one idempotent upsert and read module (DESIGN §3).
+"""Flow documents: the one idempotent upsert and read module (docs/architecture.md §5).
 
 Newer `updatedAt` (else the event's `time`) wins; `flow.stopping` leaves a tombstone so that a
 late redelivery of an old `flow.starting` cannot bring a stopped flow back.

@@ -1,4 +1,5 @@
-"""Penalty state (DESIGN §3): policy-check writes it, flow-start, step-execute and deploy read it.
+"""Penalty state (docs/architecture.md §5): policy-check writes it, flow-start, step-execute and
+deploy read it.
 
 The ladder is cumulative: `throttle` lowers rates, `deprioritize` also lowers the weight,
 `suspend` stops admission and scales the subject's deployments to zero.

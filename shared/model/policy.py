@@ -1,5 +1,5 @@
-"""The policy file of DESIGN §8: parsed, validated (unknown keys refused with their path),
-defaults merged per tenant. Built-in defaults apply when no file is given."""
+"""The policy file (docs/architecture.md §10): parsed, validated (unknown keys refused with
+their path), defaults merged per tenant. Built-in defaults apply when no file is given."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The usage ledger (DESIGN §3 policy-check, §8 metrics): sliding windows per tenant, user, flow.
+"""The usage ledger (docs/architecture.md §5 policy-check, §10 metrics): sliding windows per
+tenant, user, flow.
 
 Each (subject, window) has one ring: a Redis hash of `SLOTS` buckets of `window / SLOTS`
 seconds each. A write clears a slot that still holds an older bucket before adding, so a ring

@@ -1,7 +1,7 @@
-"""The rules of the policy file (DESIGN §8) evaluated against the ledger.
+"""The rules of the policy file (docs/architecture.md §10) evaluated against the ledger.
 
 A rule names a metric, a subject level, a window and a limit (`max`). A subject violates it
-when the measured value reaches `max` (issue 7: a rule fires exactly at its limit, not below);
+when the measured value reaches `max` (a rule fires exactly at its limit, not below);
 nothing measured (0) never violates, so `max: 0` means "any at all".
 `error_ratio` is errors / finished runs. `min_runs` (any rule, meant for `error_ratio`)
 makes a rule apply only once at least that many runs finished in the window. The rules of a

@@ -1,4 +1,5 @@
-"""The watchdog (DESIGN §3 policy-check): runs past their time limit are ended on a tick.
+"""The watchdog (docs/architecture.md §5, policy-check): runs past their time limit are ended on a
+tick.
 
 policy-check keeps its own index of running runs, fed by `flow.execution.admitted` and emptied
 by `flow.execution.completed/failed` (it never reads other functions' keys): one hash per run

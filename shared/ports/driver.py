@@ -3,7 +3,8 @@
 Desired objects are Kubernetes manifests (plain dicts: apiVersion, kind, metadata, spec/data)
 for apps/v1 Deployments and v1 Secrets. The `kubernetes` driver applies them with server-side
 apply; the `local` driver (for `make run`) runs each Deployment as local worker processes.
-The driver is chosen by `ORCHESTRATOR_DEPLOY_DRIVER` only, never by guessing (DESIGN §3, §7).
+The driver is chosen by `ORCHESTRATOR_DEPLOY_DRIVER` only, never by guessing
+(docs/architecture.md §2, `wiring`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What a step queue carries: one step message (issue 6: runId, stepId, messageId, data, token)."""
+"""What a step queue carries: one step message (runId, stepId, messageId, data, token;
+docs/events.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Who sent this event, and may they? The one authorization seam of every function (DESIGN §4).
+"""Who sent this event, and may they? The one authorization seam of every function
+(docs/architecture.md §8).
 
 | event type                       | must carry                | checked with                |
 |----------------------------------|---------------------------|-----------------------------|

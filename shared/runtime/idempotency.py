@@ -1,4 +1,5 @@
-"""Handle each CloudEvent once (DESIGN §1): dedupe key, state change and outbox in one step.
+"""Handle each CloudEvent once (docs/architecture.md §7): dedupe key, state change and outbox in
+one step.
 
 Two ways to use it, both keeping the invariant "all three or none":
 - `commit(write, events)`: the handler queues its Redis writes on a MULTI pipeline; the dedupe

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from shared.security.redact import install_redaction
+
 
 def configure_logging(process: str) -> None:
     level = os.environ.get("LOG_LEVEL", "INFO").upper()
@@ -17,8 +19,4 @@ def configure_logging(process: str) -> None:
         handler._orchestrator = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
-    try:
-        from shared.security.redact import install_redaction
-    except ImportError:  # the redaction module lands with the IAM issue
-        return
     install_redaction()

@@ -1,4 +1,5 @@
-"""The outbox (DESIGN §1): events are stored with the state change they announce, then sent.
+"""The outbox (docs/architecture.md §7): events are stored with the state change they announce,
+then sent.
 
 Sending failures leave events in the outbox; the redelivered request and every tick flush it
 again. Receivers dedupe by event id, so sending an event twice is harmless; losing one is not.

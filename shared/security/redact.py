@@ -1,4 +1,5 @@
-"""Secrets hygiene (DESIGN §4): no token or secret in a log line, event, error body or audit.
+"""Secrets hygiene (docs/architecture.md §8): no token or secret in a log line, event, error body
+or audit.
 
 Two nets, because either alone misses something:
 - by field name: a value under `authtoken`, `steptoken`, `token`, `password`, `secret`, `key`,

@@ -1,6 +1,6 @@
 """HS256 tokens signed with ORCHESTRATOR_KEY: step tokens and our own inter-function tokens.
 
-These are always checked, whatever ORCHESTRATOR_AUTH says (DESIGN §4).
+These are always checked, whatever ORCHESTRATOR_AUTH says (docs/architecture.md §8).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from shared.errors import Forbidden, Unauthorized
 
 ISSUER = "component-orchestrator"
 ALGORITHM = "HS256"
-INTERNAL_TOKEN_SECONDS = 300  # DESIGN §4: exp ≤ 5 min
+INTERNAL_TOKEN_SECONDS = 300  # exp ≤ 5 min: a stolen internal token is short-lived
 STEP_AUDIENCE = "component-orchestrator/step"
 INTERNAL_AUDIENCE = "component-orchestrator/internal"
 

@@ -1,4 +1,5 @@
-"""The component worker runtime (issue 6 §7): what a step's container runs, like the hub's sailor.
+"""The component worker runtime (docs/architecture.md §2, `worker`): what a step's container runs,
+like the hub's sailor.
 
 Run as `python -m shared.worker` with the step's environment (the Secret deploy writes):
 FLOW_ID, STEP_ID, TENANT, USER, COMPONENT_ID, COMPONENT_FUNCTION (default `process`),
@@ -152,7 +153,7 @@ class StepEventSender(Protocol):
 
 
 class HttpStepSender:
-    """Posts step events to K_SINK in binary mode (DESIGN §2)."""
+    """Posts step events to K_SINK in binary mode (docs/events.md)."""
 
     def __init__(self, sink_url: str, *, timeout: float = 10.0) -> None:
         self.sink_url = sink_url
