@@ -556,7 +556,7 @@ def runtime_rate(redis: Redis, count: int) -> dict[str, Any]:
         authorizer=Authorizer(settings, clock, flow_tenant=lambda _: None),
         services=PolicyServices(),
     )
-    token = sign_internal(key, "step-execute", clock)
+    token = sign_internal(key, "step-execute", clock, event_type=PREFIX + "usage.reported")
     events = []
     for n in range(count):
         tenant = f"t{n % 20}"

@@ -131,7 +131,9 @@ def add_token(event: CloudEvent, data: Any, session: RunSession | None, tenant: 
     key = os.environ.get("ORCHESTRATOR_KEY") or (session.orchestrator_key if session else None)
     if not key:
         return "no authtoken (no ORCHESTRATOR_KEY): the event is refused"
-    event[EXT_AUTH_TOKEN] = sign_internal(key, CLI_SENDER, SystemClock())
+    event[EXT_AUTH_TOKEN] = sign_internal(
+        key, CLI_SENDER, SystemClock(), event_type=str(event["type"])
+    )
     return "authtoken: signed with this session's ORCHESTRATOR_KEY (not shown)"
 
 
@@ -292,7 +294,9 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         runtime = FunctionRuntime.from_env(module.SPEC, env, sender=printing)
         key = runtime.settings.orchestrator_key
         if not event.get(EXT_AUTH_TOKEN) and _is_internal(str(event["type"])):
-            event[EXT_AUTH_TOKEN] = sign_internal(key, CLI_SENDER, runtime.clock)
+            event[EXT_AUTH_TOKEN] = sign_internal(
+                key, CLI_SENDER, runtime.clock, event_type=str(event["type"])
+            )
         outcome = runtime.handle(event)
     except OrchestratorError as error:
         print(json.dumps({"ok": False, "status": error.status, **error.to_body()}, indent=2))

@@ -100,14 +100,14 @@ class Authorizer:
             return self._control(event, event_type, payload, FLOWS_CONTROL)
         if event_type in t.COMPONENT_CONTROL_TYPES:
             return self._control(event, event_type, payload, COMPONENTS_CONTROL)
-        return self._internal(event)
+        return self._internal(event, event_type)
 
     # --- our own events ------------------------------------------------------------------------
-    def _internal(self, event: CloudEvent) -> Principal:
+    def _internal(self, event: CloudEvent, event_type: str) -> Principal:
         token = _extension(event, EXT_AUTH_TOKEN)
         if token is None:
             raise Unauthorized("missing authtoken")
-        sender = tokens.verify_internal(self._key, token, self._clock)
+        sender = tokens.verify_internal(self._key, token, self._clock, event_type=event_type)
         return Principal("internal", sender, None, frozenset(), frozenset())
 
     # --- component workers ---------------------------------------------------------------------

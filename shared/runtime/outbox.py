@@ -58,7 +58,7 @@ class HttpSender:
         self.timeout = timeout
 
     def send(self, event: OutgoingEvent) -> None:
-        token = sign_internal(self._key, self.sender_name, self.clock)
+        token = sign_internal(self._key, self.sender_name, self.clock, event_type=event.type)
         headers, body = to_binary(event.to_cloudevent(authtoken=token))
         try:
             response = self.session.post(

@@ -5,6 +5,7 @@ These are always checked, whatever ORCHESTRATOR_AUTH says (docs/architecture.md 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,10 @@ ALGORITHM = "HS256"
 INTERNAL_TOKEN_SECONDS = 300  # exp ≤ 5 min: a stolen internal token is short-lived
 STEP_AUDIENCE = "component-orchestrator/step"
 INTERNAL_AUDIENCE = "component-orchestrator/internal"
+# The claim naming the one CloudEvent type an internal token may carry.
+EVENT_TYPE_CLAIM = "evt"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,21 @@ def _decode(key: str, token: str, audience: str, clock: Clock) -> dict[str, Any]
     return claims
 
 
-def sign_internal(key: str, sender: str, clock: Clock) -> str:
-    """The `authtoken` our functions put on events they send each other."""
+def sign_internal(key: str, sender: str, clock: Clock, *, event_type: str) -> str:
+    """The `authtoken` our functions put on events of `event_type` they send each other.
+
+    The token names the one event type it may carry, so a token seen on one event (in a
+    broker's log, a dead letter) cannot be replayed onto an event of another type. A sender
+    batching events signs one token per (batch, event type) and puts it on each of them.
+    """
+    if not event_type:
+        raise ValueError("an internal token is signed for one event type")
     now = int(clock.now())
     claims = {
         "iss": ISSUER,
         "sub": sender,
         "aud": INTERNAL_AUDIENCE,
+        EVENT_TYPE_CLAIM: event_type,
         "iat": now,
         "nbf": now,
         "exp": now + INTERNAL_TOKEN_SECONDS,
@@ -78,12 +91,28 @@ def sign_internal(key: str, sender: str, clock: Clock) -> str:
     return str(jwt.encode(claims, key, algorithm=ALGORITHM))
 
 
-def verify_internal(key: str, token: str, clock: Clock) -> str:
-    """Returns the sending function's name; raises Unauthorized otherwise."""
+def verify_internal(
+    key: str, token: str, clock: Clock, *, event_type: str, accept_untyped: bool = True
+) -> str:
+    """Returns the sending function's name if the token is ours, valid now and signed for
+    `event_type`; raises Unauthorized (not ours, expired) or Forbidden (another type).
+
+    `accept_untyped` lets a token of the previous release (no event type claim) through, so
+    events in flight during a rolling upgrade are not refused; such tokens live at most
+    INTERNAL_TOKEN_SECONDS, and the next release stops accepting them (CHANGELOG.md).
+    """
     claims = _decode(key, token, INTERNAL_AUDIENCE, clock)
     sender = claims.get("sub")
     if not isinstance(sender, str) or not sender:
         raise Unauthorized("internal token names no sender")
+    signed_for = claims.get(EVENT_TYPE_CLAIM)
+    if signed_for is None:
+        if not accept_untyped:
+            raise Unauthorized("internal token names no event type")
+        log.info("internal token of %s without an event type (previous release)", sender)
+        return sender
+    if signed_for != event_type:
+        raise Forbidden("internal token was signed for another event type")
     return sender
 
 

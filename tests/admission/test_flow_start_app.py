@@ -42,7 +42,9 @@ def app(
 def post(client: FlaskClient, event_type: str, data: Any, event_id: str, mode: str) -> Any:
     attributes = {"type": event_type, "source": "/tests", "id": event_id}
     if event_type not in t.CONTROL_TYPES and event_type != t.TICK:
-        attributes["authtoken"] = sign_internal(TEST_KEY, "tests", SystemClock())
+        attributes["authtoken"] = sign_internal(
+            TEST_KEY, "tests", SystemClock(), event_type=event_type
+        )
     headers, body = (to_binary if mode == "binary" else to_structured)(CloudEvent(attributes, data))
     return client.post("/", headers=headers, data=body)
 

@@ -48,7 +48,16 @@ def test_send_posts_binary_mode_and_signs_our_own_events(
     assert headers["ce-type"] == t.USAGE_REPORTED and headers["ce-id"] == "u-1"
     assert headers["ce-tenant"] == "acme"
     assert request.json() == data
-    assert verify_internal(TEST_KEY, headers["ce-authtoken"], SystemClock()) == cli.CLI_SENDER
+    assert (
+        verify_internal(
+            TEST_KEY,
+            headers["ce-authtoken"],
+            SystemClock(),
+            event_type=t.USAGE_REPORTED,
+            accept_untyped=False,
+        )
+        == cli.CLI_SENDER
+    )
     out = capsys.readouterr()
     assert "202" in out.out and headers["ce-authtoken"] not in out.out + out.err
 

@@ -60,7 +60,9 @@ def test_a_run_over_http_from_admitted_to_completed(
             "type": t.RUN_ADMITTED,
             "source": "/component-orchestrator/flow-start",
             "id": "adm-1",
-            "authtoken": sign_internal(TEST_KEY, "flow-start", SystemClock()),
+            "authtoken": sign_internal(
+                TEST_KEY, "flow-start", SystemClock(), event_type=t.RUN_ADMITTED
+            ),
         },
         {
             "flowId": "web",

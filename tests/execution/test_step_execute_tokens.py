@@ -11,6 +11,7 @@ from redis import Redis
 from shared import keys
 from shared.clock import FakeClock
 from shared.errors import Forbidden, InvalidEvent, Unauthorized
+from shared.events import types as t
 from shared.ports.step_message import StepMessage
 from shared.security import tokens
 from tests.conftest import TEST_KEY
@@ -49,7 +50,7 @@ CASES: list[tuple[str, Callable[[StepMessage, FakeClock], str | None], dict[str,
     ),
     (
         "an internal token instead",
-        lambda m, c: tokens.sign_internal(TEST_KEY, "x", c),
+        lambda m, c: tokens.sign_internal(TEST_KEY, "x", c, event_type=t.STEP_COMPLETED),
         {},
         Unauthorized,
     ),

@@ -28,7 +28,13 @@ from tests.conftest import TEST_KEY
 from tests.support.runtime import TAG_OF, recorded, recording_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = sign_internal(TEST_KEY, "tests", SystemClock())
+
+
+def _secret(event_type: str) -> str:
+    return sign_internal(TEST_KEY, "tests", SystemClock(), event_type=event_type)
+
+
+SECRET = _secret(t.TICK)
 
 # One consumed, internally signed event per function, with valid data.
 CONSUMED: dict[str, tuple[str, dict[str, Any]]] = {
@@ -86,7 +92,7 @@ def client(
 
 
 def _event(event_type: str, data: Any, **attributes: Any) -> CloudEvent:
-    base = {"type": event_type, "source": "/tests", "id": "evt-1", "authtoken": SECRET}
+    base = {"type": event_type, "source": "/tests", "id": "evt-1", "authtoken": _secret(event_type)}
     base.update(attributes)
     return CloudEvent(base, data)
 
@@ -224,7 +230,11 @@ def test_an_unknown_event_type_is_400(client: Client) -> None:
 
 @pytest.mark.parametrize(
     ("token", "status"),
-    [(None, 401), ("not-a-jwt", 401), (sign_internal("x" * 40, "intruder", SystemClock()), 401)],
+    [
+        (None, 401),
+        ("not-a-jwt", 401),
+        (sign_internal("x" * 40, "intruder", SystemClock(), event_type=t.RUN_ADMITTED), 401),
+    ],
     ids=["no token", "malformed token", "token signed with another key"],
 )
 def test_our_own_events_need_our_signature(

@@ -64,7 +64,7 @@ def deliver(
         if event.type not in PENALTY_TYPES:
             continue
         assert event.type in CONSUMES["flow-start"] and event.type in CONSUMES["deploy"]
-        token = sign_internal(TEST_KEY, "policy-check", clock)
+        token = sign_internal(TEST_KEY, "policy-check", clock, event_type=event.type)
         flow_start.runtime.handle(event.to_cloudevent(authtoken=token))
         deploy.handle(event.to_cloudevent(authtoken=token))
         routed.append(event.type.rsplit(".", 1)[-1])

@@ -95,7 +95,9 @@ def test_the_watchdogs_own_failed_event_is_not_counted_again(
     pc.tick()
     [failed] = pc.sender.of_type("flow.execution.failed")
     pc.runtime.handle(
-        OutgoingEvent.from_json(failed.to_json()).to_cloudevent(authtoken=_token(clock))
+        OutgoingEvent.from_json(failed.to_json()).to_cloudevent(
+            authtoken=_token(clock, failed.type)
+        )
     )
     assert pc.measured("flow", "f1", "errors", tenant="short") == 1
     assert pc.measured("flow", "f1", "ended", tenant="short") == 1
@@ -155,11 +157,11 @@ def test_concurrent_ticks_end_an_overdue_run_once(
     ]
 
 
-def _token(clock: FakeClock) -> str:
+def _token(clock: FakeClock, event_type: str) -> str:
     from shared.security.tokens import sign_internal
     from tests.conftest import TEST_KEY
 
-    return sign_internal(TEST_KEY, "policy-check", clock)
+    return sign_internal(TEST_KEY, "policy-check", clock, event_type=event_type)
 
 
 @pytest.mark.parametrize("level", ["tenant", "user", "flow"])

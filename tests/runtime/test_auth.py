@@ -10,6 +10,7 @@ import pytest
 from shared.clock import FakeClock
 from shared.errors import Forbidden, InvalidEvent, Unauthorized
 from shared.events import ComponentRef, FlowExecute, FlowRef, StepResult
+from shared.events import types as t
 from shared.runtime.auth import Authorizer
 from shared.security import tokens
 from shared.settings import Settings
@@ -162,7 +163,7 @@ def test_control_events_without_a_token_are_401(auth: Authorizer, event_type: st
 
 
 def test_our_own_signed_token_is_no_iam_token(auth: Authorizer, clock: FakeClock) -> None:
-    token = tokens.sign_internal(TEST_KEY, "deploy", clock)
+    token = tokens.sign_internal(TEST_KEY, "deploy", clock, event_type=t.FLOW_EXECUTE)
     with pytest.raises(Unauthorized):
         auth.authorize(
             cloudevent("flow.execute", {"flowId": "f-acme"}, authtoken=token), {"flowId": "f-acme"}
@@ -221,7 +222,7 @@ STEP_CASES = [
     ("expired", lambda c: step_token(c, ttl=-1), 401),
     (
         "an internal token instead of a step token",
-        lambda c: tokens.sign_internal(TEST_KEY, "x", c),
+        lambda c: tokens.sign_internal(TEST_KEY, "x", c, event_type=t.STEP_COMPLETED),
         401,
     ),
     ("garbage", lambda c: "eyJhbGciOi.x.y", 401),
@@ -250,7 +251,8 @@ def test_step_result_without_steptoken_is_401_even_with_an_authtoken(
     auth: Authorizer, clock: FakeClock
 ) -> None:
     data = {"runId": "r1", "stepId": "s1", "messageId": "m1"}
-    event = cloudevent("step.completed", data, authtoken=tokens.sign_internal(TEST_KEY, "x", clock))
+    token = tokens.sign_internal(TEST_KEY, "x", clock, event_type=t.STEP_COMPLETED)
+    event = cloudevent("step.completed", data, authtoken=token)
     with pytest.raises(Unauthorized):
         auth.authorize(event, data)
 
@@ -266,10 +268,23 @@ def test_tick_needs_nothing(auth: Authorizer) -> None:
 
 
 INTERNAL_CASES = [
-    ("signed by our key", lambda c: tokens.sign_internal(TEST_KEY, "flow-start", c), "ok"),
-    ("forged with another key", lambda c: tokens.sign_internal(OTHER_KEY, "flow-start", c), 401),
-    ("a step token", lambda c: step_token(c), 401),
-    ("missing", lambda c: None, 401),
+    (
+        "signed by our key",
+        lambda c, ty: tokens.sign_internal(TEST_KEY, "flow-start", c, event_type=ty),
+        "ok",
+    ),
+    (
+        "forged with another key",
+        lambda c, ty: tokens.sign_internal(OTHER_KEY, "flow-start", c, event_type=ty),
+        401,
+    ),
+    (
+        "signed for another type",
+        lambda c, ty: tokens.sign_internal(TEST_KEY, "flow-start", c, event_type=t.TENANT_RESTORED),
+        403,
+    ),
+    ("a step token", lambda c, ty: step_token(c), 401),
+    ("missing", lambda c, ty: None, 401),
 ]
 
 
@@ -283,13 +298,13 @@ INTERNAL_CASES = [
 def test_internal_events(
     auth: Authorizer, clock: FakeClock, event_type: str, make: Any, expected: object
 ) -> None:
-    token = make(clock)
+    token = make(clock, t.PREFIX + event_type)
     event = cloudevent(event_type, {"id": "f-acme"}, **({"authtoken": token} if token else {}))
     if expected == "ok":
         principal = auth.authorize(event, {"id": "f-acme"})
         assert (principal.kind, principal.subject) == ("internal", "flow-start")
     else:
-        with pytest.raises(Unauthorized):
+        with pytest.raises(Forbidden if expected == 403 else Unauthorized):
             auth.authorize(event, {"id": "f-acme"})
 
 

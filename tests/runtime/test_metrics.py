@@ -81,7 +81,9 @@ class Apps:
         attributes = {"type": event_type, "source": "/tests", **extensions}
         not_ours = t.CONTROL_TYPES | t.STEP_RESULT_TYPES | {t.TICK}
         if event_type not in not_ours:  # events between our functions carry our signature
-            attributes["authtoken"] = sign_internal(TEST_KEY, "tests", self.clock)
+            attributes["authtoken"] = sign_internal(
+                TEST_KEY, "tests", self.clock, event_type=event_type
+            )
         headers, body = to_binary(CloudEvent(attributes, data))
         response = self.clients[function].post("/", headers=headers, data=body)
         return int(response.status_code)

@@ -141,7 +141,16 @@ def test_http_sender_posts_binary_cloudevents_with_a_signed_authtoken(clock: Fak
     assert headers["ce-tenant"] == "acme" and headers["ce-flowid"] == "f"
     assert headers["ce-time"].startswith("2026-01-01T00:00:07")
     assert request.json() == event.data
-    assert verify_internal(TEST_KEY, headers["ce-authtoken"], clock) == "step-execute"
+    assert (
+        verify_internal(
+            TEST_KEY,
+            headers["ce-authtoken"],
+            clock,
+            event_type=types.RUN_COMPLETED,
+            accept_untyped=False,
+        )
+        == "step-execute"
+    )
 
 
 @pytest.mark.parametrize("status", [404, 429, 500, 503, 302])

@@ -15,7 +15,9 @@ from shared.security import redact as r
 from shared.security.tokens import sign_internal
 from tests.conftest import TEST_KEY
 
-JWT = sign_internal(TEST_KEY, "deploy", FakeClock())
+JWT = sign_internal(
+    TEST_KEY, "deploy", FakeClock(), event_type="org.openintegrationhub.flow.started"
+)
 OPAQUE = "s3cr3t-opaque-value-42"
 
 

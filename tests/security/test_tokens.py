@@ -13,6 +13,7 @@ from jose import jwt
 
 from shared.clock import FakeClock
 from shared.errors import Forbidden, Unauthorized
+from shared.events.types import FLOW_STARTED, RUN_ADMITTED, RUN_COMPLETED, TENANT_SUSPENDED
 from shared.security import tokens
 from tests.conftest import TEST_KEY
 
@@ -49,14 +50,15 @@ def test_step_token_expires_after_its_ttl() -> None:
 
 def test_internal_token_round_trip_and_five_minute_life() -> None:
     clock = FakeClock()
-    token = tokens.sign_internal(TEST_KEY, "deploy", clock)
-    assert tokens.verify_internal(TEST_KEY, token, clock) == "deploy"
+    token = tokens.sign_internal(TEST_KEY, "deploy", clock, event_type=FLOW_STARTED)
+    assert tokens.verify_internal(TEST_KEY, token, clock, event_type=FLOW_STARTED) == "deploy"
     claims = jwt.get_unverified_claims(token)
     assert claims["exp"] - claims["iat"] <= 300
     assert claims["iss"] == "component-orchestrator"
+    assert claims[tokens.EVENT_TYPE_CLAIM] == FLOW_STARTED
     clock.advance(300)
     with pytest.raises(Unauthorized):
-        tokens.verify_internal(TEST_KEY, token, clock)
+        tokens.verify_internal(TEST_KEY, token, clock, event_type=FLOW_STARTED)
 
 
 def _b64(data: bytes) -> str:
@@ -109,7 +111,7 @@ FORGED_INTERNAL = [
 def test_forged_internal_tokens_are_refused(make: Any) -> None:
     clock = FakeClock()
     with pytest.raises(Unauthorized):
-        tokens.verify_internal(TEST_KEY, make(clock), clock)
+        tokens.verify_internal(TEST_KEY, make(clock), clock, event_type=FLOW_STARTED)
 
 
 def _step_claims(clock: FakeClock, **extra: Any) -> dict[str, Any]:
@@ -136,7 +138,7 @@ FORGED_STEP = [
     ),
     (
         "internal audience",
-        lambda c: tokens.sign_internal(TEST_KEY, "step-execute", c),
+        lambda c: tokens.sign_internal(TEST_KEY, "step-execute", c, event_type=FLOW_STARTED),
         Unauthorized,
     ),
     (
@@ -186,3 +188,39 @@ def test_any_one_character_change_is_refused(position: int, replacement: str) ->
         return
     # base64 padding bits can absorb a change of the last character: then nothing changed
     assert claims == tokens.verify_step_token(TEST_KEY, token, clock)
+
+
+# --- internal tokens are bound to the event type they sign ---------------------------------
+TYPES = [FLOW_STARTED, RUN_ADMITTED, TENANT_SUSPENDED, RUN_COMPLETED]
+
+
+@given(signed=st.sampled_from(TYPES), carried=st.sampled_from(TYPES))
+@settings(max_examples=40, deadline=None)
+def test_an_internal_token_passes_only_on_the_type_it_was_signed_for(
+    signed: str, carried: str
+) -> None:
+    clock = FakeClock()
+    token = tokens.sign_internal(TEST_KEY, "flow-start", clock, event_type=signed)
+    if signed == carried:
+        assert tokens.verify_internal(TEST_KEY, token, clock, event_type=carried) == "flow-start"
+    else:
+        with pytest.raises(Forbidden, match="another event type"):
+            tokens.verify_internal(TEST_KEY, token, clock, event_type=carried)
+
+
+def test_a_token_of_the_previous_release_without_a_type_is_accepted_for_one_release() -> None:
+    """Upgrade: a token signed the old way (no event type claim) by a function of the previous
+    release is still in flight during a rolling upgrade; it must not be refused (yet)."""
+    clock = FakeClock()
+    old_form = jwt.encode(_claims(clock), TEST_KEY, algorithm="HS256")  # no "evt"
+    assert tokens.EVENT_TYPE_CLAIM not in jwt.get_unverified_claims(old_form)
+    assert tokens.verify_internal(TEST_KEY, old_form, clock, event_type=RUN_ADMITTED) == "deploy"
+    with pytest.raises(Unauthorized, match="no event type"):
+        tokens.verify_internal(
+            TEST_KEY, old_form, clock, event_type=RUN_ADMITTED, accept_untyped=False
+        )
+
+
+def test_signing_needs_an_event_type() -> None:
+    with pytest.raises(ValueError):
+        tokens.sign_internal(TEST_KEY, "deploy", FakeClock(), event_type="")

@@ -36,7 +36,10 @@ def internal(
     event_type: str, data: Any, *, key: str, clock: Clock, sender: str = "tests", **kw: Any
 ) -> CloudEvent:
     """An event as one of our functions would send it: with a signed internal authtoken."""
-    return cloudevent(event_type, data, authtoken=sign_internal(key, sender, clock), **kw)
+    if not event_type.startswith(PREFIX):
+        event_type = PREFIX + event_type
+    token = sign_internal(key, sender, clock, event_type=event_type)
+    return cloudevent(event_type, data, authtoken=token, **kw)
 
 
 class CapturingSender:

@@ -122,7 +122,7 @@ class Bus:
         """A function's outbox sent an event: sign it as that function and route it."""
         if self._observe is not None:
             self._observe(event)
-        token = sign_internal(self._key, function, self.clock)
+        token = sign_internal(self._key, function, self.clock, event_type=event.type)
         self.publish(event.to_cloudevent(authtoken=token))
 
     def publish(self, event: CloudEvent) -> None:
