@@ -15,14 +15,17 @@ import json
 import logging
 import os
 import pkgutil
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
+from redis.exceptions import RedisError
 
 import shared.cli as cli_package
 from shared.clock import SystemClock
@@ -62,14 +65,50 @@ def read_json(path: str) -> Any:
         raise SystemExit(f"{path}: not JSON: {exc}") from exc
 
 
+# CloudEvents: attribute names are lower-case ASCII letters and digits, at most 20 of them.
+EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
+# Tokens never go on the command line (ps and shell history show argv): the environment or stdin.
+TOKEN_VARIABLES = {"authtoken": "ORCHESTRATOR_AUTHTOKEN", "steptoken": "ORCHESTRATOR_STEPTOKEN"}
+
+
 def _extensions(pairs: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise SystemExit(f"--extension wants NAME=VALUE, got {pair!r}")
-        out[name.lower()] = value
+        if not EXTENSION_NAME.fullmatch(name):
+            raise SystemExit(
+                f"--extension {name[:40]!r}: a CloudEvents attribute name is 1-20 lower-case "
+                "letters and digits (no '_', '-' or capitals)"
+            )
+        out[name] = value
     return out
+
+
+def given_tokens(
+    args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[str]
+) -> dict[str, str]:
+    """authtoken / steptoken from ORCHESTRATOR_AUTHTOKEN / ORCHESTRATOR_STEPTOKEN, or from one
+    line of stdin when the option is `-`; a token written on the command line is refused."""
+    tokens: dict[str, str] = {}
+    for name, variable in TOKEN_VARIABLES.items():
+        option = getattr(args, name, None)
+        if option is not None and option != "-":
+            raise SystemExit(
+                f"--{name}: give '-' to read the token from stdin, or set {variable}; a token on "
+                "the command line is visible to every user (ps, shell history)"
+            )
+        if option == "-":
+            if getattr(args, "file", None) == "-":
+                raise SystemExit(f"--{name} - and FILE - cannot both read stdin")
+            value = stdin.readline().strip()
+            if not value:
+                raise SystemExit(f"--{name} -: no token on stdin")
+            tokens[name] = value
+        elif environ.get(variable):
+            tokens[name] = environ[variable]
+    return tokens
 
 
 def build_event(args: argparse.Namespace, full_type: str, data: Any) -> CloudEvent:
@@ -84,10 +123,11 @@ def build_event(args: argparse.Namespace, full_type: str, data: Any) -> CloudEve
         if value:
             attributes[name] = value
     attributes.update(_extensions(args.extension))
-    if args.authtoken:
-        attributes[EXT_AUTH_TOKEN] = args.authtoken
-    if args.steptoken:
-        attributes[EXT_STEP_TOKEN] = args.steptoken
+    tokens = getattr(args, "tokens", {})
+    if tokens.get("authtoken"):
+        attributes[EXT_AUTH_TOKEN] = tokens["authtoken"]
+    if tokens.get("steptoken"):
+        attributes[EXT_STEP_TOKEN] = tokens["steptoken"]
     return CloudEvent(attributes, data)
 
 
@@ -158,6 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             demo_policy=demo.DEMO_POLICY,
             tick_interval=args.tick_interval,
             log_ticks=args.log_ticks,
+            logs_inline=args.logs,
         )
     )
 
@@ -269,9 +310,8 @@ def invoke_event(args: argparse.Namespace, raw: Any) -> tuple[CloudEvent, Any]:
             event = parse_request({"content-type": "application/cloudevents+json"}, body)
         except ValueError as exc:
             raise SystemExit(f"{args.file}: {exc}") from exc
-        for name, value in (("authtoken", args.authtoken), ("steptoken", args.steptoken)):
-            if value:
-                event[name] = value
+        for name, value in getattr(args, "tokens", {}).items():
+            event[name] = value
         return event, raw.get("data")
     if args.type is None:
         raise SystemExit(f"{args.file} is not a CloudEvent (no specversion): give --type TYPE")
@@ -321,8 +361,17 @@ def _event_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenant", help="extension `tenant` (and the tenant of a minted token)")
     parser.add_argument("--flow-id", help="extension `flowid`")
     parser.add_argument("--run-id", help="extension `runid`")
-    parser.add_argument("--authtoken", help="extension `authtoken` (else one is made for you)")
-    parser.add_argument("--steptoken", help="extension `steptoken` (step.completed/failed)")
+    parser.add_argument(
+        "--authtoken",
+        metavar="-",
+        help="read extension `authtoken` from stdin (or set ORCHESTRATOR_AUTHTOKEN); "
+        "else one is made for you",
+    )
+    parser.add_argument(
+        "--steptoken",
+        metavar="-",
+        help="read extension `steptoken` from stdin (or set ORCHESTRATOR_STEPTOKEN)",
+    )
     parser.add_argument(
         "--extension", action="append", default=[], metavar="NAME=VALUE", help="any extension"
     )
@@ -335,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator", description="component-orchestrator: run, route and invoke locally"
     )
+    parser.add_argument("--version", action="version", version=f"orchestrator {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="the whole system locally (make run)")
@@ -355,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--tick-interval", type=float, default=1.0, help="seconds between ticks")
     run.add_argument("--log-ticks", action="store_true", help="log every tick delivery")
+    run.add_argument(
+        "--logs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show every part's log inline (default: only without the demo; always in "
+        "<state-dir>/logs/<part>.log, `orchestrator logs -f`)",
+    )
     run.set_defaults(func=cmd_run)
 
     broker = sub.add_parser("broker", help="the local broker alone")
@@ -400,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in plugin_modules():
         module.add_parser(sub)
+    describe_every_command(parser)
     return parser
 
 
@@ -419,12 +477,46 @@ def plugin_modules() -> list[Any]:
     return found
 
 
+def describe_every_command(parser: argparse.ArgumentParser) -> None:
+    """A subcommand's `--help` starts with its one-line help when it has no description."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, child in action.choices.items():
+                if not child.description:
+                    child.description = helps.get(name)
+                describe_every_command(child)
+
+
+def version() -> str:
+    try:
+        return metadata.version("component-orchestrator")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _json_error(message: str, code: int) -> int:
+    print(json.dumps({"ok": False, "error": message}))
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "authtoken") or hasattr(args, "steptoken"):
+        args.tokens = given_tokens(args, os.environ, sys.stdin)
     if args.command != "invoke":  # invoke logs like a function (shared.runtime.logs, redacted)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    code = args.func(args)
-    return int(code or 0)
+    if not getattr(args, "json", False):
+        return int(args.func(args) or 0)
+    # --json: whatever goes wrong is still one JSON document on stdout, and a non-zero exit
+    try:
+        return int(args.func(args) or 0)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            return _json_error(exc.code, 2)
+        raise
+    except (OrchestratorError, RedisError, OSError) as exc:
+        return _json_error(f"{type(exc).__name__}: {exc}", 1)
 
 
 if __name__ == "__main__":

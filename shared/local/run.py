@@ -35,7 +35,7 @@ from shared.events.types import FUNCTIONS
 from shared.local.clock import LocalClock
 from shared.local.embedded_iam import EmbeddedIam
 from shared.local.embedded_redis import EmbeddedRedis, free_port
-from shared.local.session import DEFAULT_STATE_DIR, SESSION_FILE, RunSession
+from shared.local.session import DEFAULT_STATE_DIR, LOG_DIR, SESSION_FILE, RunSession
 from shared.local.supervisor import Console, Supervisor, install_stop_signals
 from shared.settings import Settings
 
@@ -77,6 +77,9 @@ class RunOptions:
     demo: bool = True
     demo_run: DemoHook | None = None
     demo_policy: Path | None = None  # the policy the functions get while the demo runs
+    # Each part's output goes to <state_dir>/logs/<part>.log; inline also prints it. None: inline
+    # only without the demo, whose live table owns the terminal.
+    logs_inline: bool | None = None
     tick_interval: float = 1.0
     log_ticks: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -87,7 +90,13 @@ class LocalRun:
         self.options = options
         self.console = console or Console()
         self.state_dir = options.state_dir.resolve()
-        self.supervisor = Supervisor(self.console, cwd=str(PROJECT_ROOT))
+        self.log_dir = self.state_dir / LOG_DIR
+        inline = options.logs_inline
+        if inline is None:
+            inline = not (options.demo and options.demo_run is not None)
+        self.supervisor = Supervisor(
+            self.console, cwd=str(PROJECT_ROOT), log_dir=self.log_dir, inline=inline
+        )
         self.stop_requested = threading.Event()
         self.redis: EmbeddedRedis | None = None
         self.iam: Any = None
@@ -247,6 +256,8 @@ class LocalRun:
         policy = self.session.env.get("ORCHESTRATOR_POLICY_FILE") or "built-in defaults"
         self.say(f"  policy        {policy}")
         self.say(f"  dead letters  {self.state_dir / 'dead-letters.jsonl'}")
+        shown = "shown below" if self.supervisor.inline else "`orchestrator logs -f [part]`"
+        self.say(f"  logs          {self.log_dir}/<part>.log ({shown})")
         self.say("send an event:   orchestrator send flow.starting examples/flow.json")
         self.say("stop:            Ctrl-C")
         self.say(f"ready: broker {self.session.broker_url}")

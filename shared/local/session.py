@@ -11,6 +11,7 @@ from pathlib import Path
 
 DEFAULT_STATE_DIR = Path(".run")
 SESSION_FILE = "session.json"
+LOG_DIR = "logs"  # <state dir>/logs/<part>.log: each part's output
 
 
 @dataclass

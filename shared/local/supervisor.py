@@ -1,5 +1,6 @@
-"""Child processes for `make run`: started in their own process group, their output prefixed and
-printed live, and all of them stopped (group by group) on Ctrl-C, SIGTERM or exit.
+"""Child processes for `make run`: started in their own process group, their output written to
+one log file per part (`.run/logs/<part>.log`) and, when asked, printed live with a prefix; all
+of them stopped (group by group) on Ctrl-C, SIGTERM or exit.
 
 Each child is started through `python -m shared.local.supervisor -- ARGV`, which asks the kernel to
 send it SIGTERM when the supervisor dies (PR_SET_PDEATHSIG) and then execs ARGV; so even a
@@ -19,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 PR_SET_PDEATHSIG = 1
@@ -43,6 +45,7 @@ class Child:
     process: subprocess.Popen[bytes]
     url: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    log: IO[str] | None = None
 
     @property
     def pid(self) -> int:
@@ -53,11 +56,26 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, console: Console, *, cwd: str | None = None) -> None:
+    """`log_dir`: each child's output goes to `<log_dir>/<name>.log`; `inline`: also to the
+    console, prefixed with the child's name (the live demo table wants the screen alone)."""
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        cwd: str | None = None,
+        log_dir: Path | None = None,
+        inline: bool = True,
+    ) -> None:
         self.console = console
         self.cwd = cwd
+        self.log_dir = log_dir
+        self.inline = inline
         self.children: list[Child] = []
         self._lock = threading.Lock()
+
+    def log_path(self, name: str) -> Path | None:
+        return self.log_dir / f"{name}.log" if self.log_dir is not None else None
 
     def spawn(
         self, name: str, argv: Sequence[str], env: Mapping[str, str], url: str | None = None
@@ -73,6 +91,10 @@ class Supervisor:
             start_new_session=True,
         )
         child = Child(name, process, url)
+        path = self.log_path(name)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            child.log = path.open("w", buffering=1, encoding="utf-8")  # line-buffered
         with self._lock:
             self.children.append(child)
         threading.Thread(target=self._pump, args=(child,), name=f"out-{name}", daemon=True).start()
@@ -82,9 +104,15 @@ class Supervisor:
         assert child.process.stdout is not None
         for raw in iter(child.process.stdout.readline, b""):
             text = raw.decode("utf-8", errors="replace").rstrip()
-            if text:
-                child.tail.append(text)
+            if not text:
+                continue
+            child.tail.append(text)
+            if child.log is not None:
+                child.log.write(text + "\n")
+            if self.inline:
                 self.console.line(f"{child.name:>13} │ {text}")
+        if child.log is not None:
+            child.log.close()
 
     def exited(self) -> Child | None:
         """A child that has stopped on its own, if any."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import types as pytypes
@@ -63,16 +64,21 @@ def test_send_posts_binary_mode_and_signs_our_own_events(
 
 
 def test_send_passes_a_given_token_and_mints_none_for_control_events_without_iam(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with HttpSink(default=202) as sink:
         stop = ["send", "flow.stopping", _file(tmp_path, {"id": "f"}), "--broker", sink.url]
         stop += ["--state-dir", str(tmp_path)]
         assert cli.main(stop) == 0
-        assert cli.main([*stop, "--authtoken", "given-token"]) == 0
-        first, second = sink.wait_for(2)
+        monkeypatch.setenv("ORCHESTRATOR_AUTHTOKEN", "given-token")
+        assert cli.main(stop) == 0
+        monkeypatch.delenv("ORCHESTRATOR_AUTHTOKEN")
+        monkeypatch.setattr("sys.stdin", io.StringIO("piped-token\n"))
+        assert cli.main([*stop, "--authtoken", "-"]) == 0
+        first, second, third = sink.wait_for(3)
     assert "ce-authtoken" not in first.headers
     assert second.headers["ce-authtoken"] == "given-token"
+    assert third.headers["ce-authtoken"] == "piped-token"
     assert "no embedded IAM" in capsys.readouterr().err
 
 

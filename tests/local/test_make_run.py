@@ -115,13 +115,16 @@ def make_run(tmp_path: Path) -> Iterator[Run]:
         run.process.wait()
 
 
-def send(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def send(
+    state_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shared.cli.main", "send", *args, "--state-dir", str(state_dir)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -154,7 +157,9 @@ def test_make_run_routes_an_event_end_to_end_and_stops_cleanly(
 
     stop = tmp_path / "stop.json"
     stop.write_text('{"id": "hello-flow"}')
-    forged = send(state, "flow.stopping", str(stop), "--id", "forged-1", "--authtoken", "forged")
+    forged = send(
+        state, "flow.stopping", str(stop), "--id", "forged-1", env={"ORCHESTRATOR_AUTHTOKEN": "forged"}
+    )
     assert forged.returncode == 0
     make_run.wait_for(r"flow\.stopping .*id=forged-1 → deploy +401", 20)
     make_run.wait_for(r"dead-letter flow\.stopping id=forged-1 → deploy", 20)
