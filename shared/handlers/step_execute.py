@@ -194,7 +194,7 @@ def on_step_completed(ctx: Ctx) -> None:
             source=ctx.source,
         )
     if outcome == "wrong_step":
-        raise Forbidden("the message belongs to another step than the step token")
+        raise Forbidden("the message belongs to another step or run than the step token")
     if outcome in ("completed", "failed"):
         log.info("run %s %s", result.run_id, outcome)
     if outcome != "routed":
@@ -233,7 +233,7 @@ def on_step_failed(ctx: Ctx) -> None:
         ctx, run, result, mode="failed", error=result.error or "step failed", reason="step_failed"
     )
     if outcome == "wrong_step":
-        raise Forbidden("the message belongs to another step than the step token")
+        raise Forbidden("the message belongs to another step or run than the step token")
     log.info("step %s of run %s failed: %s", result.step_id, result.run_id, outcome)
     # a retry is due after its backoff: the tick (or the next routing event) publishes it
 

@@ -42,11 +42,13 @@ end
 
 local reason, err = ARGV[11], ARGV[7]
 if mode ~= 'end' then
-  local step_of_message = redis.call('HGET', KEYS[7], 'step')
+  local owner = redis.call('HMGET', KEYS[7], 'step', 'run')
+  local step_of_message = owner[1]
   if not step_of_message then
     return 'stale'
   end
-  if ARGV[2] ~= '' and step_of_message ~= ARGV[2] then
+  -- a message of another run (same step name) is never this run's to fail
+  if (ARGV[2] ~= '' and step_of_message ~= ARGV[2]) or owner[2] ~= run_id then
     redis.call('DEL', KEYS[1])
     return 'wrong_step'
   end

@@ -17,18 +17,22 @@
 -- then M triples: message id, step id, data JSON
 -- then K triples: join index (1..J), source step id, data JSON
 -- Returns: 'duplicate' | 'not_running' | 'stale' (message already ended) | 'seen'
---          | 'wrong_step' (the message is another step's: nothing changes) | 'routed' | 'completed'
+--          | 'wrong_step' (the message is another step's or another run's: nothing changes)
+--          | 'routed' | 'completed'
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) == false then
   return 'duplicate'
 end
 if redis.call('HGET', KEYS[3], 'status') ~= 'running' then
   return 'not_running'
 end
-local step_of_message = redis.call('HGET', KEYS[7], 'step')
+local owner = redis.call('HMGET', KEYS[7], 'step', 'run')
+local step_of_message = owner[1]
 if not step_of_message then
   return 'stale'
 end
-if step_of_message ~= ARGV[2] then
+-- the token names the run (ARGV[3]) and step (ARGV[2]): another run's message of the same
+-- step name is not the sender's to end
+if step_of_message ~= ARGV[2] or owner[2] ~= ARGV[3] then
   redis.call('DEL', KEYS[1])
   return 'wrong_step'
 end
