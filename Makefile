@@ -31,7 +31,12 @@ format: install
 	$(BIN)/ruff format shared functions tests benchmarks
 	$(BIN)/ruff check --fix shared functions tests benchmarks
 
-bench: install
+# the peers of benchmarks/peers.py (the `bench` extra), installed once
+$(VENV)/.bench-installed: $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+bench: install $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,3 +22,19 @@ def redis_server() -> Iterator[Redis]:
             client.close()
         finally:
             server.stop()
+
+
+def used_memory(redis: Redis) -> int:
+    return int(redis.info("memory")["used_memory"])
+
+
+def bytes_per_flow(redis: Redis, populate: Callable[[int], object], flows: int) -> float:
+    """Redis bytes per scheduled flow, measured one way for every system: INFO used_memory of
+    an empty database (scripts loaded by a first `populate(1)`), then `populate(flows)` writing
+    every key the system keeps per scheduled flow, delta / flows. Leaves the flows in place."""
+    redis.flushall()
+    populate(1)  # loads scripts, creates the shared keys (their fixed cost is not per flow)
+    redis.flushall()
+    before = used_memory(redis)
+    populate(flows)
+    return (used_memory(redis) - before) / flows

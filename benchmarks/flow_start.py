@@ -5,7 +5,7 @@
 1. one tick that admits 1,000 due among 1,000 and among 100,000 scheduled flows, beside a raw
    EVALSHA doing ZRANGEBYSCORE LIMIT 1000 + ZADD on a copy of the same sorted set;
 2. admission decisions/s through the Python wrapper vs EVALSHA of the same script called raw;
-3. Redis bytes per scheduled flow (INFO used_memory delta / flows, no flow documents);
+3. Redis bytes per scheduled flow (`_redis.bytes_per_flow`, as benchmarks/peers.py measures it);
 4. fairness: 10 tenants, one submitting 30x the others, slots short; Jain's index over
    share/weight and the worst tenant's share/weight, ours vs FIFO on the same submissions;
 5. due time → admitted event at the sink, p50/p99, in the local runner's set-up (a tick every
@@ -33,7 +33,7 @@ from typing import Any
 
 from redis import Redis
 
-from benchmarks._redis import redis_server
+from benchmarks._redis import bytes_per_flow, redis_server
 from shared import keys
 from shared.admission import cron as admission_cron
 from shared.admission import queue as admission
@@ -195,13 +195,13 @@ def decisions_case(redis: Redis, decisions: int = 5000) -> dict[str, float]:
 
 # --- 3. memory -----------------------------------------------------------------------------
 def memory_case(redis: Redis, flows: int = 100_000) -> dict[str, float]:
-    redis.flushall()
-    populate(redis, 10, "*/5 * * * *", prefix="warm-", now=T0)
-    before = int(redis.info("memory")["used_memory"])
-    populate(redis, flows, "*/5 * * * *", prefix="flow-", now=T0)
-    after = int(redis.info("memory")["used_memory"])
+    """The one way every benchmark measures it (`_redis.bytes_per_flow`): the schedule hash,
+    the due entry and the deployed-set member of each flow, from an empty database."""
+    per_flow = bytes_per_flow(
+        redis, lambda n: populate(redis, n, "*/5 * * * *", prefix="flow-", now=T0), flows
+    )
     sample = {k.decode(): v.decode() for k, v in redis.hgetall(keys.schedule("flow-1")).items()}
-    return {"flows": flows, "bytes_per_flow": (after - before) / flows, "sample": sample}
+    return {"flows": flows, "bytes_per_flow": per_flow, "sample": sample}
 
 
 # --- 4. fairness ---------------------------------------------------------------------------
