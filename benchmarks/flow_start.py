@@ -174,7 +174,7 @@ def decisions_case(redis: Redis, decisions: int = 5000) -> dict[str, float]:
 
     def raw() -> None:
         for args in raw_args:
-            redis.evalsha(sha, 2, *args)
+            redis.evalsha(sha, len(script_keys), *args)
 
     def with_inputs() -> None:
         for run in runs:

@@ -202,10 +202,30 @@ def step_reclaim_turn() -> str:
 
 
 # --- flow-start: schedules, leases, admission (all {adm}; written by flow-start only) --------
-# The admission Lua scripts build the per-tenant/user/flow keys below from admission_prefix()
-# themselves (fair dispatch touches queues it cannot name in advance; all share the {adm} slot).
-def admission_prefix() -> str:
-    return _key(ADMISSION, "")
+# Keys an admission script chooses at run time (a flow's schedule and lease, the fair-queuing
+# queues of tenants, users and flows it dispatches) are one *family* each: the family key below
+# plus an id. The script gets the family keys in KEYS and appends the id, so a built key has the
+# declared key's hash tag (one slot) and its name is spelled here only.
+def admission_keys() -> list[str]:
+    """KEYS[3..] of every admission script, in the order flow_start_common.lua reads them."""
+    return [
+        schedule_due(),
+        deployed_flows(),
+        fencing_counter(),
+        admitted_runs(),
+        run_deadlines(),
+        admission_counts(),
+        start_buckets(),
+        waiting_runs(),
+        fair_tenants(),
+        fair_clock(),
+        schedule_family(),
+        run_lease_family(),
+        waiting_queue_family(),
+        waiting_users_family(),
+        fair_users_family(),
+        fair_flows_family(),
+    ]
 
 
 def _pair(first: str, second: str) -> str:
@@ -218,9 +238,13 @@ def schedule_due() -> str:
     return _key(ADMISSION, "due")
 
 
+def schedule_family() -> str:
+    return _key(ADMISSION, "sched", "")
+
+
 def schedule(flow_id: str) -> str:
     """Hash: c cron, z zone, o offset, t tenant, u user, p overlap, w catch-up, m max run, b."""
-    return _key(ADMISSION, "sched", flow_id)
+    return schedule_family() + flow_id
 
 
 def deployed_flows() -> str:
@@ -228,9 +252,13 @@ def deployed_flows() -> str:
     return _key(ADMISSION, "deployed")
 
 
+def run_lease_family() -> str:
+    return _key(ADMISSION, "lease", "")
+
+
 def run_lease(flow_id: str) -> str:
     """String `token|expiresAt|runId`: the flow's cron run in progress (fencing token)."""
-    return _key(ADMISSION, "lease", flow_id)
+    return run_lease_family() + flow_id
 
 
 def fencing_counter() -> str:
@@ -263,14 +291,22 @@ def waiting_runs() -> str:
     return _key(ADMISSION, "waiting")
 
 
+def waiting_queue_family() -> str:
+    return _key(ADMISSION, "wq", "")
+
+
 def waiting_queue(flow_id: str, user: str) -> str:
     """List: ids of the runs of one flow started by one user, oldest first."""
-    return _key(ADMISSION, "wq", _pair(flow_id, user))
+    return waiting_queue_family() + _pair(flow_id, user)
+
+
+def waiting_users_family() -> str:
+    return _key(ADMISSION, "wqu", "")
 
 
 def waiting_users(flow_id: str) -> str:
     """Set: users with a waiting queue for the flow (to park, wake or drop them)."""
-    return _key(ADMISSION, "wqu", flow_id)
+    return waiting_users_family() + flow_id
 
 
 def fair_tenants() -> str:
@@ -278,14 +314,22 @@ def fair_tenants() -> str:
     return _key(ADMISSION, "wt")
 
 
+def fair_users_family() -> str:
+    return _key(ADMISSION, "wu", "")
+
+
 def fair_users(tenant: str) -> str:
     """Sorted set: the tenant's users with dispatchable runs → start tag."""
-    return _key(ADMISSION, "wu", tenant)
+    return fair_users_family() + tenant
+
+
+def fair_flows_family() -> str:
+    return _key(ADMISSION, "wf", "")
 
 
 def fair_flows(tenant: str, user: str) -> str:
     """Sorted set: the user's flows with dispatchable runs → start tag."""
-    return _key(ADMISSION, "wf", _pair(tenant, user))
+    return fair_flows_family() + _pair(tenant, user)
 
 
 def fair_clock() -> str:

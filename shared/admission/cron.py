@@ -97,7 +97,7 @@ def due_entries(redis: Redis, now: float, limit: int = BATCH) -> list[list[str]]
     """Up to `limit` due entries, earliest first (read only; fire claims): flow, due, cron,
     zone, offset, tenant, user, overlap, catch-up, max run."""
     flat = load_script("flow_start_due")(
-        redis, [keys.schedule_due()], [keys.admission_prefix(), repr(float(now)), limit]
+        redis, [keys.schedule_due(), keys.schedule_family()], [repr(float(now)), limit]
     )
     entries = []
     for i in range(0, len(flat), 3):

@@ -18,6 +18,7 @@ from redis import Redis
 
 from shared import keys
 from shared.errors import OverCapacity
+from shared.events import types
 from shared.model.penalties import STEPS
 from shared.model.policy import Penalties, Policy, TenantLimits
 from shared.runtime.idempotency import Once
@@ -99,9 +100,27 @@ def read_inputs(redis: Redis, policy: Policy) -> Inputs:
 
 
 def script_keys(once: Once | None) -> list[str]:
+    """KEYS of every admission script (flow_start_common.lua)."""
     if once is None:
-        return [keys.dedupe(keys.ADMISSION, "flow-start", "no-dedupe"), keys.outbox(keys.ADMISSION)]
-    return once.script_keys()
+        first = [
+            keys.dedupe(keys.ADMISSION, "flow-start", "no-dedupe"),
+            keys.outbox(keys.ADMISSION),
+        ]
+    else:
+        first = once.script_keys()
+    return [*first, *keys.admission_keys()]
+
+
+# The events the admission scripts write to the outbox, by the kind the scripts name them.
+EVENT_TYPES_JSON = json.dumps(
+    {
+        "admitted": types.RUN_ADMITTED,
+        "skipped": types.RUN_SKIPPED,
+        "deferred": types.RUN_DEFERRED,
+        "missed": types.RUN_MISSED,
+    },
+    separators=(",", ":"),
+)
 
 
 def header(
@@ -109,7 +128,7 @@ def header(
 ) -> list[ArgT]:
     """ARGV[1..8] of every admission script (flow_start_common.lua)."""
     return [
-        keys.admission_prefix(),
+        EVENT_TYPES_JSON,
         repr(float(now)),
         _NO_DEDUPE if once is None else once.ttl_seconds,
         source,

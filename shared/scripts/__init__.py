@@ -29,14 +29,30 @@ class ScriptError(TemporaryError):
 
 
 _INCLUDE = re.compile(r"^--#include ([A-Za-z0-9_]+)[ \t]*$", re.MULTILINE)
+SHEBANG = "#!lua"
+
+
+def _read(name: str) -> tuple[str, str]:
+    """The file's shebang line and the rest of its text; every script file starts with `#!lua`
+    (Redis 7 then refuses keys of other slots than the declared ones in a cluster)."""
+    text = resources.files("shared.scripts").joinpath(f"{name}.lua").read_text()
+    first, _, rest = text.partition("\n")
+    if first.split(" ")[0] != SHEBANG:
+        raise ValueError(f"{name}.lua: the first line must be the {SHEBANG} shebang")
+    return first, rest
+
+
+def _expanded(name: str) -> str:
+    """The text after the shebang, a line `--#include other` replaced by `other.lua`'s."""
+    return _INCLUDE.sub(lambda match: _expanded(match.group(1)), _read(name)[1])
 
 
 @functools.cache
 def script_source(name: str) -> str:
-    """The script's text; a line `--#include other` is replaced by `other.lua` (shared Lua
-    helpers of several scripts live in one file instead of being copied)."""
-    text = resources.files("shared.scripts").joinpath(f"{name}.lua").read_text()
-    return _INCLUDE.sub(lambda match: script_source(match.group(1)), text)
+    """The script's text: its shebang first, then its body with every `--#include other`
+    replaced by `other.lua` without that file's shebang (shared Lua helpers of several scripts
+    live in one file instead of being copied)."""
+    return _read(name)[0] + "\n" + _expanded(name)
 
 
 class LuaScript:

@@ -1,7 +1,11 @@
+#!lua
 -- flow_start_common: the header every flow-start admission script shares (included).
 -- KEYS[1] dedupe key of the incoming event (unused when ARGV[3] is 0)
 -- KEYS[2] outbox of the {adm} tag
--- ARGV[1] key prefix `co:{adm}:` (every other key is built from it; see shared/keys.py)
+-- KEYS[3..18] the admission keys and key families, in the order of keys.admission_keys():
+--   due, deployed, fence, runs, deadlines, count, bucket, waiting, fair tenants, fair clock,
+--   and the families schedule, lease, waiting queue, waiting users, fair users, fair flows
+-- ARGV[1] JSON {"admitted"|"skipped"|"deferred"|"missed": event type} (the catalogue's types)
 -- ARGV[2] now (epoch seconds)   ARGV[3] dedupe TTL seconds (0: no dedupe, e.g. ticks)
 -- ARGV[4] source of emitted events   ARGV[5] global execution slots
 -- ARGV[6] JSON {"*": [weight, max concurrent, starts/min, max waiting], "<tenant>": [...]}
@@ -9,8 +13,9 @@
 --         (policy file x penalties, read by the caller at decision time)
 -- ARGV[8] most runs one call may admit (bounds the script's running time)
 -- Script-specific arguments start at ARGV[9] (FIRST_ARG).
+--#include keys_common
 
-local P = ARGV[1]
+local EVENT_TYPES = cjson.decode(ARGV[1])
 local NOW = tonumber(ARGV[2])
 local DEDUPE_TTL = tonumber(ARGV[3])
 local SOURCE = ARGV[4]
@@ -22,20 +27,21 @@ local FIRST_ARG = 9
 local RUN_GRACE_SECONDS = 60  -- the watchdog's flow.execution.failed normally comes first
 
 local K = {
-  due = P .. 'due', deployed = P .. 'deployed', fence = P .. 'fence', runs = P .. 'runs',
-  deadlines = P .. 'deadlines', count = P .. 'count', bucket = P .. 'bucket',
-  waiting = P .. 'waiting', tenants = P .. 'wt', clock = P .. 'vt',
+  due = KEYS[3], deployed = KEYS[4], fence = KEYS[5], runs = KEYS[6], deadlines = KEYS[7],
+  count = KEYS[8], bucket = KEYS[9], waiting = KEYS[10], tenants = KEYS[11], clock = KEYS[12],
+  sched = KEYS[13], lease = KEYS[14], queue = KEYS[15], queue_users = KEYS[16],
+  users = KEYS[17], flows = KEYS[18],
 }
 
 local function pair(first, second)
   return #first .. ':' .. first .. ':' .. second
 end
-local function sched_key(flow) return P .. 'sched:' .. flow end
-local function lease_key(flow) return P .. 'lease:' .. flow end
-local function queue_key(flow, user) return P .. 'wq:' .. pair(flow, user) end
-local function queue_users_key(flow) return P .. 'wqu:' .. flow end
-local function users_key(tenant) return P .. 'wu:' .. tenant end
-local function flows_key(tenant, user) return P .. 'wf:' .. pair(tenant, user) end
+local function sched_key(flow) return family_key(K.sched, flow) end
+local function lease_key(flow) return family_key(K.lease, flow) end
+local function queue_key(flow, user) return family_key(K.queue, pair(flow, user)) end
+local function queue_users_key(flow) return family_key(K.queue_users, flow) end
+local function users_key(tenant) return family_key(K.users, tenant) end
+local function flows_key(tenant, user) return family_key(K.flows, pair(tenant, user)) end
 
 local function already_handled()
   return DEDUPE_TTL > 0 and redis.call('EXISTS', KEYS[1]) == 1
@@ -122,13 +128,12 @@ end
 
 -- Outbox entries in the shape of OutgoingEvent.to_json(); `data_json` is spliced in as is so
 -- that a run's msg reaches the event byte for byte (cjson would mangle [] and big numbers).
-local EVENT_TYPE = 'org.openintegrationhub.flow.execution.'
 local function emit(kind, data_json, tenant, flow, run_id)
   OUTBOX[#OUTBOX + 1] = '{"data":' .. data_json
     .. ',"extensions":{"flowid":' .. quote(flow) .. ',"runid":' .. quote(run_id)
     .. ',"tenant":' .. quote(tenant) .. '},"id":' .. quote(run_id .. '-' .. kind)
     .. ',"source":' .. quote(SOURCE) .. ',"time":' .. ARGV[2]
-    .. ',"type":"' .. EVENT_TYPE .. kind .. '"}'
+    .. ',"type":' .. quote(EVENT_TYPES[kind]) .. '}'
 end
 
 -- flow.execution.skipped / deferred / missed (RunNotStarted)
@@ -139,16 +144,16 @@ end
 
 -- writes what the call batched; every entry script calls it before returning
 local function flush()
-  local set, gone = {}, {}
+  local fields, gone = {}, {}
   for field in pairs(dirty_counts) do
     if counts[field] > 0 then
-      set[#set + 1] = field
-      set[#set + 1] = counts[field]
+      fields[#fields + 1] = field
+      fields[#fields + 1] = counts[field]
     else
       gone[#gone + 1] = field  -- zero counters cost memory for nothing
     end
   end
-  bulk('HSET', K.count, set)
+  bulk('HSET', K.count, fields)
   bulk('HDEL', K.count, gone)
   if fence then
     redis.call('SET', K.fence, fence)

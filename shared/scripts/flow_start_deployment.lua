@@ -1,3 +1,4 @@
+#!lua
 -- flow_start_deployment: only deployed flows run. flow.started wakes the flow's waiting runs;
 -- flow.failed / flow.stopped park them (they keep waiting, capped per tenant).
 -- KEYS, ARGV[1..8]: see flow_start_common.

@@ -1,3 +1,4 @@
+#!lua
 -- flow_start_dispatch: reclaim the slots of runs past their deadline, then admit waiting runs
 -- in fair order (ticks, penalty changes).
 -- KEYS, ARGV[1..8]: see flow_start_common (ARGV[3] 0 for ticks).

@@ -1,3 +1,4 @@
+#!lua
 -- flow_start_execute: a flow.execute run is admitted or waits its fair turn; never skipped.
 -- KEYS, ARGV[1..8]: see flow_start_common.
 -- ARGV[9] run id   ARGV[10] flow id   ARGV[11] tenant   ARGV[12] user

@@ -1,3 +1,4 @@
+#!lua
 -- flow_start_fire: claim due schedule entries and fire them, atomically. Each entry is
 -- claimed only if its score is still the due time the caller read (so concurrent ticks fire
 -- each due time once); then the next due time is stored, older due times are announced as

@@ -1,3 +1,4 @@
+#!lua
 -- flow_start_lease: a flow's run lease; Lua helpers included by the flow-start scripts.
 -- A lease is a string `token|expiresAt|runId`. It is held until expiresAt (now + the run
 -- limit, by the caller's clock, so a crashed run's lease expires and the next due time runs);

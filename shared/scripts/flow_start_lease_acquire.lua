@@ -1,3 +1,4 @@
+#!lua
 -- flow_start_lease_acquire: take a flow's run lease if it is free (or expired).
 -- KEYS[1] lease key   KEYS[2] fencing counter
 -- ARGV[1] run id   ARGV[2] TTL in seconds (the run limit)   ARGV[3] now (epoch s)

@@ -1,3 +1,4 @@
+#!lua
 -- flow_start_lease_release: give a lease back, only with the token it was acquired with.
 -- KEYS[1] lease key
 -- ARGV[1] fencing token

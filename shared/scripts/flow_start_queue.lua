@@ -1,3 +1,4 @@
+#!lua
 -- flow_start_queue: admission and weighted fair dispatch (included after flow_start_common
 -- and flow_start_lease).
 -- A run is admitted when a global slot is free, its tenant is under its concurrent-run cap,

@@ -1,3 +1,4 @@
+#!lua
 -- flow_start_release: a run ended (flow.execution.completed/failed): free its slot and lease
 -- if the fencing token matches, start a buffered run, and admit the next waiting runs.
 -- KEYS, ARGV[1..8]: see flow_start_common.

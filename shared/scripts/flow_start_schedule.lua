@@ -1,3 +1,4 @@
+#!lua
 -- flow_start_schedule: store (or drop) a flow's cron schedule on flow.starting. The due time
 -- is kept when cron, zone and offset are unchanged, so a re-sent flow does not move it.
 -- KEYS, ARGV[1..8]: see flow_start_common.

@@ -1,3 +1,4 @@
+#!lua
 -- flow_start_unschedule: flow.stopping drops the flow's schedule and its waiting runs (each
 -- announced as skipped, reason flow_stopped, their leases freed). Running runs end through
 -- step-execute.

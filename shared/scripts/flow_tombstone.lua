@@ -1,3 +1,4 @@
+#!lua
 -- flow_tombstone: mark a flow stopped, unless a newer flow.starting is already stored.
 -- KEYS[1] flow document hash   KEYS[2] set of wanted flow ids
 -- ARGV[1] flow id  ARGV[2] version (seconds) of the stop

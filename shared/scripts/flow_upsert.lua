@@ -1,3 +1,4 @@
+#!lua
 -- flow_upsert: store a flow document unless a newer version (or a newer tombstone) is there.
 -- KEYS[1] flow document hash   KEYS[2] set of wanted flow ids
 -- ARGV[1] flow id  ARGV[2] document JSON  ARGV[3] content hash  ARGV[4] version (seconds)

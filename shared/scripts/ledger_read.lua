@@ -1,3 +1,4 @@
+#!lua
 -- ledger_read: the sums of every metric over the live buckets of each ring (read only).
 -- Summing here returns a dozen numbers per ring instead of every field of every bucket.
 -- KEYS[i] ledger ring i

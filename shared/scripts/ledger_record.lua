@@ -1,3 +1,4 @@
+#!lua
 -- ledger_record: add one event's amounts to the ledger rings of its subjects, at most once,
 -- together with the watchdog's bookkeeping of the run the event is about.
 -- A ring is a hash of SLOTS buckets: field "<slot>" holds the bucket number the slot

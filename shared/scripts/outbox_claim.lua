@@ -1,3 +1,4 @@
+#!lua
 -- outbox_claim: take up to `limit` events of one outbox for sending, each under a lease.
 -- KEYS[1] outbox list (JSON entries, oldest first)
 -- KEYS[2] in-flight sorted set (member: entry JSON, score: lease deadline in seconds)

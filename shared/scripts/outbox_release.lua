@@ -1,3 +1,4 @@
+#!lua
 -- outbox_release: give unsent claimed events back to the head of their outbox, in order.
 -- KEYS[1] outbox list  KEYS[2] in-flight sorted set
 -- ARGV[1..n] the entries, oldest first

@@ -1,3 +1,4 @@
+#!lua
 -- penalty_common: helpers shared by the penalty scripts (each includes this file).
 -- RANK orders the steps as shared/model/penalties.py does; EVENTS names the event of each step
 -- (warn has none; stepping down to warn or to nothing announces tenant.restored).

@@ -1,3 +1,4 @@
+#!lua
 -- penalty_decay: after clean behaviour step the subject one rung down; the last rung restores.
 -- Clean means: the cooldown is over and no violation was seen for `decay_after` seconds
 -- since the last change (or the last violation, whichever is later).

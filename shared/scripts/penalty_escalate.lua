@@ -1,3 +1,4 @@
+#!lua
 -- penalty_escalate: a rule was violated; step the subject one rung up the ladder unless the
 -- evidence was already punished: the same rule fired less than one window ago (the same data
 -- must not be punished twice), or the subject changed step less than one base cooldown ago

@@ -1,3 +1,4 @@
+#!lua
 -- penalty_lift: an operator lifts a subject's penalty at once (audited); repeats start over.
 -- KEYS[1] penalty hash of the subject   KEYS[2] penalty index (sorted set)
 -- KEYS[3] audit stream                  KEYS[4] outbox of the {pol} tag

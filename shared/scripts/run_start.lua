@@ -1,3 +1,4 @@
+#!lua
 -- run_start: create a run record and its first step messages, once per admitted event.
 -- KEYS[1] dedupe key  KEYS[2] outbox (unused: starting emits nothing)  KEYS[3] run hash
 -- KEYS[4] run messages set  KEYS[5] run step counts hash  KEYS[6] due zset

@@ -1,3 +1,4 @@
+#!lua
 -- step_claim: take due step messages for publishing, within the message-rate token buckets
 -- of their tenant and flow; a message over the rate is re-scheduled (never dropped) to when
 -- its buckets will have a token, later messages of the same bucket spaced one token apart.

@@ -1,3 +1,4 @@
+#!lua
 -- step_fail: a step message failed (retry it with backoff, or dead-letter it and fail the run),
 -- or a run ends from outside (stop, watchdog timeout): every pending message is dead-lettered.
 -- KEYS[1] dedupe key (ignored when ARGV[1] is 0)  KEYS[2] outbox  KEYS[3] run hash

@@ -1,3 +1,4 @@
+#!lua
 -- step_published: record that claimed messages are in their queues: start their step timeout.
 -- A message that ended or was re-scheduled meanwhile (another attempt) is left alone.
 -- KEYS[1] due zset  KEYS[2] deadlines zset  KEYS[3] set of step queue names

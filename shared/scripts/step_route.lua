@@ -1,3 +1,4 @@
+#!lua
 -- step_route: record one output of a step message (step.completed) and route it, atomically:
 -- dedupe by event and by messageId:seq, create the messages its edges lead to, buffer join
 -- inputs, end the message after its final output, fire join nodes whose upstream is done, and

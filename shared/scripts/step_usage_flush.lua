@@ -1,3 +1,4 @@
+#!lua
 -- step_usage_flush: turn the message and byte counts not yet reported into usage.reported
 -- events (one per tenant, user and flow) in the outbox, and reset the counts.
 -- KEYS[1] usage messages hash  KEYS[2] usage bytes hash  KEYS[3] outbox

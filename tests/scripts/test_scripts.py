@@ -27,7 +27,7 @@ ENTRY_POINTS = [name for name in ALL if name not in INCLUDED]
 
 
 def _header(name: str) -> str:
-    lines = SCRIPTS_DIR.joinpath(f"{name}.lua").read_text().splitlines()
+    lines = SCRIPTS_DIR.joinpath(f"{name}.lua").read_text().splitlines()[1:]  # after #!lua
     head = []
     for line in lines:
         if not line.startswith("--") or line.startswith("--#include"):
