@@ -2,9 +2,10 @@
 
 One standard queue per step (created on first use; the name is the step queue's name made
 SQS-safe, with a digest suffix so two names never collide). Messages carry run, step, tenant
-and message id as message attributes. A body over 256 KiB (SQS's limit, attributes included)
-goes to `CLAIM_CHECK_BUCKET` and the message carries a pointer; the object is deleted once the
-message is acknowledged. SQS redelivers unacknowledged messages itself after the visibility
+and message id as message attributes. A body over the queue's own `MaximumMessageSize`
+(attributes included; read from the queue once: up to 1 MiB on SQS today, 256 KiB on older
+queues) goes to `CLAIM_CHECK_BUCKET` and the message carries a pointer; the object is deleted
+once the message is acknowledged. SQS redelivers unacknowledged messages itself after the visibility
 timeout, so `reclaim` has nothing to do. `AWS_ENDPOINT_URL` points tests at the moto server.
 botocore errors become TemporaryError (throttling, 5xx, connection) or PermanentError.
 """
@@ -28,7 +29,7 @@ from shared.ports.step_message import BadMessage, Delivery, StepMessage
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 256 * 1024
+MAX_MESSAGE_BYTES = 256 * 1024  # when a queue does not say (the old, smallest SQS limit)
 BATCH_SIZE = 10  # SQS batch limit (entries)
 VISIBILITY_TIMEOUT_SECONDS = 300
 CLAIM_CHECK_FIELD = "claimCheck"
@@ -79,14 +80,17 @@ class SqsQueue:
         bucket: str,
         *,
         visibility_timeout: int = VISIBILITY_TIMEOUT_SECONDS,
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.sqs = sqs
         self.s3 = s3
         self.bucket = bucket
         self.visibility_timeout = visibility_timeout
+        # None: each queue's own MaximumMessageSize (SQS allows up to 1 MiB; queues created
+        # before 2025 and some emulators default to 256 KiB), read once per queue.
         self.max_message_bytes = max_message_bytes
         self._urls: dict[str, str] = {}
+        self._limits: dict[str, int] = {}
 
     @classmethod
     def connect(cls, *, endpoint_url: str | None, bucket: str) -> SqsQueue:
@@ -103,19 +107,53 @@ class SqsQueue:
     def queue_url(self, queue: str) -> str:
         url = self._urls.get(queue)
         if url is None:
-            with aws_errors("CreateQueue"):
-                # CreateQueue returns the existing queue when the attributes match.
-                url = str(
-                    self.sqs.create_queue(
-                        QueueName=sqs_name(queue),
-                        Attributes={"VisibilityTimeout": str(self.visibility_timeout)},
-                    )["QueueUrl"]
-                )
+            url = self._existing_url(queue) or self._create(queue)
             self._urls[queue] = url
         return url
 
+    def _existing_url(self, queue: str) -> str | None:
+        """An existing queue is used as it is: CreateQueue would refuse one whose attributes
+        (say an operator's MaximumMessageSize) differ from ours."""
+        try:
+            return str(self.sqs.get_queue_url(QueueName=sqs_name(queue))["QueueUrl"])
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if "NonExistentQueue" not in code and "QueueDoesNotExist" not in code:
+                with aws_errors("GetQueueUrl"):
+                    raise
+            return None
+        except BotoCoreError:
+            with aws_errors("GetQueueUrl"):
+                raise
+
+    def _create(self, queue: str) -> str:
+        with aws_errors("CreateQueue"):
+            # CreateQueue returns the existing queue when the attributes match (a race).
+            return str(
+                self.sqs.create_queue(
+                    QueueName=sqs_name(queue),
+                    Attributes={"VisibilityTimeout": str(self.visibility_timeout)},
+                )["QueueUrl"]
+            )
+
+    def message_limit(self, queue: str) -> int:
+        """Bytes one message (body + attributes) may have on this queue."""
+        if self.max_message_bytes is not None:
+            return self.max_message_bytes
+        limit = self._limits.get(queue)
+        if limit is None:
+            url = self.queue_url(queue)
+            with aws_errors("GetQueueAttributes"):
+                answer = self.sqs.get_queue_attributes(
+                    QueueUrl=url, AttributeNames=["MaximumMessageSize"]
+                )
+            raw = answer.get("Attributes", {}).get("MaximumMessageSize")
+            limit = int(raw) if raw and str(raw).isdigit() else MAX_MESSAGE_BYTES
+            self._limits[queue] = limit
+        return limit
+
     # --- publishing -----------------------------------------------------------------------
-    def _entry(self, index: int, message: StepMessage) -> dict[str, Any]:
+    def _entry(self, index: int, message: StepMessage, limit: int) -> dict[str, Any]:
         attributes = {
             name: {"DataType": "String", "StringValue": value}
             for name, value in (
@@ -126,7 +164,7 @@ class SqsQueue:
             )
         }
         body = message.to_json()
-        if len(body.encode()) + _attribute_bytes(attributes) > self.max_message_bytes:
+        if len(body.encode()) + _attribute_bytes(attributes) > limit:
             body = self._check_in(message, body)
         return {"Id": str(index), "MessageBody": body, "MessageAttributes": attributes}
 
@@ -145,14 +183,15 @@ class SqsQueue:
         if not messages:
             return
         url = self.queue_url(queue)
-        entries = [self._entry(i, m) for i, m in enumerate(messages)]
+        limit = self.message_limit(queue)
+        entries = [self._entry(i, m, limit) for i, m in enumerate(messages)]
         batch: list[dict[str, Any]] = []
         size = 0
         for entry in entries:
             entry_size = len(entry["MessageBody"].encode()) + _attribute_bytes(
                 entry["MessageAttributes"]
             )
-            if batch and (len(batch) == BATCH_SIZE or size + entry_size > self.max_message_bytes):
+            if batch and (len(batch) == BATCH_SIZE or size + entry_size > limit):
                 self._send(url, batch)
                 batch, size = [], 0
             batch.append(entry)

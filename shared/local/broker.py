@@ -6,8 +6,9 @@ machine.
 - delivers each event in binary mode to every Trigger whose filter matches, one thread pool per
   subscriber, so a slow subscriber does not hold up the others,
 - retries 404/408/409/429/5xx, timeouts and refused connections with the Broker's backoff
-  (exponential: backoffDelay * 2^(retry-1)); for 429/503 the larger of that and `Retry-After`
-  (capped, like Knative's `retryAfterMax`); never retries other 4xx,
+  (exponential: backoffDelay * 2^(retry-1)); for 429/503, when the Broker sets `retryAfterMax`,
+  the larger of that and `Retry-After` (capped by it; without it Retry-After is ignored, as in
+  Knative); never retries other 4xx,
 - then appends the event (tokens removed) to the dead-letter file.
 Every delivery prints one line (type, id, target, status), never a token.
 """
@@ -50,7 +51,9 @@ class DeliveryPolicy:
     retry: int = 8
     backoff_policy: str = "exponential"
     backoff_delay: float = 0.5
-    retry_after_max: float = 60.0
+    # Knative honours Retry-After only up to the Broker's `retryAfterMax` and ignores it when
+    # that is not set (feature delivery-retryafter); so does this broker.
+    retry_after_max: float | None = None
     timeout: float = 30.0
 
     def backoff(self, retry: int) -> float:
@@ -60,9 +63,14 @@ class DeliveryPolicy:
         return float(self.backoff_delay * 2 ** (retry - 1))
 
     def delay(self, retry: int, status: int | None, retry_after: float | None) -> float:
-        """Backoff, or for 429/503 the larger of it and Retry-After (capped)."""
+        """Backoff, or for 429/503 the larger of it and Retry-After (capped by retryAfterMax;
+        without retryAfterMax, Retry-After is ignored as Knative does)."""
         base = self.backoff(retry)
-        if status in RETRY_AFTER_STATUSES and retry_after is not None:
+        if (
+            status in RETRY_AFTER_STATUSES
+            and retry_after is not None
+            and self.retry_after_max is not None
+        ):
             return max(base, min(retry_after, self.retry_after_max))
         return base
 

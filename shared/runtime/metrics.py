@@ -6,12 +6,24 @@ Observed in two central places, so no handler has to remember them: every handle
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 
 from shared.events import OutgoingEvent
 from shared.events import types as t
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The standard process_*, python_gc_* and python_info series beside ours (memory, CPU, open fds
+# and GC pauses of each function instance are what an operator looks at first).
+for _collector in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
+    REGISTRY.register(_collector)
 
 EVENTS_HANDLED = Counter(
     "orchestrator_events_handled",

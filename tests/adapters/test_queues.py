@@ -151,6 +151,8 @@ def test_sqs_messages_carry_run_step_and_tenant_attributes(aws: Aws) -> None:
 def test_an_sqs_body_over_256_kib_travels_through_s3_and_is_deleted_after_consumption(
     aws: Aws,
 ) -> None:
+    # a queue created before SQS raised its limit to 1 MiB
+    aws.sqs.create_queue(QueueName=sqs_name(QUEUE), Attributes={"MaximumMessageSize": "262144"})
     queue = SqsQueue(aws.sqs, aws.s3, aws.bucket)
     big = {"blob": "x" * (300 * 1024)}
     queue.publish(QUEUE, [message(1, big), message(2)])
@@ -173,10 +175,36 @@ def test_an_sqs_body_just_under_the_limit_stays_inline(aws: Aws) -> None:
     assert delivery.claim_check is None
 
 
+@pytest.mark.parametrize(
+    ("queue_limit", "body_kib", "checked_in"),
+    [
+        (1024, 2, True),  # a queue that allows 1 KiB: a 2 KiB body goes through S3
+        (1024 * 1024, 300, False),  # SQS's 1 MiB: 300 KiB stays inline
+        (1024 * 1024, 1100, True),
+        (None, 300, False),  # a queue we create: SQS's (and moto's) default, 1 MiB
+        (None, 1100, True),
+    ],
+    ids=["1KiB-queue", "1MiB-queue-300KiB", "1MiB-queue-1100KiB", "new-300KiB", "new-1100KiB"],
+)
+def test_the_claim_check_threshold_is_the_queues_own_maximum_message_size(
+    aws: Aws, queue_limit: int | None, body_kib: int, checked_in: bool
+) -> None:
+    if queue_limit is not None:  # the queue exists already, made by an operator
+        aws.sqs.create_queue(
+            QueueName=sqs_name(QUEUE), Attributes={"MaximumMessageSize": str(queue_limit)}
+        )
+    queue = SqsQueue(aws.sqs, aws.s3, aws.bucket)
+    queue.publish(QUEUE, [message(1, {"blob": "x" * (body_kib * 1024)})])
+    assert (len(aws.objects()) == 1) is checked_in
+    (delivery,) = drain(queue)
+    assert (delivery.claim_check is not None) is checked_in
+    assert delivery.message is not None and len(delivery.message.data["blob"]) == body_kib * 1024
+
+
 def test_sqs_errors_are_ours(aws: Aws) -> None:
     missing_bucket = SqsQueue(aws.sqs, aws.s3, "no-such-bucket")
     with pytest.raises(PermanentError):
-        missing_bucket.publish(QUEUE, [message(1, {"blob": "x" * (300 * 1024)})])
+        missing_bucket.publish(QUEUE, [message(1, {"blob": "x" * (1100 * 1024)})])
     unreachable = SqsQueue.connect(endpoint_url="http://127.0.0.1:1", bucket="b")
     with pytest.raises(TemporaryError):
         unreachable.publish(QUEUE, [message(1)])

@@ -101,6 +101,13 @@ def test_retry_after_is_honoured_for_429_and_503(
     assert policy.delay(2, status, retry_after) == delay
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_without_retry_after_max_the_header_is_ignored_as_knative_does(status: int) -> None:
+    assert DeliveryPolicy(backoff_delay=0.5).delay(2, status, 30.0) == 1.0
+    spec = {"retryAfterMax": "PT10S"}
+    assert delivery_from_spec(spec, DeliveryPolicy(backoff_delay=0.5)).delay(2, status, 30.0) == 10
+
+
 def test_retry_after_as_seconds_or_http_date() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
     assert parse_retry_after("5", now) == 5
@@ -466,7 +473,7 @@ def test_retries_wait_on_the_timer_so_a_throttling_subscriber_keeps_its_pool_fre
         BASE_TOPOLOGY,
         {"deploy": sinks["deploy"].url},
         FileDeadLetters(tmp_path / "dead.jsonl"),
-        overrides={"retry": 3},
+        overrides={"retry": 3, "retry_after_max": 60.0},
         report=[].append,
         workers_per_subscriber=2,
     )

@@ -232,3 +232,24 @@ def test_metrics_after_traffic_through_every_function(
     emitted = "orchestrator_events_emitted_total"
     assert delta(pc, bpc, emitted, type="policy.violation") == 1
     assert delta(se, bse, emitted, type="usage.reported") >= 1
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "python_gc_collections_total",
+        "python_info",
+    ],
+)
+def test_the_standard_process_and_gc_series_are_exposed(series: str) -> None:
+    from shared.runtime.metrics import exposition
+
+    body = exposition()
+    names = {
+        line.split("{")[0].split(" ")[0]
+        for line in body.decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert series in names
