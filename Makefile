@@ -4,7 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench clean
+.PHONY: install services run test lint format bench clean
+
+# Servers the tests start themselves (unprivileged processes, temp dirs, free ports on
+# 127.0.0.1), as COMMAND:DEBIAN_PACKAGE. As root, the set-up installs the missing ones with apt.
+SERVICES := redis-server:redis-server rabbitmq-server:rabbitmq-server prometheus:prometheus promtool:prometheus
 
 install: $(STAMP)
 
@@ -18,7 +22,16 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/orchestrator run
 
-test: install
+services:
+	@missing=""; for pair in $(SERVICES); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing the test servers:$$missing (Debian packages)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: install services
 	$(BIN)/python -m pytest -p no:randomly -x --durations=15
 
 lint: install
