@@ -161,9 +161,14 @@ def flow_runs(flow_id: str) -> str:
     return _key(EXECUTION, "flow-runs", flow_id)
 
 
+def step_message_family() -> str:
+    """The family of step message keys (a script appends a message id; see keys_common.lua)."""
+    return _key(EXECUTION, "msg", "")
+
+
 def step_message(message_id: str) -> str:
     """Hash: one pending step message (run, flow, step, tenant, user, data, attempt, outputs)."""
-    return _key(EXECUTION, "msg", message_id)
+    return step_message_family() + message_id
 
 
 def step_due() -> str:

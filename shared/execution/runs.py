@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import keys
 from shared.errors import TemporaryError
 from shared.events import RunAdmitted, StepResult
+from shared.events import types as t
 from shared.execution.routing import Graph, Route, message_id
 from shared.model.policy import TenantLimits
 from shared.runtime.idempotency import Once
@@ -361,7 +362,7 @@ def output_call(
     args: list[str | int | float] = [
         guard.ttl, result.step_id, run_id, parent, seq, 1 if result.final else 0, repr(now),
         int(retention_seconds), usage_field(run.tenant, run.user, run.flow_id), source,
-        len(joins), len(messages), len(inputs),
+        len(joins), len(messages), len(inputs), t.RUN_COMPLETED,
     ]  # fmt: skip
     for node, join_id in zip(joins, join_ids, strict=True):
         args.extend((node, join_id, json.dumps(graph.ancestors(node))))
@@ -418,13 +419,13 @@ def fail_call(
         keys.run_messages(run_id), keys.run_step_counts(run_id), keys.run_seen(run_id),
         keys.step_message(message), keys.step_due(), keys.step_deadlines(),
         keys.runs_running(), keys.runs_recent(), keys.flow_runs(flow_id), keys.dead_letters(),
-        *join_lists,
+        keys.step_message_family(), *join_lists,
     ]  # fmt: skip
     args: list[str | int | float] = [
         guard.ttl, step, mode, run_id, message, -1 if attempt is None else attempt, error[:2000],
         repr(now), int(retention_seconds), source, reason, 1 if emit else 0,
         -1 if fencing_token is None else fencing_token, BACKOFF_BASE_SECONDS,
-        BACKOFF_MAX_SECONDS, DEAD_LETTER_CAP, len(join_lists),
+        BACKOFF_MAX_SECONDS, DEAD_LETTER_CAP, len(join_lists), t.RUN_FAILED,
     ]  # fmt: skip
     return ScriptCall("step_fail", script_keys, args)
 

@@ -387,7 +387,12 @@ def report_usage(ctx: Ctx) -> int:
         load_script("step_usage_flush")(
             ctx.redis,
             [keys.step_usage("messages"), keys.step_usage("bytes"), keys.outbox(keys.EXECUTION)],
-            [repr(ctx.clock.now()), ctx.source, f"usage-{uuid.uuid4().hex[:16]}-"],
+            [
+                repr(ctx.clock.now()),
+                ctx.source,
+                f"usage-{uuid.uuid4().hex[:16]}-",
+                t.USAGE_REPORTED,
+            ],
         )
     )
 

@@ -19,12 +19,13 @@ Punishing one subject writes only that subject's hash: nobody else's limits chan
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from redis import Redis
 
 from shared import keys
-from shared.events.types import PREFIX
+from shared.events import types
 from shared.model import audit
 from shared.model.policy import Penalties
 from shared.scripts import load_script
@@ -128,6 +129,21 @@ def _script_keys(level: str, subject_id: str) -> list[str]:
     ]
 
 
+# The events the penalty scripts announce (penalty_common.lua): one per step, restored, violation.
+EVENT_TYPES_JSON = json.dumps(
+    {
+        "steps": {
+            "throttle": types.TENANT_THROTTLED,
+            "deprioritize": types.TENANT_DEPRIORITIZED,
+            "suspend": types.TENANT_SUSPENDED,
+        },
+        "restored": types.TENANT_RESTORED,
+        "violation": types.POLICY_VIOLATION,
+    },
+    separators=(",", ":"),
+)
+
+
 def history_ttl(penalties: Penalties) -> int:
     """How long a restored subject's history (repeats, evidence) is kept."""
     return max(1, round(max(penalties.max_cooldown_seconds, penalties.decay_after_seconds)))
@@ -169,7 +185,7 @@ def escalate(
             repr(penalties.max_cooldown_seconds),
             _event_base(level, subject_id),
             source,
-            PREFIX,
+            EVENT_TYPES_JSON,
             str(audit.MAX_ENTRIES),
             _flow_extension(level, subject_id),
             action,
@@ -192,7 +208,7 @@ def decay(
             str(history_ttl(penalties)),
             _event_base(level, subject_id),
             source,
-            PREFIX,
+            EVENT_TYPES_JSON,
             str(audit.MAX_ENTRIES),
             _flow_extension(level, subject_id),
             f"{level}:{subject_id}",
@@ -234,7 +250,7 @@ def lift(
                 str(history_ttl(penalties)),
                 _event_base(level, subject_id),
                 source,
-                PREFIX,
+                EVENT_TYPES_JSON,
                 str(audit.MAX_ENTRIES),
                 _flow_extension(level, subject_id),
                 f"{level}:{subject_id}",

@@ -32,14 +32,20 @@ _INCLUDE = re.compile(r"^--#include ([A-Za-z0-9_]+)[ \t]*$", re.MULTILINE)
 SHEBANG = "#!lua"
 
 
-def _read(name: str) -> tuple[str, str]:
-    """The file's shebang line and the rest of its text; every script file starts with `#!lua`
-    (Redis 7 then refuses keys of other slots than the declared ones in a cluster)."""
-    text = resources.files("shared.scripts").joinpath(f"{name}.lua").read_text()
+def split_shebang(name: str, text: str) -> tuple[str, str]:
+    """The shebang line and the rest of a script file's text. Every file starts with `#!lua`:
+    Redis 7 (and Valkey) then refuse a key of another slot than the declared keys' in a
+    cluster, so a script cannot silently reach outside its hash tag."""
     first, _, rest = text.partition("\n")
     if first.split(" ")[0] != SHEBANG:
         raise ValueError(f"{name}.lua: the first line must be the {SHEBANG} shebang")
     return first, rest
+
+
+def _read(name: str) -> tuple[str, str]:
+    return split_shebang(
+        name, resources.files("shared.scripts").joinpath(f"{name}.lua").read_text()
+    )
 
 
 def _expanded(name: str) -> str:

@@ -1,10 +1,13 @@
 #!lua
 -- penalty_common: helpers shared by the penalty scripts (each includes this file).
--- RANK orders the steps as shared/model/penalties.py does; EVENTS names the event of each step
--- (warn has none; stepping down to warn or to nothing announces tenant.restored).
+-- RANK orders the steps as shared/model/penalties.py does. The event types come from the
+-- caller (events_of: the JSON of penalties.EVENT_TYPES_JSON): `steps` names the event of each
+-- step (warn has none; stepping down to warn or to nothing announces `restored`), `violation`
+-- the event of every violation.
 local RANK = {warn = 1, throttle = 2, deprioritize = 3, suspend = 4}
-local EVENTS = {throttle = 'tenant.throttled', deprioritize = 'tenant.deprioritized',
-  suspend = 'tenant.suspended'}
+local function events_of(text)
+  return cjson.decode(text)
+end
 
 -- the ladder of the policy, from its comma-separated text
 local function ladder_of(text)

@@ -6,10 +6,11 @@
 -- KEYS[3] audit stream                  KEYS[4] outbox of the {pol} tag
 -- ARGV[1] now   ARGV[2] ladder (comma separated)   ARGV[3] decay_after seconds
 -- ARGV[4] TTL of a restored subject's history   ARGV[5] event id base   ARGV[6] event source
--- ARGV[7] event type prefix   ARGV[8] audit stream max length   ARGV[9] flow id extension
+-- ARGV[7] event types (JSON)   ARGV[8] audit stream max length   ARGV[9] flow id extension
 -- ARGV[10] index member (level:id)
 -- Returns {'decayed' | 'restored' | 'held' | 'none', step after ('' for none), until}
 --#include penalty_common
+local EVENTS = events_of(ARGV[7])
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 
@@ -56,5 +57,5 @@ if new_step ~= 'none' then
 end
 redis.call('RPUSH', KEYS[4], outbox_event(
   ARGV[5] .. '-decay-' .. string.format('%.0f', now * 1000),
-  ARGV[7] .. (EVENTS[new_step] or 'tenant.restored'), ARGV[6], data, tenant, ARGV[9], now))
+  EVENTS.steps[new_step] or EVENTS.restored, ARGV[6], data, tenant, ARGV[9], now))
 return {action, new_step == 'none' and '' or new_step, tostring(now)}

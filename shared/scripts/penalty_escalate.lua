@@ -13,10 +13,11 @@
 -- ARGV[6] measured   ARGV[7] limit   ARGV[8] window (text)   ARGV[9] evidence horizon seconds
 -- ARGV[10] ladder (comma separated)   ARGV[11] cooldown seconds   ARGV[12] max cooldown seconds
 -- ARGV[13] forget repeats after this many clean seconds   ARGV[14] event id base
--- ARGV[15] event source   ARGV[16] event type prefix   ARGV[17] audit stream max length
+-- ARGV[15] event source   ARGV[16] event types (JSON)   ARGV[17] audit stream max length
 -- ARGV[18] flow id extension ('' for none)   ARGV[19] audit action (escalate | timeout)
 -- Returns {'escalated' | 'held', step after the decision ('' for none), until}
 --#include penalty_common
+local EVENTS = events_of(ARGV[16])
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local level, id, tenant, rule = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -58,13 +59,13 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[17], '*', 'time', now, 'action',
 local subject = {level = level, id = id}
 local stamp = string.format('%.0f', now * 1000)
 local function event(kind, event_type, data)
-  return outbox_event(ARGV[14] .. '-' .. kind .. '-' .. stamp, ARGV[16] .. event_type,
+  return outbox_event(ARGV[14] .. '-' .. kind .. '-' .. stamp, event_type,
     ARGV[15], data, tenant, ARGV[18], now)
 end
-redis.call('RPUSH', KEYS[4], event('violation', 'policy.violation', {subject = subject,
+redis.call('RPUSH', KEYS[4], event('violation', EVENTS.violation, {subject = subject,
   rule = rule, measured = tonumber(ARGV[6]), limit = tonumber(ARGV[7]), window = ARGV[8]}))
-if EVENTS[new_step] then
-  redis.call('RPUSH', KEYS[4], event('penalty', EVENTS[new_step], {subject = subject,
+if EVENTS.steps[new_step] then
+  redis.call('RPUSH', KEYS[4], event('penalty', EVENTS.steps[new_step], {subject = subject,
     penalty = new_step, ['until'] = new_until, rule = rule}))
 end
 return {'escalated', new_step, tostring(new_until)}

@@ -5,8 +5,8 @@
 -- KEYS[4] run messages set  KEYS[5] run step counts hash  KEYS[6] run seen set
 -- KEYS[7] the failed message hash (mode 'end': the key of message id '')  KEYS[8] due zset
 -- KEYS[9] deadlines zset  KEYS[10] running zset  KEYS[11] recent zset  KEYS[12] flow runs set
--- KEYS[13] dead letters stream  KEYS[14..13+J] join input list of each join node
--- The run's other message hashes are KEYS[7]'s prefix + their id (same {exec} hash tag).
+-- KEYS[13] dead letters stream  KEYS[14] the message key family (keys.step_message_family())
+-- KEYS[15..14+J] join input list of each join node
 -- ARGV[1] dedupe ttl (0: no dedupe)  ARGV[2] step id the message must be of ('': any)
 -- ARGV[3] mode:
 --   'failed'  a worker reported step.failed: retry while attempts are left
@@ -17,8 +17,9 @@
 -- ARGV[8] now  ARGV[9] retention seconds  ARGV[10] event source  ARGV[11] run end reason
 -- ARGV[12] emit flow.execution.failed (1/0)  ARGV[13] fencing token to match (-1: any)
 -- ARGV[14] backoff base seconds  ARGV[15] backoff max seconds  ARGV[16] dead letter cap
--- ARGV[17] J
+-- ARGV[17] J  ARGV[18] the event type of a failed run (flow.execution.failed)
 -- Returns: 'duplicate' | 'not_running' | 'stale' | 'wrong_step' | 'retry' | 'failed'
+--#include keys_common
 if tonumber(ARGV[1]) > 0 and redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) == false then
   return 'duplicate'
 end
@@ -77,9 +78,8 @@ if mode ~= 'end' then
 end
 
 -- The run fails: every other pending message is dead-lettered with the run's reason.
-local prefix = string.sub(KEYS[7], 1, #KEYS[7] - #message_id)
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-  dead_letter(prefix .. id, id, reason, mode == 'end' and err or 'run failed')
+  dead_letter(family_key(KEYS[14], id), id, reason, mode == 'end' and err or 'run failed')
 end
 local run = redis.call('HMGET', KEYS[3], 'flow', 'tenant', 'user', 'fencing', 'started', 'steps')
 redis.call('HSET', KEYS[3], 'status', 'failed', 'reason', reason, 'ended', now, 'pending', 0,
@@ -90,12 +90,12 @@ if ARGV[12] == '1' then
     steps = tonumber(run[6]), reason = reason}
   if run[3] ~= '' then data.user = run[3] end
   redis.call('RPUSH', KEYS[2], cjson.encode({id = 'run-end-' .. run_id,
-    type = 'org.openintegrationhub.flow.execution.failed', source = ARGV[10], data = data,
+    type = ARGV[18], source = ARGV[10], data = data,
     extensions = {tenant = run[2], flowid = run[1], runid = run_id}, time = tonumber(now)}))
 end
 redis.call('DEL', KEYS[4], KEYS[5])
 for i = 1, tonumber(ARGV[17]) do
-  redis.call('DEL', KEYS[13 + i])
+  redis.call('DEL', KEYS[14 + i])
 end
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[9]))
 redis.call('EXPIRE', KEYS[6], tonumber(ARGV[9]))

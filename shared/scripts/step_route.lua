@@ -14,6 +14,7 @@
 -- ARGV[4] message id
 -- ARGV[5] seq  ARGV[6] final (1/0)  ARGV[7] now  ARGV[8] retention seconds
 -- ARGV[9] usage field  ARGV[10] event source  ARGV[11] J  ARGV[12] M  ARGV[13] K
+-- ARGV[14] the event type of a completed run (flow.execution.completed)
 -- then J triples: join node id, join message id, ancestors (JSON array of step ids)
 -- then M triples: message id, step id, data JSON
 -- then K triples: join index (1..J), source step id, data JSON
@@ -56,7 +57,7 @@ local function add_message(key, id, step, data)
   created_bytes = created_bytes + #data
 end
 
-local join_base, msg_base = 13, 13 + j * 3
+local join_base, msg_base = 14, 14 + j * 3
 local input_base = msg_base + m * 3
 for i = 1, m do
   local b = msg_base + (i - 1) * 3
@@ -144,7 +145,7 @@ local data = {flowId = flow, runId = run_id, tenant = tenant, fencingToken = ton
 local extensions = {tenant = tenant, flowid = flow, runid = run_id}
 if user ~= '' then data.user = user end
 redis.call('RPUSH', KEYS[2], cjson.encode({id = 'run-end-' .. run_id,
-  type = 'org.openintegrationhub.flow.execution.completed', source = ARGV[10], data = data,
+  type = ARGV[14], source = ARGV[10], data = data,
   extensions = extensions, time = tonumber(now)}))
 redis.call('DEL', KEYS[4], KEYS[5])
 for i = 1, j do

@@ -2,7 +2,7 @@
 -- step_usage_flush: turn the message and byte counts not yet reported into usage.reported
 -- events (one per tenant, user and flow) in the outbox, and reset the counts.
 -- KEYS[1] usage messages hash  KEYS[2] usage bytes hash  KEYS[3] outbox
--- ARGV[1] now  ARGV[2] event source  ARGV[3] event id prefix
+-- ARGV[1] now  ARGV[2] event source  ARGV[3] event id prefix  ARGV[4] event type (usage.reported)
 -- Returns: how many events were staged.
 local entries = redis.call('HGETALL', KEYS[1])
 local staged = 0
@@ -13,7 +13,7 @@ for i = 1, #entries, 2 do
     messages = tonumber(entries[i + 1]), bytes = bytes}
   staged = staged + 1
   redis.call('RPUSH', KEYS[3], cjson.encode({id = ARGV[3] .. staged,
-    type = 'org.openintegrationhub.usage.reported', source = ARGV[2], data = data,
+    type = ARGV[4], source = ARGV[2], data = data,
     extensions = {tenant = subject[1], flowid = subject[3]}, time = tonumber(ARGV[1])}))
 end
 redis.call('DEL', KEYS[1], KEYS[2])

@@ -158,7 +158,12 @@ def test_make_run_routes_an_event_end_to_end_and_stops_cleanly(
     stop = tmp_path / "stop.json"
     stop.write_text('{"id": "hello-flow"}')
     forged = send(
-        state, "flow.stopping", str(stop), "--id", "forged-1", env={"ORCHESTRATOR_AUTHTOKEN": "forged"}
+        state,
+        "flow.stopping",
+        str(stop),
+        "--id",
+        "forged-1",
+        env={"ORCHESTRATOR_AUTHTOKEN": "forged"},
     )
     assert forged.returncode == 0
     make_run.wait_for(r"flow\.stopping .*id=forged-1 → deploy +401", 20)
