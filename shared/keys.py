@@ -230,6 +230,8 @@ def admission_keys() -> list[str]:
         waiting_users_family(),
         fair_users_family(),
         fair_flows_family(),
+        run_costs(),
+        waiting_since(),
     ]
 
 
@@ -338,8 +340,19 @@ def fair_flows(tenant: str, user: str) -> str:
 
 
 def fair_clock() -> str:
-    """Hash: virtual times of fair queuing (V per level, finish tags of idle children)."""
+    """Hash: virtual times of fair queuing (V per level), finish tags of idle children as
+    `finish@left` (a plain number, the previous release's form, is read as left now)."""
     return _key(ADMISSION, "vt")
+
+
+def run_costs() -> str:
+    """Hash: flow id → its runs' recent mean cost (slot-seconds), the admission estimate."""
+    return _key(ADMISSION, "cost")
+
+
+def waiting_since() -> str:
+    """Sorted set: backlogged tenant → since when it waits without a start (aging bound)."""
+    return _key(ADMISSION, "age")
 
 
 # --- deploy: desired state, deploying deadlines, locks (one record per target) --------------

@@ -20,7 +20,14 @@ from shared import keys
 from shared.errors import OverCapacity
 from shared.events import types
 from shared.model.penalties import STEPS
-from shared.model.policy import Penalties, Policy, TenantLimits
+from shared.model.policy import (
+    Fairness,
+    Penalties,
+    Policy,
+    TenantLimits,
+    cpu_millicores,
+    memory_mib,
+)
 from shared.runtime.idempotency import Once
 from shared.scripts import ArgT, load_script
 
@@ -39,12 +46,40 @@ class Inputs:
     penalties_json: str
 
 
-def _limits_row(limits: TenantLimits) -> list[float]:
+def dominant_factor(policy: Policy, limits: TenantLimits) -> float:
+    """A run's cost per slot-second: its dominant share of (slots, CPU, memory) over the
+    policy's capacity, relative to one slot's share (1 when a slot dominates, and in the modes
+    other than `dominant`). The run's CPU and memory are what its steps request."""
+    fairness = policy.fairness
+    if fairness.cost != "dominant":
+        return 1.0
+    shares = [1.0 / policy.slots]
+    cpu, memory = fairness.capacity.cpu_millicores, fairness.capacity.memory_mib
+    if cpu:
+        shares.append(cpu_millicores(limits.cpu.request) / cpu)
+    if memory:
+        shares.append(memory_mib(limits.memory.request) / memory)
+    return max(shares) * policy.slots
+
+
+def _limits_row(policy: Policy, limits: TenantLimits) -> list[float]:
     return [
         limits.weight,
         limits.max_concurrent_runs,
         limits.start_rate_per_minute,
         limits.max_waiting_runs,
+        dominant_factor(policy, limits),
+    ]
+
+
+def _fairness_row(fairness: Fairness) -> list[float]:
+    """Appended to the `*` row: cost mode (0 count, 1 by usage), half-life (s), aging bound
+    (s), estimate of a flow without a finished run (s)."""
+    return [
+        0 if fairness.cost == "count" else 1,
+        fairness.half_life_seconds,
+        fairness.max_wait_seconds,
+        fairness.default_run_seconds,
     ]
 
 
@@ -56,8 +91,8 @@ def limits_json(policy: Policy) -> str:
     cached = _limits_cache.get(id(policy))
     if cached is not None and cached[0] is policy:
         return cached[1]
-    table = {"*": _limits_row(policy.defaults)}
-    table.update({name: _limits_row(limits) for name, limits in policy.tenants.items()})
+    table = {"*": _limits_row(policy, policy.defaults) + _fairness_row(policy.fairness)}
+    table.update({name: _limits_row(policy, limits) for name, limits in policy.tenants.items()})
     text = json.dumps(table, separators=(",", ":"))
     _limits_cache[id(policy)] = (policy, text)
     return text

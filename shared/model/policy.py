@@ -129,6 +129,50 @@ class Penalties:
         return parse_duration(self.decay_after)
 
 
+COST_MODES = ("count", "slot_seconds", "dominant")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The cluster's capacity the dominant share is taken over (None: that resource is not
+    counted). Slots are the policy's `slots`."""
+
+    cpu: str | None = None
+    memory: str | None = None
+
+    @property
+    def cpu_millicores(self) -> int | None:
+        return None if self.cpu is None else cpu_millicores(self.cpu)
+
+    @property
+    def memory_mib(self) -> float | None:
+        return None if self.memory is None else memory_mib(self.memory)
+
+
+@dataclass(frozen=True)
+class Fairness:
+    """What admission's fair queuing charges a tenant for a run (docs/architecture.md, fair
+    admission): `count` one unit per run; `slot_seconds` the seconds the run holds its slot
+    (estimated at admission from the flow's recent runs, corrected when it ends);
+    `dominant` slot-seconds times the run's dominant share of (slots, CPU, memory) over
+    `capacity` relative to one slot. A departed tenant's lead fades with `half_life`; a run
+    waiting longer than `max_wait` is admitted before any other (aging)."""
+
+    cost: str = "slot_seconds"
+    half_life: str = "10m"
+    max_wait: str = "5m"
+    default_run_seconds: float = 30.0
+    capacity: Capacity = field(default_factory=Capacity)
+
+    @property
+    def half_life_seconds(self) -> float:
+        return parse_duration(self.half_life)
+
+    @property
+    def max_wait_seconds(self) -> float:
+        return parse_duration(self.max_wait)
+
+
 DEFAULT_RULES = (
     Rule("long-runs", "run_seconds", "tenant", "15m", 36000),
     Rule("chatty-flow", "messages", "flow", "1m", 6000),
@@ -144,6 +188,7 @@ class Policy:
     tenants: Mapping[str, TenantLimits] = field(default_factory=dict)
     rules: tuple[Rule, ...] = DEFAULT_RULES
     penalties: Penalties = field(default_factory=Penalties)
+    fairness: Fairness = field(default_factory=Fairness)
 
     def tenant(self, tenant: str) -> TenantLimits:
         """The limits of one tenant: its own entry merged over the defaults."""
@@ -300,12 +345,56 @@ class _Checker:
                     self.fail(where, str(exc))
         return replace(Penalties(), **changes)
 
+    def fairness(self, value: object, path: str) -> Fairness:
+        data = self.mapping(value, path)
+        changes: dict[str, Any] = {}
+        for key, item in data.items():
+            where = f"{path}.{key}"
+            if key == "cost":
+                if item not in COST_MODES:
+                    self.fail(where, f"must be one of {', '.join(COST_MODES)}")
+                else:
+                    changes[key] = item
+            elif key in ("half_life", "max_wait"):
+                try:
+                    parse_duration(item)
+                    changes[key] = str(item)
+                except ValueError as exc:
+                    self.fail(where, str(exc))
+            elif key == "default_run_seconds":
+                number = self.number(item, where, integer=False)
+                if number is not None:
+                    changes[key] = number
+            elif key == "capacity":
+                changes[key] = self.capacity(item, where)
+            else:
+                self.fail(where, "unknown key")
+        return replace(Fairness(), **changes)
+
+    def capacity(self, value: object, path: str) -> Capacity:
+        data = self.mapping(value, path)
+        found: dict[str, str] = {}
+        parsers = {"cpu": cpu_millicores, "memory": memory_mib}
+        for key, item in data.items():
+            where = f"{path}.{key}"
+            if key not in parsers:
+                self.fail(where, "unknown key")
+                continue
+            try:
+                if parsers[key](str(item)) <= 0:
+                    self.fail(where, "must be positive")
+                else:
+                    found[key] = str(item)
+            except ValueError as exc:
+                self.fail(where, str(exc))
+        return Capacity(**found)
+
 
 def parse_policy(document: object) -> Policy:
     checker = _Checker()
     data = checker.mapping(document, "policy")
     for key in data:
-        if key not in ("slots", "defaults", "tenants", "rules", "penalties"):
+        if key not in ("slots", "defaults", "tenants", "rules", "penalties", "fairness"):
             checker.fail(key, "unknown key")
     slots = checker.number(data.get("slots", 200), "slots", integer=True)
     defaults = checker.limits(data.get("defaults"), "defaults", TenantLimits())
@@ -321,12 +410,18 @@ def parse_policy(document: object) -> Policy:
         else:
             checker.fail("rules", "must be a list")
     penalties = checker.penalties(data.get("penalties"), "penalties")
+    fairness = checker.fairness(data.get("fairness"), "fairness")
     if checker.problems:
         raise PolicyError(
             "invalid policy: " + "; ".join(checker.problems), problems=checker.problems
         )
     return Policy(
-        slots=slots or 200, defaults=defaults, tenants=tenants, rules=rules, penalties=penalties
+        slots=slots or 200,
+        defaults=defaults,
+        tenants=tenants,
+        rules=rules,
+        penalties=penalties,
+        fairness=fairness,
     )
 
 

@@ -2,13 +2,16 @@
 -- flow_start_common: the header every flow-start admission script shares (included).
 -- KEYS[1] dedupe key of the incoming event (unused when ARGV[3] is 0)
 -- KEYS[2] outbox of the {adm} tag
--- KEYS[3..18] the admission keys and key families, in the order of keys.admission_keys():
+-- KEYS[3..20] the admission keys and key families, in the order of keys.admission_keys():
 --   due, deployed, fence, runs, deadlines, count, bucket, waiting, fair tenants, fair clock,
---   and the families schedule, lease, waiting queue, waiting users, fair users, fair flows
+--   the families schedule, lease, waiting queue, waiting users, fair users, fair flows,
+--   then run costs, waiting since
 -- ARGV[1] JSON {"admitted"|"skipped"|"deferred"|"missed": event type} (the catalogue's types)
 -- ARGV[2] now (epoch seconds)   ARGV[3] dedupe TTL seconds (0: no dedupe, e.g. ticks)
 -- ARGV[4] source of emitted events   ARGV[5] global execution slots
--- ARGV[6] JSON {"*": [weight, max concurrent, starts/min, max waiting], "<tenant>": [...]}
+-- ARGV[6] JSON {"*": [weight, max concurrent, starts/min, max waiting, cost per slot-second,
+--         cost mode (0 count, 1 usage), half-life (s), aging bound (s), default estimate (s)],
+--         "<tenant>": [the first five]}
 -- ARGV[7] JSON {"tenant:<id>"|"user:<id>"|"flow:<id>": [rate factor, weight factor, suspended]}
 --         (policy file x penalties, read by the caller at decision time)
 -- ARGV[8] most runs one call may admit (bounds the script's running time)
@@ -30,7 +33,7 @@ local K = {
   due = KEYS[3], deployed = KEYS[4], fence = KEYS[5], runs = KEYS[6], deadlines = KEYS[7],
   count = KEYS[8], bucket = KEYS[9], waiting = KEYS[10], tenants = KEYS[11], clock = KEYS[12],
   sched = KEYS[13], lease = KEYS[14], queue = KEYS[15], queue_users = KEYS[16],
-  users = KEYS[17], flows = KEYS[18],
+  users = KEYS[17], flows = KEYS[18], cost = KEYS[19], age = KEYS[20],
 }
 
 local function pair(first, second)
@@ -58,7 +61,7 @@ local function limits(tenant)
   local found = limits_cache[tenant]
   if not found then
     local l = LIMITS[tenant] or LIMITS['*']
-    found = { weight = l[1], cap = l[2], rate = l[3], max_waiting = l[4] }
+    found = { weight = l[1], cap = l[2], rate = l[3], max_waiting = l[4], factor = l[5] or 1 }
     limits_cache[tenant] = found
   end
   return found

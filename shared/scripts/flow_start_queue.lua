@@ -7,12 +7,27 @@
 -- queuing: tenants (weight = policy weight x penalty factor), then the tenant's users, then
 -- the user's flows (weight = penalty factor), then oldest first. A child that becomes
 -- backlogged starts at max(the level's virtual time, its own finish tag), so an idle or
--- blocked child banks no credit; serving a child moves its tag on by 1 / weight.
+-- blocked child banks no credit; serving a child moves its tag on by cost / weight. The
+-- cost (docs/architecture.md, fair admission) is 1 per run in mode count; by usage it is the
+-- run's slot-seconds (x the tenant's dominant-share factor): the flow's recent mean is
+-- charged at admission and the difference to the actual when the run ends (a run admitted
+-- without waiting is charged all of it then). A departed child's lead over the virtual time
+-- halves every half-life. A backlogged tenant that has gone without a start for longer than
+-- the aging bound is served before fair order (the one waiting longest first).
 -- Run records (JSON): id, f flow, t tenant, u user, c trigger, s scheduledFor, k fencing
--- token, l run limit (s), q 1 when it holds the flow's lease, m msg (raw JSON text).
+-- token, l run limit (s), q 1 when it holds the flow's lease, m msg (raw JSON text),
+-- a admitted at, e cost charged at admission (both absent in records of older releases).
 
 local ADMITTED = {}
 local admitted_count = 0
+
+local FAIR = LIMITS['*']
+local BY_USAGE = FAIR[6] == 1
+local HALF_LIFE = FAIR[7] or 600
+local MAX_WAIT = FAIR[8]  -- nil (callers of an older release): no aging
+local DEFAULT_COST = FAIR[9] or 30
+local MIN_COST = 0.001  -- a run of no measurable length still moves its tag on
+local AGED_LOOK = 20  -- aged tenants inspected per pick (bounds the script's running time)
 
 -- start-rate token bucket (capacity: one minute's worth, at least one start); read once per
 -- tenant and call, written back by admit()
@@ -68,6 +83,7 @@ end
 local FRESH_LEASE = {}  -- runs whose lease this call acquired (nothing to extend)
 
 local function admit(run)
+  run.a = NOW
   bucket_take(run.t)
   count_add('*', 1)
   count_add('t:' .. run.t, 1)
@@ -100,6 +116,29 @@ local function virtual_time(field)
   return tonumber(redis.call('HGET', K.clock, field) or '0')
 end
 
+-- an idle child's stored finish tag `finish@left` (the previous release stored `finish`: read
+-- as left now) as a start tag: its lead over the virtual time fades with the half-life
+local function idle_tag(raw, vt)
+  local at = string.find(raw, '@', 1, true)
+  local finish = tonumber(at and string.sub(raw, 1, at - 1) or raw)
+  if finish <= vt then
+    return vt
+  end
+  if not BY_USAGE or not at then
+    return finish
+  end
+  local idle = math.max(0, NOW - tonumber(string.sub(raw, at + 1)))
+  return vt + (finish - vt) * 2 ^ (-idle / HALF_LIFE)
+end
+
+local function keep_finish(vt, ffield, finish)
+  if finish > vt then
+    redis.call('HSET', K.clock, ffield, number(finish) .. '@' .. ARGV[2])
+  else
+    redis.call('HDEL', K.clock, ffield)
+  end
+end
+
 local function join(set, vfield, ffield, member)
   if redis.call('ZSCORE', set, member) then
     return
@@ -108,15 +147,22 @@ local function join(set, vfield, ffield, member)
   local finish = redis.call('HGET', K.clock, ffield)
   if finish then
     redis.call('HDEL', K.clock, ffield)
-    tag = math.max(tag, tonumber(finish))
+    tag = idle_tag(finish, tag)
   end
   redis.call('ZADD', set, tag, member)
+  if set == K.tenants then  -- backlogged from now on, not started yet (aging)
+    redis.call('ZADD', K.age, NOW, member)
+  end
 end
 
 local function leave_with(set, vfield, ffield, member, finish)
   redis.call('ZREM', set, member)
-  if finish > virtual_time(vfield) then
-    redis.call('HSET', K.clock, ffield, finish)
+  if set == K.tenants then
+    redis.call('ZREM', K.age, member)
+  end
+  local vt = virtual_time(vfield)
+  if finish > vt then
+    keep_finish(vt, ffield, finish)
   end
 end
 
@@ -127,12 +173,15 @@ local function leave(set, vfield, ffield, member)
   end
 end
 
-local function served(set, vfield, ffield, member, tag, weight, still_waiting)
+local function served(set, vfield, ffield, member, tag, weight, still_waiting, cost)
   local start = math.max(tag, virtual_time(vfield))
   redis.call('HSET', K.clock, vfield, start)
-  local finish = start + 1 / math.max(weight, 1e-6)
+  local finish = start + cost / math.max(weight, 1e-6)
   if still_waiting then
     redis.call('ZADD', set, finish, member)
+    if set == K.tenants then
+      redis.call('ZADD', K.age, NOW, member)
+    end
   else
     leave_with(set, vfield, ffield, member, finish)
   end
@@ -145,6 +194,59 @@ local function levels(flow, tenant, user)
     { users_key(tenant), 'U:' .. tenant, 'u:' .. tu, user },
     { K.tenants, 'T', 't:' .. tenant, tenant },
   }
+end
+
+-- the weights of the levels() entries: flow and user by penalty, tenant by policy x penalty
+local function level_weights(flow, tenant, user)
+  local _, flow_weight = penalty('flow', flow)
+  local _, user_weight = penalty('user', user)
+  local _, tenant_factor = penalty('tenant', tenant)
+  return { flow_weight, user_weight, limits(tenant).weight * tenant_factor }
+end
+
+-- what serving the run is charged now: 1 in mode count, else the flow's recent mean run
+-- length (before its first run ends: all flows' recent mean, or the policy's default), at
+-- most the run limit, in slot-seconds x
+-- the tenant's dominant-share factor
+local function estimate(run)
+  if not BY_USAGE then
+    return 1
+  end
+  local mean = tonumber(redis.call('HGET', K.cost, run.f) or '')
+    or tonumber(redis.call('HGET', K.cost, '*') or '') or DEFAULT_COST
+  return math.max(MIN_COST, math.min(mean, run.l)) * limits(run.t).factor
+end
+
+-- a run ended: its actual cost (slot-seconds held, at most its limit) replaces what was charged
+-- for it, at every level (a backlogged child's tag moves, an idle one's finish tag; never
+-- below the level's virtual time, so an over-estimate leaves no credit), and becomes part of
+-- the flow's mean
+local function settle(run)
+  if not BY_USAGE or not run.a then
+    return  -- admitted by an older release or in mode count: charged per run
+  end
+  local seconds = math.max(MIN_COST, math.min(NOW - run.a, run.l))
+  for _, field in ipairs({ run.f, '*' }) do  -- the flow's mean, and all flows' for new ones
+    local mean = tonumber(redis.call('HGET', K.cost, field) or '')
+    redis.call('HSET', K.cost, field, number(mean and (mean + seconds) / 2 or seconds))
+  end
+  local delta = seconds * limits(run.t).factor - (run.e or 0)
+  if delta == 0 then
+    return
+  end
+  local weights = level_weights(run.f, run.t, run.u)
+  for i, level in ipairs(levels(run.f, run.t, run.u)) do
+    local set, vfield, ffield, member = level[1], level[2], level[3], level[4]
+    local vt = virtual_time(vfield)
+    local moved = delta / math.max(weights[i], 1e-6)
+    local tag = redis.call('ZSCORE', set, member)
+    if tag then
+      redis.call('ZADD', set, math.max(vt, tonumber(tag) + moved), member)
+    else
+      local raw = redis.call('HGET', K.clock, ffield)
+      keep_finish(vt, ffield, (raw and idle_tag(raw, vt) or vt) + moved)
+    end
+  end
 end
 
 -- the flow's queue of this user has runs and the flow is deployed: make it dispatchable
@@ -224,13 +326,32 @@ local function pop_run(flow, tenant, user)
   return cjson.decode(raw)
 end
 
+-- the backlogged tenant that has gone longest without a start, if that is past the aging
+-- bound and it could start now: it, its tag, and its user and flow in fair order; or nil
+local function aged_pick(blocked)
+  local old = redis.call('ZRANGEBYSCORE', K.age, '-inf', NOW - MAX_WAIT, 'LIMIT', 0, AGED_LOOK)
+  for _, tenant in ipairs(old) do
+    if not blocked[tenant] and not tenant_block(tenant) then
+      local user, user_tag, flow, flow_tag = pick_user(tenant)
+      local tag = user and redis.call('ZSCORE', K.tenants, tenant)
+      if tag then
+        return tenant, tonumber(tag), user, user_tag, flow, flow_tag
+      end
+    end
+  end
+  return nil
+end
+
 -- admit waiting runs in fair order while slots are free
 local function dispatch()
   backlog = nil
   local blocked = {}
   while admitted_count < BUDGET and counter('*') < SLOTS do
-    local tenants = redis.call('ZRANGE', K.tenants, 0, -1, 'WITHSCORES')
     local tenant, tenant_tag, user, user_tag, flow, flow_tag
+    if MAX_WAIT then
+      tenant, tenant_tag, user, user_tag, flow, flow_tag = aged_pick(blocked)
+    end
+    local tenants = tenant and {} or redis.call('ZRANGE', K.tenants, 0, -1, 'WITHSCORES')
     for i = 1, #tenants, 2 do
       local candidate = tenants[i]
       if not blocked[candidate] then
@@ -261,14 +382,16 @@ local function dispatch()
     elseif run then
       local more = redis.call('EXISTS', queue_key(flow, user)) == 1
       local lv = levels(flow, tenant, user)
-      local _, flow_weight = penalty('flow', flow)
-      served(lv[1][1], lv[1][2], lv[1][3], flow, flow_tag, flow_weight, more)
-      local _, user_weight = penalty('user', user)
-      served(lv[2][1], lv[2][2], lv[2][3], user, user_tag, user_weight,
-        redis.call('EXISTS', lv[1][1]) == 1)
-      local _, tenant_factor = penalty('tenant', tenant)
-      served(lv[3][1], lv[3][2], lv[3][3], tenant, tenant_tag,
-        limits(tenant).weight * tenant_factor, redis.call('EXISTS', lv[2][1]) == 1)
+      local w = level_weights(flow, tenant, user)
+      local cost = estimate(run)
+      served(lv[1][1], lv[1][2], lv[1][3], flow, flow_tag, w[1], more, cost)
+      served(lv[2][1], lv[2][2], lv[2][3], user, user_tag, w[2],
+        redis.call('EXISTS', lv[1][1]) == 1, cost)
+      served(lv[3][1], lv[3][2], lv[3][3], tenant, tenant_tag, w[3],
+        redis.call('EXISTS', lv[2][1]) == 1, cost)
+      if BY_USAGE then
+        run.e = cost
+      end
       admit(run)
     else  -- never expected: heal the rotation instead of failing every dispatch
       deactivate(flow, tenant, user)
@@ -362,6 +485,7 @@ end
 
 -- a run ended (or its deadline passed): free its slot and lease, start a buffered run
 local function end_run(run_id, run)
+  settle(run)
   redis.call('HDEL', K.runs, run_id)
   redis.call('ZREM', K.deadlines, run_id)
   count_add('*', -1)

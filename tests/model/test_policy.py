@@ -159,6 +159,14 @@ INVALID: list[tuple[str, Any, str]] = [
     ("bad cooldown", {"penalties": {"cooldown": "5 minutes"}}, "penalties.cooldown"),
     ("unknown penalty key", {"penalties": {"fine": 10}}, "penalties.fine: unknown key"),
     ("not a mapping at all", ["slots", 3], "policy: must be a mapping"),
+    ("unknown cost mode", {"fairness": {"cost": "money"}}, "fairness.cost: must be one of"),
+    ("bad half-life", {"fairness": {"half_life": "soon"}}, "fairness.half_life"),
+    ("bad aging bound", {"fairness": {"max_wait": 0}}, "fairness.max_wait"),
+    ("zero default estimate", {"fairness": {"default_run_seconds": 0}}, "default_run_seconds"),
+    ("unknown fairness key", {"fairness": {"fast": 1}}, "fairness.fast: unknown key"),
+    ("bad capacity cpu", {"fairness": {"capacity": {"cpu": "lots"}}}, "fairness.capacity"),
+    ("zero capacity", {"fairness": {"capacity": {"memory": "0Gi"}}}, "must be positive"),
+    ("unknown capacity", {"fairness": {"capacity": {"gpu": 1}}}, "capacity.gpu: unknown key"),
 ]
 
 
@@ -261,3 +269,25 @@ def test_a_tenant_gets_its_own_values_over_the_file_defaults_over_built_ins(
         assert getattr(policy.tenant("other"), f.name) == defaults.get(
             f.name, getattr(built_in, f.name)
         )
+
+
+def test_fairness_defaults_and_keys() -> None:
+    assert Policy().fairness.cost == "slot_seconds"  # usage-based unless the file says count
+    fairness = parse_policy(
+        {
+            "fairness": {
+                "cost": "dominant",
+                "half_life": "20m",
+                "max_wait": "90s",
+                "default_run_seconds": 5,
+                "capacity": {"cpu": "16", "memory": "64Gi"},
+            }
+        }
+    ).fairness
+    assert (fairness.cost, fairness.half_life_seconds, fairness.max_wait_seconds) == (
+        "dominant",
+        1200.0,
+        90.0,
+    )
+    assert fairness.default_run_seconds == 5
+    assert (fairness.capacity.cpu_millicores, fairness.capacity.memory_mib) == (16000, 65536.0)
