@@ -87,9 +87,7 @@ def test_jain_and_worst_share_under_skew_and_flood(
     redis: Redis, name: str, durations: dict[str, float], backlog: dict[str, int]
 ) -> None:
     weights = dict.fromkeys(durations, 1.0)
-    trial = Trial(
-        redis, usage_policy(4, weights), jittered(durations, 7), backlog
-    ).run(60)
+    trial = Trial(redis, usage_policy(4, weights), jittered(durations, 7), backlog).run(60)
     ratios = share_over_weight(trial.shares(10, 60), weights)
     assert jain(list(ratios.values())) >= 0.95, ratios
     assert min(ratios.values()) >= 0.9, ratios
@@ -164,7 +162,9 @@ def _tag(redis: Redis, tenant: str) -> float:
     actual=st.floats(0.1, 300),
     weight=st.sampled_from([0.5, 1.0, 3.0]),
 )
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_a_wrong_estimate_is_corrected_when_its_run_ends(
     redis: Redis, wrong: float, actual: float, weight: float
 ) -> None:
@@ -181,8 +181,9 @@ def test_a_wrong_estimate_is_corrected_when_its_run_ends(
     assert run_a["e"] == pytest.approx(max(0.001, min(wrong, 3600)))
     adm.clock.advance(actual)
     adm.release(run_a["id"])
-    # (run records keep 14 digits: admission times to 1e-4 s)
-    assert _tag(redis, "a") == pytest.approx(actual / weight, abs=1e-3)
+    # (run records keep 14 digits: admission times to 1e-4 s; the idle lead decays a little
+    # even with a half-life of 10000 days)
+    assert _tag(redis, "a") == pytest.approx(actual / weight, abs=1e-3 + wrong / weight * 1e-6)
     mean = float(redis.hget(keys.run_costs(), flow_of("a")) or 0)
     assert mean == pytest.approx((wrong + actual) / 2, abs=1e-3)
 
