@@ -1,22 +1,18 @@
-"""One frozen dataclass per event payload (docs/events.md); each validates every field at once."""
+"""One frozen dataclass per event payload (docs/events.md): its fields are its one declaration.
+
+The reader, the writer and the JSON Schema all come from those fields (shared/events/fields.py);
+`parse` checks every field and reports every problem at once.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from shared.errors import InvalidEvent
-from shared.events.fields import FieldReader
-
-
-def _json(name: str) -> Any:
-    return field(metadata={"json": name})
-
-
-def _json_default(name: str, default: Any) -> Any:
-    return field(default=default, metadata={"json": name})
+from shared.events import fields
+from shared.events.fields import wire
 
 
 class Payload:
@@ -26,37 +22,28 @@ class Payload:
 
     @classmethod
     def parse(cls, data: object) -> Self:
-        reader = FieldReader(data)
-        instance = cls.read(reader)
-        if reader.problems:
+        problems = fields.Problems()
+        instance: Self = fields.read(cls, data, problems)
+        if problems.found:
             raise InvalidEvent(
-                f"invalid {cls.event_name} payload: " + "; ".join(reader.problems),
-                problems=reader.problems,
+                f"invalid {cls.event_name} payload: " + "; ".join(problems.found),
+                problems=problems.found,
             )
         return instance
 
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        raise NotImplementedError
-
     def to_data(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            name = f.metadata.get("json", f.name)
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            out[name] = value.to_data() if isinstance(value, Payload) else value
-        return out
+        return fields.to_data(self)
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        return fields.json_schema(cls)
 
 
 @dataclass(frozen=True)
 class Empty(Payload):
-    event_name: ClassVar[str] = "tick"
+    """orchestrator.tick: no fields."""
 
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        return cls()
+    event_name: ClassVar[str] = "tick"
 
 
 @dataclass(frozen=True)
@@ -64,10 +51,6 @@ class _IdRef(Payload):
     """A payload that only names something by its id."""
 
     id: str
-
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        return cls(id=reader.string("id"))
 
 
 @dataclass(frozen=True)
@@ -90,22 +73,11 @@ class DeploymentStatus(Payload):
 
     event_name: ClassVar[str] = "flow deployment status"
     id: str
-    replicas: dict[str, int] = field(default_factory=dict)
-    clamped: bool = False
+    replicas: dict[str, int] = wire(
+        default_factory=dict, minimum=0, description="replicas per flow node"
+    )
+    clamped: bool = wire(default=False, description="replicas were cut to the tenant's limit")
     reason: str | None = None
-
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        replicas = reader.mapping("replicas")
-        for node, count in replicas.items():
-            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                reader.problem(f"replicas.{node}", f"must be a non-negative integer, got {count!r}")
-        return cls(
-            id=reader.string("id"),
-            replicas={k: v for k, v in replicas.items() if isinstance(v, int)},
-            clamped=reader.boolean("clamped"),
-            reason=reader.optional_string("reason"),
-        )
 
 
 @dataclass(frozen=True)
@@ -116,56 +88,33 @@ class ComponentStatus(Payload):
     id: str
     reason: str | None = None
 
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        return cls(id=reader.string("id"), reason=reader.optional_string("reason"))
-
 
 @dataclass(frozen=True)
 class FlowExecute(Payload):
     """flow.execute: a webhook or manual start carrying data; never skipped."""
 
     event_name: ClassVar[str] = "flow.execute"
-    flow_id: str = _json("flowId")
-    msg: Any = _json_default("msg", None)
-    msg_opts: dict[str, Any] = _json_default("msgOpts", None)
-
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        return cls(
-            flow_id=reader.string("flowId"),
-            msg=reader.raw("msg", {}),
-            msg_opts=reader.mapping("msgOpts"),
-        )
+    flow_id: str = wire("flowId")
+    msg: Any = wire(default_factory=dict, description="the message handed to the first step")
+    msg_opts: dict[str, Any] = wire("msgOpts", default_factory=dict)
 
 
 TRIGGERS = ("cron", "execute")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunAdmitted(Payload):
-    event_name: ClassVar[str] = "flow.execution.admitted"
-    flow_id: str = _json("flowId")
-    run_id: str = _json("runId")
-    tenant: str = _json("tenant")
-    user: str = _json("user")
-    fencing_token: int = _json("fencingToken")
-    scheduled_for: float = _json("scheduledFor")
-    trigger: str = _json("trigger")
-    msg: Any = _json_default("msg", None)
+    """flow.execution.admitted: a run was given a slot."""
 
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        return cls(
-            flow_id=reader.string("flowId"),
-            run_id=reader.string("runId"),
-            tenant=reader.string("tenant"),
-            user=reader.string("user", required=False),
-            fencing_token=reader.integer("fencingToken", minimum=0),
-            scheduled_for=reader.number("scheduledFor", minimum=0),
-            trigger=reader.choice("trigger", TRIGGERS) or "cron",
-            msg=reader.raw("msg", {}),
-        )
+    event_name: ClassVar[str] = "flow.execution.admitted"
+    flow_id: str = wire("flowId")
+    run_id: str = wire("runId")
+    tenant: str = wire()
+    user: str = wire(default="")
+    fencing_token: int = wire("fencingToken", minimum=0)
+    scheduled_for: float = wire("scheduledFor", minimum=0, description="epoch seconds")
+    trigger: str = wire(default="cron", choices=TRIGGERS)
+    msg: Any = wire(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -173,21 +122,11 @@ class RunNotStarted(Payload):
     """flow.execution.skipped / deferred / missed."""
 
     event_name: ClassVar[str] = "flow.execution.skipped/deferred/missed"
-    flow_id: str = _json("flowId")
-    scheduled_for: float = _json("scheduledFor")
-    reason: str = _json("reason")
-    run_id: str | None = _json_default("runId", None)
-    tenant: str | None = _json_default("tenant", None)
-
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        return cls(
-            flow_id=reader.string("flowId"),
-            scheduled_for=reader.number("scheduledFor", minimum=0),
-            reason=reader.string("reason"),
-            run_id=reader.optional_string("runId"),
-            tenant=reader.optional_string("tenant"),
-        )
+    flow_id: str = wire("flowId")
+    scheduled_for: float = wire("scheduledFor", minimum=0, description="epoch seconds")
+    reason: str = wire()
+    run_id: str | None = wire("runId", default=None)
+    tenant: str | None = wire(default=None)
 
 
 @dataclass(frozen=True)
@@ -195,44 +134,20 @@ class StepResult(Payload):
     """step.completed / step.failed, sent by a component worker with its step token."""
 
     event_name: ClassVar[str] = "step result"
-    run_id: str = _json("runId")
-    step_id: str = _json("stepId")
-    message_id: str = _json("messageId")
-    seq: int = _json_default("seq", 0)
-    final: bool = _json_default("final", True)
-    data: Any = _json_default("data", None)
-    attachments: list[Any] = _json_default("attachments", None)
-    error: str | None = _json_default("error", None)
+    run_id: str = wire("runId")
+    step_id: str = wire("stepId")
+    message_id: str = wire("messageId")
+    seq: int = wire(default=0, minimum=0)
+    final: bool = wire(default=True)
+    data: Any = wire(default_factory=dict)
+    attachments: list[Any] = wire(default_factory=list)
+    error: str | None = wire(default=None)
     # Which delivery of the message this result answers (the worker copies it from the
     # message); step-execute ignores a late failure of an earlier attempt. None: unknown.
-    attempt: int | None = _json_default("attempt", None)
+    attempt: int | None = wire(default=None, minimum=0, description="the delivery it answers")
     # True: this event carries no output, it only ends the message's outputs (a component
     # that emitted nothing); `data` is then ignored.
-    empty: bool = _json_default("empty", False)
-
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        attachments = reader.raw("attachments", [])
-        if not isinstance(attachments, list):
-            reader.problem("attachments", "must be a list")
-            attachments = []
-        return cls(
-            run_id=reader.string("runId"),
-            step_id=reader.string("stepId"),
-            message_id=reader.string("messageId"),
-            seq=reader.integer("seq", required=False, minimum=0),
-            final=reader.boolean("final", default=True),
-            data=reader.raw("data", {}),
-            attachments=attachments,
-            error=reader.optional_string("error"),
-            attempt=_optional_count(reader, "attempt"),
-            empty=reader.boolean("empty"),
-        )
-
-
-def _optional_count(reader: FieldReader, key: str) -> int | None:
-    value = reader.integer(key, required=False, default=-1, minimum=0)
-    return None if value < 0 else value
+    empty: bool = wire(default=False, description="no output: only ends the message's outputs")
 
 
 @dataclass(frozen=True)
@@ -240,55 +155,31 @@ class RunEnded(Payload):
     """flow.execution.completed / flow.execution.failed."""
 
     event_name: ClassVar[str] = "flow.execution.completed/failed"
-    flow_id: str = _json("flowId")
-    run_id: str = _json("runId")
-    tenant: str = _json("tenant")
-    fencing_token: int = _json("fencingToken")
-    duration_ms: int = _json_default("durationMs", 0)
-    steps: int = _json_default("steps", 0)
-    reason: str | None = _json_default("reason", None)
-    user: str | None = _json_default("user", None)
-
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        return cls(
-            flow_id=reader.string("flowId"),
-            run_id=reader.string("runId"),
-            tenant=reader.string("tenant"),
-            fencing_token=reader.integer("fencingToken", minimum=0),
-            duration_ms=reader.integer("durationMs", required=False, minimum=0),
-            steps=reader.integer("steps", required=False, minimum=0),
-            reason=reader.optional_string("reason"),
-            user=reader.optional_string("user"),
-        )
+    flow_id: str = wire("flowId")
+    run_id: str = wire("runId")
+    tenant: str = wire()
+    fencing_token: int = wire("fencingToken", minimum=0)
+    duration_ms: int = wire("durationMs", default=0, minimum=0)
+    steps: int = wire(default=0, minimum=0)
+    reason: str | None = wire(default=None)
+    user: str | None = wire(default=None)
 
 
 @dataclass(frozen=True)
 class UsageReport(Payload):
-    event_name: ClassVar[str] = "usage.reported"
-    tenant: str = _json("tenant")
-    user: str = _json_default("user", "")
-    flow_id: str = _json_default("flowId", "")
-    cpu_ms: float = _json_default("cpuMs", 0.0)
-    mem_mib_s: float = _json_default("memMiBs", 0.0)
-    net_bytes: float = _json_default("netBytes", 0.0)
-    messages: int = _json_default("messages", 0)
-    bytes: int = _json_default("bytes", 0)
-    step_ms: float = _json_default("stepMs", 0.0)  # time spent in steps (the step_seconds metric)
+    """usage.reported: what a run's steps used."""
 
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        return cls(
-            tenant=reader.string("tenant"),
-            user=reader.string("user", required=False),
-            flow_id=reader.string("flowId", required=False),
-            cpu_ms=reader.number("cpuMs", required=False, minimum=0),
-            mem_mib_s=reader.number("memMiBs", required=False, minimum=0),
-            net_bytes=reader.number("netBytes", required=False, minimum=0),
-            messages=reader.integer("messages", required=False, minimum=0),
-            bytes=reader.integer("bytes", required=False, minimum=0),
-            step_ms=reader.number("stepMs", required=False, minimum=0),
-        )
+    event_name: ClassVar[str] = "usage.reported"
+    tenant: str = wire()
+    user: str = wire(default="")
+    flow_id: str = wire("flowId", default="")
+    cpu_ms: float = wire("cpuMs", default=0.0, minimum=0)
+    mem_mib_s: float = wire("memMiBs", default=0.0, minimum=0)
+    net_bytes: float = wire("netBytes", default=0.0, minimum=0)
+    messages: int = wire(default=0, minimum=0)
+    bytes: int = wire(default=0, minimum=0)
+    # time spent in steps (the step_seconds metric)
+    step_ms: float = wire("stepMs", default=0.0, minimum=0, description="time spent in steps")
 
 
 SUBJECT_LEVELS = ("tenant", "user", "flow")
@@ -296,40 +187,23 @@ SUBJECT_LEVELS = ("tenant", "user", "flow")
 
 @dataclass(frozen=True)
 class Subject(Payload):
+    """Who a rule or penalty is about."""
+
     event_name: ClassVar[str] = "subject"
-    level: str
-    id: str
-
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        return cls(level=reader.choice("level", SUBJECT_LEVELS) or "", id=reader.string("id"))
-
-    @classmethod
-    def from_mapping(cls, reader: FieldReader, key: str) -> Subject:
-        child = reader.child(key, required=True)
-        if "level" not in child.data:
-            child.problem("level", "required")
-        return Subject.read(child)
+    level: str = wire(choices=SUBJECT_LEVELS)
+    id: str = wire()
 
 
 @dataclass(frozen=True)
 class PolicyViolation(Payload):
+    """policy.violation: a rule's limit was passed."""
+
     event_name: ClassVar[str] = "policy.violation"
     subject: Subject
     rule: str
     measured: float
     limit: float
     window: str
-
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        return cls(
-            subject=Subject.from_mapping(reader, "subject"),
-            rule=reader.string("rule"),
-            measured=reader.number("measured"),
-            limit=reader.number("limit"),
-            window=reader.string("window"),
-        )
 
 
 @dataclass(frozen=True)
@@ -339,18 +213,8 @@ class PenaltyChanged(Payload):
     event_name: ClassVar[str] = "tenant penalty"
     subject: Subject
     penalty: str
-    until: float | None = None
+    until: float | None = wire(default=None, description="epoch seconds")
     rule: str | None = None
-
-    @classmethod
-    def read(cls, reader: FieldReader) -> Self:
-        until = reader.number("until", required=False, default=-1.0)
-        return cls(
-            subject=Subject.from_mapping(reader, "subject"),
-            penalty=reader.string("penalty"),
-            until=None if until < 0 else until,
-            rule=reader.optional_string("rule"),
-        )
 
 
 def to_data(payload: Payload | Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import cast
 
 from shared import keys
 from shared.deployment import records as deploy_records
@@ -167,8 +166,7 @@ def _deploy(
     ctx.commit(lambda pipe: deploy_records.write(pipe, final), events)
 
 
-def on_flow_starting(ctx: Ctx) -> None:
-    flow = cast(FlowDocument, ctx.event.payload)
+def on_flow_starting(ctx: Ctx, flow: FlowDocument) -> None:
     if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
         log.info("flow.starting for %s is older than what is stored: ignored", flow.id)
         ctx.commit(None)
@@ -198,8 +196,7 @@ def _flow_desired(ctx: Ctx, flow: FlowDocument, components: dict[str, Component]
     )
 
 
-def on_component_starting(ctx: Ctx) -> None:
-    ref = cast(ComponentRef, ctx.event.payload)
+def on_component_starting(ctx: Ctx, ref: ComponentRef) -> None:
     deployer = _deployer(ctx)
     with deployer.locked("component", ref.id) as held:
         existing = deploy_records.load(ctx.redis, "component", ref.id)
@@ -228,8 +225,7 @@ def _stop(ctx: Ctx, kind: str, target_id: str, event: OutgoingEvent | None) -> N
         ctx.commit(forget, [event] if event is not None else [])
 
 
-def on_flow_stopping(ctx: Ctx) -> None:
-    ref = cast(FlowRef, ctx.event.payload)
+def on_flow_stopping(ctx: Ctx, ref: FlowRef) -> None:
     tenant = flows.tenant_of(ctx.redis, ref.id)
     if flows.tombstone(ctx.redis, ref.id, ctx.event.time, now=ctx.clock.now()) == "stale":
         log.info("flow.stopping for %s is older than a newer start: ignored", ref.id)
@@ -241,8 +237,7 @@ def on_flow_stopping(ctx: Ctx) -> None:
     _stop(ctx, "flow", ref.id, stopped)
 
 
-def on_component_stopping(ctx: Ctx) -> None:
-    ref = cast(ComponentRef, ctx.event.payload)
+def on_component_stopping(ctx: Ctx, ref: ComponentRef) -> None:
     _stop(ctx, "component", ref.id, ctx.new_event(t.COMPONENT_STOPPED, ComponentStatus(id=ref.id)))
 
 
@@ -292,8 +287,7 @@ def _reconcile_one(
             _remove_quietly(deployer, kind, target_id)
 
 
-def on_penalty(ctx: Ctx) -> None:
-    change = cast(PenaltyChanged, ctx.event.payload)
+def on_penalty(ctx: Ctx, change: PenaltyChanged) -> None:
     deployer = _deployer(ctx)
     records = deploy_records.of_subject(
         deploy_records.load_all(ctx.redis), change.subject.level, change.subject.id

@@ -76,9 +76,7 @@ def _inputs(ctx: Context[Services]) -> admission.Inputs:
 
 
 # --- flows ---------------------------------------------------------------------------------
-def on_flow_starting(ctx: Context[Services]) -> None:
-    flow = ctx.event.payload
-    assert isinstance(flow, FlowDocument)
+def on_flow_starting(ctx: Context[Services], flow: FlowDocument) -> None:
     if flow.cron is not None:
         schedule.check(flow.cron, flow.timezone)  # 400 naming it; nothing stored
     if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
@@ -91,9 +89,7 @@ def on_flow_starting(ctx: Context[Services]) -> None:
     log.info("flow %s: schedule %s", flow.id, result)
 
 
-def on_flow_stopping(ctx: Context[Services]) -> None:
-    ref = ctx.event.payload
-    assert isinstance(ref, FlowRef)
+def on_flow_stopping(ctx: Context[Services], ref: FlowRef) -> None:
     flows.tombstone(ctx.redis, ref.id, ctx.event.time, now=ctx.clock.now())
     dropped = admission.drop_flow(
         ctx.redis, _inputs(ctx), ctx.once, flow_id=ref.id, now=ctx.clock.now(), source=ctx.source
@@ -101,9 +97,7 @@ def on_flow_stopping(ctx: Context[Services]) -> None:
     log.info("flow %s stopped: schedule and %d waiting runs dropped", ref.id, dropped)
 
 
-def on_deployment(ctx: Context[Services]) -> None:
-    status = ctx.event.payload
-    assert isinstance(status, DeploymentStatus)
+def on_deployment(ctx: Context[Services], status: DeploymentStatus) -> None:
     admission.set_deployment(
         ctx.redis,
         _inputs(ctx),
@@ -121,9 +115,7 @@ def execute_run_id(ctx: Context[Services], flow_id: str) -> str:
     return f"{flow_id}~{ctx.once.event_id_prefix[:20]}"
 
 
-def on_execute(ctx: Context[Services]) -> None:
-    request = ctx.event.payload
-    assert isinstance(request, FlowExecute)
+def on_execute(ctx: Context[Services], request: FlowExecute) -> None:
     stored = flows.get(ctx.redis, request.flow_id)
     if stored is None:
         raise Unprocessable(f"flowId: unknown flow {request.flow_id!r}")
@@ -145,9 +137,7 @@ def on_execute(ctx: Context[Services]) -> None:
     log.info("flow %s run %s: %s", flow.id, run.run_id, result)
 
 
-def on_run_ended(ctx: Context[Services]) -> None:
-    ended = ctx.event.payload
-    assert isinstance(ended, RunEnded)
+def on_run_ended(ctx: Context[Services], ended: RunEnded) -> None:
     result, admitted = admission.release(
         ctx.redis,
         _inputs(ctx),

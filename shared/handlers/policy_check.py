@@ -102,9 +102,7 @@ def _owner(ctx: Ctx, flow_id: str) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------- handlers
-def on_admitted(ctx: Ctx) -> None:
-    run = ctx.event.payload
-    assert isinstance(run, RunAdmitted)
+def on_admitted(ctx: Ctx, run: RunAdmitted) -> None:
     stored = flows.get(ctx.redis, run.flow_id, include_stopped=True)
     limit = watchdog.limit_for(
         ctx.policy, run.tenant, stored.flow.settings.max_run_seconds if stored else None
@@ -114,9 +112,7 @@ def on_admitted(ctx: Ctx) -> None:
     _count(ctx, Record(subjects, {"runs": 1}, run=op, **_once(ctx)))
 
 
-def on_ended(ctx: Ctx) -> None:
-    ended = ctx.event.payload
-    assert isinstance(ended, RunEnded)
+def on_ended(ctx: Ctx, ended: RunEnded) -> None:
     now = ctx.clock.now()
     known = watchdog.get(ctx.redis, ended.run_id)
     user = ended.user or (known.user if known else "") or _owner(ctx, ended.flow_id)[1]
@@ -129,9 +125,7 @@ def on_ended(ctx: Ctx) -> None:
     _count(ctx, Record(subjects, amounts, run=op, **_once(ctx)))
 
 
-def on_usage(ctx: Ctx) -> None:
-    report = ctx.event.payload
-    assert isinstance(report, UsageReport)
+def on_usage(ctx: Ctx, report: UsageReport) -> None:
     user = report.user or (_owner(ctx, report.flow_id)[1] if report.flow_id else "")
     amounts = {
         "cpu_seconds": report.cpu_ms / 1000,
@@ -145,10 +139,8 @@ def on_usage(ctx: Ctx) -> None:
     _count(ctx, Record(subjects, amounts, **_once(ctx, USAGE_DEDUPE_SECONDS)))
 
 
-def on_deployment(ctx: Ctx) -> None:
+def on_deployment(ctx: Ctx, status: DeploymentStatus) -> None:
     """flow.started / flow.failed count as deploys (the churn metric); flow.stopped does not."""
-    status = ctx.event.payload
-    assert isinstance(status, DeploymentStatus)
     if ctx.event.type == FLOW_STOPPED:
         return
     tenant, user = _owner(ctx, status.id)
@@ -158,12 +150,10 @@ def on_deployment(ctx: Ctx) -> None:
     _count(ctx, Record(ledger.subjects_of(tenant, user, status.id), {"deploys": 1}, **_once(ctx)))
 
 
-def on_not_started(ctx: Ctx) -> None:
+def on_not_started(ctx: Ctx, event: RunNotStarted) -> None:
     """skipped and missed runs count as `skipped`; a deferred run is a run request that waits
     its turn: it counts in `runs` now (a flood of requests shows before any is admitted) and
     not again when admitted."""
-    event = ctx.event.payload
-    assert isinstance(event, RunNotStarted)
     owner_tenant, user = _owner(ctx, event.flow_id)
     tenant = event.tenant or owner_tenant
     if not tenant:

@@ -87,9 +87,7 @@ def publish_due(ctx: Ctx) -> int:
 
 
 # --- flow.execution.admitted ------------------------------------------------------------------
-def on_admitted(ctx: Ctx) -> None:
-    admitted = ctx.event.payload
-    assert isinstance(admitted, RunAdmitted)
+def on_admitted(ctx: Ctx, admitted: RunAdmitted) -> None:
     stored = flows.get(ctx.redis, admitted.flow_id, include_stopped=True)
     reason: str | None = None
     graph: Graph | None = None
@@ -171,9 +169,7 @@ def _running(ctx: Ctx, result: StepResult) -> runs.RunGraph | None:
     return run
 
 
-def on_step_completed(ctx: Ctx) -> None:
-    result = ctx.event.payload
-    assert isinstance(result, StepResult)
+def on_step_completed(ctx: Ctx, result: StepResult) -> None:
     run = _running(ctx, result)
     if run is None:
         return
@@ -223,9 +219,7 @@ def _publish_created(
         log.warning("step messages not published now (retried on tick): %s", exc)
 
 
-def on_step_failed(ctx: Ctx) -> None:
-    result = ctx.event.payload
-    assert isinstance(result, StepResult)
+def on_step_failed(ctx: Ctx, result: StepResult) -> None:
     run = _running(ctx, result)
     if run is None:
         return
@@ -261,9 +255,7 @@ def _fail(
 
 
 # --- flow.stopping and terminal events from elsewhere -----------------------------------------
-def on_flow_stopping(ctx: Ctx) -> None:
-    flow = ctx.event.payload
-    assert isinstance(flow, FlowRef)
+def on_flow_stopping(ctx: Ctx, flow: FlowRef) -> None:
     ended = 0
     for run_id in runs.running_of_flow(ctx.redis, flow.id):
         run = runs.load(ctx.redis, run_id)
@@ -292,9 +284,7 @@ def on_flow_stopping(ctx: Ctx) -> None:
     log.info("flow %s stopping: %d run(s) ended, %d queue(s) dropped", flow.id, ended, len(queues))
 
 
-def on_run_ended(ctx: Ctx) -> None:
-    ended = ctx.event.payload
-    assert isinstance(ended, RunEnded)
+def on_run_ended(ctx: Ctx, ended: RunEnded) -> None:
     if ctx.event.source == ctx.source or ctx.event.type != t.RUN_FAILED:
         ctx.commit(None)  # our own terminal events; only step-execute completes runs
         return

@@ -15,8 +15,6 @@ from redis import Redis
 
 from shared import keys
 from shared.events import FlowDocument
-from shared.events.envelope import PAYLOADS
-from shared.events.types import FLOW_STARTING
 from shared.scripts import load_script
 
 UpsertResult = Literal["stale", "same", "stored"]
@@ -76,8 +74,7 @@ def get(redis: Redis, flow_id: str, *, include_stopped: bool = False) -> StoredF
     stopped = raw.get(b"stopped") == b"1"
     if stopped and not include_stopped:
         return None
-    flow = PAYLOADS[FLOW_STARTING].parse(json.loads(raw[b"doc"]))
-    assert isinstance(flow, FlowDocument)
+    flow = FlowDocument.parse(json.loads(raw[b"doc"]))
     return StoredFlow(
         flow=flow,
         content_hash=_text(raw.get(b"hash", b"")),

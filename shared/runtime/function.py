@@ -6,6 +6,7 @@ calls `handle`; `orchestrator invoke` and the tests call it the same way, in-pro
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -20,7 +21,14 @@ from redis.exceptions import RedisError
 from shared import keys, store
 from shared.clock import Clock, SystemClock
 from shared.errors import InvalidEvent, OrchestratorError, TemporaryError
-from shared.events import IncomingEvent, OutgoingEvent, Payload, make_event, parse_event
+from shared.events import (
+    PAYLOADS,
+    IncomingEvent,
+    OutgoingEvent,
+    Payload,
+    make_event,
+    parse_event,
+)
 from shared.events.types import CONSUMES, TICK, short
 from shared.model import flows
 from shared.model.policy import Policy, load_policy
@@ -86,8 +94,49 @@ class Context(Generic[S]):
         return self.once.commit(write, events)
 
 
-Handler = Callable[[Context[S]], None]
+# A handler takes the context and, when it needs it, the payload: `def on_x(ctx, flow:
+# FlowDocument)`. That annotation is the one place its payload type is declared; the runtime
+# checks the parsed payload against it before the call, so handlers neither assert nor cast.
+Handler = Callable[[Context[S], Any], None] | Callable[[Context[S]], None]
 ServicesFactory = Callable[[Settings, Clock, Redis], S]
+
+
+@dataclass(frozen=True)
+class Dispatch(Generic[S]):
+    """A handler with the payload type it declared (None: it takes no payload)."""
+
+    handler: Handler[S]
+    payload_type: type[Payload] | None
+
+    def __call__(self, ctx: Context[S]) -> None:
+        payload = ctx.event.payload
+        if self.payload_type is None:
+            self.handler(ctx)  # type: ignore[call-arg]
+            return
+        if not isinstance(payload, self.payload_type):
+            raise InvalidEvent(
+                f"data: {ctx.event.type!r} needs a {self.payload_type.__name__} payload",
+                problems=["data: wrong payload"],
+            )
+        self.handler(ctx, payload)  # type: ignore[call-arg]
+
+
+def declared_payload(handler: Callable[..., None], event_type: str) -> type[Payload] | None:
+    """The payload type `handler` declares, checked against the catalogue for `event_type`."""
+    parameters = list(inspect.signature(handler, eval_str=True).parameters.values())
+    wanted = [p for p in parameters[1:] if p.default is inspect.Parameter.empty]
+    if not wanted:
+        return None
+    declared = wanted[0].annotation
+    catalogued = PAYLOADS.get(event_type)
+    if not (isinstance(declared, type) and issubclass(declared, Payload)):
+        raise TypeError(f"{handler.__qualname__}: its payload parameter needs a Payload type")
+    if catalogued is not None and not issubclass(catalogued, declared):
+        raise TypeError(
+            f"{handler.__qualname__} takes {declared.__name__}, but {short(event_type)} "
+            f"carries {catalogued.__name__}"
+        )
+    return declared
 
 
 @dataclass(frozen=True)
@@ -96,6 +145,14 @@ class FunctionSpec(Generic[S]):
     tag: str
     handlers: Mapping[str, Handler[S]]
     build_services: ServicesFactory[S]
+    dispatch: Mapping[str, Dispatch[S]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        table = {
+            event_type: Dispatch(handler, declared_payload(handler, event_type))
+            for event_type, handler in self.handlers.items()
+        }
+        object.__setattr__(self, "dispatch", table)
 
 
 @dataclass(frozen=True)
@@ -187,7 +244,7 @@ class FunctionRuntime(Generic[S]):
 
     def _handle(self, cloudevent: CloudEvent) -> Outcome:
         event = parse_event(cloudevent, self.consumes)
-        handler = self.spec.handlers.get(event.type)
+        handler = self.spec.dispatch.get(event.type)
         if handler is None:
             raise InvalidEvent(f"type: {self.spec.name} has no handler for {event.type!r}")
         try:
