@@ -66,7 +66,7 @@ def _untyped(ctx: Context[Any], payload: dict[str, Any]) -> None:
 
 
 def test_a_handler_declaring_another_payload_is_refused_when_the_spec_is_built() -> None:
-    with pytest.raises(TypeError, match="takes FlowDocument, but flow.stopping carries FlowRef"):
+    with pytest.raises(TypeError, match=r"takes FlowDocument, but flow\.stopping carries FlowRef"):
         FunctionSpec(
             name="deploy",
             tag="d",
@@ -81,7 +81,8 @@ def test_a_payload_parameter_must_name_a_payload_type() -> None:
 
 
 @pytest.mark.parametrize(
-    ("handler", "wanted"), [(_takes_flow, FlowDocument), (_takes_base, Payload), (_takes_none, None)]
+    ("handler", "wanted"),
+    [(_takes_flow, FlowDocument), (_takes_base, Payload), (_takes_none, None)],
 )
 def test_the_declared_type_is_read_from_the_annotation(handler: Any, wanted: Any) -> None:
     assert declared_payload(handler, t.FLOW_STARTING) is wanted
