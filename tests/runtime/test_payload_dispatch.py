@@ -118,7 +118,7 @@ def test_the_runtime_hands_the_parsed_payload_to_the_handler(
             "type": t.RUN_COMPLETED,
             "source": "/component-orchestrator/step-execute",
             "id": "e-1",
-            "authtoken": sign_internal(TEST_KEY, "step-execute", clock),
+            "authtoken": sign_internal(TEST_KEY, "step-execute", clock, event_type=t.RUN_COMPLETED),
         },
         data,
     )
