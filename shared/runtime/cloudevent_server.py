@@ -17,6 +17,9 @@ from typing import Any
 
 from cloudevents import exceptions as ce_errors
 from cloudevents.http import CloudEvent, from_http
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from shared.runtime.metrics import exposition
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,8 @@ def _handler_for(on_event: EventCallback, name: str) -> type[BaseHTTPRequestHand
         def do_GET(self) -> None:
             if self.path.rstrip("/") in ("/healthz", "/readyz"):
                 self._reply(HTTPStatus.OK, {"status": "ok"})
+            elif self.path.split("?")[0] == "/metrics":
+                self._metrics()
             else:
                 self._reply(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "POST a CloudEvent"})
 
@@ -119,6 +124,14 @@ def _handler_for(on_event: EventCallback, name: str) -> type[BaseHTTPRequestHand
                 self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
                 return
             self._reply(HTTPStatus(status), None)
+
+        def _metrics(self) -> None:
+            data = exposition()
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def _reply(self, status: HTTPStatus, body: object) -> None:
             data = b"" if body is None else json.dumps(body).encode()

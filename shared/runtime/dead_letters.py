@@ -22,6 +22,7 @@ from redis import Redis
 from shared import keys
 from shared.events.envelope import SECRET_EXTENSIONS
 from shared.events.types import short
+from shared.runtime.metrics import observe_dead_letter
 from shared.security.redact import redact
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class FileDeadLetters:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock, self.path.open("a", encoding="utf-8") as out:
             out.write(letter.to_json() + "\n")
+        observe_dead_letter(letter.attributes.get("type", ""), letter.subscriber)
 
     def read(self) -> list[DeadLetter]:
         if not self.path.exists():
@@ -99,6 +101,7 @@ class RedisDeadLetters:
             maxlen=self.maxlen,
             approximate=True,
         )
+        observe_dead_letter(letter.attributes.get("type", ""), letter.subscriber)
 
     def read(self, count: int = 100) -> list[DeadLetter]:
         entries: list[tuple[bytes, dict[bytes, bytes]]] = self.redis.xrevrange(  # type: ignore[assignment]

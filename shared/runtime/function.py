@@ -184,6 +184,8 @@ class FunctionRuntime(Generic[S]):
         self.authorizer = authorizer
         self.services = services
         self.consumes = CONSUMES[spec.name]
+        tag = spec.tag
+        metrics.OUTBOX_BACKLOG.watch(spec.name, lambda: outbox.pending(redis, (tag,)))
 
     @classmethod
     def from_env(

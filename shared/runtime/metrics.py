@@ -6,6 +6,9 @@ Observed in two central places, so no handler has to remember them: every handle
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -15,6 +18,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from shared.events import OutgoingEvent
 from shared.events import types as t
@@ -49,6 +54,19 @@ RUNS_ENDED = Counter(
 DEPLOYMENTS = Counter(
     "orchestrator_deployments", "Deployment outcomes", ["outcome"], registry=REGISTRY
 )
+ADMISSION_WAIT = Histogram(
+    "orchestrator_admission_wait_seconds",
+    "From when a run was due or asked for until it was admitted, per tenant",
+    ["tenant"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "orchestrator_dead_letters",
+    "Events the broker gave up delivering, by type and subscriber",
+    ["type", "subscriber"],
+    registry=REGISTRY,
+)
 SCHEDULE_LAG = Histogram(
     "orchestrator_schedule_lag_seconds",
     "Due time to admission",
@@ -77,6 +95,44 @@ HANDLE_SECONDS = Histogram(
 )
 
 
+class OutboxBacklog(Collector):
+    """`orchestrator_outbox_backlog{function}`: events committed but not yet sent, read from
+    Redis at scrape time (a reader per function this process runs)."""
+
+    def __init__(self) -> None:
+        self._readers: dict[str, Callable[[], int]] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, function: str, read: Callable[[], int]) -> None:
+        with self._lock:
+            self._readers[function] = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "orchestrator_outbox_backlog",
+            "Events committed to the outbox and not yet sent to the broker",
+            labels=["function"],
+        )
+        with self._lock:
+            readers = dict(self._readers)
+        for function, read in sorted(readers.items()):
+            try:
+                family.add_metric([function], float(read()))
+            except Exception:  # Redis away: no sample this scrape, never a failed scrape
+                continue
+        yield family
+
+
+OUTBOX_BACKLOG = OutboxBacklog()
+REGISTRY.register(OUTBOX_BACKLOG)
+
+
+def observe_dead_letter(event_type: str, subscriber: str) -> None:
+    """Counted by type for our catalogue's types only: a made-up type cannot grow the series."""
+    name = t.short(event_type) if event_type in t.ALL_TYPES else "other"
+    DEAD_LETTERS.labels(name, subscriber[:40] or "-").inc()
+
+
 def observe_handled(function: str, event_type: str, outcome: str, seconds: float) -> None:
     name = t.short(event_type)
     EVENTS_HANDLED.labels(function, name, outcome).inc()
@@ -96,6 +152,7 @@ def observe_emitted(event: OutgoingEvent) -> None:
         scheduled = data.get("scheduledFor")
         if isinstance(scheduled, int | float) and event.time is not None:
             SCHEDULE_LAG.observe(max(0.0, event.time - scheduled))
+            ADMISSION_WAIT.labels(tenant).observe(max(0.0, event.time - scheduled))
     elif event.type == t.RUN_SKIPPED:
         SKIPS.labels(tenant, str(data.get("reason", ""))).inc()
     elif event.type == t.RUN_DEFERRED:
