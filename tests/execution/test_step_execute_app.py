@@ -131,7 +131,7 @@ def test_a_run_over_sqs_with_a_big_body_through_s3(
     harness = sqs_harness(redis, clock, base_env, aws)
     harness.store_flow(flow_document("big", ["a", "b"], [("a", "b")]))
     harness.admit("big")
-    blob = "z" * (300 * 1024)
+    blob = "z" * (1100 * 1024)  # over the 1 MiB queues SQS (and moto) create
     received: list[Any] = []
 
     def source(msg: dict[str, Any], fields: dict[str, Any]) -> dict[str, str]:
