@@ -89,6 +89,12 @@ def flow_token(flow_id: str) -> str:
     return _key(DEPLOY, "flow-token", flow_id)
 
 
+# --- step workers' queue credentials (deploy rotates them; passwords are never stored) ------
+def queue_credentials(flow_id: str) -> str:
+    """String: the generation of the flow's queue ACL user (its password derives from it)."""
+    return _key(DEPLOY, "queue-user", flow_id)
+
+
 # --- policy-check: ledger, watchdog, audit, metrics reader (written by policy-check only) ---
 def ledger(level: str, subject_id: str, window_seconds: int) -> str:
     """Hash: a ring of fixed buckets for one subject and one window (shared/policing/ledger.py)."""

@@ -42,6 +42,9 @@ class Settings:
     queue_backend: str = "redis"
     aws_endpoint_url: str | None = None
     claim_check_bucket: str | None = None
+    # The Redis address step workers connect to with their flow's own credentials (any
+    # credentials in it are dropped); default: REDIS_URL's address.
+    worker_redis_url: str | None = None
     # Tuning (README, "Settings"): how long one tick keeps working, for a
     # PingSource that ticks once a minute (0 where a local clock ticks every second).
     flow_start_work_through_seconds: float = 55.0
@@ -149,6 +152,7 @@ class Settings:
             queue_backend=choice("QUEUE_BACKEND", QUEUE_BACKENDS, "redis"),
             aws_endpoint_url=url("AWS_ENDPOINT_URL"),
             claim_check_bucket=text("CLAIM_CHECK_BUCKET"),
+            worker_redis_url=url("WORKER_REDIS_URL"),
             flow_start_work_through_seconds=seconds(
                 "FLOW_START_WORK_THROUGH_SECONDS", 55.0, below=3600
             ),

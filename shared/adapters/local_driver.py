@@ -1,7 +1,10 @@
 """The `local` deploy driver (make run): each Deployment runs as `replicas` local processes.
 
 Same interface as the Kubernetes driver. A process is `python -m shared.worker` (or the
-command in ORCHESTRATOR_WORKER_COMMAND) with the Deployment's Secret as its environment.
+command in ORCHESTRATOR_WORKER_COMMAND) with the Deployment's Secret as its environment, plus
+only the few variables of ours a process needs to run at all (`INHERITED_VARIABLES`): a worker
+runs a tenant's code, so it never sees ORCHESTRATOR_KEY, IAM_SERVICE_TOKEN or the orchestrator's
+REDIS_URL that this process holds (docs/security.md).
 Like a ReplicaSet it keeps the count: scale up starts processes, scale down stops the
 newest, a dead process is restarted with a growing delay (CrashLoopBackOff) and its last
 output line is the error readiness reports. A replica is Ready while its process is alive.
@@ -41,6 +44,17 @@ DEFAULT_COMMAND = (sys.executable, "-m", "shared.worker")
 MAX_BACKOFF_SECONDS = 30.0
 STOP_GRACE_SECONDS = 5.0
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# What a process needs from ours to start Python and find the project; nothing that grants
+# access to anything (the Secret brings the rest).
+INHERITED_VARIABLES = frozenset(
+    {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"}
+)
+
+
+def inherited_environment(base: Mapping[str, str], extra: Sequence[str] = ()) -> dict[str, str]:
+    """The allow-listed part of `base` (plus the names in `extra`)."""
+    allowed = INHERITED_VARIABLES | frozenset(extra)
+    return {name: value for name, value in base.items() if name in allowed}
 
 
 @dataclass
@@ -94,11 +108,15 @@ class LocalDriver:
         workdir: str | Path | None = None,
         base_env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
+        pass_env: Sequence[str] = (),
     ) -> None:
+        """`base_env` (default: ours) is filtered to the allow-list plus `pass_env` names."""
         self._command = tuple(command) if command else _command_from_env()
         self._workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="co-workers-"))
         self._workdir.mkdir(parents=True, exist_ok=True)
-        self._base_env = dict(os.environ if base_env is None else base_env)
+        self._base_env = inherited_environment(
+            os.environ if base_env is None else base_env, pass_env
+        )
         self._cwd = Path(cwd) if cwd else PROJECT_ROOT
         self._secrets: dict[str, Manifest] = {}
         self._workloads: dict[str, _Workload] = {}

@@ -9,8 +9,10 @@ ids, so a changed flow is an update of the same objects. Replicas come from
 `max_replicas_per_step`, then by what is left of its `max_replicas`; suspension makes them 0.
 Resources come from the descriptor within the tenant's limits.
 
-The flow token is never part of a manifest here: `with_flow_token` adds it at apply time, so
-the desired-state hash (for "never twice") and the stored manifests never contain it.
+The flow token and the workers' queue credentials are never part of a manifest here:
+`with_secret_values` adds them at apply time, so the desired-state hash (for "never twice") and
+the stored manifests never contain them. Workers never get the orchestrator's REDIS_URL
+(shared/deployment/queue_credentials.py); only the credentials generation is desired state.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ from shared.ports.driver import (
 from shared.settings import Settings
 
 FLOW_TOKEN_KEY = "FLOW_TOKEN"
+REDIS_URL_KEY = "REDIS_URL"
+GENERATION_KEY = "QUEUE_CREDENTIALS_GENERATION"
+STEP_QUEUE_KEY = "STEP_QUEUE"
+APPLY_TIME_KEYS = (FLOW_TOKEN_KEY, REDIS_URL_KEY)  # added at apply time, never stored
 CONTAINER_NAME = "step"
 WORKER_COMMAND = ("python", "-m", "shared.worker")  # inside our image (components with entrypoint)
 
@@ -68,7 +74,8 @@ class ReplicaBudgetExceeded(PermanentError):
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Settings every step worker needs, passed through into its Secret."""
+    """Settings every step worker needs, passed through into its Secret. `redis_url` is not
+    among them: a worker gets its flow's own queue credentials instead."""
 
     queue_backend: str = "redis"
     redis_url: str = ""
@@ -89,7 +96,6 @@ class WorkerSettings:
     def environment(self) -> dict[str, str]:
         values = {
             "QUEUE_BACKEND": self.queue_backend,
-            "REDIS_URL": self.redis_url,
             "AWS_ENDPOINT_URL": self.aws_endpoint_url,
             "CLAIM_CHECK_BUCKET": self.claim_check_bucket,
             "K_SINK": self.k_sink,
@@ -306,9 +312,12 @@ def flow_desired_state(
     *,
     suspended: bool = False,
     replicas_elsewhere: int = 0,
+    credentials_generation: int | None = None,
 ) -> DesiredState:
     """A flow's objects. `replicas_elsewhere`: the tenant's replicas in its other deployments
-    (flows and what it already runs), counted against `max_replicas`."""
+    (flows and what it already runs), counted against `max_replicas`. `credentials_generation`
+    (None where the queue backend has no credentials) goes into each Secret, so a rotation
+    rolls the pods."""
     if not flow.nodes:
         raise PermanentError("graph.nodes: must hold at least one node")
     wanted = {n.id: wanted_replicas(n.replicas, components[n.component_id]) for n in flow.nodes}
@@ -344,9 +353,11 @@ def flow_desired_state(
             "COMPONENT_FUNCTION": node.function,
             "COMPONENT_ENTRYPOINT": component.entrypoint,
             "STEP_FIELDS": json.dumps(node.fields, sort_keys=True, separators=(",", ":")),
-            "STEP_QUEUE": keys.step_queue(flow.id, node.id),
+            STEP_QUEUE_KEY: keys.step_queue(flow.id, node.id),
             **worker.environment(),
         }
+        if credentials_generation is not None:
+            environment[GENERATION_KEY] = str(credentials_generation)
         manifests.extend(
             _objects(
                 name,
@@ -425,24 +436,83 @@ def suspended(manifests: Sequence[Manifest]) -> tuple[Manifest, ...]:
 
 
 def desired_hash(manifests: Sequence[Manifest]) -> str:
-    """Stable over key order and object order; never includes the flow token."""
-    stripped = [without_flow_token(m) for m in manifests]
+    """Stable over key order and object order; never includes apply-time values."""
+    stripped = [without_secret_values(m) for m in manifests]
     ordered = sorted(stripped, key=lambda m: (m["kind"], m["metadata"]["name"]))
     return _hash_of(ordered)[:32]
 
 
+def with_secret_values(manifest: Manifest, values: Mapping[str, str]) -> Manifest:
+    """The Secret as applied: the desired one plus the apply-time values (empty ones left out)."""
+    present = {k: v for k, v in values.items() if v}
+    if manifest["kind"] != "Secret" or not present:
+        return manifest
+    result = copy.deepcopy(manifest)
+    for name, value in present.items():
+        result["data"][name] = base64.b64encode(value.encode()).decode()
+    return result
+
+
 def with_flow_token(manifest: Manifest, token: str) -> Manifest:
     """The Secret as applied: the desired one plus FLOW_TOKEN (empty tokens are left out)."""
-    if manifest["kind"] != "Secret" or not token:
+    return with_secret_values(manifest, {FLOW_TOKEN_KEY: token})
+
+
+def without_secret_values(manifest: Manifest) -> Manifest:
+    data = manifest.get("data") or {}
+    if manifest["kind"] != "Secret" or not any(k in data for k in APPLY_TIME_KEYS):
         return manifest
     result = copy.deepcopy(manifest)
-    result["data"][FLOW_TOKEN_KEY] = base64.b64encode(token.encode()).decode()
+    for name in APPLY_TIME_KEYS:
+        result["data"].pop(name, None)
     return result
 
 
-def without_flow_token(manifest: Manifest) -> Manifest:
-    if manifest["kind"] != "Secret" or FLOW_TOKEN_KEY not in manifest.get("data", {}):
-        return manifest
-    result = copy.deepcopy(manifest)
-    del result["data"][FLOW_TOKEN_KEY]
-    return result
+def _secret_value(manifest: Manifest, name: str) -> str | None:
+    raw = (manifest.get("data") or {}).get(name)
+    return base64.b64decode(raw).decode() if raw is not None else None
+
+
+def step_queues_of(manifests: Sequence[Manifest]) -> list[str]:
+    """The step queues a flow's Secrets name (what its queue user may touch)."""
+    found = (_secret_value(m, STEP_QUEUE_KEY) for m in manifests if m["kind"] == "Secret")
+    return sorted({q for q in found if q})
+
+
+def credentials_generation_of(manifests: Sequence[Manifest]) -> int | None:
+    found = [_secret_value(m, GENERATION_KEY) for m in manifests if m["kind"] == "Secret"]
+    numbers = [int(v) for v in found if v is not None and v.isdigit()]
+    return max(numbers) if numbers else None
+
+
+def holds_store_url(manifests: Sequence[Manifest]) -> bool:
+    """Written by a release that gave workers the orchestrator's REDIS_URL (read for upgrades)."""
+    return any(m["kind"] == "Secret" and REDIS_URL_KEY in (m.get("data") or {}) for m in manifests)
+
+
+def without_store_url(
+    manifests: Sequence[Manifest], generation: int | None
+) -> tuple[Manifest, ...]:
+    """Upgrade of such manifests: the stored REDIS_URL dropped, the credentials generation
+    added, and each Deployment's Secret hash annotation recomputed (its pods roll once)."""
+    secrets: dict[str, Manifest] = {}
+    result: list[Manifest] = []
+    for manifest in manifests:
+        if manifest["kind"] == "Secret":
+            manifest = copy.deepcopy(manifest)
+            data = manifest.setdefault("data", {})
+            data.pop(REDIS_URL_KEY, None)
+            if generation is not None and STEP_QUEUE_KEY in data:
+                data[GENERATION_KEY] = base64.b64encode(str(generation).encode()).decode()
+            secrets[manifest["metadata"]["name"]] = _stamp(manifest)
+            manifest = secrets[manifest["metadata"]["name"]]
+        result.append(manifest)
+    for index, manifest in enumerate(result):
+        if manifest["kind"] != "Deployment" or manifest["metadata"]["name"] not in secrets:
+            continue
+        manifest = copy.deepcopy(manifest)
+        data = secrets[manifest["metadata"]["name"]]["data"]
+        template = manifest["spec"]["template"]["metadata"]
+        template.setdefault("annotations", {})[SECRET_HASH_ANNOTATION] = _hash_of(data)[:16]
+        result[index] = _stamp(manifest)
+    return tuple(result)

@@ -26,11 +26,16 @@ from shared.deployment.desired_state import (
     COMPONENT_ID_ANNOTATION,
     FLOW_ID_ANNOTATION,
     FLOW_LABEL,
+    FLOW_TOKEN_KEY,
     component_selector,
+    credentials_generation_of,
     desired_hash,
     flow_selector,
+    holds_store_url,
+    step_queues_of,
     suspended,
-    with_flow_token,
+    with_secret_values,
+    without_store_url,
 )
 from shared.deployment.records import TargetRecord
 from shared.deployment.services import DeployServices
@@ -131,18 +136,51 @@ class Deployer:
     def effective(record: TargetRecord, is_suspended: bool) -> tuple[Manifest, ...]:
         return suspended(record.manifests) if is_suspended else record.manifests
 
+    # ---- worker credentials ------------------------------------------------------------------
+    def grant(self, record: TargetRecord) -> dict[str, str]:
+        """Writes the flow's queue user (again) to every node; returns its Secret variables."""
+        if record.kind != "flow":
+            return {}
+        generation = credentials_generation_of(record.manifests)
+        if generation is None:
+            return {}
+        queues = step_queues_of(record.manifests)
+        return self.services.credentials.grant(record.id, queues, generation)
+
+    def revoke(self, kind: str, target_id: str) -> None:
+        if kind == "flow":
+            self.services.credentials.revoke(target_id)
+
+    def upgraded(self, record: TargetRecord) -> TargetRecord:
+        """A record whose Secrets still hold the orchestrator's REDIS_URL (an earlier release):
+        rewritten with a fresh credentials generation, stored, and re-applied by the caller."""
+        if not holds_store_url(record.manifests):
+            return record
+        generation = self.services.credentials.rotate(record.id) if record.kind == "flow" else None
+        manifests = without_store_url(record.manifests, generation)
+        upgraded = replace(record, manifests=manifests, desired_hash=desired_hash(manifests))
+        deploy_records.write(self.redis, upgraded)
+        log.info("%s: workers' store credentials replaced by their own", record.member)
+        return upgraded
+
     # ---- writing -----------------------------------------------------------------------------
     def apply(
-        self, record: TargetRecord, manifests: Sequence[Manifest], held: HeldLock | None
+        self,
+        record: TargetRecord,
+        manifests: Sequence[Manifest],
+        held: HeldLock | None,
+        credentials: dict[str, str] | None = None,
     ) -> int:
         """Secrets first (pods need them), then Deployments; returns the number of writes."""
         ordered = sorted(manifests, key=lambda m: (m["kind"] != "Secret", m["metadata"]["name"]))
-        token: str | None = None
+        values: dict[str, str] | None = None
         for manifest in ordered:
             if manifest["kind"] == "Secret" and record.kind == "flow":
-                if token is None:
+                if values is None:
                     token = self.services.tokens.ensure(record.id, record.tenant, record.user)
-                manifest = with_flow_token(manifest, token)
+                    granted = credentials if credentials is not None else self.grant(record)
+                    values = {**granted, FLOW_TOKEN_KEY: token}
+                manifest = with_secret_values(manifest, values)
             self.driver.apply(manifest)
             if held is not None:
                 held.extend()
@@ -227,10 +265,12 @@ class Deployer:
         is_suspended = self.is_suspended(record)
         manifests = self.effective(record, is_suspended)
         wanted = desired_hash(manifests)
+        # Every pass: ACL users live per node and a failover may have promoted one without it.
+        credentials = self.grant(record)
         stale = manifests if wanted != record.applied_hash else self.drifted(manifests, observed)
         if stale:
             log.info("%s: re-applying %d object(s)", record.member, len(stale))
-            self.apply(record, stale, held)
+            self.apply(record, stale, held, credentials)
         names = frozenset((m["kind"], m["metadata"]["name"]) for m in manifests)
         extra = [o for o in observed if (o.kind, o.name) not in names]
         if extra:

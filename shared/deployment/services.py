@@ -4,7 +4,7 @@ timings it uses; shared.wiring.deploy builds it from the settings."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from redis import Redis
@@ -12,6 +12,7 @@ from redis import Redis
 from shared.clock import Clock
 from shared.deployment import flow_tokens
 from shared.deployment.desired_state import WorkerSettings
+from shared.deployment.queue_credentials import NoQueueCredentials, QueueCredentials
 from shared.ports.components import ComponentRepository
 from shared.ports.driver import DeployDriver
 
@@ -68,6 +69,7 @@ class DeployServices:
     components: ComponentRepository
     tokens: FlowTokens
     worker: WorkerSettings
+    credentials: QueueCredentials = field(default_factory=NoQueueCredentials)
     ready_wait_seconds: float = READY_WAIT_SECONDS
     ready_poll_seconds: float = READY_POLL_SECONDS
     lock_seconds: float = LOCK_SECONDS

@@ -117,9 +117,11 @@ def _fail(
 
 
 def _remove_quietly(deployer: Deployer, kind: str, target_id: str) -> None:
-    """Removes a failed target's objects; if the API is down, the tick's collector will."""
+    """Removes a failed target's objects and its workers' queue user; if the API (or Redis) is
+    down, the tick's collector will."""
     try:
         deployer.remove(kind, target_id)
+        deployer.revoke(kind, target_id)
     except TemporaryError as exc:
         log.warning("could not remove the objects of %s %s yet: %s", kind, target_id, exc.message)
 
@@ -131,7 +133,7 @@ def _deploy(
     desired: DesiredState,
     existing: TargetRecord | None,
 ) -> None:
-    same = existing is not None and existing.live and existing.desired_hash == desired.hash
+    same = _unchanged(existing, desired)
     if same and existing is not None:
         record = existing
     else:
@@ -179,20 +181,31 @@ def on_flow_starting(ctx: Ctx, flow: FlowDocument) -> None:
                 cid: ctx.services.components.get(cid)
                 for cid in sorted({node.component_id for node in flow.nodes})
             }
-            desired = _flow_desired(ctx, flow, components)
+            credentials = ctx.services.credentials
+            desired = _flow_desired(ctx, flow, components, credentials.generation(flow.id))
+            if not _unchanged(existing, desired):
+                # What runs changes: its workers get new queue credentials (the pods roll).
+                desired = _flow_desired(ctx, flow, components, credentials.rotate(flow.id))
         except PermanentError as exc:
             _fail(ctx, deployer, "flow", flow.id, exc.message, flow.tenant, flow.user)
             return
         _deploy(ctx, deployer, held, desired, existing)
 
 
-def _flow_desired(ctx: Ctx, flow: FlowDocument, components: dict[str, Component]) -> DesiredState:
+def _unchanged(existing: TargetRecord | None, desired: DesiredState) -> bool:
+    return existing is not None and existing.live and existing.desired_hash == desired.hash
+
+
+def _flow_desired(
+    ctx: Ctx, flow: FlowDocument, components: dict[str, Component], generation: int | None
+) -> DesiredState:
     return flow_desired_state(
         flow,
         components,
         ctx.policy.tenant(flow.tenant),
         ctx.services.worker,
         replicas_elsewhere=deploy_records.replicas_elsewhere(ctx.redis, flow.tenant, flow.id),
+        credentials_generation=generation,
     )
 
 
@@ -215,6 +228,7 @@ def _stop(ctx: Ctx, kind: str, target_id: str, event: OutgoingEvent | None) -> N
     with deployer.locked(kind, target_id):
         record = deploy_records.load(ctx.redis, kind, target_id)
         deployer.remove(kind, target_id)
+        deployer.revoke(kind, target_id)
         if kind == "flow":
             ctx.services.tokens.revoke(target_id)
 
@@ -261,8 +275,10 @@ def _reconcile_one(
         if record.kind == "flow" and record.id not in wanted_flows:
             # Stopped (tombstoned) before our flow.stopping arrived: it is not wanted.
             deployer.remove(kind, target_id)
+            deployer.revoke(kind, target_id)
             deploy_records.remove(ctx.redis, record)
             return
+        record = deployer.upgraded(record)
         if observed is None:
             observed = deployer.driver.list_managed(selector(kind, target_id))
         now = ctx.clock.now()
@@ -336,6 +352,7 @@ def on_tick(ctx: Ctx) -> None:
                 continue  # a deploy of it has just begun
             try:
                 deployer.remove(kind, target_id, objects)
+                deployer.revoke(kind, target_id)
             except TemporaryError as exc:
                 log.warning("garbage collection of %s failed for now: %s", member, exc.message)
 

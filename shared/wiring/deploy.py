@@ -10,6 +10,11 @@ from redis import Redis
 from shared.adapters.component_repository import make_component_repository
 from shared.clock import Clock
 from shared.deployment.desired_state import WorkerSettings
+from shared.deployment.queue_credentials import (
+    NoQueueCredentials,
+    QueueCredentials,
+    RedisQueueCredentials,
+)
 from shared.deployment.services import DeployServices, FlowTokens, IamFlowTokens, NoFlowTokens
 from shared.ports.driver import DeployDriver
 from shared.settings import Settings
@@ -33,6 +38,21 @@ def build_services(settings: Settings, clock: Clock, redis: Redis) -> DeployServ
         components=make_component_repository(settings, clock),
         tokens=tokens,
         worker=WorkerSettings.from_settings(settings),
+        credentials=make_queue_credentials(settings, redis),
+    )
+
+
+def make_queue_credentials(settings: Settings, redis: Redis) -> QueueCredentials:
+    """Redis Streams: one ACL user per flow; SQS: none (the pods' IAM role, docs/security.md)."""
+    if settings.queue_backend != "redis":
+        return NoQueueCredentials()
+    from shared.adapters.redis_acl import RedisAcl
+
+    return RedisQueueCredentials(
+        redis,
+        RedisAcl.for_client(redis),
+        settings.orchestrator_key,
+        settings.worker_redis_url or settings.redis_url,
     )
 
 

@@ -82,6 +82,7 @@ def driver(tmp_path: Path) -> Iterator[LocalDriver]:
         command=STUB,
         workdir=tmp_path / "logs",
         base_env={**os.environ, "WORKER_RECORD_DIR": str(tmp_path)},
+        pass_env=("WORKER_RECORD_DIR",),
         cwd=ROOT,
     )
     yield local

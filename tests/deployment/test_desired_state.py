@@ -170,7 +170,6 @@ def test_step_environment_contract() -> None:
         "STEP_FIELDS": json.dumps({"n": 1, "url": "http://x"}, separators=(",", ":")),
         "STEP_QUEUE": keys.step_queue("f1", "a"),
         "QUEUE_BACKEND": "redis",
-        "REDIS_URL": "redis://r:6379/0",
         "K_SINK": "http://sink",
     }
     container = state.deployments()[0]["spec"]["template"]["spec"]["containers"][0]

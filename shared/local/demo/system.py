@@ -280,7 +280,9 @@ class SimulatedWorkers:
 
     def _worker(self, name: str, env: dict[str, str]) -> Worker:
         if name not in self.workers:
-            config = WorkerConfig.from_env(env)
+            # The queue is handed in below: the Secret has no REDIS_URL of its own here (no
+            # ACL users in the simulation), so name the in-process one for the config check.
+            config = WorkerConfig.from_env({"REDIS_URL": "redis://in-process", **env})
             self.workers[name] = Worker(
                 config,
                 self.queue,

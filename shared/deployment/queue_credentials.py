@@ -1,0 +1,115 @@
+"""Queue credentials for a flow's step workers: never the orchestrator's own.
+
+A worker runs a tenant's code, so whatever its Secret holds, that tenant holds. With Redis
+Streams each deployed flow gets one ACL user (`co-flow-<flow id>`) that may run only the
+stream commands a worker sends, on only that flow's step queues (shared/ports/queue_access.py).
+
+- Passwords are derived, never stored: HMAC of (flow id, generation) under a key derived from
+  ORCHESTRATOR_KEY. Redis keeps only the generation (`keys.queue_credentials`), the
+  desired-state hash only the generation's number (a Secret variable, so a rotation rolls the
+  pods), and the password enters the Secret at apply time, like the flow token.
+- Rotation: every deploy that changes what runs takes the next generation. The user accepts
+  the new and the previous password, so pods still rolling keep consuming.
+- Deploy writes the user to every node it can reach, reconcile writes it again on every pass
+  (ACL users are not replicated), stop deletes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+from urllib.parse import quote, urlparse, urlunparse
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from redis import Redis
+
+from shared import keys
+from shared.ports.queue_access import WORKER_COMMANDS, AclAdmin
+
+USERNAME_PREFIX = "co-flow-"
+_KDF_INFO = b"component-orchestrator worker queue password v1"
+
+
+class QueueCredentials(Protocol):
+    def generation(self, flow_id: str) -> int | None:
+        """The flow's current credentials generation (0: none yet); None: no credentials."""
+        ...
+
+    def rotate(self, flow_id: str) -> int | None:
+        """Takes the next generation (None: this backend has no credentials)."""
+        ...
+
+    def grant(self, flow_id: str, queues: Sequence[str], generation: int) -> dict[str, str]:
+        """Writes the flow's user for `queues`; returns the Secret variables that carry it."""
+        ...
+
+    def revoke(self, flow_id: str) -> None: ...
+
+
+class NoQueueCredentials:
+    """Backends whose workers authenticate otherwise (SQS: the pod's IAM role, IRSA)."""
+
+    def generation(self, flow_id: str) -> int | None:
+        return None
+
+    def rotate(self, flow_id: str) -> int | None:
+        return None
+
+    def grant(self, flow_id: str, queues: Sequence[str], generation: int) -> dict[str, str]:
+        return {}
+
+    def revoke(self, flow_id: str) -> None:
+        return None
+
+
+def username(flow_id: str) -> str:
+    return USERNAME_PREFIX + flow_id  # flow ids are [A-Za-z0-9._:-]: a valid ACL name
+
+
+def worker_url(base_url: str, user: str, password: str) -> str:
+    """`base_url` (the orchestrator's REDIS_URL or WORKER_REDIS_URL) with only these credentials."""
+    parsed = urlparse(base_url)
+    address = parsed.netloc.rpartition("@")[2]
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{address}"
+    return urlunparse(parsed._replace(netloc=netloc))
+
+
+class RedisQueueCredentials:
+    def __init__(self, redis: Redis, acl: AclAdmin, orchestrator_key: str, base_url: str) -> None:
+        self._redis, self._acl, self._base_url = redis, acl, base_url
+        self._secret = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KDF_INFO).derive(
+            orchestrator_key.encode()
+        )
+
+    def password(self, flow_id: str, generation: int) -> str:
+        message = f"{flow_id}\x1f{generation}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def generation(self, flow_id: str) -> int | None:
+        raw = self._redis.get(keys.queue_credentials(flow_id))
+        return int(raw) if raw is not None else 0
+
+    def rotate(self, flow_id: str) -> int | None:
+        return int(self._redis.incr(keys.queue_credentials(flow_id)))
+
+    def grant(self, flow_id: str, queues: Sequence[str], generation: int) -> dict[str, str]:
+        generation = max(generation, 1)
+        passwords = [self.password(flow_id, g) for g in (generation, generation - 1) if g >= 1]
+        self._acl.set_user(username(flow_id), passwords, sorted(set(queues)), WORKER_COMMANDS)
+        current = passwords[0]
+        return {"REDIS_URL": worker_url(self._base_url, username(flow_id), current)}
+
+    def revoke(self, flow_id: str) -> None:
+        self._acl.delete_user(username(flow_id))
+        self._redis.delete(keys.queue_credentials(flow_id))
+
+
+def secret_values(token: str, credentials: Mapping[str, str]) -> dict[str, str]:
+    """What a flow's Secrets get at apply time (outside the desired-state hash)."""
+    values = dict(credentials)
+    if token:
+        values["FLOW_TOKEN"] = token
+    return values

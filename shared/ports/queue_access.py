@@ -1,0 +1,34 @@
+"""Who may read a step queue: the access-control side of a queue backend.
+
+With Redis Streams each deployed flow gets its own ACL user that may touch only that flow's
+step queues with only the commands a worker sends (shared/adapters/redis_acl.py). The
+deployment side (shared/deployment/queue_credentials.py) decides names, passwords and
+rotation; an adapter only writes what it is given to every node it can reach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+# What shared/adapters/redis_streams.py sends from a worker: receive (XREADGROUP, and
+# XGROUP CREATE when the stream or group is new), ack (XACK + XDEL), and the client's PING.
+WORKER_COMMANDS: tuple[str, ...] = ("xreadgroup", "xack", "xdel", "xgroup|create", "ping")
+
+
+class AclAdmin(Protocol):
+    def set_user(
+        self,
+        username: str,
+        passwords: Sequence[str],
+        keys: Sequence[str],
+        commands: Sequence[str],
+    ) -> int:
+        """Creates or replaces the user on every node; returns how many nodes took it.
+
+        Raises TemporaryError when no node could be written."""
+        ...
+
+    def delete_user(self, username: str) -> int:
+        """Removes the user from every node it can reach (absent is fine)."""
+        ...
