@@ -23,7 +23,7 @@ from shared.clock import FakeClock
 from shared.events import types as t
 from shared.local.demo import runner as demo
 from shared.local.demo import scenario
-from shared.local.demo.board import Board, Sample
+from shared.local.demo.board import Board, Sample, fair_shares, summary_text
 from shared.local.embedded_redis import EmbeddedRedis
 from shared.local.session import RunSession
 from shared.model.policy import load_policy
@@ -189,6 +189,8 @@ def test_the_live_table_shows_per_tenant_counts_shares_and_penalty(redis: Redis)
             slot_share={flooder: 0.25, "acme": 0.75},
             weight_share={flooder: 0.2, "acme": 0.6},
             penalty={bad: "throttle"},
+            waiting={flooder: 12},
+            fair_share={flooder: 0.25, "acme": 0.75},
         )
     )
     console = Console(record=True, width=250, color_system=None)
@@ -196,8 +198,8 @@ def test_the_live_table_shows_per_tenant_counts_shares_and_penalty(redis: Redis)
     text = console.export_text()
     for column in ("admitted", "skipped", "deferred", "slot share", "weight share", "penalty"):
         assert column in text
-    columns = ["tenant", "weight", "admitted", "mean wait", "skipped", "deferred", "running",
-               "slot share", "weight share", "penalty", "story"]  # fmt: skip
+    columns = ["tenant", "weight", "demand", "admitted", "mean wait", "skipped", "deferred",
+               "slot share", "fair share", "weight share", "penalty", "story"]  # fmt: skip
     rows = {}
     for line in text.splitlines():
         cells = [cell.strip() for cell in line.split("│")[1:-1]]
@@ -205,12 +207,49 @@ def test_the_live_table_shows_per_tenant_counts_shares_and_penalty(redis: Redis)
             rows[cells[0]] = dict(zip(columns, cells, strict=True))
     assert set(board.tenants) <= set(rows)
     wanted = {
-        flooder: {"admitted": "4", "skipped": "0", "deferred": "9", "running": "1",
-                  "slot share": "25%", "weight share": "20%", "penalty": "-"},
-        "acme": {"admitted": "7", "skipped": "2", "deferred": "0", "running": "3",
-                 "slot share": "75%", "weight share": "60%", "penalty": "-"},
+        flooder: {"admitted": "4", "skipped": "0", "deferred": "9", "demand": "1 + 12 waiting",
+                  "slot share": "25%", "fair share": "25%", "weight share": "20%", "penalty": "-"},
+        "acme": {"admitted": "7", "skipped": "2", "deferred": "0", "demand": "3 + 0 waiting",
+                 "slot share": "75%", "fair share": "75%", "weight share": "60%", "penalty": "-"},
         bad: {"penalty": "throttle"},
     }  # fmt: skip
     for tenant, cells in wanted.items():
         assert {name: rows[tenant][name] for name in cells} == cells, tenant
     assert rows["acme"]["weight"] == f"{policy.tenant('acme').weight:g}"
+    assert "fair share: the slots are shared by weight among the tenants that want them" in text
+
+
+@pytest.mark.parametrize(
+    ("demand", "weights", "slots", "fair"),
+    [
+        pytest.param({"a": 2, "b": 50}, {"a": 3, "b": 1}, 6, {"a": 2 / 6, "b": 4 / 6},
+                     id="a heavy tenant that wants little keeps it, the flood gets the rest"),
+        pytest.param({"a": 50, "b": 50}, {"a": 3, "b": 1}, 8, {"a": 6 / 8, "b": 2 / 8},
+                     id="both want more: by weight"),
+        pytest.param({"a": 1, "b": 1}, {"a": 1, "b": 1}, 6, {"a": 1 / 6, "b": 1 / 6},
+                     id="nobody wants the rest: it stays free"),
+        pytest.param({"a": 0, "b": 9}, {"a": 5, "b": 1}, 4, {"a": 0.0, "b": 1.0},
+                     id="an idle tenant's weight counts for nothing"),
+        pytest.param({"a": 9, "b": 9, "c": 1}, {"a": 1, "b": 1, "c": 1}, 7,
+                     {"a": 3 / 7, "b": 3 / 7, "c": 1 / 7}, id="what one leaves is shared again"),
+        pytest.param({"a": 9, "b": 9}, {"a": 0, "b": 1}, 4, {"a": 0.0, "b": 1.0},
+                     id="a suspended tenant (weight 0) gets nothing"),
+    ],
+)  # fmt: skip
+def test_fair_shares_are_weighted_max_min(
+    demand: dict[str, int], weights: dict[str, float], slots: int, fair: dict[str, float]
+) -> None:
+    got = fair_shares(demand, weights, slots)
+    assert got == pytest.approx(fair)
+    assert sum(got.values()) <= 1 + 1e-9
+
+
+def test_the_summary_states_the_rule_with_the_waits_that_prove_it(summary: dict[str, Any]) -> None:
+    text = summary_text(summary)
+    assert "fair share: the slots are shared by weight among the tenants that want them" in text
+    for tenant, row in summary["tenants"].items():
+        assert f"waited {row['meanWaitSeconds']:.1f} s on average" in text, tenant
+        assert 0 <= row["meanFairShare"] <= 1
+    flood = summary["tenants"][scenario.FLOODING_TENANT]
+    assert flood["meanDemand"] > summary["slots"] / 2  # the flood wants more than it may have
+    assert flood["meanSlotShare"] <= flood["meanFairShare"] + 0.15

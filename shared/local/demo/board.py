@@ -25,6 +25,10 @@ from shared.operations import views
 from shared.runtime import event_log
 
 LADDER_RANK = {step: rank for rank, step in enumerate(penalty_state.STEPS, start=1)}
+RULE = (
+    "the slots are shared by weight among the tenants that want them; a tenant that wants "
+    "fewer than its share keeps what it wants and the rest goes to the others"
+)
 COUNTED = {
     t.RUN_ADMITTED: "admitted",
     t.RUN_SKIPPED: "skipped",
@@ -35,6 +39,31 @@ COUNTED = {
 }
 
 
+def fair_shares(demand: dict[str, int], weights: dict[str, float], slots: int) -> dict[str, float]:
+    """Each tenant's fair share of the slots (weighted max-min, "water-filling"): slots go out
+    by weight among the tenants that want more; one that wants less than its part keeps what
+    it wants, and what it leaves is shared again among the rest. Shares are fractions of
+    `slots`; they add up to at most 1 (less when nobody wants the rest)."""
+    if slots <= 0:
+        return dict.fromkeys(demand, 0.0)
+    given = dict.fromkeys(demand, 0.0)
+    wanting = {n for n, d in demand.items() if d > 0 and weights.get(n, 0) > 0}
+    left = float(slots)
+    while wanting and left > 1e-9:
+        total = sum(weights[n] for n in wanting)
+        part = {n: left * weights[n] / total for n in wanting}
+        capped = {n for n in wanting if given[n] + part[n] >= demand[n]}
+        if not capped:
+            for n in wanting:
+                given[n] += part[n]
+            break
+        for n in capped:
+            left -= demand[n] - given[n]
+            given[n] = float(demand[n])
+        wanting -= capped
+    return {n: given[n] / slots for n in demand}
+
+
 @dataclass
 class Sample:
     at: float  # seconds since the demo started
@@ -42,6 +71,12 @@ class Sample:
     slot_share: dict[str, float]
     weight_share: dict[str, float]
     penalty: dict[str, str | None]
+    waiting: dict[str, int] = field(default_factory=dict)
+    fair_share: dict[str, float] = field(default_factory=dict)
+
+    def demand(self, tenant: str) -> int:
+        """Runs the tenant wants to run now: running, plus waiting for a slot."""
+        return self.running.get(tenant, 0) + self.waiting.get(tenant, 0)
 
 
 @dataclass
@@ -122,12 +157,21 @@ class Board:
     def sample(self, now: float) -> Sample:
         rows = {row.tenant: row for row in views.tenant_rows(self.redis, self.policy, now)}
         worst = self.worst_penalties()
+        running = {n: rows[n].running if n in rows else 0 for n in self.tenants}
+        waiting = {n: rows[n].waiting if n in rows else 0 for n in self.tenants}
+        weights = {
+            n: rows[n].effective_weight if n in rows else self.policy.tenant(n).weight
+            for n in self.tenants
+        }
+        demand = {n: running[n] + waiting[n] for n in self.tenants}
         sample = Sample(
             at=round(now - self.started_at, 1),
-            running={n: rows[n].running if n in rows else 0 for n in self.tenants},
+            running=running,
             slot_share={n: rows[n].slot_share if n in rows else 0.0 for n in self.tenants},
             weight_share={n: rows[n].weight_share if n in rows else 0.0 for n in self.tenants},
             penalty={n: worst.get(n) for n in self.tenants},
+            waiting=waiting,
+            fair_share=fair_shares(demand, weights, self.policy.slots),
         )
         self.samples.append(sample)
         return sample
@@ -146,22 +190,30 @@ class Board:
     def table(self, elapsed: float, status: str = "") -> Table:
         latest = self.samples[-1] if self.samples else None
         title = f"component-orchestrator demo: {elapsed:.0f}s, {self.policy.slots} slots"
-        table = Table(title=title, title_justify="left", caption=status or None)
-        for column in ("tenant", "weight", "admitted", "mean wait", "skipped", "deferred",
-                       "running", "slot share", "weight share", "penalty", "story"):  # fmt: skip
+        caption = f"fair share: {RULE}" + (f"\n{status}" if status else "")
+        table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+        for column in ("tenant", "weight", "demand", "admitted", "mean wait", "skipped",
+                       "deferred", "slot share", "fair share", "weight share", "penalty",
+                       "story"):  # fmt: skip
             table.add_column(column, justify="left" if column in ("tenant", "story") else "right")
         for tenant in self.tenants:
             counts = self.counts.get(tenant, Counter())
             penalty = latest.penalty.get(tenant) if latest else None
+            demand = (
+                f"{latest.running.get(tenant, 0)} + {latest.waiting.get(tenant, 0)} waiting"
+                if latest
+                else "-"
+            )
             table.add_row(
                 tenant,
                 f"{self.policy.tenant(tenant).weight:g}",
+                demand,
                 str(counts["admitted"]),
                 f"{self.mean_wait(tenant):.1f}s",
                 str(counts["skipped"]),
                 str(counts["deferred"]),
-                str(latest.running.get(tenant, 0) if latest else 0),
                 f"{latest.slot_share.get(tenant, 0):.0%}" if latest else "-",
+                f"{latest.fair_share.get(tenant, 0):.0%}" if latest else "-",
                 f"{latest.weight_share.get(tenant, 0):.0%}" if latest else "-",
                 penalty or "-",
                 TENANTS.get(tenant, ""),
@@ -184,8 +236,13 @@ class Board:
             reached = [e["penalty"] for e in events if e["penalty"] in LADDER_RANK]
             reached += [p for s in self.samples if (p := s.penalty.get(tenant)) in LADDER_RANK]
             now = self.samples[-1].penalty.get(tenant) if self.samples else None
+            fair = [s.fair_share.get(tenant, 0.0) for s in self.samples]
+            demands = [s.demand(tenant) for s in self.samples]
             tenants[tenant] = {
                 **{name: counts[name] for name in COUNTED.values()},
+                "weight": self.policy.tenant(tenant).weight,
+                "meanDemand": round(sum(demands) / len(demands), 2) if demands else 0.0,
+                "meanFairShare": round(sum(fair) / len(fair), 3) if fair else 0.0,
                 "violations": self.violations[tenant],
                 "meanWaitSeconds": round(self.mean_wait(tenant), 2),
                 "maxWaitSeconds": round(max(self.waits.get(tenant) or [0.0]), 2),
@@ -213,6 +270,7 @@ class Board:
         return {
             "seconds": seconds,
             "slots": self.policy.slots,
+            "rule": RULE,
             "tenants": tenants,
             "flows": flows,
             "penalties": self.penalty_events,
@@ -236,6 +294,14 @@ def summary_text(summary: dict[str, Any]) -> str:
             f"{row['skipped']:>7} {row['deferred']:>8} "
             f"{row['completed']:>5} {row['failed']:>6} {row['meanSlotShare']:>10.0%} "
             f"{row['worstPenalty'] or '-':>14}  {row['penaltyNow'] or '-'}"
+        )
+    lines.append(f"fair share: {summary.get('rule', RULE)}:")
+    for tenant, row in summary["tenants"].items():
+        lines.append(
+            f"  {tenant} (weight {row.get('weight', 1):g}) wanted {row.get('meanDemand', 0):.1f} "
+            f"slot(s) on average, held {row['meanSlotShare']:.0%} of the slots against a fair "
+            f"share of {row.get('meanFairShare', 0):.0%}, and waited "
+            f"{row['meanWaitSeconds']:.1f} s on average (at most {row['maxWaitSeconds']:.1f} s)"
         )
     slow = summary["slowFlow"]
     reasons = summary["flows"][slow["id"]]["skipReasons"]
@@ -274,7 +340,17 @@ def plot_shares(board: Board, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(10, 5), dpi=100)
     times = [s.at for s in board.samples]
     for tenant in board.tenants:
-        axis.plot(times, [s.slot_share.get(tenant, 0) for s in board.samples], label=tenant)
+        (line,) = axis.plot(
+            times, [s.slot_share.get(tenant, 0) for s in board.samples], label=f"{tenant} held"
+        )
+        axis.plot(
+            times,
+            [s.fair_share.get(tenant, 0) for s in board.samples],
+            linestyle="--",
+            color=line.get_color(),
+            alpha=0.7,
+            label=f"{tenant} fair share",
+        )
     for event in board.penalty_events:
         axis.axvline(event["at"], color="grey", alpha=0.3, linewidth=0.8)
         axis.annotate(
@@ -290,7 +366,7 @@ def plot_shares(board: Board, path: Path) -> None:
     axis.set_ylim(0, 1.05)
     axis.set_title(f"per-tenant share of {board.policy.slots} slots (weights: " + ", ".join(
         f"{t} {board.policy.tenant(t).weight:g}" for t in board.tenants) + ")")  # fmt: skip
-    axis.legend(loc="upper right")
+    axis.legend(loc="upper right", fontsize=7, ncol=2)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
