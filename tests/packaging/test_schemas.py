@@ -183,3 +183,28 @@ def test_the_objects_deploy_applies_for_a_flow_pass_strict_validation(replicas: 
     assert {m["kind"] for m in state.manifests} >= {"Deployment", "Secret"}
     for manifest in state.manifests:
         validate(manifest)
+
+
+RECOMMENDED_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/managed-by",
+)
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_every_object_carries_the_recommended_labels(overlay: str) -> None:
+    missing = [
+        f"{doc['kind']}/{doc['metadata']['name']}: {label}"
+        for doc in rendered(overlay)
+        for label in RECOMMENDED_LABELS
+        if label not in (doc["metadata"].get("labels") or {})
+    ]
+    assert missing == []
+    functions = [
+        d for d in rendered(overlay) if d["kind"] == "Service" and "serving" in d["apiVersion"]
+    ]
+    assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in functions} >= {
+        "flow-start", "deploy", "step-execute", "policy-check",
+    }  # fmt: skip
