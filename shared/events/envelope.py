@@ -177,6 +177,9 @@ class OutgoingEvent:
         }
         if self.time is not None:
             attributes["time"] = datetime.fromtimestamp(self.time, UTC).isoformat()
+        schema = t.dataschema(self.type)
+        if schema is not None:
+            attributes["dataschema"] = schema
         attributes.update({k: v for k, v in self.extensions.items() if v})
         if authtoken:
             attributes[EXT_AUTH_TOKEN] = authtoken

@@ -151,7 +151,7 @@ class FlowDocument(Payload):
     tenant: str = wire()
     graph: Graph = wire()
     owners: tuple[Owner, ...] = wire(default=())
-    cron: str | None = wire(default=None, description="5 fields, or 6 with seconds first")
+    cron: str | None = wire(default=None, description="a cron expression, read in `timezone`")
     timezone: str = wire(default="UTC", description="an IANA time zone")
     updated: str | None = wire("updatedAt", default=None, description="ISO 8601")
     flow_settings: FlowSettings = wire("flowSettings", default_factory=FlowSettings)

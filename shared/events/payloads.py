@@ -91,7 +91,11 @@ class ComponentStatus(Payload):
 
 @dataclass(frozen=True)
 class FlowExecute(Payload):
-    """flow.execute: a webhook or manual start carrying data; never skipped."""
+    """flow.execute: a start with data (webhook, scheduler, by hand); never skipped.
+
+    The run's user is the token's subject; an unknown flow answers 422, a tenant over its
+    waiting cap 429.
+    """
 
     event_name: ClassVar[str] = "flow.execute"
     flow_id: str = wire("flowId")
@@ -111,7 +115,7 @@ class RunAdmitted(Payload):
     run_id: str = wire("runId")
     tenant: str = wire()
     user: str = wire(default="")
-    fencing_token: int = wire("fencingToken", minimum=0)
+    fencing_token: int = wire("fencingToken", minimum=0, description="the slot's lease")
     scheduled_for: float = wire("scheduledFor", minimum=0, description="epoch seconds")
     trigger: str = wire(default="cron", choices=TRIGGERS)
     msg: Any = wire(default_factory=dict)
@@ -124,7 +128,10 @@ class RunNotStarted(Payload):
     event_name: ClassVar[str] = "flow.execution.skipped/deferred/missed"
     flow_id: str = wire("flowId")
     scheduled_for: float = wire("scheduledFor", minimum=0, description="epoch seconds")
-    reason: str = wire()
+    reason: str = wire(
+        description="skipped: overlap, not_deployed, queue_full, superseded, flow_stopped; "
+        "deferred: slots, tenant_cap, not_deployed, suspended, ..."
+    )
     run_id: str | None = wire("runId", default=None)
     tenant: str | None = wire(default=None)
 
@@ -161,7 +168,7 @@ class RunEnded(Payload):
     fencing_token: int = wire("fencingToken", minimum=0)
     duration_ms: int = wire("durationMs", default=0, minimum=0)
     steps: int = wire(default=0, minimum=0)
-    reason: str | None = wire(default=None)
+    reason: str | None = wire(default=None, description="why it failed (`timeout`: the watchdog)")
     user: str | None = wire(default=None)
 
 

@@ -80,10 +80,32 @@ EMITS: dict[str, frozenset[str]] = {
     POLICY_CHECK: frozenset({POLICY_VIOLATION, RUN_FAILED} | PENALTY_TYPES),
 }
 
+# Who sends the types that come from outside the orchestrator (docs/events.md).
+OUTSIDE_PRODUCERS: dict[str, str] = {
+    FLOW_STARTING: "Flow Repository",
+    FLOW_STOPPING: "Flow Repository",
+    COMPONENT_STARTING: "Component Repository",
+    COMPONENT_STOPPING: "Component Repository",
+    FLOW_EXECUTE: "webhooks, scheduler, manual start",
+    TICK: "PingSource (through an EventTransform) / local clock",
+    STEP_COMPLETED: "component workers",
+    STEP_FAILED: "component workers",
+}
+
 # Emitted types no function of ours consumes: they leave the system for the hub.
 LEAVES_SYSTEM = frozenset(COMPONENT_STATUS_TYPES | {POLICY_VIOLATION})
 
 ALL_TYPES = frozenset().union(*CONSUMES.values(), *EMITS.values(), {STEP_COMPLETED, STEP_FAILED})
+
+
+# Where the JSON Schema of each payload is published (docs/schemas/, one file per type); the
+# events we emit name it in their `dataschema` attribute.
+SCHEMA_BASE = "https://openintegrationhub.github.io/component-orchestrator/schemas/"
+
+
+def dataschema(event_type: str) -> str | None:
+    """The `dataschema` URI of an event type of the catalogue (None for any other type)."""
+    return f"{SCHEMA_BASE}{short(event_type)}.json" if event_type in ALL_TYPES else None
 
 
 def short(event_type: str) -> str:

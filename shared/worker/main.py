@@ -319,6 +319,7 @@ class Worker:
             "source": self.config.source,
             "id": f"{message.message_id}-{message.attempt}-{suffix}",
             "datacontenttype": "application/json",
+            "dataschema": t.dataschema(event_type),
             EXT_TENANT: message.tenant,
             EXT_FLOW_ID: message.flow_id,
             EXT_RUN_ID: message.run_id,

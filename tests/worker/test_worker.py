@@ -19,6 +19,7 @@ from redis import Redis
 from shared import keys
 from shared.adapters.redis_streams import RedisStreamsQueue
 from shared.clock import FakeClock
+from shared.events import types as t
 from shared.ports.step_message import StepMessage
 from shared.settings import SettingsError
 from shared.worker.main import HttpStepSender, Worker, WorkerConfig, load_function, outputs
@@ -395,3 +396,10 @@ def test_every_component_of_the_local_catalogue_loads_with_its_function_names() 
         for function in component.get("functions", []):
             assert callable(load_function(entrypoint, function["name"])), component["id"]
         load_function(entrypoint, "process") if not component["isGlobal"] else None
+
+
+@pytest.mark.parametrize("function", [lambda m, f: [1, 2], failing_after_one])
+def test_step_events_name_their_schema(function: Any) -> None:
+    worker = Worker(config(), queue=None, sender=None, function=function)  # type: ignore[arg-type]
+    seen = {str(e["type"]): e["dataschema"] for e in worker.events(message())}
+    assert seen and all(schema == t.dataschema(kind) for kind, schema in seen.items())
