@@ -35,7 +35,12 @@ def digest(*parts: str) -> str:
 
 
 # --- idempotency and outbox (one of each per tag) --------------------------------------------
-def dedupe(tag: str, source: str, event_id: str) -> str:
+def dedupe(tag: str, source: str, event_id: str, *, principal: str = "") -> str:
+    """The dedupe key of one event; with `principal` (who sent it, as authenticated) one
+    caller cannot pre-empt another's event by sending its (source, id) first. Without it, the
+    form of the previous release (read for one release, CHANGELOG.md)."""
+    if principal:
+        return _key(tag, "dedupe", digest(principal, source, event_id))
     return _key(tag, "dedupe", digest(source, event_id))
 
 

@@ -9,6 +9,8 @@
 | orchestrator.tick                | nothing                   | -                           |
 | everything else (our own events) | `authtoken` (ours, HS256) | security.tokens, always     |
 
+Control events and step results may not claim a source of ours (`/component-orchestrator/...`,
+except the worker runtime's `/component-orchestrator/worker/...` on step results): 403.
 Refusals raise Unauthorized (401: missing, bad or expired token) or Forbidden (403: valid, but
 not allowed) before any handler runs, so nothing happens. The IAM being unreachable raises
 TemporaryError (503). Payloads are read duck-typed (attribute or mapping, camelCase or
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 
 FLOWS_CONTROL = "flows.control"
 COMPONENTS_CONTROL = "components.control"
+# Sources our functions (and the worker runtime) put on the events they send.
+OUR_SOURCE_PREFIX = "/component-orchestrator/"
+WORKER_SOURCE_PREFIX = OUR_SOURCE_PREFIX + "worker/"
 
 PrincipalKind = Literal["iam", "internal", "step", "anonymous", "auth-off"]
 
@@ -47,6 +52,11 @@ class Principal:
     tenant: str | None
     permissions: frozenset[str]
     roles: frozenset[str]
+
+    @property
+    def scope(self) -> str:
+        """Who this is, for dedupe keys: events of different callers never collide."""
+        return f"{self.kind}\x1f{self.tenant or ''}\x1f{self.subject}"
 
 
 ANONYMOUS = Principal("anonymous", "anonymous", None, frozenset(), frozenset())
@@ -60,6 +70,15 @@ def payload_field(payload: object, *names: str) -> str | None:
         if value is not None and value != "":
             return str(value)
     return None
+
+
+def _refuse_our_source(event: CloudEvent, allowed: str | None = None) -> None:
+    """Events from outside (control events, step results) may not claim to come from one of
+    our functions: receivers and the hub trust a `/component-orchestrator/...` source as ours.
+    Step results may name the worker source our worker runtime uses."""
+    source = str(event.get("source") or "")
+    if source.startswith(OUR_SOURCE_PREFIX) and not (allowed and source.startswith(allowed)):
+        raise Forbidden(f"source: {OUR_SOURCE_PREFIX}... is reserved for the orchestrator")
 
 
 def _extension(event: CloudEvent, name: str) -> str | None:
@@ -95,7 +114,10 @@ class Authorizer:
         if event_type == t.TICK:
             return ANONYMOUS
         if event_type in t.STEP_RESULT_TYPES:
+            _refuse_our_source(event, allowed=WORKER_SOURCE_PREFIX)
             return self._step(event, payload)
+        if event_type in t.CONTROL_TYPES:
+            _refuse_our_source(event)
         if event_type in t.FLOW_CONTROL_TYPES:
             return self._control(event, event_type, payload, FLOWS_CONTROL)
         if event_type in t.COMPONENT_CONTROL_TYPES:

@@ -64,7 +64,7 @@ class Context(Generic[S]):
 
     @property
     def once(self) -> Once:
-        return Once.for_event(self.redis, self.tag, self.event)
+        return Once.for_event(self.redis, self.tag, self.event, self.principal.scope)
 
     def new_event(
         self,
@@ -251,7 +251,7 @@ class FunctionRuntime(Generic[S]):
             raise InvalidEvent(f"type: {self.spec.name} has no handler for {event.type!r}")
         try:
             principal = self.authorizer.authorize(cloudevent, event.payload)
-            once = Once.for_event(self.redis, self.spec.tag, event)
+            once = Once.for_event(self.redis, self.spec.tag, event, principal.scope)
             duplicate = event.type != TICK and once.done()
             if duplicate:
                 log.info("duplicate %s id=%s: already handled", short(event.type), event.id)

@@ -34,15 +34,27 @@ class Once:
     tag: str
     source: str
     event_id: str
+    # Who sent the event, as authenticated (Principal.scope): part of the dedupe key, so the
+    # same (source, id) sent by someone else is another event, never a duplicate of this one.
+    principal: str = ""
     ttl_seconds: int = DEDUPE_TTL_SECONDS
 
     @classmethod
-    def for_event(cls, redis: Redis, tag: str, event: IncomingEvent) -> Once:
-        return cls(redis, tag, event.source, event.id)
+    def for_event(cls, redis: Redis, tag: str, event: IncomingEvent, principal: str) -> Once:
+        return cls(redis, tag, event.source, event.id, principal)
 
     @property
     def dedupe_key(self) -> str:
-        return keys.dedupe(self.tag, self.source, self.event_id)
+        return keys.dedupe(self.tag, self.source, self.event_id, principal=self.principal)
+
+    @property
+    def _keys_to_check(self) -> list[str]:
+        """The dedupe key, and the key the previous release wrote (without the principal) so
+        that an event it handled before the upgrade is not handled again; dropped next
+        release, when every such key has expired (CHANGELOG.md)."""
+        if not self.principal:
+            return [self.dedupe_key]
+        return [self.dedupe_key, keys.dedupe(self.tag, self.source, self.event_id)]
 
     @property
     def outbox_key(self) -> str:
@@ -51,10 +63,12 @@ class Once:
     @property
     def event_id_prefix(self) -> str:
         """Ids of the events this one causes: the same on every redelivery."""
-        return keys.digest(self.tag, self.source, self.event_id)[:24]
+        if not self.principal:
+            return keys.digest(self.tag, self.source, self.event_id)[:24]
+        return keys.digest(self.tag, self.principal, self.source, self.event_id)[:24]
 
     def done(self) -> bool:
-        return bool(self.redis.exists(self.dedupe_key))
+        return bool(self.redis.exists(*self._keys_to_check))
 
     def commit(self, write: Write | None, events: Sequence[OutgoingEvent] = ()) -> bool:
         """Applies `write`, marks the event done and stages `events`, atomically.
@@ -64,8 +78,8 @@ class Once:
         """
         with self.redis.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(self.dedupe_key)  # type: ignore[no-untyped-call]
-                if pipe.exists(self.dedupe_key):
+                pipe.watch(*self._keys_to_check)  # type: ignore[no-untyped-call]
+                if pipe.exists(*self._keys_to_check):
                     return False
                 pipe.multi()
                 if write is not None:

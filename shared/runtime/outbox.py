@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Protocol
 
 import requests
@@ -26,7 +27,7 @@ from shared.events import OutgoingEvent
 from shared.events.types import short
 from shared.runtime import event_log, metrics
 from shared.scripts import load_script
-from shared.security.tokens import sign_internal
+from shared.security.tokens import keyed_event_id, sign_internal
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ class HttpSender:
 
     def send(self, event: OutgoingEvent) -> None:
         token = sign_internal(self._key, self.sender_name, self.clock, event_type=event.type)
-        headers, body = to_binary(event.to_cloudevent(authtoken=token))
+        wire = replace(event, id=keyed_event_id(self._key, event.source, event.id))
+        headers, body = to_binary(wire.to_cloudevent(authtoken=token))
         try:
             response = self.session.post(
                 self.sink_url, headers=headers, data=body, timeout=self.timeout

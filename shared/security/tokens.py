@@ -5,6 +5,8 @@ These are always checked, whatever ORCHESTRATOR_AUTH says (docs/architecture.md 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +91,15 @@ def sign_internal(key: str, sender: str, clock: Clock, *, event_type: str) -> st
         "exp": now + INTERNAL_TOKEN_SECONDS,
     }
     return str(jwt.encode(claims, key, algorithm=ALGORITHM))
+
+
+def keyed_event_id(key: str, source: str, event_id: str) -> str:
+    """The id an emitted event carries on the wire: an HMAC (ORCHESTRATOR_KEY) of the id it
+    was staged with. Staged ids are predictable (`<run>-admitted`, `run-end-<run>`) and the
+    same on every resend; the keyed id is too, but nobody without the key can compute it, so
+    nobody can pre-empt one of our events at a receiver that dedupes by (source, id)."""
+    mac = hmac.new(key.encode(), f"event-id\x1f{source}\x1f{event_id}".encode(), hashlib.sha256)
+    return "co-" + mac.hexdigest()[:32]
 
 
 def verify_internal(

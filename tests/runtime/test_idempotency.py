@@ -14,6 +14,7 @@ from shared.clock import FakeClock
 from shared.errors import TemporaryError
 from shared.events import OutgoingEvent, types
 from shared.runtime import outbox
+from shared.runtime.auth import Principal
 from shared.runtime.function import Context
 from shared.runtime.idempotency import DEDUPE_TTL_SECONDS, Once
 from tests.conftest import TEST_KEY
@@ -21,6 +22,8 @@ from tests.support.events import CapturingSender, cloudevent, internal
 from tests.support.runtime import make_runtime, recorded, recording_spec
 
 EFFECT = "co:{exec}:test-effect"
+# Who `internal(...)` events come from, as the runtime authenticates them.
+SENDER = Principal("internal", "tests", None, frozenset(), frozenset()).scope
 
 
 def count_and_emit(ctx: Context[Any]) -> None:
@@ -104,7 +107,7 @@ def test_a_crash_before_commit_leaves_nothing_and_redelivery_works(
         runtime.handle(_run_ended(clock))
     assert redis.get(EFFECT) is None
     assert outbox.pending(redis) == 0
-    assert not Once(redis, keys.EXECUTION, "/flow-start", "evt-1").done()
+    assert not Once(redis, keys.EXECUTION, "/flow-start", "evt-1", SENDER).done()
 
     outcome = runtime.handle(_run_ended(clock))  # the broker redelivers
     assert not outcome.duplicate and outcome.flushed == 1
@@ -221,3 +224,37 @@ def test_ids_of_caused_events_are_stable_across_redeliveries(
         keys.dedupe(keys.EXECUTION, "/flow-start", "evt-1"),
         keys.outbox(keys.EXECUTION),
     ]
+
+
+# --- the dedupe key carries who sent the event; keys of the previous release still count ------
+def test_the_same_source_and_id_from_another_sender_is_another_event(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> None:
+    runtime = _runtime(redis, clock, base_env)
+    first = runtime.handle(_run_ended(clock))
+    other = internal(
+        "flow.execution.completed",
+        {"flowId": "f", "runId": "r", "tenant": "acme", "fencingToken": 1},
+        key=TEST_KEY, clock=clock, event_id="evt-1", source="/flow-start", sender="deploy",
+    )  # fmt: skip
+    second = runtime.handle(other)
+    assert not first.duplicate and not second.duplicate
+    assert int(redis.get(EFFECT) or 0) == 2
+    ids = [e.id for e in runtime.sender.events]  # type: ignore[attr-defined]
+    assert len(set(ids)) == 2  # their caused events do not collide downstream either
+
+
+def test_an_event_handled_by_the_previous_release_is_still_a_duplicate(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> None:
+    """Upgrade: the previous release keyed dedupe by (source, id) only. An event it handled and
+    the broker redelivers to this release must not be handled again."""
+    old_form = keys.dedupe(keys.EXECUTION, "/flow-start", "evt-1")  # as it was written
+    redis.set(old_form, b"1", ex=DEDUPE_TTL_SECONDS)
+    runtime = _runtime(redis, clock, base_env)
+    assert runtime.handle(_run_ended(clock)).duplicate
+    assert redis.get(EFFECT) is None
+    once = Once(redis, keys.EXECUTION, "/flow-start", "evt-1", SENDER)
+    assert once.dedupe_key != old_form and once.done()
+    assert not once.commit(lambda pipe: pipe.incr(EFFECT))  # the race path reads it too
+    assert redis.get(EFFECT) is None

@@ -18,7 +18,7 @@ from shared.runtime import outbox
 from shared.runtime.function import Context
 from shared.runtime.http import as_http_exception
 from shared.runtime.outbox import HttpSender, NullSender
-from shared.security.tokens import verify_internal
+from shared.security.tokens import keyed_event_id, verify_internal
 from tests.conftest import TEST_KEY
 from tests.support.events import CapturingSender, cloudevent, internal
 from tests.support.http_sink import HttpSink
@@ -136,7 +136,8 @@ def test_http_sender_posts_binary_cloudevents_with_a_signed_authtoken(clock: Fak
         [request] = sink.wait_for(1)
     headers = request.headers
     assert headers["content-type"].startswith("application/json")  # binary mode
-    assert headers["ce-id"] == "x-7" and headers["ce-type"] == types.RUN_COMPLETED
+    assert headers["ce-id"] == keyed_event_id(TEST_KEY, event.source, "x-7")
+    assert headers["ce-type"] == types.RUN_COMPLETED
     assert headers["ce-source"] == event.source and headers["ce-specversion"] == "1.0"
     assert headers["ce-tenant"] == "acme" and headers["ce-flowid"] == "f"
     assert headers["ce-time"].startswith("2026-01-01T00:00:07")

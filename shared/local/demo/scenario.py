@@ -29,7 +29,7 @@ from shared.events import types as t
 
 DEMO_POLICY = Path(__file__).resolve().parents[2] / "data" / "demo-policy.yaml"
 COMPONENT = "demo-step"
-SOURCE = "/component-orchestrator/demo"
+SOURCE = "/orchestrator-demo"  # plays the hub: /component-orchestrator/... sources are ours
 
 
 @dataclass(frozen=True)

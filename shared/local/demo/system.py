@@ -19,7 +19,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cloudevents.http import CloudEvent
@@ -43,7 +43,7 @@ from shared.ports.driver import MANAGED_SELECTOR, Manifest, ObservedObject, Read
 from shared.ports.step_message import Delivery
 from shared.runtime.auth import Authorizer
 from shared.runtime.function import FunctionRuntime, FunctionSpec
-from shared.security.tokens import sign_internal
+from shared.security.tokens import keyed_event_id, sign_internal
 from shared.settings import Settings
 from shared.worker.main import ComponentFunction, Worker, WorkerConfig, load_function
 
@@ -123,7 +123,8 @@ class Bus:
         if self._observe is not None:
             self._observe(event)
         token = sign_internal(self._key, function, self.clock, event_type=event.type)
-        self.publish(event.to_cloudevent(authtoken=token))
+        wire = replace(event, id=keyed_event_id(self._key, event.source, event.id))
+        self.publish(wire.to_cloudevent(authtoken=token))
 
     def publish(self, event: CloudEvent) -> None:
         for function in self.routes.get(str(event["type"]), []):
