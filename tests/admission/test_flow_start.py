@@ -11,7 +11,7 @@ from redis import Redis
 from shared import keys
 from shared.admission import queue as admission
 from shared.clock import FakeClock
-from shared.errors import InvalidEvent, OverCapacity, Unprocessable
+from shared.errors import InvalidEvent, OverCapacity, TemporaryError, Unprocessable
 from shared.events import RunAdmitted, RunNotStarted
 from tests.fakes.iam import FakeIam
 from tests.support.flow_start import FlowStart, flow_doc, policy
@@ -174,7 +174,7 @@ def test_flow_stopping_drops_schedule_and_waiting_runs(
 def test_outbox_entries_are_events_of_the_catalogue(fs: FlowStart, redis: Redis) -> None:
     fs.sender.down = True
     fs.start_flow(flow_doc("f1", cron=None))
-    with pytest.raises(Exception):  # noqa: B017 - the sink is down: the runtime says so
+    with pytest.raises(TemporaryError, match="sink down"):  # 503: the Broker redelivers
         fs.execute("f1")
     [raw] = redis.lrange(keys.outbox(keys.ADMISSION), 0, -1)
     entry = json.loads(raw)

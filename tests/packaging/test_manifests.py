@@ -581,7 +581,9 @@ def test_each_function_reads_a_valid_policy_file(docs: tuple[Manifest, ...], fun
 
 
 def test_every_service_has_resources_probes_and_scale_bounds(docs: tuple[Manifest, ...]) -> None:
-    for service in knative_services(docs):
+    services = knative_services(docs)
+    assert len(services) == len(t.FUNCTIONS) + 1  # the four functions and the dead-letter sink
+    for service in services:
         spec, template = container(service), service["spec"]["template"]
         name = service["metadata"]["name"]
         for bound in ("requests", "limits"):
@@ -618,7 +620,9 @@ def test_the_function_app_answers_its_probe_paths(
         monkeypatch.setenv(name, value)
     source = ROOT / literal_env(service)["FUNCTION_SOURCE"]
     client = functions_framework.create_app(target="handle", source=str(source)).test_client()
-    for path in _probe_paths(service):
+    paths = _probe_paths(service)
+    assert paths == {"/healthz"}  # both probes, over HTTP (an empty set would check nothing)
+    for path in paths:
         assert client.get(path).status_code == 200, path
 
 
@@ -628,8 +632,10 @@ def test_the_dead_letter_sink_answers_its_probe_paths(docs: tuple[Manifest, ...]
     (service,) = [s for s in knative_services(docs) if function_of(s) is None]
     assert container(service)["command"][:2] == ["orchestrator", "dead-letters"]
     server = CloudEventServer(lambda event: 202, name="probe-check").start()
+    paths = _probe_paths(service)
+    assert paths == {"/healthz"}
     try:
-        for path in _probe_paths(service):
+        for path in paths:
             assert requests.get(server.url + path, timeout=5).status_code == 200, path
     finally:
         server.stop()
