@@ -1,4 +1,5 @@
-"""Lua scripts (DESIGN §5): a header each, loaded once, EVALSHA with NOSCRIPT reload."""
+"""Lua scripts (docs/architecture.md §6): a header each, loaded once, EVALSHA with NOSCRIPT
+reload."""
 
 from __future__ import annotations
 
@@ -36,12 +37,69 @@ def _header(name: str) -> str:
     return "\n".join(head)
 
 
+def _includes(name: str) -> list[str]:
+    """The files `name` includes, directly or through another include."""
+    text = SCRIPTS_DIR.joinpath(f"{name}.lua").read_text()
+    found: list[str] = []
+    for included in re.findall(r"^--#include (\w+)", text, re.M):
+        found += [included, *_includes(included)]
+    return found
+
+
+def _described(header: str) -> set[tuple[str, int]]:
+    """(KEYS|ARGV, index) a header describes; an open range like `KEYS[14..13+J]` describes
+    14 and above."""
+    described: set[tuple[str, int]] = set()
+    for table, first, last in re.findall(r"(KEYS|ARGV)\[(\d+)(?:\.\.(\d+))?", header):
+        end = int(last) if last else int(first)
+        described |= {(table, i) for i in range(int(first), end + 1)}
+    for table, first in re.findall(r"(KEYS|ARGV)\[(\d+)\.\.\d+\s*\+", header):
+        described |= {(table, i) for i in range(int(first), int(first) + 1000)}
+    return described
+
+
+def _used(source: str) -> set[tuple[str, int]]:
+    """The literal KEYS[n] / ARGV[n] a script's code (not its comments) reads."""
+    code = "\n".join(line.split("--", 1)[0] for line in source.splitlines())
+    return {(table, int(i)) for table, i in re.findall(r"\b(KEYS|ARGV)\[(\d+)\]", code)}
+
+
+def _header_problems(name: str, header: str, source: str, included: list[str]) -> list[str]:
+    problems = [] if header.startswith(f"-- {name}:") else ["the first line must name the script"]
+    if "Return" not in header:
+        problems.append("the header does not say what it returns")
+    for other in re.findall(r"see (\w+)", header):
+        if other not in included:
+            problems.append(f"the header points at {other}, which the script does not include")
+    described = _described(header)
+    for other in included:
+        described |= _described(_header(other))
+    missing = sorted(_used(source) - described)
+    problems += [f"{table}[{i}] is used but no header describes it" for table, i in missing]
+    return problems
+
+
 @pytest.mark.parametrize("name", ENTRY_POINTS)
-def test_every_script_has_a_header_naming_keys_argv_and_return(name: str) -> None:
-    header = _header(name)
-    assert header.startswith(f"-- {name}:"), "the first line names the script"
-    for word in ("KEYS", "ARGV", "Return"):
-        assert word in header, f"{name}.lua: header does not describe {word}"
+def test_every_script_has_a_header_naming_its_keys_argv_and_return(name: str) -> None:
+    """Every KEYS[n] and ARGV[n] the script (with its includes) reads is described in its
+    header or in the header of a file it includes; a "see X" must name an included file."""
+    problems = _header_problems(name, _header(name), script_source(name), _includes(name))
+    assert problems == [], f"{name}.lua: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("header", "source", "included", "problem"),
+    [
+        ("-- s: x\n-- KEYS, ARGV: see flow_start_common\n-- Returns: 1", "KEYS[3]", [], "include"),
+        ("-- s: x\n-- KEYS[1] a\n-- Returns: 1", "return KEYS[2]", [], "KEYS[2]"),
+        ("-- s: x\n-- ARGV[1..2] a\n-- Returns: 1", "ARGV[3]", [], "ARGV[3]"),
+        ("-- s: x\n-- KEYS[1] a", "KEYS[1]", [], "returns"),
+    ],
+)
+def test_a_header_that_does_not_describe_the_script_is_refused(
+    header: str, source: str, included: list[str], problem: str
+) -> None:
+    assert problem in " ".join(_header_problems("s", header, source, included))
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)
