@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# What `make lint` checks is what `make format` formats: all our Python.
+PY_DIRS := shared functions tests benchmarks tools examples
 
 .PHONY: install services run test lint format bench clean
 
@@ -35,14 +37,14 @@ test: install services
 	$(BIN)/python -m pytest -p no:randomly -x --durations=15
 
 lint: install
-	$(BIN)/ruff check shared functions
-	$(BIN)/ruff format --check shared functions
-	$(BIN)/mypy --strict shared functions
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
+	$(BIN)/mypy --strict $(PY_DIRS)
 	$(BIN)/lint-imports
 
 format: install
-	$(BIN)/ruff format shared functions tests benchmarks
-	$(BIN)/ruff check --fix shared functions tests benchmarks
+	$(BIN)/ruff format $(PY_DIRS)
+	$(BIN)/ruff check --fix $(PY_DIRS)
 
 # the peers of benchmarks/peers.py (the `bench` extra), installed once
 $(VENV)/.bench-installed: $(STAMP) pyproject.toml

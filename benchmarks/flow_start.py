@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 
@@ -64,6 +64,7 @@ return #due / 2
 
 
 def flow_document(flow_id: str, cron: str, tenant: str, **settings: Any) -> FlowDocument:
+    flow_settings: dict[str, Any] = {"spread": False, **settings}
     return FlowDocument.parse(
         {
             "id": flow_id,
@@ -71,7 +72,7 @@ def flow_document(flow_id: str, cron: str, tenant: str, **settings: Any) -> Flow
             "owners": [{"id": f"user-{tenant}", "type": "user"}],
             "cron": cron,
             "graph": {"nodes": [{"id": "a", "componentId": "c", "function": "f"}]},
-            "flowSettings": {"spread": False, **settings},
+            "flowSettings": flow_settings,
         }
     )
 
@@ -194,13 +195,14 @@ def decisions_case(redis: Redis, decisions: int = 5000) -> dict[str, float]:
 
 
 # --- 3. memory -----------------------------------------------------------------------------
-def memory_case(redis: Redis, flows: int = 100_000) -> dict[str, float]:
+def memory_case(redis: Redis, flows: int = 100_000) -> dict[str, Any]:
     """The one way every benchmark measures it (`_redis.bytes_per_flow`): the schedule hash,
     the due entry and the deployed-set member of each flow, from an empty database."""
     per_flow = bytes_per_flow(
         redis, lambda n: populate(redis, n, "*/5 * * * *", prefix="flow-", now=T0), flows
     )
-    sample = {k.decode(): v.decode() for k, v in redis.hgetall(keys.schedule("flow-1")).items()}
+    stored = cast(dict[bytes, bytes], redis.hgetall(keys.schedule("flow-1")))
+    sample = {k.decode(): v.decode() for k, v in stored.items()}
     return {"flows": flows, "bytes_per_flow": per_flow, "sample": sample}
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 
@@ -290,9 +290,9 @@ def rq_scheduler(redis: Redis) -> System:
     scheduler = Scheduler(connection=redis)
     queue_key = "rq:queue:default"
 
-    def template(cron: str) -> dict[bytes, bytes]:
+    def template(cron: str) -> dict[Any, Any]:
         job = scheduler.cron(cron, func=noop, id=f"template-{len(cron)}")
-        fields = dict(redis.hgetall(job.key))
+        fields = cast(dict[Any, Any], redis.hgetall(job.key))
         redis.delete(job.key)
         redis.zrem(scheduler.scheduled_jobs_key, job.id)
         return fields

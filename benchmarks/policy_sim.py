@@ -524,12 +524,13 @@ def runtime_rate(redis: Redis, count: int) -> dict[str, Any]:
     from cloudevents.http import CloudEvent
 
     from shared.clock import FakeClock
-    from shared.handlers.policy_check import SPEC, PolicyServices
+    from shared.handlers.policy_check import SPEC
     from shared.runtime.auth import Authorizer
     from shared.runtime.function import FunctionRuntime
     from shared.runtime.outbox import NullSender
     from shared.security.tokens import sign_internal
     from shared.settings import Settings
+    from shared.wiring.policing import PolicyServices
 
     redis.flushall()
     key = "bench-orchestrator-key-0123456789abcdef"
@@ -597,7 +598,8 @@ def plot(sim: Sim, analysis: dict[str, Any], path: Path) -> None:
 
     window = 15  # minutes per point
     minutes = sorted(sim.run_seconds)
-    xs, series = [], {t: [] for t in TENANTS}
+    xs: list[float] = []
+    series: dict[str, list[float]] = {t: [] for t in TENANTS}
     for lo in range(0, (minutes[-1] if minutes else 0) + 1, window):
         totals: dict[str, float] = defaultdict(float)
         for m in range(lo, lo + window):

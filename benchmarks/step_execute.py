@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cloudevents.http import CloudEvent
 from redis import Redis
@@ -80,7 +80,10 @@ def raw_streams(redis: Redis, n: int) -> float:
             pipe.execute()
     read = 0
     while read < n:
-        reply = redis.xreadgroup("workers", "c", {stream: ">"}, count=100)
+        reply = cast(
+            list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+            redis.xreadgroup("workers", "c", {stream: ">"}, count=100),
+        )
         entries = reply[0][1] if reply else []
         if not entries:
             break
@@ -197,7 +200,7 @@ def routed_runtime(redis: Redis, n: int) -> dict[str, float]:
         rt.handle(event)  # the handler publishes b's message before it returns
         latencies.append(time.perf_counter() - before)
     elapsed = time.perf_counter() - started
-    assert rt.services.queue.depth(b_queue) == n  # type: ignore[attr-defined]
+    assert rt.services.queue.depth(b_queue) == n
     latencies.sort()
     return {
         "per_s": n / elapsed,

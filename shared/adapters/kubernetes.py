@@ -165,7 +165,7 @@ class KubernetesDriver:
         )
         try:
             response = self._api.call_api(*request, _request_timeout=self._timeout)
-            data = cast(bytes, response.read())  # type: ignore[no-untyped-call]
+            data = cast(bytes, response.read())
             if not 200 <= response.status <= 299:
                 raise ApiException.from_response(
                     http_resp=response, body=data.decode(errors="replace"), data=None

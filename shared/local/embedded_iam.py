@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import IO, Any
+from typing import IO, Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -319,7 +319,7 @@ class EmbeddedIam:
         self._server.daemon_threads = True
         self._port = int(self._server.server_address[1])  # a restart keeps the same address
 
-    def start(self) -> EmbeddedIam:
+    def start(self) -> Self:
         """Starts serving in a daemon thread; returns self."""
         self.bind()
         assert self._server is not None

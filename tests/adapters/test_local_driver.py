@@ -92,7 +92,7 @@ def driver(tmp_path: Path) -> Iterator[LocalDriver]:
 def apply_all(driver: LocalDriver, desired: DesiredState, token: str = "") -> str:
     for manifest in sorted(desired.manifests, key=lambda m: m["kind"] != "Secret"):
         driver.apply(with_flow_token(manifest, token))
-    return desired.deployments()[0]["metadata"]["name"]
+    return str(desired.deployments()[0]["metadata"]["name"])
 
 
 def test_replicas_are_processes_with_the_secret_as_environment(

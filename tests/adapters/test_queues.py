@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from redis import Redis
@@ -50,13 +50,20 @@ def drain(queue: StepQueue, consumer: str = "c1") -> list[Delivery]:
     return got
 
 
+def messages_of(deliveries: list[Delivery]) -> list[StepMessage]:
+    """The deliveries' messages; every delivery must carry one."""
+    messages = [d.message for d in deliveries]
+    assert all(m is not None for m in messages)
+    return [m for m in messages if m is not None]
+
+
 def test_published_messages_are_received_intact_and_gone_once_acknowledged(
     queue: StepQueue,
 ) -> None:
     sent = [message(n, {"n": n, "text": "héllo", "list": [1.5, None]}) for n in range(25)]
     queue.publish(QUEUE, sent)
     got = drain(queue)
-    assert sorted((d.message for d in got), key=lambda m: m.message_id) == sorted(
+    assert sorted(messages_of(got), key=lambda m: m.message_id) == sorted(
         sent, key=lambda m: m.message_id
     )
     assert got[0].message is not None and got[0].message.data["text"] == "héllo"
@@ -216,11 +223,12 @@ def test_make_queue_picks_the_backend_explicitly(redis: Redis, aws: Aws) -> None
     assert isinstance(sqs, SqsQueue)
     sqs.publish(QUEUE, [message(1)])
     assert len(drain(sqs)) == 1
-    for bad in (
+    bad_choices: tuple[Callable[[], object], ...] = (
         lambda: make_queue("redis"),
         lambda: make_queue("sqs"),
         lambda: make_queue("kafka", redis=redis),
-    ):
+    )
+    for bad in bad_choices:
         with pytest.raises(ValueError):
             bad()
 

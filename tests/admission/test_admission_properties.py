@@ -74,9 +74,9 @@ def test_never_more_running_than_slots_or_caps(
         else:
             penalize(redis, "tenant", str(op[1]), op[2] if op[2] is None else str(op[2]))
         counts = admission.counts(redis)
-        running = adm.running()
-        assert counts.running == len(running) <= slots
-        per_tenant = Counter(str(run["t"]) for run in running.values())
+        admitted = adm.running()
+        assert counts.running == len(admitted) <= slots
+        per_tenant = Counter(str(run["t"]) for run in admitted.values())
         assert counts.running_by_tenant == dict(per_tenant)
         assert all(n <= cap for n in per_tenant.values())
         assert sum(counts.waiting_by_tenant.values()) == redis.hlen(keys.waiting_runs())

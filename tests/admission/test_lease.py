@@ -3,6 +3,8 @@ completion, lease expiry after a crash, stale fencing tokens refused, buffer_one
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from redis import Redis
 
@@ -66,7 +68,7 @@ def fs(redis: Redis, clock: FakeClock, base_env: dict[str, str]) -> FlowStart:
     return FlowStart(redis, clock, base_env)
 
 
-def minute_flow(**settings: object) -> dict[str, object]:
+def minute_flow(**settings: Any) -> dict[str, Any]:
     return flow_doc("f1", cron="* * * * *", spread=False, **settings)
 
 

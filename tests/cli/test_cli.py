@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import pkgutil
 import sys
 import types as pytypes
 from pathlib import Path
@@ -244,13 +245,13 @@ def test_plugin_modules_add_their_commands(
 
     plugin.add_parser = add_parser  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "shared.cli.hello", plugin)
-    real = cli.pkgutil.iter_modules
+    real = pkgutil.iter_modules
 
     def with_plugin(path: Any) -> Any:
         yield from real(path)
         yield pytypes.SimpleNamespace(name="hello")
 
-    monkeypatch.setattr(cli.pkgutil, "iter_modules", with_plugin)
+    monkeypatch.setattr(pkgutil, "iter_modules", with_plugin)
     assert cli.main(["hello", "--name", "there"]) == 0
     assert capsys.readouterr().out.strip() == "hello there"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -110,7 +111,7 @@ def test_replicas_three_deploys_three(deploy: DeployHarness) -> None:
     ],
 )
 def test_replicas_are_clamped_to_the_tenant_max(
-    deploy: DeployHarness, limits: dict[str, int], wanted: list[int], expected: dict[str, int]
+    deploy: DeployHarness, limits: dict[str, Any], wanted: list[int], expected: dict[str, int]
 ) -> None:
     deploy.runtime.policy = Policy(tenants={"acme": replace(Policy().defaults, **limits)})
     deploy.start(flow_doc(nodes=[step("a", replicas=wanted[0]), step("b", replicas=wanted[1])]))

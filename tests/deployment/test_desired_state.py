@@ -26,7 +26,6 @@ from shared.deployment.desired_state import (
     desired_hash,
     flow_desired_state,
     global_name,
-    label_value,
     suspended,
     with_flow_token,
 )
@@ -34,7 +33,7 @@ from shared.errors import PermanentError
 from shared.events import FlowDocument
 from shared.model.policy import Resources, TenantLimits
 from shared.ports.components import Component, ComponentInvalid, ResourceSpec
-from shared.ports.driver import DEPLOYMENT_LABEL, MANAGED_BY_LABEL, secret_environment
+from shared.ports.driver import DEPLOYMENT_LABEL, MANAGED_BY_LABEL, label_value, secret_environment
 from tests.fakes.kube_api import _validate
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cloudevents.http import CloudEvent
@@ -112,7 +112,7 @@ def redis_values(redis: Redis) -> Iterator[tuple[str, bytes]]:
         key = raw_key.decode()
         if key.startswith("co:q:") or ":flow-token:" in key:
             continue
-        kind = redis.type(raw_key).decode()
+        kind = cast(bytes, redis.type(raw_key)).decode()
         values: list[Any] = []
         if kind == "string":
             values = [redis.get(raw_key)]
@@ -123,9 +123,11 @@ def redis_values(redis: Redis) -> Iterator[tuple[str, bytes]]:
         elif kind == "set":
             values = list(redis.smembers(raw_key))
         elif kind == "zset":
-            values = [m for m, _ in redis.zrange(raw_key, 0, -1, withscores=True)]
+            scored = cast(list[tuple[bytes, float]], redis.zrange(raw_key, 0, -1, withscores=True))
+            values = [m for m, _ in scored]
         elif kind == "stream":
-            values = [fields for _, fields in redis.xrange(raw_key)]
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], redis.xrange(raw_key))
+            values = [fields for _, fields in entries]
         yield key, repr(values).encode()
 
 

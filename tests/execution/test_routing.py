@@ -69,7 +69,7 @@ def test_a_mapper_is_a_jsonata_expression_or_an_object_of_them(
     assert apply_mapper(mapper, data) == expected
 
 
-BROKEN = [
+BROKEN: list[tuple[str, str, dict[str, Any]]] = [
     ("syntax error", "((", {}),
     ("unknown function", "$nope(1)", {}),
     ("type error", "'a' + 1", {}),

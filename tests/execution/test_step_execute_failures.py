@@ -217,6 +217,6 @@ def test_a_tick_reclaims_messages_a_dead_worker_received_but_never_acknowledged(
     assert len(taken) == 1 and harness.receive("pair", "a", consumer="alive") == []
     harness.tick()
     (again,) = harness.messages("pair", "a")
-    assert again.message_id == taken[0].message.message_id
+    assert taken[0].message is not None and again.message_id == taken[0].message.message_id
     harness.handle(harness.result(again, None))
     assert harness.run().status == "completed"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
@@ -102,7 +104,8 @@ def test_claims_never_exceed_the_bucket_and_every_message_is_claimed_once(
 
 
 def _claim_due(redis: Redis, policy: object, now: float) -> list[str]:
-    ids = [i.decode() for i in redis.zrangebyscore(keys.step_due(), "-inf", now)]
+    due_ids = cast(list[bytes], redis.zrangebyscore(keys.step_due(), "-inf", now))
+    ids = [i.decode() for i in due_ids]
     due = [step_rates.DueMessage(i, TENANT, USER, "flow") for i in ids]
     result = step_rates.claim(redis, policy, due, now=now, lease_seconds=1e9)  # type: ignore[arg-type]
     redis.zrem(keys.step_due(), *result) if result else None

@@ -129,7 +129,7 @@ class FakeComponentRepo:
     def url(self) -> str:
         assert self._server is not None, "not started"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
 
 @pytest.fixture

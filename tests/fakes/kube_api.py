@@ -60,7 +60,9 @@ _TYPE_META = {
 }
 
 
-def _resource(name: str, kind: str, namespaced: bool = True, verbs: tuple[str, ...] = ()) -> dict:
+def _resource(
+    name: str, kind: str, namespaced: bool = True, verbs: tuple[str, ...] = ()
+) -> dict[str, Any]:
     return {
         "name": name,
         "singularName": kind.lower(),
@@ -356,7 +358,7 @@ class FakeKubeApi:
     def url(self) -> str:
         assert self._server is not None, "not started"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     # ---- test controls -----------------------------------------------------------------------
     def set_ready(self, name: str, ready: int | None) -> None:
@@ -484,7 +486,7 @@ class FakeKubeApi:
         else:
             return _status(404, "NotFound", f"the server could not find {path}")
         verb = _verb(method, name, content_type)
-        status, payload = 500, {}
+        status, payload = 500, dict[str, Any]()
         try:
             self._maybe_fault(verb, kind, name)
             status, payload = self._dispatch(verb, kind, namespace, name, query, body)

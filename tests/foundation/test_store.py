@@ -9,7 +9,6 @@ import pytest
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from flask.testing import FlaskClient
-from functions_framework import create_app
 from redis import Redis
 
 from shared import store
@@ -18,13 +17,14 @@ from shared.events import types as t
 from shared.local.embedded_redis import EmbeddedRedis, free_port
 from shared.runtime.function import FunctionRuntime
 from shared.store import EvictionPolicyError
+from tests.support.apps import app_client
 from tests.support.runtime import recording_spec
 
 
 @pytest.fixture()
 def eviction_policy(redis: Redis) -> Iterator[Redis]:
     """The test server, with its maxmemory-policy restored afterwards."""
-    before = redis.config_get("maxmemory-policy")["maxmemory-policy"]
+    before = str(redis.config_get("maxmemory-policy")["maxmemory-policy"])
     yield redis
     redis.config_set("maxmemory-policy", before)
 
@@ -100,7 +100,7 @@ def _app(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> FlaskClient:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("K_SINK", raising=False)
     source = Path(__file__).resolve().parents[2] / "functions" / "deploy" / "main.py"
-    return create_app(target="handle", source=str(source)).test_client()
+    return app_client(source)
 
 
 def _tick(client: FlaskClient) -> int:

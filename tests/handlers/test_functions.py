@@ -16,7 +16,6 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from flask.testing import FlaskClient
-from functions_framework import create_app
 from redis import Redis
 
 from shared.clock import SystemClock
@@ -25,6 +24,7 @@ from shared.events import types as t
 from shared.runtime.function import Context, Handler
 from shared.security.tokens import sign_internal
 from tests.conftest import TEST_KEY
+from tests.support.apps import app_client
 from tests.support.runtime import TAG_OF, recorded, recording_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,8 +85,7 @@ def client(
         handlers = importlib.import_module(f"shared.handlers.{package}")
         monkeypatch.setattr(handlers, "SPEC", recording_spec(function, handler))
         source = ROOT / "functions" / package / "main.py"
-        app = create_app(target="handle", source=str(source))
-        return app.test_client()
+        return app_client(source)
 
     return make
 
@@ -316,5 +315,5 @@ def test_an_error_body_never_carries_a_token() -> None:
     leaked = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl"
     exception = as_http_exception(TemporaryError(f"IAM said: bad token {leaked}"))
     assert exception.response is not None
-    body = exception.response.get_data(as_text=True)
+    body = exception.get_response().get_data(as_text=True)
     assert leaked not in body and "IAM said" in body

@@ -337,7 +337,7 @@ def test_an_unreachable_subscriber_is_retried_then_dead_lettered(
         FileDeadLetters(tmp_path / "dead.jsonl"),
         overrides={"retry": 2},
         wait=Waits(),
-        report=[].append,
+        report=list[str]().append,
     )
     [delivery] = [f.result(timeout=10) for f in broker.publish(_event(t.COMPONENT_STOPPING))]
     assert [a.reason for a in delivery.attempts] == ["connection refused"] * 3
@@ -354,7 +354,7 @@ def test_stopping_ends_pending_retries_in_the_dead_letters(
         {"deploy": sinks["deploy"].url},
         FileDeadLetters(tmp_path / "dead.jsonl"),
         overrides={"retry": 5, "backoff_delay": 30.0},
-        report=[].append,
+        report=list[str]().append,
     )  # the real wait: interrupted by close()
     [future] = broker.publish(_event(t.COMPONENT_STOPPING))
     sinks["deploy"].wait_for(1)
@@ -446,7 +446,7 @@ def test_routes_skip_subscribers_without_a_local_url(tmp_path: Path) -> None:
         ),
         {"svc": "http://127.0.0.1:9/"},
         FileDeadLetters(tmp_path / "d.jsonl"),
-        report=[].append,
+        report=list[str]().append,
     )
     assert [trigger.name for trigger, _, _ in broker.routes] == ["known", "uri"]
     broker.close()
@@ -474,7 +474,7 @@ def test_retries_wait_on_the_timer_so_a_throttling_subscriber_keeps_its_pool_fre
         {"deploy": sinks["deploy"].url},
         FileDeadLetters(tmp_path / "dead.jsonl"),
         overrides={"retry": 3, "retry_after_max": 60.0},
-        report=[].append,
+        report=list[str]().append,
         workers_per_subscriber=2,
     )
     for number in range(20):

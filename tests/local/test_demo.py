@@ -213,8 +213,8 @@ def test_the_live_table_shows_per_tenant_counts_shares_and_penalty(redis: Redis)
                  "slot share": "75%", "fair share": "75%", "weight share": "60%", "penalty": "-"},
         bad: {"penalty": "throttle"},
     }  # fmt: skip
-    for tenant, cells in wanted.items():
-        assert {name: rows[tenant][name] for name in cells} == cells, tenant
+    for tenant, expected in wanted.items():
+        assert {name: rows[tenant][name] for name in expected} == expected, tenant
     assert rows["acme"]["weight"] == f"{policy.tenant('acme').weight:g}"
     assert "fair share: the slots are shared by weight among the tenants that want them" in text
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def embedded() -> EmbeddedIam:
+def embedded() -> Iterator[EmbeddedIam]:
     iam = EmbeddedIam().start()
-    yield iam  # type: ignore[misc]
+    yield iam
     iam.stop()
 
 

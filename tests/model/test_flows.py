@@ -81,7 +81,7 @@ SEQUENCES = [
 def test_newer_wins_and_tombstones_beat_stale_starts(
     redis: Redis, operations: list[tuple[str, int, str]], results: list[str], after: str | None
 ) -> None:
-    seen = []
+    seen: list[str] = []
     for kind, version, step in operations:
         if kind == "up":
             seen.append(flows.upsert(redis, _flow(version, step=step), None))

@@ -32,7 +32,12 @@ def test_each_benchmark_runs_and_the_summary_records_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     seen: list[Path] = []
-    _module(monkeypatch, "fast", lambda results: seen.append(results) or {"ops": 3})
+
+    def fast(results: Path) -> dict[str, Any]:
+        seen.append(results)
+        return {"ops": 3}
+
+    _module(monkeypatch, "fast", fast)
 
     def broken(results: Path) -> dict[str, Any]:
         raise RuntimeError("no server")

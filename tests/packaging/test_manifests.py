@@ -1,9 +1,9 @@
 """The Knative manifests, rendered with kustomize exactly as `kubectl apply -k` would.
 
 Checked against the code, not against a second list: Triggers against the events catalogue
-(CONSUMES / EMITS / LEAVES_SYSTEM), RBAC against the Kubernetes calls in shared/adapters/kubernetes.py
-(parsed with ast), settings against shared.settings, the policy against shared.model.policy, probes
-against the servers that answer them.
+(CONSUMES / EMITS / LEAVES_SYSTEM), RBAC against the Kubernetes calls in
+shared/adapters/kubernetes.py (parsed with ast), settings against shared.settings, the policy
+against shared.model.policy, probes against the servers that answer them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from shared.events import parse_event
 from shared.events import types as t
 from shared.model.policy import parse_policy
 from shared.settings import Settings
+from tests.support.apps import app_client
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev", "prod")
@@ -261,7 +262,7 @@ def _resource_table(module: ast.Module) -> dict[str, tuple[str, str]]:
 
 def _literal_path(node: ast.JoinedStr) -> tuple[str, str, bool]:
     """An f-string API path → (group, resource, names one object)."""
-    text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+    text = "".join(str(v.value) if isinstance(v, ast.Constant) else "{}" for v in node.values)
     match = re.fullmatch(r"(/api/v1|/apis/[^/]+/[^/]+)/namespaces/\{\}/([a-z]+)(/\{\})?", text)
     assert match, f"unrecognised API path {text!r}: teach this test its form"
     return _group_of(match.group(1)), match.group(2), match.group(3) is not None
@@ -613,13 +614,11 @@ def test_the_function_app_answers_its_probe_paths(
 ) -> None:
     """The app starts with the overlay's environment (settings are checked at start) and
     answers the probes without touching Redis."""
-    import functions_framework
-
     service = function_services(docs)[function]
     for name, value in settings_env(docs, service).items():
         monkeypatch.setenv(name, value)
     source = ROOT / literal_env(service)["FUNCTION_SOURCE"]
-    client = functions_framework.create_app(target="handle", source=str(source)).test_client()
+    client = app_client(source)
     paths = _probe_paths(service)
     assert paths == {"/healthz"}  # both probes, over HTTP (an empty set would check nothing)
     for path in paths:

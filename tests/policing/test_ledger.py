@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,12 +24,12 @@ FLOW = SubjectRef("flow", "f1", "acme")
 
 
 def add(
-    redis: Redis, now: float, amount: float, *, metric: str = "messages", **kw: object
+    redis: Redis, now: float, amount: float, *, metric: str = "messages", **kw: Any
 ) -> ledger.Recorded:
     subjects = ledger.subjects_of("acme", "u1", "f1")
     return ledger.record(
         redis, Record(subjects, {metric: amount}, **kw), now=now, ring_windows=WINDOWS
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_every_subject_of_an_event_is_counted(redis: Redis) -> None:

@@ -11,11 +11,12 @@ from shared import keys
 from shared.adapters.kubernetes import KubernetesDriver, make_api_client
 from shared.clock import FakeClock
 from shared.events.types import CONSUMES
-from shared.handlers.policy_check import SPEC, PolicyServices, build_services
+from shared.handlers.policy_check import SPEC
 from shared.model import penalties
 from shared.model.policy import Policy, Rule, parse_policy
 from shared.policing import watchdog
 from shared.settings import Settings
+from shared.wiring.policing import PolicyServices, build_services
 from tests.fakes.kube_api import FakeKubeApi
 from tests.support.policy_check import PolicyCheck, store_flow
 
@@ -233,7 +234,8 @@ def test_the_metrics_reader_counts_pod_usage_over_time(
     redis: Redis, clock: FakeClock, base_env: dict[str, str], kube_api: FakeKubeApi
 ) -> None:
     store_flow(redis, ODD_FLOW, tenant="acme", owner="u9")
-    from shared.deployment.desired_state import FLOW_LABEL, TENANT_LABEL, USER_LABEL, label_value
+    from shared.deployment.desired_state import FLOW_LABEL, TENANT_LABEL, USER_LABEL
+    from shared.ports.driver import label_value
 
     labels = {
         "app.kubernetes.io/managed-by": "component-orchestrator",

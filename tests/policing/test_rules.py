@@ -57,7 +57,13 @@ TABLE = [
 )
 @pytest.mark.parametrize("side", ["below", "at", "above"])
 def test_a_rule_fires_at_its_limit_and_not_below(
-    redis: Redis, rule: str, level: str, below: dict, at: dict, above: dict, side: str
+    redis: Redis,
+    rule: str,
+    level: str,
+    below: dict[str, float],
+    at: dict[str, float],
+    above: dict[str, float],
+    side: str,
 ) -> None:
     feed(redis, {"below": below, "at": at, "above": above}[side])
     assert ((rule, level) in fired(redis)) == (side != "below")

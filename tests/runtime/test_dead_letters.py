@@ -52,7 +52,7 @@ def test_a_dead_lettered_event_is_kept_in_redis_without_its_token(redis: Redis) 
 
 def test_the_stream_is_capped(redis: Redis) -> None:
     store = RedisDeadLetters(redis, maxlen=10)
-    accept = sink(store, lambda: 0.0, [].append)
+    accept = sink(store, lambda: 0.0, list[str]().append)
     for number in range(500):
         accept(CloudEvent({"type": t.TICK, "source": "/s", "id": f"e{number}"}, {}))
     assert redis.xlen("co:broker:dead-letters") < 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from shared.errors import TemporaryError
 from shared.events import OutgoingEvent, types
 from shared.runtime import outbox
 from shared.runtime.auth import Principal
-from shared.runtime.function import Context
+from shared.runtime.function import Context, FunctionRuntime
 from shared.runtime.idempotency import DEDUPE_TTL_SECONDS, Once
 from tests.conftest import TEST_KEY
 from tests.support.events import CapturingSender, cloudevent, internal
@@ -38,7 +39,9 @@ def count_and_emit(ctx: Context[Any]) -> None:
     ctx.commit(write, [announced])
 
 
-def _runtime(redis: Redis, clock: FakeClock, env: dict[str, str], handler: Any = count_and_emit):
+def _runtime(
+    redis: Redis, clock: FakeClock, env: dict[str, str], handler: Any = count_and_emit
+) -> FunctionRuntime[Any]:
     return make_runtime(recording_spec("step-execute", handler), redis, clock, env)
 
 
@@ -182,10 +185,17 @@ def test_ticks_are_never_deduplicated(
 def test_commit_writes_dedupe_key_with_ttl_and_outbox_atomically(redis: Redis) -> None:
     once = Once(redis, keys.EXECUTION, "/src", "id-1")
     event = OutgoingEvent(id="out-1", type=types.RUN_COMPLETED, source="/s", data={})
-    assert once.commit(lambda pipe: pipe.set("co:{exec}:x", 1), [event])
+
+    def write(value: int) -> Callable[[Pipeline], None]:
+        def apply(pipe: Pipeline) -> None:
+            pipe.set("co:{exec}:x", value)
+
+        return apply
+
+    assert once.commit(write(1), [event])
     assert 0 < redis.ttl(once.dedupe_key) <= DEDUPE_TTL_SECONDS
     assert redis.lrange(once.outbox_key, 0, -1) == [event.to_json().encode()]
-    assert not once.commit(lambda pipe: pipe.set("co:{exec}:x", 2), [event])
+    assert not once.commit(write(2), [event])
     assert redis.get("co:{exec}:x") == b"1" and redis.llen(once.outbox_key) == 1
 
 

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
-from functions_framework import create_app
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
@@ -30,6 +29,7 @@ from shared.security.tokens import sign_internal
 from tests.conftest import TEST_KEY
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.kube_api import FakeKubeApi
+from tests.support.apps import app_client
 from tests.support.http_sink import HttpSink, Request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,10 +69,7 @@ class Apps:
     def __init__(self, clock: FakeClock, sink: HttpSink) -> None:
         self.clock, self.sink = clock, sink
         self.clients = {
-            function: create_app(
-                target="handle",
-                source=str(ROOT / "functions" / function.replace("-", "_") / "main.py"),
-            ).test_client()
+            function: app_client(ROOT / "functions" / function.replace("-", "_") / "main.py")
             for function in t.FUNCTIONS
         }
         self.forwarded = 0

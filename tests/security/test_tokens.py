@@ -1,4 +1,5 @@
-"""Our own HS256 tokens (shared/security/tokens.py): step tokens and inter-function tokens (DESIGN §4)."""
+"""Our own HS256 tokens (shared/security/tokens.py): step tokens and inter-function tokens
+(docs/architecture.md §8)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import pytest
 from flask.testing import FlaskClient
@@ -22,4 +23,9 @@ def function_client(
     if "ORCHESTRATOR_POLICY_FILE" not in {**env, **extra}:
         monkeypatch.delenv("ORCHESTRATOR_POLICY_FILE", raising=False)
     source = ROOT / "functions" / function.replace("-", "_") / "main.py"
-    return create_app(target="handle", source=str(source)).test_client()
+    return app_client(source)
+
+
+def app_client(source: Path) -> FlaskClient:
+    """functions-framework's app for `functions/<fn>/main.py` (its `create_app` is untyped)."""
+    return cast(FlaskClient, create_app(target="handle", source=str(source)).test_client())

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from cloudevents.http import CloudEvent
 from redis import Redis
@@ -215,10 +215,10 @@ class FunctionHarness(Generic[S]):
         return record
 
     def dead_letters(self) -> list[dict[str, str]]:
-        return [
-            {k.decode(): v.decode() for k, v in fields.items()}
-            for _id, fields in self.redis.xrange(keys.dead_letters())
-        ]
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]], self.redis.xrange(keys.dead_letters())
+        )
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in entries]
 
     def measured(
         self,

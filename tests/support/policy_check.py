@@ -9,9 +9,10 @@ from redis import Redis
 
 from shared.clock import FakeClock
 from shared.events import FlowDocument
-from shared.handlers.policy_check import SPEC, PolicyServices
+from shared.handlers.policy_check import SPEC
 from shared.model import flows
 from shared.model.policy import Policy
+from shared.wiring.policing import PolicyServices
 from tests.support.function import FunctionHarness
 
 

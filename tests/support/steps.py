@@ -53,7 +53,7 @@ def flow_document(
         graph_nodes.append(entry)
     graph_edges = []
     for edge in edges:
-        config = dict(edge[2]) if len(edge) == 3 else {}  # type: ignore[misc]
+        config = dict(edge[2]) if len(edge) == 3 else {}
         graph_edges.append({"source": edge[0], "target": edge[1], "config": config})
     return {
         "id": flow_id,

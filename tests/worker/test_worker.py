@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudevents.http import CloudEvent
 from redis import Redis
 
 from shared import keys
@@ -79,13 +80,19 @@ def test_a_component_return_value_becomes_its_outputs(
     assert list(outputs(result)) == expected
 
 
+def data_of(event: CloudEvent) -> dict[str, Any]:
+    data = event.get_data()
+    assert isinstance(data, dict), data
+    return data
+
+
 def events_for(function: Any, data: Any = None) -> list[dict[str, Any]]:
     worker = Worker(config(), queue=None, sender=None, function=function)  # type: ignore[arg-type]
     return [
         {
             "type": str(e["type"]).rsplit(".", 2)[-2] + "." + str(e["type"]).rsplit(".", 1)[-1],
             "id": e["id"],
-            **e.get_data(),
+            **data_of(e),
         }
         for e in worker.events(message(data))
     ]
@@ -258,7 +265,7 @@ def test_events_go_to_k_sink_in_binary_mode_and_the_message_is_acknowledged(redi
         )
         assert worker.run_once() == 1
         (event,) = sink.wait_for(1)
-    assert event.get_data()["data"] == {"value": 6.0, "transformed": True}
+    assert data_of(event)["data"] == {"value": 6.0, "transformed": True}
     assert "ce-steptoken" in sink.headers[-1] and "ce-type" in sink.headers[-1]  # binary mode
     assert redis.xpending(QUEUE, "workers")["pending"] == 0 and queue.depth(QUEUE) == 0
 
@@ -352,7 +359,7 @@ def test_python_m_shared_worker_consumes_and_stops_cleanly_on_sigterm(redis: Red
         )
         try:
             (event,) = sink.wait_for(1, timeout=30)
-            assert event.get_data()["data"] == {"value": 12.0, "transformed": True}
+            assert data_of(event)["data"] == {"value": 12.0, "transformed": True}
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=30)
         finally:
