@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -154,7 +154,7 @@ def _tag(redis: Redis, tenant: str) -> float:
     if score is not None:
         return float(score)
     raw = redis.hget(keys.fair_clock(), f"t:{tenant}")
-    return 0.0 if raw is None else float(raw.decode().partition("@")[0])
+    return 0.0 if raw is None else float(cast(bytes, raw).decode().partition("@")[0])
 
 
 @given(

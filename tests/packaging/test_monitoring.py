@@ -181,7 +181,8 @@ class System:
 
     def send(self, *args: str, env: dict[str, str] | None = None) -> None:
         sent = subprocess.run(
-            [sys.executable, "-m", "shared.cli.main", "send", *args, "--state-dir", str(self.state)],
+            [sys.executable, "-m", "shared.cli.main", "send", *args,
+             "--state-dir", str(self.state)],
             cwd=ROOT, capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})},
         )  # fmt: skip
         assert sent.returncode == 0, sent.stdout + sent.stderr

@@ -73,7 +73,9 @@ class Lua:
 
 def split_top(text: str, sep: str = ",") -> list[str]:
     """`text` split at `sep` outside brackets (an argument list, a table's fields)."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    depth = 0
+    current: list[str] = []
     for char in text:
         if char in "([{":
             depth += 1
@@ -147,9 +149,9 @@ class Checker:
         for match in re.finditer(pattern, self.lua.code):
             if re.search(r"\bfor\s+$", self.lua.code[max(0, match.start() - 5) : match.start()]):
                 continue
-            names = [n.strip() for n in match.group(2).split(",")]
+            assigned = [n.strip() for n in match.group(2).split(",")]
             values = split_top(_expression_at(self.lua.code, match.end()))
-            index = names.index(name)
+            index = assigned.index(name)
             found.append(values[index] if index < len(values) else "nil")
         return found
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from typing import cast
 
 import pytest
 from redis import Redis
@@ -169,7 +170,7 @@ def test_run_time_admission_keys_are_the_keys_py_names(redis: Redis, clock: Fake
         keys.fair_flows(ODD["tenant"], ODD["user"]),
         keys.schedule(ODD["flow"]),
     }
-    present = {k.decode() for k in redis.keys("co:{adm}:*")}
+    present = {k.decode() for k in cast(list[bytes], redis.keys("co:{adm}:*"))}
     assert built <= present
     assert present - built <= set(keys.admission_keys()) | {keys.outbox(keys.ADMISSION)}
     entries = cron.due_entries(redis, clock.now() + 3600)

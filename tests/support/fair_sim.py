@@ -57,7 +57,7 @@ class Trial:
     def _top_up(self) -> None:
         """One submission per short tenant per round, so no tenant gets the free slots first."""
         while True:
-            waiting = defaultdict(int)
+            waiting: defaultdict[str, int] = defaultdict(int)
             for tenant, _ in self.waiting.values():
                 waiting[tenant] += 1
             short = [t for t, keep in sorted(self.backlog.items()) if waiting[t] < keep]
