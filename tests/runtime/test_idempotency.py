@@ -266,5 +266,9 @@ def test_an_event_handled_by_the_previous_release_is_still_a_duplicate(
     assert redis.get(EFFECT) is None
     once = Once(redis, keys.EXECUTION, "/flow-start", "evt-1", SENDER)
     assert once.dedupe_key != old_form and once.done()
-    assert not once.commit(lambda pipe: pipe.incr(EFFECT))  # the race path reads it too
+
+    def bump(pipe: Pipeline) -> None:
+        pipe.incr(EFFECT)
+
+    assert not once.commit(bump)  # the race path reads it too
     assert redis.get(EFFECT) is None

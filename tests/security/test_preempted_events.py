@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cloudevents.conversion import to_binary
@@ -83,7 +83,7 @@ def _admission(clock: FakeClock, flow: str, run: str, tenant: str, event_id: str
 
 def _status(redis: Redis, run: str) -> str | None:
     value = redis.hget(keys.run(run), "status")
-    return value.decode() if value else None
+    return cast(bytes, value).decode() if value else None
 
 
 def test_a_control_event_claiming_our_source_is_refused_and_cannot_preempt_an_admission(
@@ -133,7 +133,7 @@ def test_a_step_result_claiming_a_function_source_is_refused(
     event = harness.result(message, {"x": 1}, failed="boom" if kind == "step.failed" else None)
     event["source"] = FLOW_START
     assert _post(client, event) == 403
-    event["source"] = f"/component-orchestrator/worker/flow-a/a"  # the worker's own source
+    event["source"] = "/component-orchestrator/worker/flow-a/a"  # the worker's own source
     assert _post(client, event) == 200
 
 

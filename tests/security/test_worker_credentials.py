@@ -54,8 +54,9 @@ def store(nodes: tuple[Node, Node]) -> Iterator[Redis]:
     for node in nodes:  # ACL users are per node and survive FLUSHALL
         admin = node.client()
         for name in admin.acl_users():
-            if str(name.decode() if isinstance(name, bytes) else name) != "default":
-                admin.acl_deluser(name)
+            user = name.decode() if isinstance(name, bytes) else str(name)
+            if user != "default":
+                admin.acl_deluser(user)
 
 
 @pytest.fixture
@@ -294,5 +295,6 @@ def test_the_real_worker_consumes_with_its_own_credentials(deploy: DeployHarness
         output = process.stdout.read().decode() if process.stdout else ""
     assert code == 0, output
     assert "NOPERM" not in output and "no permissions" not in output, output
-    assert event.get_data()["data"] == {"value": 12.0, "transformed": True}
+    data = event.get_data()
+    assert isinstance(data, dict) and data["data"] == {"value": 12.0, "transformed": True}
     assert deploy.redis.xlen(QUEUE) == 0  # acknowledged and deleted with the worker's user
