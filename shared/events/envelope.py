@@ -10,41 +10,27 @@ from typing import Any
 from cloudevents.http import CloudEvent
 
 from shared.errors import InvalidEvent
+from shared.events import payloads as p
 from shared.events import types as t
 from shared.events.flow_document import FlowDocument
-from shared.events.payloads import (
-    ComponentRef,
-    ComponentStatus,
-    DeploymentStatus,
-    Empty,
-    FlowExecute,
-    FlowRef,
-    Payload,
-    PenaltyChanged,
-    PolicyViolation,
-    RunAdmitted,
-    RunEnded,
-    RunNotStarted,
-    StepResult,
-    UsageReport,
-)
+from shared.events.payloads import Payload
 
 PAYLOADS: dict[str, type[Payload]] = {
     t.FLOW_STARTING: FlowDocument,
-    t.FLOW_STOPPING: FlowRef,
-    t.COMPONENT_STARTING: ComponentRef,
-    t.COMPONENT_STOPPING: ComponentRef,
-    t.TICK: Empty,
-    t.FLOW_EXECUTE: FlowExecute,
-    t.RUN_ADMITTED: RunAdmitted,
-    t.USAGE_REPORTED: UsageReport,
-    t.POLICY_VIOLATION: PolicyViolation,
-    **dict.fromkeys(t.DEPLOYMENT_STATUS_TYPES, DeploymentStatus),
-    **dict.fromkeys(t.COMPONENT_STATUS_TYPES, ComponentStatus),
-    **dict.fromkeys(t.RUN_NOT_STARTED_TYPES, RunNotStarted),
-    **dict.fromkeys(t.STEP_RESULT_TYPES, StepResult),
-    **dict.fromkeys(t.RUN_ENDED_TYPES, RunEnded),
-    **dict.fromkeys(t.PENALTY_TYPES, PenaltyChanged),
+    t.FLOW_STOPPING: p.FlowRef,
+    t.COMPONENT_STARTING: p.ComponentRef,
+    t.COMPONENT_STOPPING: p.ComponentRef,
+    t.TICK: p.Empty,
+    t.FLOW_EXECUTE: p.FlowExecute,
+    t.RUN_ADMITTED: p.RunAdmitted,
+    t.USAGE_REPORTED: p.UsageReport,
+    t.POLICY_VIOLATION: p.PolicyViolation,
+    **dict.fromkeys(t.DEPLOYMENT_STATUS_TYPES, p.DeploymentStatus),
+    **dict.fromkeys(t.COMPONENT_STATUS_TYPES, p.ComponentStatus),
+    **dict.fromkeys(t.RUN_NOT_STARTED_TYPES, p.RunNotStarted),
+    **dict.fromkeys(t.STEP_RESULT_TYPES, p.StepResult),
+    **dict.fromkeys(t.RUN_ENDED_TYPES, p.RunEnded),
+    **dict.fromkeys(t.PENALTY_TYPES, p.PenaltyChanged),
 }
 
 # Extension attributes (docs/architecture.md §4, §8). CloudEvents allows only lower-case letters

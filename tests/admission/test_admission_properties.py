@@ -16,7 +16,7 @@ from shared.admission import queue as admission
 from shared.clock import FakeClock
 from shared.errors import OverCapacity
 from tests.support.admission import Admission, penalize
-from tests.support.flow_start import policy
+from tests.support.flows import policy
 
 PROPERTY = settings(
     max_examples=25,

@@ -19,7 +19,7 @@ from shared.admission import queue as admission
 from shared.model.policy import Policy
 from tests.support.admission import Admission, penalize
 from tests.support.fair_sim import Trial, flow_of, jain, share_over_weight
-from tests.support.flow_start import policy
+from tests.support.flows import policy
 
 PROPERTY = settings(
     max_examples=6,

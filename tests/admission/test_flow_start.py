@@ -13,18 +13,25 @@ from shared.admission import queue as admission
 from shared.clock import FakeClock
 from shared.errors import InvalidEvent, OverCapacity, TemporaryError, Unprocessable
 from shared.events import RunAdmitted, RunNotStarted
+from shared.handlers.flow_start import SPEC as FLOW_START
+from shared.handlers.flow_start import Services as FlowStartServices
 from tests.fakes.iam import FakeIam
-from tests.support.flow_start import FlowStart, flow_doc, policy
+from tests.support.flows import flow_doc, policy
+from tests.support.function import FunctionHarness
 
 MINUTE = 60.0
 
 
 @pytest.fixture()
-def fs(redis: Redis, clock: FakeClock, base_env: dict[str, str]) -> FlowStart:
-    return FlowStart(redis, clock, base_env)
+def fs(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> FunctionHarness[FlowStartServices]:
+    return FunctionHarness(FLOW_START, redis, clock, base_env)
 
 
-def test_a_deployed_cron_flow_is_admitted_at_its_due_time(fs: FlowStart, clock: FakeClock) -> None:
+def test_a_deployed_cron_flow_is_admitted_at_its_due_time(
+    fs: FunctionHarness[FlowStartServices], clock: FakeClock
+) -> None:
     fs.start_flow(flow_doc("f1", cron="*/5 * * * *", spread=False))
     fs.tick()
     assert fs.admitted() == []  # 00:00 was "now" when stored: the first due time is 00:05
@@ -39,7 +46,9 @@ def test_a_deployed_cron_flow_is_admitted_at_its_due_time(fs: FlowStart, clock: 
     assert event.extensions == {"tenant": "acme", "flowid": "f1", "runid": admitted["runId"]}
 
 
-def test_cron_due_times_of_an_undeployed_flow_are_skipped(fs: FlowStart, clock: FakeClock) -> None:
+def test_cron_due_times_of_an_undeployed_flow_are_skipped(
+    fs: FunctionHarness[FlowStartServices], clock: FakeClock
+) -> None:
     fs.start_flow(flow_doc("f1", spread=False), deployed=False)
     clock.advance(MINUTE)
     fs.tick()
@@ -48,7 +57,7 @@ def test_cron_due_times_of_an_undeployed_flow_are_skipped(fs: FlowStart, clock: 
     RunNotStarted.parse(fs.emitted("flow.execution.skipped")[0])
 
 
-def test_executions_wait_until_the_flow_is_deployed(fs: FlowStart) -> None:
+def test_executions_wait_until_the_flow_is_deployed(fs: FunctionHarness[FlowStartServices]) -> None:
     fs.start_flow(flow_doc("f1", cron=None), deployed=False)
     fs.execute("f1", {"n": 1})
     assert fs.admitted() == []
@@ -58,7 +67,9 @@ def test_executions_wait_until_the_flow_is_deployed(fs: FlowStart) -> None:
     assert admitted["trigger"] == "execute" and admitted["msg"] == {"n": 1}
 
 
-def test_a_failed_deployment_parks_waiting_runs_again(fs: FlowStart) -> None:
+def test_a_failed_deployment_parks_waiting_runs_again(
+    fs: FunctionHarness[FlowStartServices],
+) -> None:
     fs.start_flow(flow_doc("f1", cron=None))
     fs.send("flow.failed", {"id": "f1", "reason": "image pull"})
     fs.execute("f1")
@@ -67,12 +78,12 @@ def test_a_failed_deployment_parks_waiting_runs_again(fs: FlowStart) -> None:
     assert len(fs.admitted()) == 1
 
 
-def test_execute_of_an_unknown_flow_is_422(fs: FlowStart) -> None:
+def test_execute_of_an_unknown_flow_is_422(fs: FunctionHarness[FlowStartServices]) -> None:
     with pytest.raises(Unprocessable):
         fs.execute("nope")
 
 
-def test_msg_reaches_the_admitted_event_unchanged(fs: FlowStart) -> None:
+def test_msg_reaches_the_admitted_event_unchanged(fs: FunctionHarness[FlowStartServices]) -> None:
     fs.start_flow(flow_doc("f1", cron=None))
     msg = {"list": [], "big": 12345678901234567890, "nested": {"empty": {}}, "s": "ü/\n"}
     fs.execute("f1", msg)
@@ -109,7 +120,11 @@ BAD_SETTINGS: dict[str, dict[str, Any]] = {
     ],
 )
 def test_invalid_schedules_are_refused_and_nothing_is_stored(
-    fs: FlowStart, redis: Redis, cron: str, timezone: str | None, named: str
+    fs: FunctionHarness[FlowStartServices],
+    redis: Redis,
+    cron: str,
+    timezone: str | None,
+    named: str,
 ) -> None:
     bad_settings = BAD_SETTINGS.get(named, {})
     with pytest.raises(InvalidEvent) as refused:
@@ -122,7 +137,9 @@ def test_invalid_schedules_are_refused_and_nothing_is_stored(
 def test_execute_over_the_waiting_cap_is_429_and_stores_nothing(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    fs = FlowStart(redis, clock, base_env, policy=policy(defaults={"max_waiting_runs": 2}))
+    fs = FunctionHarness(
+        FLOW_START, redis, clock, base_env, policy=policy(defaults={"max_waiting_runs": 2})
+    )
     fs.start_flow(flow_doc("f1", cron=None), deployed=False)
     fs.execute("f1")
     fs.execute("f1")
@@ -136,7 +153,7 @@ def test_execute_over_the_waiting_cap_is_429_and_stores_nothing(
     assert len(fs.admitted()) == 3
 
 
-def test_a_redelivered_execute_is_one_run(fs: FlowStart) -> None:
+def test_a_redelivered_execute_is_one_run(fs: FunctionHarness[FlowStartServices]) -> None:
     fs.start_flow(flow_doc("f1", cron=None))
     fs.execute("f1", event_id="same")
     fs.execute("f1", event_id="same")
@@ -146,7 +163,7 @@ def test_a_redelivered_execute_is_one_run(fs: FlowStart) -> None:
 def test_completion_frees_the_slot_for_the_next_waiting_run(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    fs = FlowStart(redis, clock, base_env, policy=policy(slots=1))
+    fs = FunctionHarness(FLOW_START, redis, clock, base_env, policy=policy(slots=1))
     fs.start_flow(flow_doc("f1", cron=None))
     fs.execute("f1", {"n": 1})
     fs.execute("f1", {"n": 2})
@@ -158,7 +175,7 @@ def test_completion_frees_the_slot_for_the_next_waiting_run(
 
 
 def test_flow_stopping_drops_schedule_and_waiting_runs(
-    fs: FlowStart, redis: Redis, clock: FakeClock
+    fs: FunctionHarness[FlowStartServices], redis: Redis, clock: FakeClock
 ) -> None:
     fs.start_flow(flow_doc("f1"), deployed=False)
     fs.execute("f1")
@@ -171,7 +188,9 @@ def test_flow_stopping_drops_schedule_and_waiting_runs(
     assert fs.admitted() == []
 
 
-def test_outbox_entries_are_events_of_the_catalogue(fs: FlowStart, redis: Redis) -> None:
+def test_outbox_entries_are_events_of_the_catalogue(
+    fs: FunctionHarness[FlowStartServices], redis: Redis
+) -> None:
     fs.sender.down = True
     fs.start_flow(flow_doc("f1", cron=None))
     with pytest.raises(TemporaryError, match="sink down"):  # 503: the Broker redelivers
@@ -183,7 +202,9 @@ def test_outbox_entries_are_events_of_the_catalogue(fs: FlowStart, redis: Redis)
     RunAdmitted.parse(entry["data"])
 
 
-def test_ids_that_need_escaping_survive_the_lua_built_events(fs: FlowStart) -> None:
+def test_ids_that_need_escaping_survive_the_lua_built_events(
+    fs: FunctionHarness[FlowStartServices],
+) -> None:
     fs.start_flow(flow_doc("f1", cron=None, tenant='ac"me/ü\\', owner="user\n1"))
     fs.execute("f1")
     [admitted] = fs.admitted()
@@ -192,7 +213,7 @@ def test_ids_that_need_escaping_survive_the_lua_built_events(fs: FlowStart) -> N
 
 
 def test_an_outage_runs_the_latest_due_time_once_and_announces_the_rest_missed(
-    fs: FlowStart, clock: FakeClock
+    fs: FunctionHarness[FlowStartServices], clock: FakeClock
 ) -> None:
     fs.start_flow(flow_doc("f1", spread=False, overlapPolicy="allow"))
     clock.advance(3600 + 30)  # an hour without ticks
@@ -207,7 +228,7 @@ def test_an_outage_runs_the_latest_due_time_once_and_announces_the_rest_missed(
 
 
 def test_a_resent_flow_keeps_its_due_time_and_a_new_cron_moves_it(
-    fs: FlowStart, redis: Redis, clock: FakeClock
+    fs: FunctionHarness[FlowStartServices], redis: Redis, clock: FakeClock
 ) -> None:
     fs.start_flow(flow_doc("f1", cron="0 * * * *", spread=False))
     first = redis.zscore(keys.schedule_due(), "f1")
@@ -220,7 +241,9 @@ def test_a_resent_flow_keeps_its_due_time_and_a_new_cron_moves_it(
     assert redis.zscore(keys.schedule_due(), "f1") is None
 
 
-def test_an_older_flow_starting_does_not_change_the_schedule(fs: FlowStart, redis: Redis) -> None:
+def test_an_older_flow_starting_does_not_change_the_schedule(
+    fs: FunctionHarness[FlowStartServices], redis: Redis
+) -> None:
     fs.send(
         "flow.starting", {**flow_doc("f1", cron="0 * * * *"), "updatedAt": "2026-01-02T00:00:00Z"}
     )
@@ -231,7 +254,7 @@ def test_an_older_flow_starting_does_not_change_the_schedule(fs: FlowStart, redi
 
 
 def test_penalty_events_dispatch_with_the_penalties_read_at_decision_time(
-    fs: FlowStart, redis: Redis
+    fs: FunctionHarness[FlowStartServices], redis: Redis
 ) -> None:
     from tests.support.admission import penalize
 
@@ -248,7 +271,7 @@ def test_penalty_events_dispatch_with_the_penalties_read_at_decision_time(
 
 
 def test_a_tenant_id_holding_the_unit_separator_still_fires(
-    fs: FlowStart, clock: FakeClock
+    fs: FunctionHarness[FlowStartServices], clock: FakeClock
 ) -> None:
     fs.start_flow(flow_doc("f1", tenant="odd\x1ftenant", spread=False))
     clock.advance(MINUTE)
@@ -256,7 +279,9 @@ def test_a_tenant_id_holding_the_unit_separator_still_fires(
     assert [a["tenant"] for a in fs.admitted()] == ["odd\x1ftenant"]
 
 
-def test_a_schedule_without_a_timezone_runs_in_utc(fs: FlowStart, redis: Redis) -> None:
+def test_a_schedule_without_a_timezone_runs_in_utc(
+    fs: FunctionHarness[FlowStartServices], redis: Redis
+) -> None:
     fs.start_flow(flow_doc("f1", cron="0 9 * * *", spread=False))
     fs.start_flow(flow_doc("f2", cron="0 9 * * *", spread=False, timezone="Europe/Berlin"))
     assert redis.hget(keys.schedule("f1"), "z") == b"UTC"
@@ -265,7 +290,7 @@ def test_a_schedule_without_a_timezone_runs_in_utc(fs: FlowStart, redis: Redis) 
 
 
 def test_execute_is_never_skipped_while_a_cron_run_holds_the_lease(
-    fs: FlowStart, clock: FakeClock
+    fs: FunctionHarness[FlowStartServices], clock: FakeClock
 ) -> None:
     fs.start_flow(flow_doc("f1", spread=False))  # overlap policy skip (the default)
     clock.advance(MINUTE)
@@ -288,7 +313,7 @@ def test_execute_is_never_skipped_while_a_cron_run_holds_the_lease(
 def test_a_tick_reclaims_runs_past_their_deadline_and_dispatches_waiting_ones(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    fs = FlowStart(redis, clock, base_env, policy=policy(slots=1))
+    fs = FunctionHarness(FLOW_START, redis, clock, base_env, policy=policy(slots=1))
     fs.start_flow(flow_doc("f1", cron=None, maxRunSeconds=60))
     fs.execute("f1", {"n": 1})
     fs.execute("f1", {"n": 2})
@@ -311,7 +336,7 @@ def test_the_user_of_an_execute_is_the_tokens_subject(
         "IAM_ISSUER": iam.issuer,
         "IAM_AUDIENCE": iam.audience,
     }
-    fs = FlowStart(redis, clock, env)
+    fs = FunctionHarness(FLOW_START, redis, clock, env)
     fs.send("flow.starting", flow_doc("f1", cron=None, owner="owner-1"), authtoken=iam.token())
     fs.send("flow.started", {"id": "f1"})
     fs.execute("f1", authtoken=iam.token(sub="bob"))

@@ -20,7 +20,7 @@ from shared.events import types as t
 from shared.security.tokens import sign_internal
 from tests.conftest import TEST_KEY
 from tests.support.apps import function_client
-from tests.support.flow_start import flow_doc
+from tests.support.flows import flow_doc
 from tests.support.http_sink import HttpSink
 
 

@@ -13,8 +13,11 @@ from shared import keys
 from shared.admission import queue as admission
 from shared.clock import FakeClock
 from shared.errors import TemporaryError
+from shared.handlers.flow_start import SPEC as FLOW_START
 from shared.handlers.flow_start import Services
-from tests.support.flow_start import FlowStart, flow_doc, policy
+from shared.handlers.flow_start import Services as FlowStartServices
+from tests.support.flows import flow_doc, policy
+from tests.support.function import FunctionHarness
 
 ROOMY = policy(
     slots=10_000,
@@ -26,7 +29,7 @@ ROOMY = policy(
 )
 
 
-def tick_together(fs: FlowStart, threads: int) -> list[BaseException]:
+def tick_together(fs: FunctionHarness[FlowStartServices], threads: int) -> list[BaseException]:
     barrier = threading.Barrier(threads)
     errors: list[BaseException] = []
 
@@ -48,7 +51,7 @@ def tick_together(fs: FlowStart, threads: int) -> list[BaseException]:
 def test_twenty_threads_ticking_at_once_fire_each_due_time_once(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    fs = FlowStart(redis, clock, base_env, policy=ROOMY)
+    fs = FunctionHarness(FLOW_START, redis, clock, base_env, policy=ROOMY)
     flows = [f"f{n}" for n in range(150)]
     for flow in flows:
         fs.start_flow(flow_doc(flow, cron="* * * * *", spread=False, overlapPolicy="allow"))
@@ -65,7 +68,7 @@ def test_twenty_threads_ticking_at_once_fire_each_due_time_once(
 def test_a_tick_claims_only_due_entries(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    fs = FlowStart(redis, clock, base_env, policy=ROOMY)
+    fs = FunctionHarness(FLOW_START, redis, clock, base_env, policy=ROOMY)
     fs.start_flow(flow_doc("soon", cron="* * * * *", spread=False))
     fs.start_flow(flow_doc("later", cron="0 * * * *", spread=False))
     clock.advance(60)
@@ -77,7 +80,7 @@ def test_a_tick_claims_only_due_entries(
 def test_a_minute_tick_works_through_its_minute(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    fs = FlowStart(redis, clock, base_env, policy=ROOMY)
+    fs = FunctionHarness(FLOW_START, redis, clock, base_env, policy=ROOMY)
     fs.runtime.services = Services(work_through_seconds=55.0, sender=fs.sender)
     flows = [f"flow-{n}" for n in range(40)]
     clock.set(1_767_225_600 + 30)  # stored after this minute's spread: first due next minute
@@ -98,7 +101,7 @@ def test_a_minute_tick_works_through_its_minute(
 def test_without_work_through_a_tick_returns_at_once(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    fs = FlowStart(redis, clock, base_env, policy=ROOMY)
+    fs = FunctionHarness(FLOW_START, redis, clock, base_env, policy=ROOMY)
     fs.start_flow(flow_doc("f1", cron="* * * * *"))
     clock.set(1_767_225_600 + 60)
     fs.tick()
@@ -111,7 +114,7 @@ def test_a_tick_sends_its_events_in_parallel_and_keeps_what_failed(
     from shared.admission.outbox import flush_parallel
     from tests.support.events import CapturingSender
 
-    fs = FlowStart(redis, clock, base_env, policy=ROOMY)
+    fs = FunctionHarness(FLOW_START, redis, clock, base_env, policy=ROOMY)
     parallel = CapturingSender()
     fs.runtime.services = Services(sender=parallel)
     for n in range(60):

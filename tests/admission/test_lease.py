@@ -12,8 +12,11 @@ from shared import keys
 from shared.admission import lease
 from shared.admission import queue as admission
 from shared.clock import FakeClock
+from shared.handlers.flow_start import SPEC as FLOW_START
+from shared.handlers.flow_start import Services as FlowStartServices
 from shared.model.policy import TenantLimits
-from tests.support.flow_start import FlowStart, flow_doc, policy
+from tests.support.flows import flow_doc, policy
+from tests.support.function import FunctionHarness
 
 MINUTE = 60.0
 
@@ -64,21 +67,25 @@ def test_run_limit_is_the_smaller_of_flow_and_tenant(
 
 # --- overlap policies through the function ----------------------------------------------------
 @pytest.fixture()
-def fs(redis: Redis, clock: FakeClock, base_env: dict[str, str]) -> FlowStart:
-    return FlowStart(redis, clock, base_env)
+def fs(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> FunctionHarness[FlowStartServices]:
+    return FunctionHarness(FLOW_START, redis, clock, base_env)
 
 
 def minute_flow(**settings: Any) -> dict[str, Any]:
     return flow_doc("f1", cron="* * * * *", spread=False, **settings)
 
 
-def run_minutes(fs: FlowStart, clock: FakeClock, minutes: int) -> None:
+def run_minutes(fs: FunctionHarness[FlowStartServices], clock: FakeClock, minutes: int) -> None:
     for _ in range(minutes):
         clock.advance(MINUTE)
         fs.tick()
 
 
-def test_skip_while_running_and_run_again_after_completion(fs: FlowStart, clock: FakeClock) -> None:
+def test_skip_while_running_and_run_again_after_completion(
+    fs: FunctionHarness[FlowStartServices], clock: FakeClock
+) -> None:
     fs.start_flow(minute_flow())
     run_minutes(fs, clock, 3)
     assert len(fs.admitted()) == 1
@@ -90,7 +97,7 @@ def test_skip_while_running_and_run_again_after_completion(fs: FlowStart, clock:
 
 
 def test_a_crashed_runs_lease_expires_and_the_next_due_time_runs(
-    fs: FlowStart, clock: FakeClock
+    fs: FunctionHarness[FlowStartServices], clock: FakeClock
 ) -> None:
     fs.start_flow(minute_flow(maxRunSeconds=150))
     run_minutes(fs, clock, 1)
@@ -108,7 +115,7 @@ def test_a_crashed_runs_lease_expires_and_the_next_due_time_runs(
 
 
 def test_a_stale_fencing_token_releases_nothing(
-    fs: FlowStart, redis: Redis, clock: FakeClock
+    fs: FunctionHarness[FlowStartServices], redis: Redis, clock: FakeClock
 ) -> None:
     fs.start_flow(minute_flow())
     run_minutes(fs, clock, 1)
@@ -122,7 +129,7 @@ def test_a_stale_fencing_token_releases_nothing(
 
 
 def test_the_watchdogs_timeout_failure_releases_like_any_other(
-    fs: FlowStart, redis: Redis, clock: FakeClock
+    fs: FunctionHarness[FlowStartServices], redis: Redis, clock: FakeClock
 ) -> None:
     fs.start_flow(minute_flow())
     run_minutes(fs, clock, 1)
@@ -137,7 +144,7 @@ def test_the_watchdogs_timeout_failure_releases_like_any_other(
 
 
 def test_buffer_one_keeps_one_due_time_and_starts_it_after_completion(
-    fs: FlowStart, clock: FakeClock
+    fs: FunctionHarness[FlowStartServices], clock: FakeClock
 ) -> None:
     fs.start_flow(minute_flow(overlapPolicy="buffer_one"))
     run_minutes(fs, clock, 3)
@@ -150,7 +157,7 @@ def test_buffer_one_keeps_one_due_time_and_starts_it_after_completion(
     assert fs.admitted()[1]["scheduledFor"] == buffered_for
 
 
-def test_allow_runs_overlap(fs: FlowStart, clock: FakeClock) -> None:
+def test_allow_runs_overlap(fs: FunctionHarness[FlowStartServices], clock: FakeClock) -> None:
     fs.start_flow(minute_flow(overlapPolicy="allow"))
     run_minutes(fs, clock, 3)
     assert len(fs.admitted()) == 3
@@ -161,8 +168,12 @@ def test_allow_runs_overlap(fs: FlowStart, clock: FakeClock) -> None:
 def test_the_tenant_default_overlap_policy_applies_when_the_flow_has_none(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    fs = FlowStart(
-        redis, clock, base_env, policy=policy(tenants={"acme": {"overlap_policy": "allow"}})
+    fs = FunctionHarness(
+        FLOW_START,
+        redis,
+        clock,
+        base_env,
+        policy=policy(tenants={"acme": {"overlap_policy": "allow"}}),
     )
     fs.start_flow(minute_flow())
     run_minutes(fs, clock, 2)
@@ -170,7 +181,7 @@ def test_the_tenant_default_overlap_policy_applies_when_the_flow_has_none(
 
 
 def test_lease_keys_are_the_ones_keys_py_names(
-    fs: FlowStart, redis: Redis, clock: FakeClock
+    fs: FunctionHarness[FlowStartServices], redis: Redis, clock: FakeClock
 ) -> None:
     fs.start_flow(minute_flow())
     run_minutes(fs, clock, 1)
@@ -183,7 +194,7 @@ def test_lease_keys_are_the_ones_keys_py_names(
 def test_a_waiting_cron_run_whose_lease_was_taken_over_is_skipped_not_run_alongside(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    fs = FlowStart(redis, clock, base_env, policy=policy(slots=2))
+    fs = FunctionHarness(FLOW_START, redis, clock, base_env, policy=policy(slots=2))
     fs.start_flow(flow_doc("busy", cron=None))
     blockers = [fs.execute("busy"), fs.execute("busy")]
     assert len(blockers) == len(fs.admitted()) == 2  # every slot taken
@@ -204,7 +215,7 @@ def test_a_waiting_cron_run_whose_lease_was_taken_over_is_skipped_not_run_alongs
 def test_stopping_a_flow_frees_the_lease_of_its_waiting_cron_run(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    fs = FlowStart(redis, clock, base_env, policy=policy(slots=1))
+    fs = FunctionHarness(FLOW_START, redis, clock, base_env, policy=policy(slots=1))
     fs.start_flow(flow_doc("busy", cron=None))
     fs.execute("busy")
     fs.start_flow(minute_flow())

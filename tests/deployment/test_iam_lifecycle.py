@@ -30,7 +30,7 @@ from shared.security.redact import install_redaction, uninstall_redaction
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
 from tests.fakes.iam import FakeIam
-from tests.support.steps import flow_document
+from tests.support.flows import flow_document
 
 FLOW = flow_document("f1", ["a", "b"], [("a", "b")], tenant="acme", owner="alice")
 

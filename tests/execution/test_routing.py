@@ -20,7 +20,7 @@ from shared.execution.routing import (
     message_id,
     route,
 )
-from tests.support.steps import flow_document
+from tests.support.flows import flow_document
 
 CONDITIONS = [
     ("v > 10", {"v": 11}, True),

@@ -14,8 +14,10 @@ from shared.clock import FakeClock
 from shared.events import FlowDocument, RunAdmitted
 from shared.execution import runs
 from shared.execution.routing import Graph
+from shared.handlers.step_execute import SPEC as STEP_EXECUTE
 from shared.model.policy import TenantLimits
-from tests.support.steps import TENANT, USER, StepHarness, flow_document
+from tests.support.flows import TENANT, USER, fast_policy, flow_document
+from tests.support.function import FunctionHarness
 
 ADMITTED = RunAdmitted(
     flow_id="f",
@@ -72,7 +74,7 @@ def test_a_run_starts_once(redis: Redis) -> None:
 def test_ended_runs_expire_after_the_retention_and_leave_the_recent_index(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    harness = StepHarness(redis, clock, base_env)
+    harness = FunctionHarness(STEP_EXECUTE, redis, clock, base_env, policy=fast_policy())
     harness.services.retention_seconds = 600
     harness.store_flow(flow_document("f", ["a"]))
     harness.admit("f")
@@ -89,7 +91,7 @@ def test_ended_runs_expire_after_the_retention_and_leave_the_recent_index(
 def test_a_join_collects_every_input_and_a_source_that_sent_several_gives_a_list(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    harness = StepHarness(redis, clock, base_env)
+    harness = FunctionHarness(STEP_EXECUTE, redis, clock, base_env, policy=fast_policy())
     harness.store_flow(
         flow_document(
             "f",
@@ -133,7 +135,7 @@ def test_every_graph_run_completes_exactly_once_whatever_the_order_of_results(
 ) -> None:
     nodes, edges, outputs = spec
     redis.flushall()
-    harness = StepHarness(redis, clock, base_env)
+    harness = FunctionHarness(STEP_EXECUTE, redis, clock, base_env, policy=fast_policy())
     harness.store_flow(flow_document("g", nodes, edges))
     harness.admit("g")
     names = [n if isinstance(n, str) else n["id"] for n in nodes]

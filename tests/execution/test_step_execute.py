@@ -10,7 +10,10 @@ from redis import Redis
 from shared import keys
 from shared.clock import FakeClock
 from shared.errors import Unauthorized
-from tests.support.steps import TENANT, USER, StepHarness, fast_policy, flow_document
+from shared.handlers.step_execute import SPEC as STEP_EXECUTE
+from shared.handlers.step_execute import StepExecuteServices
+from tests.support.flows import TENANT, USER, fast_policy, flow_document
+from tests.support.function import FunctionHarness
 
 FIVE_STEPS = flow_document(
     "five",
@@ -26,8 +29,10 @@ FIVE_STEPS = flow_document(
 
 
 @pytest.fixture()
-def harness(redis: Redis, clock: FakeClock, base_env: dict[str, str]) -> StepHarness:
-    return StepHarness(redis, clock, base_env)
+def harness(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> FunctionHarness[StepExecuteServices]:
+    return FunctionHarness(STEP_EXECUTE, redis, clock, base_env, policy=fast_policy())
 
 
 def source(msg: dict[str, Any], fields: dict[str, Any]) -> list[dict[str, int]]:
@@ -39,7 +44,7 @@ def identity(msg: dict[str, Any], fields: dict[str, Any]) -> Any:
 
 
 def test_a_five_step_graph_with_fan_out_a_condition_and_a_join_runs_to_completion(
-    harness: StepHarness,
+    harness: FunctionHarness[StepExecuteServices],
 ) -> None:
     harness.store_flow(FIVE_STEPS)
     seen: dict[str, list[Any]] = {step: [] for step in "bcde"}
@@ -83,11 +88,15 @@ def test_a_five_step_graph_with_fan_out_a_condition_and_a_join_runs_to_completio
     assert harness.redis.zcard(keys.step_deadlines()) == 0
 
 
-def two_steps(harness: StepHarness, flow_id: str = "pair", **edge: Any) -> None:
+def two_steps(
+    harness: FunctionHarness[StepExecuteServices], flow_id: str = "pair", **edge: Any
+) -> None:
     harness.store_flow(flow_document(flow_id, ["a", "b"], [("a", "b", edge)]))
 
 
-def test_a_redelivered_step_completed_does_not_route_twice(harness: StepHarness) -> None:
+def test_a_redelivered_step_completed_does_not_route_twice(
+    harness: FunctionHarness[StepExecuteServices],
+) -> None:
     two_steps(harness)
     harness.admit("pair")
     (start,) = harness.messages("pair", "a")
@@ -103,7 +112,7 @@ def test_a_redelivered_step_completed_does_not_route_twice(harness: StepHarness)
 
 
 def test_the_message_ends_only_when_every_output_up_to_the_final_one_arrived(
-    harness: StepHarness,
+    harness: FunctionHarness[StepExecuteServices],
 ) -> None:
     two_steps(harness)
     harness.admit("pair")
@@ -122,7 +131,9 @@ def test_the_message_ends_only_when_every_output_up_to_the_final_one_arrived(
     assert len(harness.sender.of_type("flow.execution.completed")) == 1
 
 
-def test_a_step_output_of_null_routes_nothing_and_ends_the_message(harness: StepHarness) -> None:
+def test_a_step_output_of_null_routes_nothing_and_ends_the_message(
+    harness: FunctionHarness[StepExecuteServices],
+) -> None:
     two_steps(harness)
     harness.admit("pair")
     (start,) = harness.messages("pair", "a")
@@ -131,7 +142,9 @@ def test_a_step_output_of_null_routes_nothing_and_ends_the_message(harness: Step
     assert harness.run().status == "completed"
 
 
-def test_an_admitted_run_of_an_unknown_flow_fails_at_once(harness: StepHarness) -> None:
+def test_an_admitted_run_of_an_unknown_flow_fails_at_once(
+    harness: FunctionHarness[StepExecuteServices],
+) -> None:
     harness.admit("nowhere", "run-x", fencing=3)
     (failed,) = harness.sender.of_type("flow.execution.failed")
     assert failed.data["reason"] == "flow_not_found"
@@ -142,14 +155,16 @@ def test_an_admitted_run_of_an_unknown_flow_fails_at_once(harness: StepHarness) 
     assert len(harness.sender.of_type("flow.execution.failed")) == 1
 
 
-def test_an_admitted_run_is_started_once(harness: StepHarness) -> None:
+def test_an_admitted_run_is_started_once(harness: FunctionHarness[StepExecuteServices]) -> None:
     two_steps(harness)
     harness.admit("pair")
     harness.admit("pair")  # same event: deduped by the runtime
     assert len(harness.messages("pair", "a")) == 1
 
 
-def test_a_condition_that_fails_to_evaluate_fails_the_run(harness: StepHarness) -> None:
+def test_a_condition_that_fails_to_evaluate_fails_the_run(
+    harness: FunctionHarness[StepExecuteServices],
+) -> None:
     two_steps(harness, condition="$undefinedFunction(v)")
     harness.admit("pair")
     (start,) = harness.messages("pair", "a")
@@ -162,7 +177,9 @@ def test_a_condition_that_fails_to_evaluate_fails_the_run(harness: StepHarness) 
     assert "JSONata" in letter["error"]
 
 
-def test_own_terminal_events_and_foreign_completions_are_ignored(harness: StepHarness) -> None:
+def test_own_terminal_events_and_foreign_completions_are_ignored(
+    harness: FunctionHarness[StepExecuteServices],
+) -> None:
     two_steps(harness)
     harness.admit("pair")
     from tests.conftest import TEST_KEY
@@ -190,7 +207,9 @@ def test_own_terminal_events_and_foreign_completions_are_ignored(harness: StepHa
     assert harness.run().status == "running"
 
 
-def test_usage_is_reported_per_tenant_user_and_flow_on_tick(harness: StepHarness) -> None:
+def test_usage_is_reported_per_tenant_user_and_flow_on_tick(
+    harness: FunctionHarness[StepExecuteServices],
+) -> None:
     two_steps(harness)
     harness.admit("pair", msg={"hello": "world"})
     (start,) = harness.messages("pair", "a")
@@ -211,7 +230,7 @@ def test_usage_is_reported_per_tenant_user_and_flow_on_tick(harness: StepHarness
 
 
 def test_the_published_message_carries_run_step_message_data_and_a_step_token(
-    harness: StepHarness,
+    harness: FunctionHarness[StepExecuteServices],
 ) -> None:
     from shared.security.tokens import verify_step_token
     from tests.conftest import TEST_KEY
@@ -232,7 +251,7 @@ def test_the_published_message_carries_run_step_message_data_and_a_step_token(
 
 
 def test_the_completed_event_says_how_long_the_run_took_and_how_many_steps_ran(
-    harness: StepHarness,
+    harness: FunctionHarness[StepExecuteServices],
 ) -> None:
     two_steps(harness)
     harness.admit("pair")
@@ -247,7 +266,9 @@ def test_the_completed_event_says_how_long_the_run_took_and_how_many_steps_ran(
     assert completed.data["durationMs"] == 3750 and completed.data["steps"] == 2
 
 
-def test_runs_are_listed_while_running_and_after_they_ended(harness: StepHarness) -> None:
+def test_runs_are_listed_while_running_and_after_they_ended(
+    harness: FunctionHarness[StepExecuteServices],
+) -> None:
     from shared.execution import runs
 
     two_steps(harness)
@@ -265,7 +286,9 @@ def test_runs_are_listed_while_running_and_after_they_ended(harness: StepHarness
 def test_default_policy_is_used_without_a_fast_policy(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    harness = StepHarness(redis, clock, base_env, policy=fast_policy(messages_per_second=200))
+    harness = FunctionHarness(
+        STEP_EXECUTE, redis, clock, base_env, policy=fast_policy(messages_per_second=200)
+    )
     two_steps(harness)
     harness.admit("pair")
     assert len(harness.messages("pair", "a")) == 1

@@ -16,14 +16,16 @@ from shared.adapters.redis_streams import RedisStreamsQueue
 from shared.adapters.sqs import SqsQueue
 from shared.clock import FakeClock, SystemClock
 from shared.events import types as t
-from shared.handlers.step_execute import build_services
+from shared.handlers.step_execute import SPEC as STEP_EXECUTE
+from shared.handlers.step_execute import StepExecuteServices, build_services
 from shared.security.tokens import sign_internal
 from shared.settings import Settings, SettingsError
 from tests.conftest import TEST_KEY
 from tests.fakes.aws import Aws
 from tests.support.apps import function_client
+from tests.support.flows import TENANT, USER, fast_policy, flow_document
+from tests.support.function import FunctionHarness
 from tests.support.http_sink import HttpSink
-from tests.support.steps import TENANT, USER, StepHarness, flow_document
 
 
 @pytest.fixture()
@@ -53,7 +55,9 @@ def test_a_run_over_http_from_admitted_to_completed(
     base_env: dict[str, str],
     mode: str,
 ) -> None:
-    harness = StepHarness(redis, clock, base_env)  # only to store the flow and read queues
+    harness = FunctionHarness(
+        STEP_EXECUTE, redis, clock, base_env, policy=fast_policy()
+    )  # only to store the flow and read queues
     harness.store_flow(flow_document("web", ["a"]))
     admitted = CloudEvent(
         {
@@ -113,7 +117,9 @@ def test_a_run_over_http_from_admitted_to_completed(
 
 
 # --- SQS + S3 --------------------------------------------------------------------------------
-def sqs_harness(redis: Redis, clock: FakeClock, base_env: dict[str, str], aws: Aws) -> StepHarness:
+def sqs_harness(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str], aws: Aws
+) -> FunctionHarness[StepExecuteServices]:
     env = {
         **base_env,
         "QUEUE_BACKEND": "sqs",
@@ -122,7 +128,7 @@ def sqs_harness(redis: Redis, clock: FakeClock, base_env: dict[str, str], aws: A
     }
     services = build_services(Settings.from_env(env), clock, redis)
     assert isinstance(services.queue, SqsQueue)
-    return StepHarness(redis, clock, env, services=services)
+    return FunctionHarness(STEP_EXECUTE, redis, clock, env, services=services, policy=fast_policy())
 
 
 def test_a_run_over_sqs_with_a_big_body_through_s3(

@@ -8,25 +8,30 @@ from redis import Redis
 from shared import keys
 from shared.clock import FakeClock
 from shared.execution import runs
+from shared.handlers.step_execute import SPEC as STEP_EXECUTE
+from shared.handlers.step_execute import StepExecuteServices
 from tests.conftest import TEST_KEY
 from tests.support.events import internal
-from tests.support.steps import TENANT, StepHarness, fast_policy, flow_document
+from tests.support.flows import TENANT, fast_policy, flow_document
+from tests.support.function import FunctionHarness
 
 
 @pytest.fixture()
-def harness(redis: Redis, clock: FakeClock, base_env: dict[str, str]) -> StepHarness:
-    h = StepHarness(redis, clock, base_env, policy=fast_policy(step_retries=2))
+def harness(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> FunctionHarness[StepExecuteServices]:
+    h = FunctionHarness(STEP_EXECUTE, redis, clock, base_env, policy=fast_policy(step_retries=2))
     h.store_flow(flow_document("pair", ["a", "b"], [("a", "b")]))
     return h
 
 
-def wait_and_tick(harness: StepHarness, seconds: float) -> None:
+def wait_and_tick(harness: FunctionHarness[StepExecuteServices], seconds: float) -> None:
     harness.clock.advance(seconds)
     harness.tick()
 
 
 def test_a_failing_step_is_retried_with_exponential_backoff_then_dead_lettered(
-    harness: StepHarness,
+    harness: FunctionHarness[StepExecuteServices],
 ) -> None:
     harness.admit("pair", fencing=9)
     attempts = []
@@ -53,7 +58,9 @@ def test_a_failing_step_is_retried_with_exponential_backoff_then_dead_lettered(
     assert record.status == "failed" and record.failures == 3 and record.reason == "step_failed"
 
 
-def test_a_late_failure_of_an_earlier_attempt_is_ignored(harness: StepHarness) -> None:
+def test_a_late_failure_of_an_earlier_attempt_is_ignored(
+    harness: FunctionHarness[StepExecuteServices],
+) -> None:
     harness.admit("pair")
     (first,) = harness.messages("pair", "a")
     harness.handle(harness.result(first, failed="boom"))
@@ -67,7 +74,7 @@ def test_a_late_failure_of_an_earlier_attempt_is_ignored(harness: StepHarness) -
 
 
 def test_a_step_that_never_answers_times_out_is_retried_then_dead_lettered(
-    harness: StepHarness,
+    harness: FunctionHarness[StepExecuteServices],
 ) -> None:
     harness.admit("pair", fencing=5)
     for attempt in range(3):
@@ -84,7 +91,9 @@ def test_a_step_that_never_answers_times_out_is_retried_then_dead_lettered(
     assert harness.redis.zcard(keys.step_deadlines()) == 0
 
 
-def test_an_answer_in_time_stops_the_step_timeout(harness: StepHarness) -> None:
+def test_an_answer_in_time_stops_the_step_timeout(
+    harness: FunctionHarness[StepExecuteServices],
+) -> None:
     harness.admit("pair")
     (message,) = harness.messages("pair", "a")
     harness.handle(harness.result(message, {"x": 1}))
@@ -95,7 +104,7 @@ def test_an_answer_in_time_stops_the_step_timeout(harness: StepHarness) -> None:
     assert harness.run().status == "completed" and harness.run().failures == 0
 
 
-def fan_out(harness: StepHarness, outputs: int = 3) -> None:
+def fan_out(harness: FunctionHarness[StepExecuteServices], outputs: int = 3) -> None:
     harness.admit("pair", fencing=11)
     (start,) = harness.messages("pair", "a")
     for seq in range(outputs):
@@ -103,7 +112,7 @@ def fan_out(harness: StepHarness, outputs: int = 3) -> None:
 
 
 def test_stopping_the_flow_mid_run_fails_the_run_and_dead_letters_its_messages(
-    harness: StepHarness,
+    harness: FunctionHarness[StepExecuteServices],
 ) -> None:
     fan_out(harness)
     (received, *_rest) = harness.messages("pair", "b")
@@ -130,7 +139,7 @@ def test_stopping_the_flow_mid_run_fails_the_run_and_dead_letters_its_messages(
 
 
 def test_a_watchdog_timeout_ends_the_run_without_a_second_terminal_event(
-    harness: StepHarness,
+    harness: FunctionHarness[StepExecuteServices],
 ) -> None:
     fan_out(harness)
     data = {
@@ -162,7 +171,9 @@ def test_a_watchdog_timeout_ends_the_run_without_a_second_terminal_event(
     assert harness.sender.of_type("flow.execution.completed") == []
 
 
-def test_a_watchdog_event_with_a_stale_fencing_token_is_ignored(harness: StepHarness) -> None:
+def test_a_watchdog_event_with_a_stale_fencing_token_is_ignored(
+    harness: FunctionHarness[StepExecuteServices],
+) -> None:
     fan_out(harness)
     data = {
         "flowId": "pair",
@@ -184,7 +195,7 @@ def test_a_watchdog_event_with_a_stale_fencing_token_is_ignored(harness: StepHar
 
 
 def test_every_published_message_ends_acknowledged_retried_or_dead_lettered(
-    harness: StepHarness,
+    harness: FunctionHarness[StepExecuteServices],
 ) -> None:
     fan_out(harness, outputs=4)
     messages = harness.messages("pair", "b")
@@ -209,7 +220,7 @@ def test_every_published_message_ends_acknowledged_retried_or_dead_lettered(
 
 
 def test_a_tick_reclaims_messages_a_dead_worker_received_but_never_acknowledged(
-    harness: StepHarness,
+    harness: FunctionHarness[StepExecuteServices],
 ) -> None:
     harness.services.reclaim_idle_seconds = 0
     harness.admit("pair")

@@ -11,10 +11,13 @@ from redis import Redis
 from shared import keys
 from shared.clock import FakeClock
 from shared.execution import step_rates
-from tests.support.steps import TENANT, USER, StepHarness, fast_policy, flow_document
+from shared.handlers.step_execute import SPEC as STEP_EXECUTE
+from shared.handlers.step_execute import StepExecuteServices
+from tests.support.flows import TENANT, USER, fast_policy, flow_document
+from tests.support.function import FunctionHarness
 
 
-def flood(harness: StepHarness, flow_id: str, outputs: int) -> None:
+def flood(harness: FunctionHarness[StepExecuteServices], flow_id: str, outputs: int) -> None:
     """Step a of `flow_id` emits `outputs` messages for step b."""
     harness.admit(flow_id, f"run-{flow_id}")
     (start,) = harness.messages(flow_id, "a")
@@ -25,7 +28,9 @@ def flood(harness: StepHarness, flow_id: str, outputs: int) -> None:
 def test_messages_over_the_tenant_rate_are_delayed_and_none_is_lost(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    harness = StepHarness(redis, clock, base_env, policy=fast_policy(messages_per_second=5))
+    harness = FunctionHarness(
+        STEP_EXECUTE, redis, clock, base_env, policy=fast_policy(messages_per_second=5)
+    )
     harness.store_flow(flow_document("busy", ["a", "b"], [("a", "b")]))
     flood(harness, "busy", 50)
 
@@ -44,7 +49,9 @@ def test_messages_over_the_tenant_rate_are_delayed_and_none_is_lost(
 def test_a_throttled_tenant_gets_its_rate_times_the_throttle_factor(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    harness = StepHarness(redis, clock, base_env, policy=fast_policy(messages_per_second=8))
+    harness = FunctionHarness(
+        STEP_EXECUTE, redis, clock, base_env, policy=fast_policy(messages_per_second=8)
+    )
     harness.store_flow(flow_document("busy", ["a", "b"], [("a", "b")]))
     redis.hset(keys.penalty("tenant", TENANT), "step", "throttle")  # factor 0.25: 2/s
     flood(harness, "busy", 20)
@@ -57,7 +64,9 @@ def test_a_throttled_tenant_gets_its_rate_times_the_throttle_factor(
 def test_a_throttled_flow_slows_alone(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    harness = StepHarness(redis, clock, base_env, policy=fast_policy(messages_per_second=100))
+    harness = FunctionHarness(
+        STEP_EXECUTE, redis, clock, base_env, policy=fast_policy(messages_per_second=100)
+    )
     for flow_id in ("noisy", "quiet"):
         harness.store_flow(flow_document(flow_id, ["a", "b"], [("a", "b")]))
     redis.hset(keys.penalty("flow", "noisy"), "step", "throttle")  # noisy: 25/s

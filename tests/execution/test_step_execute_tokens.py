@@ -12,10 +12,12 @@ from shared import keys
 from shared.clock import FakeClock
 from shared.errors import Forbidden, InvalidEvent, Unauthorized
 from shared.events import types as t
+from shared.handlers.step_execute import SPEC as STEP_EXECUTE
 from shared.ports.step_message import StepMessage
 from shared.security import tokens
 from tests.conftest import TEST_KEY
-from tests.support.steps import TENANT, StepHarness, flow_document
+from tests.support.flows import TENANT, fast_policy, flow_document
+from tests.support.function import FunctionHarness
 
 OTHER_KEY = "another-orchestrator-key-0123456789abcdef"
 
@@ -81,7 +83,7 @@ def test_a_step_result_without_a_valid_token_is_refused_and_changes_nothing(
     overrides: dict[str, Any],
     error: type,
 ) -> None:
-    harness = StepHarness(redis, clock, base_env)
+    harness = FunctionHarness(STEP_EXECUTE, redis, clock, base_env, policy=fast_policy())
     harness.store_flow(flow_document("pair", ["a", "b"], [("a", "b")]))
     harness.admit("pair")
     (message,) = harness.messages("pair", "a")
@@ -110,7 +112,7 @@ def test_a_step_result_without_a_valid_token_is_refused_and_changes_nothing(
 def test_a_step_result_naming_no_run_is_invalid(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    harness = StepHarness(redis, clock, base_env)
+    harness = FunctionHarness(STEP_EXECUTE, redis, clock, base_env, policy=fast_policy())
     harness.store_flow(flow_document("pair", ["a", "b"], [("a", "b")]))
     harness.admit("pair")
     (message,) = harness.messages("pair", "a")

@@ -18,7 +18,7 @@ from shared.execution import runs
 from shared.execution.publisher import Publisher
 from shared.execution.routing import Graph, route
 from tests.conftest import TEST_KEY
-from tests.support.steps import TENANT, USER, fast_policy, flow_document
+from tests.support.flows import TENANT, USER, fast_policy, flow_document
 
 SINKS = 20
 OUTPUTS = 500

@@ -12,13 +12,15 @@ from shared.adapters.kubernetes import KubernetesDriver, make_api_client
 from shared.clock import FakeClock
 from shared.events.types import CONSUMES
 from shared.handlers.policy_check import SPEC
+from shared.handlers.policy_check import SPEC as POLICY_CHECK
 from shared.model import penalties
 from shared.model.policy import Policy, Rule, parse_policy
 from shared.policing import watchdog
 from shared.settings import Settings
 from shared.wiring.policing import PolicyServices, build_services
 from tests.fakes.kube_api import FakeKubeApi
-from tests.support.policy_check import PolicyCheck, store_flow
+from tests.support.flows import store_flow
+from tests.support.function import FunctionHarness
 
 ODD_FLOW = "Flow:With.A-Very-Long-Id-That-Does-Not-Fit-In-A-Kubernetes-Label-Value-At-All"
 
@@ -49,8 +51,8 @@ FAST = parse_policy(
 
 
 @pytest.fixture()
-def pc(redis: Redis, clock: FakeClock, base_env: dict[str, str]) -> PolicyCheck:
-    return PolicyCheck(redis, clock, base_env, policy=FAST)
+def pc(redis: Redis, clock: FakeClock, base_env: dict[str, str]) -> FunctionHarness[PolicyServices]:
+    return FunctionHarness(POLICY_CHECK, redis, clock, base_env, policy=FAST)
 
 
 def test_every_consumed_type_has_a_real_handler() -> None:
@@ -58,7 +60,7 @@ def test_every_consumed_type_has_a_real_handler() -> None:
     assert SPEC.tag == keys.POLICY
 
 
-def test_a_redelivered_usage_report_is_counted_once(pc: PolicyCheck) -> None:
+def test_a_redelivered_usage_report_is_counted_once(pc: FunctionHarness[PolicyServices]) -> None:
     first = pc.usage(messages=10, bytes=100, event_id="u-1")
     again = pc.usage(messages=10, bytes=100, event_id="u-1")
     pc.usage(messages=5, event_id="u-2")
@@ -67,7 +69,7 @@ def test_a_redelivered_usage_report_is_counted_once(pc: PolicyCheck) -> None:
     assert pc.measured("tenant", "acme", "bytes") == 100
 
 
-def test_usage_amounts_land_in_their_metrics(pc: PolicyCheck) -> None:
+def test_usage_amounts_land_in_their_metrics(pc: FunctionHarness[PolicyServices]) -> None:
     pc.usage(cpuMs=1500, memMiBs=64, netBytes=2048, messages=3, bytes=10, stepMs=2500)
     measured = {
         m: pc.measured("tenant", "acme", m)
@@ -91,14 +93,16 @@ def test_usage_amounts_land_in_their_metrics(pc: PolicyCheck) -> None:
 
 
 def test_a_usage_report_without_user_is_counted_against_the_flows_owner(
-    pc: PolicyCheck, redis: Redis
+    pc: FunctionHarness[PolicyServices], redis: Redis
 ) -> None:
     store_flow(redis, "f1", owner="owner-7")
     pc.usage(user="", messages=4)
     assert pc.measured("user", "owner-7", "messages") == 4
 
 
-def test_a_chatty_flow_is_warned_the_moment_it_reaches_the_limit(pc: PolicyCheck) -> None:
+def test_a_chatty_flow_is_warned_the_moment_it_reaches_the_limit(
+    pc: FunctionHarness[PolicyServices],
+) -> None:
     for _ in range(5):
         pc.usage(messages=1000)
     pc.usage(messages=999)
@@ -116,7 +120,9 @@ def test_a_chatty_flow_is_warned_the_moment_it_reaches_the_limit(pc: PolicyCheck
     assert pc.sender.of_type("policy.violation")[0].extensions == {"tenant": "acme", "flowid": "f1"}
 
 
-def test_deploys_count_for_churn_stops_do_not(pc: PolicyCheck, redis: Redis) -> None:
+def test_deploys_count_for_churn_stops_do_not(
+    pc: FunctionHarness[PolicyServices], redis: Redis
+) -> None:
     store_flow(redis, "f1")
     for _ in range(29):
         pc.send("flow.started", {"id": "f1"})
@@ -129,7 +135,7 @@ def test_deploys_count_for_churn_stops_do_not(pc: PolicyCheck, redis: Redis) -> 
 
 
 def test_a_deferred_run_counts_as_a_request_once_even_when_admitted_later(
-    pc: PolicyCheck, redis: Redis, clock: FakeClock
+    pc: FunctionHarness[PolicyServices], redis: Redis, clock: FakeClock
 ) -> None:
     store_flow(redis, "f1")
     waiting = {"flowId": "f1", "runId": "r-9", "scheduledFor": clock.now(), "reason": "tenant_cap"}
@@ -153,7 +159,7 @@ def test_a_deferred_run_counts_as_a_request_once_even_when_admitted_later(
 
 
 def test_skipped_and_missed_runs_count_deferred_ones_do_not(
-    pc: PolicyCheck, redis: Redis, clock: FakeClock
+    pc: FunctionHarness[PolicyServices], redis: Redis, clock: FakeClock
 ) -> None:
     store_flow(redis, "f1")
     base = {"flowId": "f1", "scheduledFor": clock.now()}
@@ -166,7 +172,7 @@ def test_skipped_and_missed_runs_count_deferred_ones_do_not(
     assert [v["rule"] for v in pc.emitted("policy.violation")] == ["skippy"]
 
 
-def test_an_error_storm_needs_min_runs_finished(pc: PolicyCheck) -> None:
+def test_an_error_storm_needs_min_runs_finished(pc: FunctionHarness[PolicyServices]) -> None:
     for n in range(20):
         run = pc.admit("f1")
         pc.end(run, failed=True, reason="step failed")
@@ -177,7 +183,7 @@ def test_an_error_storm_needs_min_runs_finished(pc: PolicyCheck) -> None:
 
 
 def test_ticks_walk_a_penalty_down_and_announce_the_restore(
-    pc: PolicyCheck, clock: FakeClock
+    pc: FunctionHarness[PolicyServices], clock: FakeClock
 ) -> None:
     for _ in range(7):
         pc.usage(messages=1000)
@@ -198,7 +204,7 @@ def test_a_tick_finds_a_violation_that_grew_while_running(
     """Long runs show in run_seconds as they run: the tick's rule pass catches the tenant
     before any of its runs ends."""
     policy = Policy(rules=(Rule("long-runs", "run_seconds", "tenant", "15m", 1000),))
-    pc = PolicyCheck(redis, clock, base_env, policy=policy)
+    pc = FunctionHarness(POLICY_CHECK, redis, clock, base_env, policy=policy)
     for _ in range(3):
         pc.admit("f1")
     clock.advance(300)
@@ -211,7 +217,7 @@ def test_a_tick_finds_a_violation_that_grew_while_running(
 
 
 def test_a_noisy_tenant_is_suspended_and_nobody_else_is_touched(
-    pc: PolicyCheck, clock: FakeClock
+    pc: FunctionHarness[PolicyServices], clock: FakeClock
 ) -> None:
     for minute in range(40):
         pc.usage("loud-flow", tenant="noisy", user="n1", messages=7000)
@@ -250,7 +256,9 @@ def test_the_metrics_reader_counts_pod_usage_over_time(
     kube_api.set_usage("d1", cpu="250m", memory="128Mi")
     kube_api.set_usage("global-x", cpu="1", memory="1Gi")
     driver = KubernetesDriver(make_api_client(host=kube_api.url), "flows")
-    pc = PolicyCheck(redis, clock, base_env, services=PolicyServices(pod_usage=driver))
+    pc = FunctionHarness(
+        POLICY_CHECK, redis, clock, base_env, services=PolicyServices(pod_usage=driver)
+    )
     pc.tick()  # the first read only marks the time
     assert pc.measured("tenant", "acme", "cpu_seconds") == 0
     clock.advance(60)
@@ -276,7 +284,9 @@ def test_a_broken_metrics_api_does_not_stop_the_tick(
 ) -> None:
     kube_api.fail("list", "podmetrics", status=500)
     driver = KubernetesDriver(make_api_client(host=kube_api.url), "flows")
-    pc = PolicyCheck(redis, clock, base_env, services=PolicyServices(pod_usage=driver))
+    pc = FunctionHarness(
+        POLICY_CHECK, redis, clock, base_env, services=PolicyServices(pod_usage=driver)
+    )
     run = pc.admit("f1", tenant="acme")
     clock.advance(3600)
     pc.tick()

@@ -16,17 +16,21 @@ from redis import Redis
 from shared.clock import FakeClock
 from shared.deployment.desired_state import flow_selector
 from shared.events.types import CONSUMES, PENALTY_TYPES
+from shared.handlers.flow_start import SPEC as FLOW_START
+from shared.handlers.flow_start import Services as FlowStartServices
+from shared.handlers.policy_check import SPEC as POLICY_CHECK
 from shared.model import penalties
 from shared.model.policy import parse_policy
 from shared.security.tokens import sign_internal
+from shared.wiring.policing import PolicyServices
 from tests.conftest import TEST_KEY
 from tests.deploy_harness import DeployHarness, step
 from tests.deploy_harness import flow_doc as deploy_doc
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.kube_api import FakeKubeApi
-from tests.support.flow_start import FlowStart
-from tests.support.flow_start import flow_doc as start_doc
-from tests.support.policy_check import PolicyCheck, store_flow
+from tests.support.flows import flow_doc as start_doc
+from tests.support.flows import store_flow
+from tests.support.function import FunctionHarness
 
 POLICY = parse_policy(
     {
@@ -56,7 +60,10 @@ def deploy(
 
 
 def deliver(
-    pc: PolicyCheck, flow_start: FlowStart, deploy: DeployHarness, clock: FakeClock
+    pc: FunctionHarness[PolicyServices],
+    flow_start: FunctionHarness[FlowStartServices],
+    deploy: DeployHarness,
+    clock: FakeClock,
 ) -> list[str]:
     """What policy-check sent, to every consumer the Triggers would route it to."""
     routed = []
@@ -75,8 +82,8 @@ def deliver(
 def test_suspension_reaches_admission_and_deployments_and_restore_brings_both_back(
     redis: Redis, clock: FakeClock, base_env: dict[str, str], deploy: DeployHarness
 ) -> None:
-    pc = PolicyCheck(redis, clock, base_env, policy=POLICY)
-    flow_start = FlowStart(redis, clock, base_env, policy=POLICY)
+    pc = FunctionHarness(POLICY_CHECK, redis, clock, base_env, policy=POLICY)
+    flow_start = FunctionHarness(FLOW_START, redis, clock, base_env, policy=POLICY)
     for flow_id, tenant, owner in (("f1", "acme", "alice"), ("f2", "globex", "bob")):
         deploy.start(deploy_doc(flow_id, [step("a", replicas=2)], tenant=tenant, owner=owner))
         flow_start.start_flow(start_doc(flow_id, tenant=tenant, owner=owner, cron=None))

@@ -10,17 +10,20 @@ from redis import Redis
 from shared import keys
 from shared.clock import FakeClock
 from shared.events import OutgoingEvent
+from shared.handlers.policy_check import SPEC as POLICY_CHECK
 from shared.model import audit
 from shared.model.policy import Policy, TenantLimits
 from shared.policing import ledger, watchdog
-from tests.support.policy_check import PolicyCheck, store_flow
+from shared.wiring.policing import PolicyServices
+from tests.support.flows import store_flow
+from tests.support.function import FunctionHarness
 
 POLICY = Policy(tenants={"short": TenantLimits(max_run_seconds=300)})
 
 
 @pytest.fixture()
-def pc(redis: Redis, clock: FakeClock, base_env: dict[str, str]) -> PolicyCheck:
-    return PolicyCheck(redis, clock, base_env, policy=POLICY)
+def pc(redis: Redis, clock: FakeClock, base_env: dict[str, str]) -> FunctionHarness[PolicyServices]:
+    return FunctionHarness(POLICY_CHECK, redis, clock, base_env, policy=POLICY)
 
 
 @pytest.mark.parametrize(
@@ -40,10 +43,10 @@ def test_the_limit_is_the_smaller_of_flow_and_tenant(
 
 
 def test_a_run_past_its_limit_is_failed_once_with_its_fencing_token(
-    pc: PolicyCheck, redis: Redis, clock: FakeClock
+    pc: FunctionHarness[PolicyServices], redis: Redis, clock: FakeClock
 ) -> None:
     store_flow(redis, "f1", maxRunSeconds=600)
-    run = pc.admit("f1", token=7)
+    run = pc.admit("f1", fencing=7)
     clock.advance(599)
     pc.tick()
     assert pc.emitted("flow.execution.failed") == []
@@ -71,7 +74,9 @@ def test_a_run_past_its_limit_is_failed_once_with_its_fencing_token(
     assert watchdog.running(redis) == []
 
 
-def test_run_time_is_counted_as_it_passes_and_once(pc: PolicyCheck, clock: FakeClock) -> None:
+def test_run_time_is_counted_as_it_passes_and_once(
+    pc: FunctionHarness[PolicyServices], clock: FakeClock
+) -> None:
     run = pc.admit("f1")
     clock.advance(100)
     pc.tick()
@@ -88,7 +93,7 @@ def test_run_time_is_counted_as_it_passes_and_once(pc: PolicyCheck, clock: FakeC
 
 
 def test_the_watchdogs_own_failed_event_is_not_counted_again(
-    pc: PolicyCheck, redis: Redis, clock: FakeClock
+    pc: FunctionHarness[PolicyServices], redis: Redis, clock: FakeClock
 ) -> None:
     pc.admit("f1", tenant="short")
     clock.advance(300)
@@ -104,7 +109,9 @@ def test_the_watchdogs_own_failed_event_is_not_counted_again(
     assert pc.measured("flow", "f1", "run_seconds", tenant="short") == 300
 
 
-def test_a_run_that_ended_in_time_is_left_alone(pc: PolicyCheck, clock: FakeClock) -> None:
+def test_a_run_that_ended_in_time_is_left_alone(
+    pc: FunctionHarness[PolicyServices], clock: FakeClock
+) -> None:
     run = pc.admit("f1")
     clock.advance(10)
     pc.end(run)
@@ -113,7 +120,9 @@ def test_a_run_that_ended_in_time_is_left_alone(pc: PolicyCheck, clock: FakeCloc
     assert pc.emitted("flow.execution.failed") == []
 
 
-def test_the_end_of_a_run_never_seen_counts_its_whole_duration(pc: PolicyCheck) -> None:
+def test_the_end_of_a_run_never_seen_counts_its_whole_duration(
+    pc: FunctionHarness[PolicyServices],
+) -> None:
     pc.end(
         {"flowId": "f1", "runId": "ghost", "tenant": "acme", "fencingToken": 1},
         failed=True,
@@ -123,7 +132,9 @@ def test_the_end_of_a_run_never_seen_counts_its_whole_duration(pc: PolicyCheck) 
     assert pc.measured("flow", "f1", "errors") == 1
 
 
-def test_a_run_stopped_by_flow_stopping_is_not_an_error(pc: PolicyCheck) -> None:
+def test_a_run_stopped_by_flow_stopping_is_not_an_error(
+    pc: FunctionHarness[PolicyServices],
+) -> None:
     run = pc.admit("f1")
     pc.end(run, failed=True, reason="stopped")
     assert pc.measured("flow", "f1", "errors") == 0
@@ -131,7 +142,7 @@ def test_a_run_stopped_by_flow_stopping_is_not_an_error(pc: PolicyCheck) -> None
 
 
 def test_concurrent_ticks_end_an_overdue_run_once(
-    pc: PolicyCheck, redis: Redis, clock: FakeClock
+    pc: FunctionHarness[PolicyServices], redis: Redis, clock: FakeClock
 ) -> None:
     pc.admit("f1", tenant="short")
     clock.advance(1000)
@@ -166,11 +177,11 @@ def _token(clock: FakeClock, event_type: str) -> str:
 
 @pytest.mark.parametrize("level", ["tenant", "user", "flow"])
 def test_runs_of_a_suspended_subject_are_ended_and_free_their_slots(
-    pc: PolicyCheck, redis: Redis, clock: FakeClock, level: str
+    pc: FunctionHarness[PolicyServices], redis: Redis, clock: FakeClock, level: str
 ) -> None:
     """deploy scales a suspended subject to zero: its runs cannot finish, so the watchdog ends
     them at once (reason suspended, not an error, not a violation) instead of at the timeout."""
-    bad = pc.admit("f1", user="u1", token=4)
+    bad = pc.admit("f1", user="u1", fencing=4)
     good = pc.admit("f2", user="u2")
     redis.hset(
         keys.penalty(level, {"tenant": "acme", "user": "u1", "flow": "f1"}[level]),

@@ -19,7 +19,7 @@ from shared.events import FlowDocument
 from shared.scripts import SHEBANG, script_source, split_shebang
 from tests.scripts.lua_rules import event_type_literals, key_problems
 from tests.support.admission import SOURCE, Admission
-from tests.support.flow_start import policy
+from tests.support.flows import policy
 
 SCRIPTS_DIR = resources.files("shared.scripts")
 FILES = sorted(

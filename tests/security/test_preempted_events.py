@@ -17,13 +17,16 @@ from redis import Redis
 
 from shared import keys
 from shared.clock import FakeClock
+from shared.handlers.step_execute import SPEC as STEP_EXECUTE
+from shared.handlers.step_execute import StepExecuteServices
 from shared.security.tokens import keyed_event_id
 from tests.conftest import TEST_KEY
 from tests.fakes.iam import FakeIam
 from tests.support.apps import function_client
 from tests.support.events import cloudevent, internal
+from tests.support.flows import fast_policy, flow_document
+from tests.support.function import FunctionHarness
 from tests.support.http_sink import HttpSink
-from tests.support.steps import StepHarness, flow_document
 
 FLOW_START = "/component-orchestrator/flow-start"
 
@@ -57,9 +60,9 @@ def setup(
     sink: HttpSink,
     base_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
-) -> tuple[StepHarness, FlaskClient]:
+) -> tuple[FunctionHarness[StepExecuteServices], FlaskClient]:
     env = {**base_env, **live_iam.env(), "ORCHESTRATOR_AUTH": "required", "K_SINK": sink.url}
-    harness = StepHarness(redis, live_clock, base_env)
+    harness = FunctionHarness(STEP_EXECUTE, redis, live_clock, base_env, policy=fast_policy())
     harness.store_flow(flow_document("flow-a", ["a"], tenant="tenant-a"))
     harness.store_flow(flow_document("flow-b", ["a"], tenant="tenant-b"))
     return harness, function_client(monkeypatch, env, "step-execute")
@@ -87,7 +90,7 @@ def _status(redis: Redis, run: str) -> str | None:
 
 
 def test_a_control_event_claiming_our_source_is_refused_and_cannot_preempt_an_admission(
-    setup: tuple[StepHarness, FlaskClient], live_iam: FakeIam, redis: Redis
+    setup: tuple[FunctionHarness[StepExecuteServices], FlaskClient], live_iam: FakeIam, redis: Redis
 ) -> None:
     harness, client = setup
     clock = harness.clock
@@ -104,7 +107,7 @@ def test_a_control_event_claiming_our_source_is_refused_and_cannot_preempt_an_ad
 
 
 def test_the_same_source_and_id_from_another_caller_is_not_a_duplicate(
-    setup: tuple[StepHarness, FlaskClient], live_iam: FakeIam, redis: Redis
+    setup: tuple[FunctionHarness[StepExecuteServices], FlaskClient], live_iam: FakeIam, redis: Redis
 ) -> None:
     """A sends first what B's hub will send next (same source, same id): B's stop still
     stops B's run, because the dedupe key carries who sent the event."""
@@ -125,7 +128,7 @@ def test_the_same_source_and_id_from_another_caller_is_not_a_duplicate(
 
 @pytest.mark.parametrize("kind", ["step.completed", "step.failed"])
 def test_a_step_result_claiming_a_function_source_is_refused(
-    setup: tuple[StepHarness, FlaskClient], kind: str
+    setup: tuple[FunctionHarness[StepExecuteServices], FlaskClient], kind: str
 ) -> None:
     harness, client = setup
     harness.admit("flow-a", "run-a", tenant="tenant-a")

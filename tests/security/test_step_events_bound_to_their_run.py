@@ -15,8 +15,10 @@ from redis import Redis
 
 from shared import keys
 from shared.clock import FakeClock
+from shared.handlers.step_execute import SPEC as STEP_EXECUTE
 from tests.support.apps import function_client
-from tests.support.steps import StepHarness, flow_document
+from tests.support.flows import fast_policy, flow_document
+from tests.support.function import FunctionHarness
 
 
 @pytest.fixture()
@@ -38,7 +40,7 @@ def test_a_step_token_of_one_run_cannot_end_another_runs_message_of_the_same_ste
     monkeypatch: pytest.MonkeyPatch,
     kind: str,
 ) -> None:
-    harness = StepHarness(redis, live_clock, base_env)
+    harness = FunctionHarness(STEP_EXECUTE, redis, live_clock, base_env, policy=fast_policy())
     harness.store_flow(flow_document("flow-a", ["a", "b"], [("a", "b")], tenant="tenant-a"))
     harness.store_flow(flow_document("flow-b", ["a", "b"], [("a", "b")], tenant="tenant-b"))
     harness.admit("flow-a", "run-a", tenant="tenant-a")

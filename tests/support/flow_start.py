@@ -1,50 +1,22 @@
-"""Driving the flow-start function in tests: flow documents, events in, events out."""
+"""Deprecated: use tests.support.function.FunctionHarness(flow_start.SPEC, ...) and the
+builders in tests.support.flows. Kept only while tests written against it move over."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from redis import Redis
 
 from shared.clock import FakeClock
 from shared.handlers.flow_start import SPEC, Services
-from shared.model.policy import Policy, parse_policy
+from shared.model.policy import Policy
+from tests.support.flows import flow_doc, policy
 from tests.support.function import FunctionHarness
 
-
-def flow_doc(
-    flow_id: str = "f1",
-    *,
-    tenant: str = "acme",
-    owner: str = "u1",
-    cron: str | None = "* * * * *",
-    timezone: str | None = None,
-    **settings: Any,
-) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "id": flow_id,
-        "tenant": tenant,
-        "owners": [{"id": owner, "type": "user"}],
-        "graph": {"nodes": [{"id": "a", "componentId": "c1", "function": "run"}], "edges": []},
-    }
-    if cron is not None:
-        doc["cron"] = cron
-    if timezone is not None:
-        doc["timezone"] = timezone
-    if settings:
-        doc["flowSettings"] = settings
-    return doc
-
-
-def policy(**document: Any) -> Policy:
-    """A policy from keyword sections, e.g. policy(slots=5, defaults={"weight": 1})."""
-    return parse_policy(document)
+__all__ = ["FlowStart", "flow_doc", "policy"]
 
 
 class FlowStart(FunctionHarness[Services]):
-    """flow-start in the generic harness (kept while callers move to FunctionHarness)."""
-
     def __init__(
         self,
         redis: Redis,
@@ -54,4 +26,4 @@ class FlowStart(FunctionHarness[Services]):
         policy: Policy | None = None,
         services: Services | None = None,
     ) -> None:
-        super().__init__(SPEC, redis, clock, env, policy=policy, services=services or Services())
+        super().__init__(SPEC, redis, clock, env, policy=policy, services=services)

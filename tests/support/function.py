@@ -2,14 +2,17 @@
 and clock, events sent in as their real senders send them, the emitted events captured, and
 the state the test reads back through the modules that own it.
 
-harness = FunctionHarness(step_execute.SPEC, redis, clock, base_env, policy=fast_policy())
+from shared.handlers.step_execute import SPEC as STEP_EXECUTE
+from tests.support.flows import fast_policy, flow_document
+
+harness = FunctionHarness(STEP_EXECUTE, redis, clock, base_env, policy=fast_policy())
 harness.store_flow(flow_document("f1", ["a", "b"], [("a", "b")]))
 harness.admit("f1", "run-1", {"x": 1})
 harness.run_workers("f1", {"a": fn_a, "b": fn_b})   # the real Worker code, events in-process
 assert harness.emitted("flow.execution.completed")
 
-harness = FunctionHarness(flow_start.SPEC, redis, clock, base_env, policy=policy(slots=1))
-harness.start_flow(flow_doc("f1"))
+harness = FunctionHarness(FLOW_START, redis, clock, base_env, policy=policy(slots=1))
+harness.start_flow(flow_doc("f1"))   # flow.starting, then deploy's flow.started
 harness.tick()
 assert harness.admitted()
 

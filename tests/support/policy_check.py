@@ -1,4 +1,5 @@
-"""Driving the policy-check function in tests: events in (signed), emitted events out."""
+"""Deprecated: use tests.support.function.FunctionHarness(policy_check.SPEC, ...) and the
+builders in tests.support.flows. Kept only while tests written against it move over."""
 
 from __future__ import annotations
 
@@ -8,32 +9,16 @@ from typing import Any
 from redis import Redis
 
 from shared.clock import FakeClock
-from shared.events import FlowDocument
 from shared.handlers.policy_check import SPEC
-from shared.model import flows
 from shared.model.policy import Policy
 from shared.wiring.policing import PolicyServices
+from tests.support.flows import store_flow
 from tests.support.function import FunctionHarness
 
-
-def store_flow(
-    redis: Redis, flow_id: str = "f1", *, tenant: str = "acme", owner: str = "u1", **settings: Any
-) -> None:
-    """Stores a flow document as deploy / flow-start would (policy-check only reads it)."""
-    doc: dict[str, Any] = {
-        "id": flow_id,
-        "tenant": tenant,
-        "owners": [{"id": owner, "type": "user"}],
-        "graph": {"nodes": [{"id": "a", "componentId": "c1", "function": "run"}], "edges": []},
-    }
-    if settings:
-        doc["flowSettings"] = settings
-    flows.upsert(redis, FlowDocument.parse(doc), 1.0)
+__all__ = ["PolicyCheck", "store_flow"]
 
 
 class PolicyCheck(FunctionHarness[PolicyServices]):
-    """policy-check in the generic harness (kept while callers move to FunctionHarness)."""
-
     def __init__(
         self,
         redis: Redis,
@@ -43,14 +28,7 @@ class PolicyCheck(FunctionHarness[PolicyServices]):
         policy: Policy | None = None,
         services: PolicyServices | None = None,
     ) -> None:
-        super().__init__(
-            SPEC,
-            redis,
-            clock,
-            env,
-            policy=policy or Policy(),
-            services=services or PolicyServices(),
-        )
+        super().__init__(SPEC, redis, clock, env, policy=policy, services=services)
 
     def admit(  # type: ignore[override]
         self, flow_id: str = "f1", *, token: int = 1, **kw: Any

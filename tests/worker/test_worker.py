@@ -21,11 +21,13 @@ from shared import keys
 from shared.adapters.redis_streams import RedisStreamsQueue
 from shared.clock import FakeClock
 from shared.events import types as t
+from shared.handlers.step_execute import SPEC as STEP_EXECUTE
 from shared.ports.step_message import StepMessage
 from shared.settings import SettingsError
 from shared.worker.main import HttpStepSender, Worker, WorkerConfig, load_function, outputs
 from tests.support.event_sink import running_sink
-from tests.support.steps import StepHarness, flow_document
+from tests.support.flows import fast_policy, flow_document
+from tests.support.function import FunctionHarness
 
 QUEUE = keys.step_queue("flow-1", "step-a")
 ROOT = Path(__file__).resolve().parents[2]
@@ -296,7 +298,7 @@ def test_a_refused_event_is_not_retried_and_the_message_is_dropped(redis: Redis)
 def test_the_demo_components_run_a_flow_end_to_end_over_http(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
-    harness = StepHarness(redis, clock, base_env)
+    harness = FunctionHarness(STEP_EXECUTE, redis, clock, base_env, policy=fast_policy())
     harness.store_flow(
         flow_document(
             "demo",
