@@ -157,8 +157,8 @@ def test_an_admitted_run_of_an_unknown_flow_fails_at_once(
 
 def test_an_admitted_run_is_started_once(harness: FunctionHarness[StepExecuteServices]) -> None:
     two_steps(harness)
-    harness.admit("pair")
-    harness.admit("pair")  # same event: deduped by the runtime
+    harness.admit("pair", "run-1")
+    harness.admit("pair", "run-1")  # same event: deduped by the runtime
     assert len(harness.messages("pair", "a")) == 1
 
 
