@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.fakes.component_repo",
     "tests.fakes.iam",
     "tests.fakes.aws",
+    "tests.support.rabbitmq",
 ]
 
 
