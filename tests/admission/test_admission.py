@@ -20,11 +20,11 @@ def reasons(adm: Admission) -> list[str]:
 
 def test_the_tenant_cap_holds_runs_until_one_ends(redis: Redis, clock: FakeClock) -> None:
     adm = Admission(redis, clock, policy(defaults={"max_concurrent_runs": 2}))
-    adm.deploy("f1")
+    adm.deploy("f1", "f2")  # a flow belongs to one tenant
     assert [adm.submit("acme", "f1") for _ in range(3)] == ["admitted", "admitted", "deferred"]
     assert reasons(adm) == ["tenant_cap"]
-    assert adm.submit("globex", "f1") == "admitted"  # another tenant is not held by acme's cap
-    first = next(iter(adm.running()))
+    assert adm.submit("globex", "f2") == "admitted"  # another tenant is not held by acme's cap
+    first = next(run_id for run_id, run in adm.running().items() if run["t"] == "acme")
     assert adm.release(first) == "released"
     assert admission.counts(redis).running_by_tenant == {"acme": 2, "globex": 1}
 

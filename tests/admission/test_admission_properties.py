@@ -86,13 +86,20 @@ def test_never_more_running_than_slots_or_caps(
 @PROPERTY
 def test_no_waiting_tenant_starves(redis: Redis, weights: list[int], slots: int) -> None:
     """Between two admissions of a backlogged tenant i, another tenant j gets at most
-    ceil(w_j / w_i) + 1 admissions (start-time fair queuing's bound)."""
+    ceil(w_j / w_i) + 1 admissions (start-time fair queuing's bound). Counted in runs, so in
+    cost mode count: by usage the same bound holds in slot-seconds (test_fair_usage.py)."""
     redis.flushall()
     clock = FakeClock()
     names = [f"t{i}" for i in range(len(weights))]
     weight = dict(zip(names, weights, strict=True))
     adm = Admission(
-        redis, clock, policy(slots=slots, tenants={n: {"weight": w} for n, w in weight.items()})
+        redis,
+        clock,
+        policy(
+            slots=slots,
+            tenants={n: {"weight": w} for n, w in weight.items()},
+            fairness={"cost": "count"},
+        ),
     )
     adm.deploy(*[f"f-{n}" for n in names])
     for round_ in range(12):
@@ -118,13 +125,18 @@ def test_no_waiting_tenant_starves(redis: Redis, weights: list[int], slots: int)
 @given(weights=st.lists(st.integers(1, 4), min_size=2, max_size=4))
 @settings(PROPERTY, max_examples=8)
 def test_shares_converge_to_weights(redis: Redis, weights: list[int]) -> None:
+    """Runs of no length: counted in runs (cost mode count; by usage: test_fair_usage.py)."""
     redis.flushall()
     clock = FakeClock()
     names = [f"t{i}" for i in range(len(weights))]
     adm = Admission(
         redis,
         clock,
-        policy(slots=1, tenants={n: {"weight": w} for n, w in zip(names, weights, strict=True)}),
+        policy(
+            slots=1,
+            tenants={n: {"weight": w} for n, w in zip(names, weights, strict=True)},
+            fairness={"cost": "count"},
+        ),
     )
     adm.deploy("blocker-flow", *[f"f-{n}" for n in names])
     adm.submit("blocker", "blocker-flow")
