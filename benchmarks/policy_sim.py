@@ -9,7 +9,10 @@ flow-start's admission scripts (shared/admission/queue.py: fair order, caps, slo
 read at decision time), policy-check's ledger, rules, penalties and watchdog (the functions
 its handlers call, without the CloudEvent envelope); the watchdog's failed events are
 released by admission as flow-start does. At 18:00 the two fix their flows (stop and
-redeploy: their waiting runs are dropped) and behave from then on.
+redeploy: their waiting runs are dropped) and behave from then on. A light tenant `cron` has
+a flow due every minute (runs of 20 s); its waits from due time to admission are reported.
+The day runs twice on the same arrivals and durations: admission charging per run (policy
+`fairness.cost: count`, the previous behaviour) and by slot-seconds (the default).
 Reported: per-tenant share of run-seconds before and after punishment against the fair
 share (weighted max-min, minute by minute), time to detect and to restore, and the ledger's
 ingestion rate in events/s (pipelined, and through the full function runtime).
@@ -49,8 +52,10 @@ HOUR = 3600.0
 DAY = 24 * HOUR
 STEP = 10.0  # simulated seconds per step
 TICK = 60.0  # policy-check and flow-start ticks (Knative's PingSource: once a minute)
-TENANTS = [f"t{i:02d}" for i in range(18)] + ["flood", "longrun"]
+TENANTS = [f"t{i:02d}" for i in range(18)] + ["cron", "flood", "longrun"]
 BAD = ("flood", "longrun")
+CRON_EVERY, CRON_RUN = 60.0, 20.0
+MODES = ("count", "slot_seconds")
 MISBEHAVE = (2 * HOUR, 18 * HOUR)
 GOOD_RUN = 300.0
 GOOD_CONCURRENCY = 2.0
@@ -101,6 +106,8 @@ class Sim:
     start: float
     running: dict[str, Run] = field(default_factory=dict)
     planned: dict[str, float] = field(default_factory=dict)  # run id → intended duration
+    due: dict[str, float] = field(default_factory=dict)  # cron run id → its due time
+    cron_waits: list[float] = field(default_factory=list)
     run_seconds: dict[int, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
     steps: dict[int, dict[str, str]] = field(default_factory=dict)  # minute → tenant → step
     eligible: dict[int, dict[str, float]] = field(default_factory=dict)  # minute → weights
@@ -134,6 +141,8 @@ def misbehaving(sim: Sim) -> bool:
 def submit(sim: Sim, tenant: str, duration: float) -> None:
     sim.next_id += 1
     run_id = f"run-{sim.next_id}"
+    if tenant == "cron":
+        sim.due[run_id] = sim.now
     flow = f"{tenant}-flow"
     sim.submitted += 1
     sim.planned[run_id] = duration
@@ -180,6 +189,8 @@ def on_admitted(sim: Sim) -> None:
         run = RunAdmitted.parse(event.data)
         sim.admitted += 1
         duration = sim.planned.pop(run.run_id, GOOD_RUN)
+        if run.run_id in sim.due:
+            sim.cron_waits.append(sim.now - sim.due.pop(run.run_id))
         sim.running[run.run_id] = Run(
             run.run_id,
             run.tenant,
@@ -310,6 +321,10 @@ def step(sim: Sim, arrivals: dict[str, float]) -> None:
     if MISBEHAVE[1] <= sim.elapsed < MISBEHAVE[1] + STEP:
         mend(sim)
     for tenant in TENANTS:
+        if tenant == "cron":  # due every minute: flow-start submits it at its due time
+            if sim.elapsed % CRON_EVERY < STEP:
+                submit(sim, tenant, CRON_RUN)
+            continue
         if tenant == "flood" and bad_now:
             submit(sim, tenant, 30.0)
             continue
@@ -333,8 +348,9 @@ def step(sim: Sim, arrivals: dict[str, float]) -> None:
         sim.inputs = None
 
 
-def simulate_day(redis: Redis, seed: int = 7) -> Sim:
-    policy = parse_policy(POLICY_DOC)
+def simulate_day(redis: Redis, seed: int = 7, cost: str = "slot_seconds") -> Sim:
+    redis.flushall()
+    policy = parse_policy({**POLICY_DOC, "fairness": {"cost": cost}})
     start = 1_767_225_600.0
     sim = Sim(redis, policy, random.Random(seed), now=start, start=start)
     for tenant in TENANTS:
@@ -700,7 +716,71 @@ def markdown(result: dict[str, Any]) -> str:
         f"(contained period: worst good tenant {_pct(deviation, 1)} from fair): "
         f"**{'met' if result['targets_met'] else 'NOT met'}**.",
     ]
+    lines += comparison_markdown(result)
     return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(result: dict[str, Any]) -> list[str]:
+    compared = result["count_vs_usage"]
+    count, usage = compared["count"], compared["slot_seconds"]
+    lines = [
+        "",
+        "## Count-based beside usage-based admission (same arrivals and durations)",
+        "",
+        "| figure | count (`fairness.cost: count`) | usage (`slot_seconds`, default) |",
+        "|---|---:|---:|",
+    ]
+
+    def row(figure: str, a: str, b: str) -> None:
+        lines.append(f"| {figure} | {a} | {b} |")
+
+    for name in count["periods"]:
+        c, u = count["periods"][name], usage["periods"][name]
+        row(f"{name}: good mean share", _pct(c["good_mean_share"]), _pct(u["good_mean_share"]))
+        row(
+            f"{name}: worst good tenant vs fair",
+            _pct(c["good_max_deviation_from_fair"], 1),
+            _pct(u["good_max_deviation_from_fair"], 1),
+        )
+        for t in BAD:
+            row(f"{name}: {t} share", _pct(c["bad_share"][t]), _pct(u["bad_share"][t]))
+    for t in BAD:
+        row(
+            f"{t}: share in its first hour of misbehaviour (fair)",
+            f"{_pct(count['first_hour_share'][t], 1)} ({_pct(count['first_hour_fair'][t], 1)})",
+            f"{_pct(usage['first_hour_share'][t], 1)} ({_pct(usage['first_hour_fair'][t], 1)})",
+        )
+        cb, ub = count["bad_citizens"][t], usage["bad_citizens"][t]
+        row(
+            f"{t}: share before punishment (fair)",
+            f"{_pct(cb['share_before_punishment'], 1)} ({_pct(cb['fair_before_punishment'], 1)})",
+            f"{_pct(ub['share_before_punishment'], 1)} ({_pct(ub['fair_before_punishment'], 1)})",
+        )
+        row(
+            f"{t}: limits lowered after",
+            f"{cb['limits_lowered_after_s']} s",
+            f"{ub['limits_lowered_after_s']} s",
+        )
+        row(
+            f"{t}: share over the whole misbehaviour",
+            _pct(count["misbehaviour_share"][t], 1),
+            _pct(usage["misbehaviour_share"][t], 1),
+        )
+    for key in ("p50_s", "p99_s", "max_s"):
+        row(
+            f"cron: wait from due time, {key[:-2]}",
+            f"{count['cron_waits'][key]:.0f} s",
+            f"{usage['cron_waits'][key]:.0f} s",
+        )
+    row("runs admitted", f"{count['admitted']:,}", f"{usage['admitted']:,}")
+    lines += [
+        "",
+        "Shares are of run-seconds (slots held); waits are measured in the simulation's "
+        f"{STEP:.0f} s steps. Target: the long-running tenant held to its fair share from the "
+        "start (first hour within 10 % of fair) with cron waits (p99) no worse than count-based: "
+        f"**{'met' if result['usage_targets_met'] else 'NOT met'}**.",
+    ]
+    return lines
 
 
 @contextmanager
@@ -718,29 +798,89 @@ def redis_for_benchmark() -> Iterator[Redis]:
         server.stop()
 
 
+def waits_summary(waits: list[float]) -> dict[str, float]:
+    ordered = sorted(waits) or [0.0]
+    return {
+        "runs": len(waits),
+        "p50_s": ordered[len(ordered) // 2],
+        "p99_s": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "max_s": ordered[-1],
+    }
+
+
+def side_by_side(sims: dict[str, Sim], analyses: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Count-based beside usage-based, on the same arrivals and durations."""
+    out: dict[str, Any] = {}
+    for mode, analysis in analyses.items():
+        sim = sims[mode]
+        onset, stop = MISBEHAVE
+        out[mode] = {
+            "periods": {
+                name: {
+                    "good_mean_share": p["good_mean_share"],
+                    "good_max_deviation_from_fair": p["good_max_deviation_from_fair"],
+                    "bad_share": p["bad_share"],
+                    "fair_bad": {t: p["fair"][t] for t in BAD},
+                }
+                for name, p in analysis["periods"].items()
+            },
+            "misbehaviour_share": {t: round(shares(sim, onset, stop)[t], 4) for t in BAD},
+            "first_hour_share": {t: round(shares(sim, onset, onset + HOUR)[t], 4) for t in BAD},
+            "first_hour_fair": {t: round(fair_shares(sim, onset, onset + HOUR)[t], 4) for t in BAD},
+            "bad_citizens": {
+                t: {
+                    k: d[k]
+                    for k in (
+                        "share_before_punishment",
+                        "fair_before_punishment",
+                        "detected_after_s",
+                        "limits_lowered_after_s",
+                    )
+                }
+                for t, d in analysis["bad_citizens"].items()
+            },
+            "cron_waits": waits_summary(sim.cron_waits),
+            "good_tenants_punished": analysis["good_tenants_punished"],
+            "admitted": sim.admitted,
+        }
+    return out
+
+
 def run(results_dir: str | Path) -> dict[str, Any]:
     results = Path(results_dir)
     results.mkdir(parents=True, exist_ok=True)
+    sims: dict[str, Sim] = {}
+    analyses: dict[str, dict[str, Any]] = {}
+    walls: dict[str, float] = {}
     with redis_for_benchmark() as redis:
-        began = time.perf_counter()
-        sim = simulate_day(redis)
-        wall = time.perf_counter() - began
-        analysis = analyse(sim)
+        for mode in MODES:
+            began = time.perf_counter()
+            sims[mode] = simulate_day(redis, cost=mode)
+            walls[mode] = time.perf_counter() - began
+            analyses[mode] = analyse(sims[mode])
         ingestion = ingestion_rate(redis, USAGE_EVENTS)
         runtime_ingestion = runtime_rate(redis, RUNTIME_EVENTS)
+    sim, analysis, wall = sims["slot_seconds"], analyses["slot_seconds"], walls["slot_seconds"]
+    compared = side_by_side(sims, analyses)
     contained = analysis["periods"]["contained"]
     targets_met = (
         contained["good_max_deviation_from_fair"] <= 0.10
         and all(contained["bad_share"][t] < 1 / 20 for t in BAD)
         and not analysis["good_tenants_punished"]
     )
+    usage, count = compared["slot_seconds"], compared["count"]
+    usage_targets_met = (
+        usage["first_hour_share"]["longrun"] <= usage["first_hour_fair"]["longrun"] * 1.10
+        and usage["cron_waits"]["p99_s"] <= count["cron_waits"]["p99_s"]
+    )
     result: dict[str, Any] = {
         "setup": (
-            f"20 tenants (18 good, `flood`, `longrun`), {POLICY_DOC['slots']} slots, simulated "
-            f"day in {STEP:.0f} s steps, misbehaviour {MISBEHAVE[0] / HOUR:.0f}:00-"
+            f"21 tenants (18 good, `cron`, `flood`, `longrun`), {POLICY_DOC['slots']} slots, "
+            f"simulated day in {STEP:.0f} s steps, misbehaviour {MISBEHAVE[0] / HOUR:.0f}:00-"
             f"{MISBEHAVE[1] / HOUR:.0f}:00; rules: flood = run requests per tenant >= 15 / 5 min, "
             "long-runs = run-seconds per tenant >= 5400 / 15 min (3 x fair), max_run_seconds "
-            "1800; penalties: cooldown 5m (doubling, max 2h), decay_after 30m."
+            "1800; penalties: cooldown 5m (doubling, max 2h), decay_after 30m; `cron` due every "
+            "minute, runs of 20 s. Admission by slot-seconds (the default) unless stated."
         ),
         "simulation": {
             "wall_seconds": round(wall, 1),
@@ -749,9 +889,11 @@ def run(results_dir: str | Path) -> dict[str, Any]:
             "rejected_429": dict(sim.rejected),
         },
         **analysis,
+        "count_vs_usage": compared,
         "ingestion": ingestion,
         "runtime_ingestion": runtime_ingestion,
         "targets_met": targets_met,
+        "usage_targets_met": usage_targets_met,
     }
     (results / "policy_sim.json").write_text(json.dumps(result, indent=2))
     (results / "policy_sim.md").write_text(markdown(result))

@@ -103,6 +103,19 @@ def test_the_flood_waits_its_turn_and_starves_nobody(summary: dict[str, Any]) ->
     assert all(row["admitted"] > 0 for row in tenants.values())
 
 
+def test_the_long_running_tenant_holds_no_more_slot_seconds_than_the_flood(
+    summary: dict[str, Any],
+) -> None:
+    """hooli's runs are 15 s, initech's 4 s, same weight, both always waiting: charged by
+    slot-seconds they hold similar shares (charged per run, hooli would hold about 15/4 of
+    initech's)."""
+    tenants = summary["tenants"]
+    long_runs = tenants[scenario.LONG_RUN_TENANT]["slotSecondsShare"]
+    flood = tenants[scenario.FLOODING_TENANT]["slotSecondsShare"]
+    assert 0 < long_runs <= 1.6 * flood, (long_runs, flood)
+    assert abs(sum(row["slotSecondsShare"] for row in tenants.values()) - 1) < 0.01
+
+
 def test_never_more_runs_than_slots(summary: dict[str, Any]) -> None:
     assert 0 < summary["peakRunningAll"] <= summary["slots"]
 

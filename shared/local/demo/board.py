@@ -94,6 +94,7 @@ class Board:
     violations: Counter[str] = field(default_factory=Counter)
     waits: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     samples: list[Sample] = field(default_factory=list)
+    slot_seconds: Counter[str] = field(default_factory=Counter)  # slots held x time, so far
     last_entry: str = "0-0"
     deployed: set[str] = field(default_factory=set)  # flows deploy reported started
     seen_ids: set[str] = field(default_factory=set)  # an event resent (at-least-once) counts once
@@ -173,8 +174,17 @@ class Board:
             waiting=waiting,
             fair_share=fair_shares(demand, weights, self.policy.slots),
         )
+        if self.samples:  # the slots held since the last sample
+            held_for = sample.at - self.samples[-1].at
+            for tenant, running in self.samples[-1].running.items():
+                self.slot_seconds[tenant] += running * held_for
         self.samples.append(sample)
         return sample
+
+    def slot_seconds_share(self, tenant: str) -> float:
+        """The tenant's share of the slot-seconds held so far (what fair admission divides)."""
+        total = sum(self.slot_seconds.values())
+        return self.slot_seconds[tenant] / total if total else 0.0
 
     def worst_penalties(self) -> dict[str, str | None]:
         """Per tenant, its worst current penalty (on the tenant, a user or a flow of it)."""
@@ -193,7 +203,8 @@ class Board:
         caption = f"fair share: {RULE}" + (f"\n{status}" if status else "")
         table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
         for column in ("tenant", "weight", "demand", "admitted", "mean wait", "skipped",
-                       "deferred", "slot share", "fair share", "weight share", "penalty",
+                       "deferred", "slot share", "slot-s share", "fair share", "weight share",
+                       "penalty",
                        "story"):  # fmt: skip
             table.add_column(column, justify="left" if column in ("tenant", "story") else "right")
         for tenant in self.tenants:
@@ -213,6 +224,7 @@ class Board:
                 str(counts["skipped"]),
                 str(counts["deferred"]),
                 f"{latest.slot_share.get(tenant, 0):.0%}" if latest else "-",
+                f"{self.slot_seconds_share(tenant):.0%}",
                 f"{latest.fair_share.get(tenant, 0):.0%}" if latest else "-",
                 f"{latest.weight_share.get(tenant, 0):.0%}" if latest else "-",
                 penalty or "-",
@@ -247,6 +259,7 @@ class Board:
                 "meanWaitSeconds": round(self.mean_wait(tenant), 2),
                 "maxWaitSeconds": round(max(self.waits.get(tenant) or [0.0]), 2),
                 "meanSlotShare": round(sum(shares) / len(shares), 3) if shares else 0.0,
+                "slotSecondsShare": round(self.slot_seconds_share(tenant), 3),
                 "meanWeightShareWhileRunning": (
                     round(sum(weights) / len(weights), 3) if weights else 0.0
                 ),

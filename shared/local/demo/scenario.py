@@ -12,6 +12,9 @@
 |          |        |                                        | (then 429: the broker retries)     |
 | umbrella | 1      | umbrella-chatty (webhook, 40 records)  | breaks chatty-flow: penalized up   |
 |          |        |                                        | the ladder, restored when it calms |
+| hooli    | 1      | hooli-batch (webhook, one per 3 s,     | long runs: charged by slot-seconds,|
+|          |        | 15 s per run, 3 workers)               | it holds its weight share of them, |
+|          |        |                                        | not 15/4 of initech's              |
 
 Every flow runs the `demo-step` component (shared/local/demo/components.py): `seconds` of work, then
 `count` records to the next node. Times are seconds since the demo started. The weights and
@@ -83,7 +86,9 @@ TENANTS: dict[str, str] = {
     "globex": "a flow slower than its schedule",
     "initech": "floods flow.execute",
     "umbrella": "a chatty flow breaks a rule",
+    "hooli": "long runs, held to its share of slot-seconds",
 }
+LONG_RUN_TENANT = "hooli"
 SLOW_FLOW = "globex-slow"
 FLOODING_TENANT = "initech"
 BAD_TENANT = "umbrella"
@@ -95,6 +100,7 @@ FLOWS: tuple[DemoFlow, ...] = (
     DemoFlow(SLOW_FLOW, "globex", "gina", "* * * * *", seconds=100),
     DemoFlow("initech-hook", FLOODING_TENANT, "ivan", None, seconds=4, replicas=3),
     DemoFlow("umbrella-chatty", BAD_TENANT, "uma", None, seconds=1, count=40, second_step=True),
+    DemoFlow("hooli-batch", "hooli", "hana", None, seconds=15, replicas=3),
 )
 FLOWS_BY_ID = {flow.id: flow for flow in FLOWS}
 
@@ -119,6 +125,7 @@ BURSTS: tuple[Burst, ...] = (
     Burst("acme-orders", start=3, stop=None),  # steady: about 2 slots, below its share
     Burst("initech-hook", start=5, stop=None, per_second=1),  # the flood never stops
     Burst("umbrella-chatty", start=5, stop=55, every=4),  # chatty for 50 s, then quiet
+    Burst("hooli-batch", start=5, stop=None, every=3),  # always backlogged, 15 s runs
 )
 
 Send = Callable[..., None]  # send(event_type, data, *, tenant=..., user=...)
