@@ -94,7 +94,7 @@ class Board:
     violations: Counter[str] = field(default_factory=Counter)
     waits: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     samples: list[Sample] = field(default_factory=list)
-    slot_seconds: Counter[str] = field(default_factory=Counter)  # slots held x time, so far
+    slot_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # so far
     last_entry: str = "0-0"
     deployed: set[str] = field(default_factory=set)  # flows deploy reported started
     seen_ids: set[str] = field(default_factory=set)  # an event resent (at-least-once) counts once
@@ -184,7 +184,7 @@ class Board:
     def slot_seconds_share(self, tenant: str) -> float:
         """The tenant's share of the slot-seconds held so far (what fair admission divides)."""
         total = sum(self.slot_seconds.values())
-        return self.slot_seconds[tenant] / total if total else 0.0
+        return self.slot_seconds.get(tenant, 0.0) / total if total else 0.0
 
     def worst_penalties(self) -> dict[str, str | None]:
         """Per tenant, its worst current penalty (on the tenant, a user or a flow of it)."""
