@@ -176,8 +176,8 @@ class Board:
         )
         if self.samples:  # the slots held since the last sample
             held_for = sample.at - self.samples[-1].at
-            for tenant, running in self.samples[-1].running.items():
-                self.slot_seconds[tenant] += running * held_for
+            for tenant, held in self.samples[-1].running.items():
+                self.slot_seconds[tenant] += held * held_for
         self.samples.append(sample)
         return sample
 
