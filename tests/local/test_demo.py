@@ -206,13 +206,15 @@ def test_the_live_table_shows_per_tenant_counts_shares_and_penalty(redis: Redis)
             fair_share={flooder: 0.25, "acme": 0.75},
         )
     )
-    console = Console(record=True, width=250, color_system=None)
+    board.slot_seconds.update({flooder: 10.0, "acme": 30.0})  # slot-seconds held so far
+    console = Console(record=True, width=270, color_system=None)
     console.print(board.table(12.0))
     text = console.export_text()
     for column in ("admitted", "skipped", "deferred", "slot share", "weight share", "penalty"):
         assert column in text
     columns = ["tenant", "weight", "demand", "admitted", "mean wait", "skipped", "deferred",
-               "slot share", "fair share", "weight share", "penalty", "story"]  # fmt: skip
+               "slot share", "slot-s share", "fair share", "weight share", "penalty",
+               "story"]  # fmt: skip
     rows = {}
     for line in text.splitlines():
         cells = [cell.strip() for cell in line.split("│")[1:-1]]
@@ -221,9 +223,11 @@ def test_the_live_table_shows_per_tenant_counts_shares_and_penalty(redis: Redis)
     assert set(board.tenants) <= set(rows)
     wanted = {
         flooder: {"admitted": "4", "skipped": "0", "deferred": "9", "demand": "1 + 12 waiting",
-                  "slot share": "25%", "fair share": "25%", "weight share": "20%", "penalty": "-"},
+                  "slot share": "25%", "slot-s share": "25%", "fair share": "25%",
+                  "weight share": "20%", "penalty": "-"},
         "acme": {"admitted": "7", "skipped": "2", "deferred": "0", "demand": "3 + 0 waiting",
-                 "slot share": "75%", "fair share": "75%", "weight share": "60%", "penalty": "-"},
+                 "slot share": "75%", "slot-s share": "75%", "fair share": "75%",
+                 "weight share": "60%", "penalty": "-"},
         bad: {"penalty": "throttle"},
     }  # fmt: skip
     for tenant, expected in wanted.items():
