@@ -7,7 +7,25 @@ Retry-After when a tenant is over a cap.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+# Values echoed in error messages (a cron expression, a type name) are cut to this many
+# characters, and whole messages to MAX_MESSAGE: an error answers about a value, it does not
+# send a sender's 1 MiB back (nor through every log line and redaction on the way).
+ECHO_LIMIT = 80
+MAX_MESSAGE = 1000
+_LONG_QUOTED = re.compile(r"(['\"])([^'\"]{" + str(ECHO_LIMIT) + r"})[^'\"]+\1")
+
+
+def cut_echoes(text: str) -> str:
+    """`text` with every quoted value longer than ECHO_LIMIT cut, and at most MAX_MESSAGE long."""
+    if len(text) <= ECHO_LIMIT:
+        return text
+    text = _LONG_QUOTED.sub(lambda m: f"{m.group(1)}{m.group(2)}...{m.group(1)}", text)
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE] + "..."
+    return text
 
 
 class OrchestratorError(Exception):
@@ -16,9 +34,10 @@ class OrchestratorError(Exception):
     status: int = 500
 
     def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        message = cut_echoes(message)
         super().__init__(message)
         self.message = message
-        self.problems: tuple[str, ...] = tuple(problems)
+        self.problems: tuple[str, ...] = tuple(cut_echoes(problem) for problem in problems)
 
     def to_body(self) -> dict[str, object]:
         body: dict[str, object] = {"error": type(self).__name__, "message": self.message}

@@ -51,6 +51,10 @@ class Settings:
     step_tick_work_seconds: float = 0.0
     step_reclaim_idle_seconds: float = 120.0
     run_retention_seconds: float = 86400.0
+    # Input bounds (docs/security.md): a body larger than this is answered 413 before it is
+    # read; JSON nested deeper is answered 400 before any state changes.
+    max_request_bytes: int = 1024 * 1024
+    max_json_depth: int = 64
 
     @property
     def auth_required(self) -> bool:
@@ -129,6 +133,15 @@ class Settings:
                 return default
             return number
 
+        def count(name: str, default: int) -> int:
+            value = text(name)
+            if value is None:
+                return default
+            if not value.isdigit() or int(value) < 1:
+                problems.append(f"{name}: must be a positive whole number, got {value!r}")
+                return default
+            return int(value)
+
         namespace = text("KUBERNETES_NAMESPACE") or "flows"
         if not _is_dns_label(namespace):
             problems.append(f"KUBERNETES_NAMESPACE: not a DNS label: {namespace!r}")
@@ -159,6 +172,8 @@ class Settings:
             step_tick_work_seconds=seconds("STEP_TICK_WORK_SECONDS", 0.0, below=3600),
             step_reclaim_idle_seconds=seconds("STEP_RECLAIM_IDLE_SECONDS", 120.0),
             run_retention_seconds=seconds("RUN_RETENTION_SECONDS", 86400.0),
+            max_request_bytes=count("MAX_REQUEST_BYTES", 1024 * 1024),
+            max_json_depth=count("MAX_JSON_DEPTH", 64),
         )
         if settings.auth_required and not (settings.iam_jwks_url or settings.iam_introspect_url):
             problems.append(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +64,43 @@ def serve(handle: Callable[[CloudEvent], object], event: CloudEvent) -> None:
 
 REQUIRED_ATTRIBUTES = ("id", "source", "type", "specversion")
 
+# Strings (skipped whole, so brackets inside them do not count; an unclosed one runs to the
+# end instead of failing, so the scan stays linear) and brackets.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]')
+
+
+def json_too_deep(body: bytes, limit: int) -> bool:
+    """True when the JSON text nests arrays/objects deeper than `limit`; linear, and it stops
+    at the first bracket past the limit (the parser would recurse once per level)."""
+    depth = 0
+    for match in _JSON_TOKEN.finditer(body):
+        char = match.group()[:1]
+        if char in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
+def _read_at_most(stream: Any, limit: int) -> bytes:
+    """Up to `limit` bytes of a body; a read may return less than asked (chunked input)."""
+    parts: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = stream.read(min(left, 65536))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("", "application/json", "text/json") or media.endswith("+json")
+
 
 def _envelope_problem(headers: Any, body: bytes) -> str | None:
     """What is wrong with a request that is not a CloudEvent we can parse, or None."""
@@ -89,14 +128,48 @@ def install_guards() -> None:
 
     if not flask.has_app_context():
         return
+    from werkzeug.exceptions import RequestEntityTooLarge
+
+    from shared.settings import Settings
+
     app = flask.current_app
+    settings = Settings.from_env(os.environ)
+    max_bytes, max_depth = settings.max_request_bytes, settings.max_json_depth
+    # werkzeug stops reading a body (also a chunked one) past this and raises 413.
+    app.config["MAX_CONTENT_LENGTH"] = max_bytes
+
+    def too_large() -> Response:
+        response = json_response(
+            413,
+            {"error": "PayloadTooLarge", "message": f"body: larger than {max_bytes} bytes"},
+            {"Connection": "close"},  # the unread rest must not be taken for a next request
+        )
+        return response
 
     def reject_malformed() -> Response | None:
-        if flask.request.path in ("/metrics", "/healthz"):
+        request = flask.request
+        if request.path in ("/metrics", "/healthz"):
             return None
-        if flask.request.method != "POST":
+        if request.method != "POST":
             return json_response(405, {"error": "MethodNotAllowed", "message": "POST a CloudEvent"})
-        problem = _envelope_problem(flask.request.headers, flask.request.get_data())
+        # Refused by its declared length before anything is read (or authenticated).
+        if request.content_length is not None and request.content_length > max_bytes:
+            return too_large()
+        try:
+            # At most one byte past the limit is read (a chunked body declares no length);
+            # what was read is kept as the request's data for the framework's parser.
+            body = _read_at_most(request.stream, max_bytes + 1)
+        except RequestEntityTooLarge:
+            return too_large()
+        if len(body) > max_bytes:
+            return too_large()
+        request._cached_data = body
+        if _is_json(request.content_type or "") and json_too_deep(body, max_depth):
+            message = f"body: JSON nested deeper than {max_depth} levels"
+            return json_response(
+                400, {"error": "InvalidEvent", "message": message, "problems": [message]}
+            )
+        problem = _envelope_problem(request.headers, body)
         if problem is None:
             return None
         return json_response(

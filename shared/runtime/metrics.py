@@ -133,8 +133,13 @@ def observe_dead_letter(event_type: str, subscriber: str) -> None:
     DEAD_LETTERS.labels(name, subscriber[:40] or "-").inc()
 
 
+# Every type not in the catalogue is counted under this one label: anyone may send any
+# `ce-type`, and one series per made-up type would grow /metrics without bound.
+UNKNOWN_TYPE = "unknown"
+
+
 def observe_handled(function: str, event_type: str, outcome: str, seconds: float) -> None:
-    name = t.short(event_type)
+    name = t.short(event_type) if event_type in t.ALL_TYPES else UNKNOWN_TYPE
     EVENTS_HANDLED.labels(function, name, outcome).inc()
     HANDLE_SECONDS.labels(function, name).observe(seconds)
 

@@ -56,17 +56,30 @@ _NOT_SECRET = frozenset(
 # `key`, `ORCHESTRATOR_KEY`, `api-key`, `hmacKey`; not `monkey` or `keys`.
 _KEY_NAME = re.compile(r"(?i:(?:^|[_\-.])key)$|[a-z0-9]Key$")
 
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-_BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+# Linear time: every pattern may start only where its first run of characters starts (a
+# lookbehind refuses a start inside a run), so no character is rescanned from every position
+# of a long word; names are bounded too. Texts longer than MAX_TEXT are cut before matching.
+_JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_BEARER = re.compile(
+    r"(?<![A-Za-z0-9_])(Bearer|Basic)[ \t]+(?![ \t])[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE
+)
+_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,127}(?![A-Za-z0-9_.-])"
+# A quoted value runs to its closing quote, or to the end of the text when there is none (it
+# never fails half-way, so an unclosed quote is not rescanned from every later name).
+_QUOTED = r"\"[^\"]*(?:\"|\Z)|'[^']*(?:'|\Z)"
 # name=value (URLs, repr of objects, env dumps): the value bare or quoted.
 _ASSIGNMENT = re.compile(
-    r"(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>\s*=\s*)"
-    r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s\"',;&)}\]]+)"
+    r"(?<![A-Za-z0-9_.-])(?P<name>" + _NAME + r")(?P<sep>[ \t]*=[ \t]*)"
+    r"(?P<value>" + _QUOTED + r"|[^\s\"',;&)}\]]+)"
 )
 # "name": "value" (JSON, repr of dicts): only quoted values, so prose like "key: missing" stays.
 _QUOTED_PAIR = re.compile(
-    r"(?P<name>[\"']?[A-Za-z_][A-Za-z0-9_.-]*[\"']?)(?P<sep>\s*:\s*)(?P<value>\"[^\"]*\"|'[^']*')"
+    r"(?<![A-Za-z0-9_.-])(?P<name>[\"']?" + _NAME + r"[\"']?)(?P<sep>[ \t]*:[ \t]*)"
+    r"(?P<value>" + _QUOTED + ")"
 )
+# Longer texts are cut (with a note) before they are redacted or logged: 1 MiB, the largest
+# request body a function reads.
+MAX_TEXT = 1024 * 1024
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -93,6 +106,8 @@ def redact_text(text: str) -> str:
     """The text with every secret-looking value replaced by MASK."""
     if not text:
         return text
+    if len(text) > MAX_TEXT:
+        text = text[:MAX_TEXT] + f"... [cut: {len(text) - MAX_TEXT} more characters]"
     with _lock:
         literals = sorted(_secrets, key=len, reverse=True)
     for literal in literals:
