@@ -45,6 +45,8 @@ class Settings:
     # The Redis address step workers connect to with their flow's own credentials (any
     # credentials in it are dropped); default: REDIS_URL's address.
     worker_redis_url: str | None = None
+    # The hub's RabbitMQ event bus (`orchestrator bridge`, docs/oih.md): amqp:// or amqps://
+    oih_event_bus: str | None = None
     # Tuning (README, "Settings"): how long one tick keeps working, for a
     # PingSource that ticks once a minute (0 where a local clock ticks every second).
     flow_start_work_through_seconds: float = 55.0
@@ -166,6 +168,7 @@ class Settings:
             aws_endpoint_url=url("AWS_ENDPOINT_URL"),
             claim_check_bucket=text("CLAIM_CHECK_BUCKET"),
             worker_redis_url=url("WORKER_REDIS_URL"),
+            oih_event_bus=text("OIH_EVENT_BUS"),
             flow_start_work_through_seconds=seconds(
                 "FLOW_START_WORK_THROUGH_SECONDS", 55.0, below=3600
             ),
@@ -179,11 +182,18 @@ class Settings:
             problems.append(
                 "IAM_JWKS_URL: required (or IAM_INTROSPECT_URL) when ORCHESTRATOR_AUTH=required"
             )
+        if settings.oih_event_bus and not is_amqp_url(settings.oih_event_bus):
+            problems.append("OIH_EVENT_BUS: must be an amqp:// or amqps:// URL")
         if settings.queue_backend == "sqs" and not settings.claim_check_bucket:
             problems.append("CLAIM_CHECK_BUCKET: required when QUEUE_BACKEND=sqs")
         if problems:
             raise SettingsError("invalid settings: " + "; ".join(problems), problems=problems)
         return settings
+
+
+def is_amqp_url(value: str) -> bool:
+    parsed = urlparse(value)
+    return parsed.scheme in ("amqp", "amqps") and bool(parsed.hostname)
 
 
 def _is_dns_label(value: str) -> bool:
