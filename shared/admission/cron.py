@@ -100,9 +100,11 @@ def due_entries(redis: Redis, now: float, limit: int = BATCH) -> list[list[str]]
         redis, [keys.schedule_due(), keys.schedule_family()], [repr(float(now)), limit]
     )
     entries = []
+    width = len(_FIELDS)
     for i in range(0, len(flat), 3):
-        flow, settings = _text(flat[i]), _text(flat[i + 2]).split(_SEPARATOR)
-        if len(settings) != len(_FIELDS):  # an id holding the separator: read it field by field
+        flow = _text(flat[i])
+        settings = _text(flat[i + 2]).split(_SEPARATOR)
+        if len(settings) != width:  # an id holding the separator: read it field by field
             values = redis.hmget(keys.schedule(flow), list(_FIELDS))
             settings = ["" if v is None else _text(v) for v in values]
         entries.append([flow, _text(flat[i + 1]), *settings])
@@ -122,32 +124,58 @@ def next_due(redis: Redis, flow_id: str) -> float | None:
     return None if score is None else float(score)
 
 
+def pack_entry(
+    flow: str,
+    read: str,
+    fire: str,
+    missed: str,
+    next_due: str,
+    limit: int,
+    overlap: str,
+    window: int,
+    tenant: str,
+    user: str,
+) -> str:
+    """One flow_start_fire argument: the fixed fields joined by \x1f, then tenant, user and
+    flow back to back, cut by their byte lengths (ids may hold any character)."""
+    return (
+        f"{read}\x1f{fire}\x1f{missed}\x1f{next_due}\x1f{limit}\x1f{overlap}\x1f{window}"
+        f"\x1f{len(tenant.encode())}\x1f{len(user.encode())}\x1f{tenant}{user}{flow}"
+    )
+
+
 def plan_entry(
     entry: list[str], policy: Policy, now: float, next_times: schedule.NextTimes
-) -> list[ArgT]:
-    """The 10 flow_start_fire arguments of one due entry."""
+) -> str:
+    """The flow_start_fire argument of one due entry (`pack_entry`)."""
     flow, score, cron, zone, offset, tenant, user, overlap, catchup, max_run = entry
     limits = policy.tenant(tenant)
     window = int(catchup) if catchup else limits.catchup_window_seconds
     limit = lease.run_limit(int(max_run) if max_run else None, limits)
+    policy_name = overlap or limits.overlap_policy
     try:
-        step = next_times.for_schedule(cron, zone, int(offset or 0))
-        planned = schedule.plan(float(score), now, window, step)
+        due, shift = float(score), int(offset or 0)
+        following = schedule.memoized_next_time(cron, zone, due - shift) + shift
+        if following > now and due >= now - max(window, schedule.ON_TIME_SECONDS):
+            # the usual case (on time, one due time passed): what schedule.plan would say
+            return pack_entry(flow, score, score, "", repr(following), limit, policy_name,
+                              window, tenant, user)  # fmt: skip
+        planned = schedule.plan(due, now, window, next_times.for_schedule(cron, zone, shift))
     except Exception as exc:  # a stored schedule that can no longer be computed: drop it
         log.error("schedule of flow %s dropped: %s", flow, exc)
-        return [flow, score, "", "", "", limit, overlap or limits.overlap_policy, window, "", ""]
-    return [
+        return pack_entry(flow, score, "", "", "", limit, policy_name, window, "", "")
+    return pack_entry(
         flow,
         score,
         "" if planned.fire is None else repr(planned.fire),
         "" if planned.missed_from is None else repr(planned.missed_from),
         repr(planned.next_due),
         limit,
-        overlap or limits.overlap_policy,
+        policy_name,
         window,
         tenant,
         user,
-    ]
+    )
 
 
 def fire_due(
@@ -168,8 +196,7 @@ def fire_due(
         if not entries:
             break
         args: list[ArgT] = [*header(inputs, now=now, source=source, once=None)]
-        for entry in entries:
-            args += plan_entry(entry, policy, now, next_times)
+        args += [plan_entry(entry, policy, now, next_times) for entry in entries]
         report.add(load_script("flow_start_fire")(redis, script_keys(None), args))
         if len(entries) < batch:
             break

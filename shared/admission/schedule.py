@@ -105,22 +105,35 @@ def first_due(cron: str, zone: str, offset: int, now: float) -> float:
     return next_time(cron, zone, now - offset) + offset
 
 
-class NextTimes:
-    """`next_time` memoized for one tick: flows sharing an expression share the work."""
+MEMO_MINUTES = 65_536  # (expression, zone, minute) entries kept by the process
 
-    def __init__(self) -> None:
-        self._memo: dict[tuple[str, str, float], float] = {}
+
+@functools.lru_cache(maxsize=MEMO_MINUTES)
+def _next_after_minute(cron: str, zone: str, minute: float) -> float:
+    return next_time(cron, zone, minute)
+
+
+def memoized_next_time(cron: str, zone: str, after: float) -> float:
+    """`next_time`, memoized per (expression, zone, minute) for the whole process: every flow
+    sharing an expression shares one croniter walk per minute, whatever its spread offset.
+
+    The first time after the minute's start is also the first time after `after` whenever it
+    lies beyond `after` (nothing of the schedule falls between them); only a time inside the
+    minute itself (a seconds field, an offset that is not whole minutes) is computed afresh.
+    """
+    found = _next_after_minute(cron, zone, after - after % 60)
+    return found if found > after else next_time(cron, zone, after)
+
+
+class NextTimes:
+    """Due time -> next due time of a schedule, through the per-minute memo."""
 
     def __call__(self, cron: str, zone: str, after: float) -> float:
-        key = (cron, zone, after)
-        found = self._memo.get(key)
-        if found is None:
-            found = self._memo[key] = next_time(cron, zone, after)
-        return found
+        return memoized_next_time(cron, zone, after)
 
     def for_schedule(self, cron: str, zone: str, offset: int) -> NextAfter:
         """Due time → next due time, offsets included."""
-        return lambda due: self(cron, zone, due - offset) + offset
+        return lambda due: memoized_next_time(cron, zone, due - offset) + offset
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,8 @@ local function next_token()
 end
 
 local OUTBOX, RUNS, DEADLINES, DUE = {}, {}, {}, {}
-local BUCKET_WRITES = {}  -- tenant -> `tokens:at`
+local BUCKET_WRITES = {}  -- tenant -> {tokens, at}
+local DEPLOYED = {}  -- flow -> deployed, when the caller read it for many flows at once
 
 -- `command key a1 a2 ...` in chunks (Lua's unpack has a stack limit)
 local function bulk(command, key, items)
@@ -114,12 +115,20 @@ local function bulk(command, key, items)
   end
 end
 
--- JSON text of a string / number without a cjson call when nothing needs escaping (ids)
+-- JSON text of a string / number without a cjson call when nothing needs escaping (ids);
+-- remembered for the call: an event names its run, flow, tenant and user several times
+local QUOTED = {}
 local function quote(text)
-  if string.find(text, '[%c"\\/\128-\255]') then
-    return cjson.encode(text)
+  local found = QUOTED[text]
+  if not found then
+    if string.find(text, '[%c"\\/\128-\255]') then
+      found = cjson.encode(text)
+    else
+      found = '"' .. text .. '"'
+    end
+    QUOTED[text] = found
   end
-  return '"' .. text .. '"'
+  return found
 end
 
 local function number(value)
@@ -162,9 +171,9 @@ local function flush()
     redis.call('SET', K.fence, fence)
   end
   local bucket_items = {}
-  for tenant, value in pairs(BUCKET_WRITES) do
+  for tenant, bucket in pairs(BUCKET_WRITES) do
     bucket_items[#bucket_items + 1] = tenant
-    bucket_items[#bucket_items + 1] = value
+    bucket_items[#bucket_items + 1] = bucket[1] .. ':' .. ARGV[2]  -- taken at NOW
   end
   bulk('HSET', K.bucket, bucket_items)
   bulk('HSET', K.runs, RUNS)

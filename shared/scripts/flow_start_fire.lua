@@ -4,35 +4,64 @@
 -- each due time once); then the next due time is stored, older due times are announced as
 -- missed (once), and the due time is fired under the flow's overlap policy.
 -- KEYS, ARGV[1..8]: see flow_start_common (ARGV[3] 0: ticks are not deduped).
--- ARGV[9..] 10 per entry: flow, due read, due to fire ('' none), first missed due ('' none),
---           next due ('' drops the entry), run limit (s), overlap policy, catch-up window (s),
---           tenant, user (as read with the due time; a stopped or rescheduled flow has
+-- ARGV[9..] one per entry, packed (one argument instead of ten: a tick sends a thousand):
+--           due read, due to fire ('' none), first missed due ('' none), next due ('' drops
+--           the entry), run limit (s), overlap policy, catch-up window (s), byte length of the
+--           tenant, byte length of the user, each followed by \31, then tenant, user and flow
+--           id back to back (as read with the due time; a stopped or rescheduled flow has
 --           another score by then, so the claim fails)
 -- Returns: {fired, claimed-by-others, admitted, deferred, skipped, missed}
 --#include flow_start_common
 --#include flow_start_lease
 --#include flow_start_queue
 local stats = { fired = 0, lost = 0, admitted = 0, deferred = 0, skipped = 0, missed = 0 }
-for i = FIRST_ARG, #ARGV, 10 do
-  local flow = ARGV[i]
-  local score = redis.call('ZSCORE', K.due, flow)
-  if not score or tonumber(score) ~= tonumber(ARGV[i + 1]) then
+local PACKED = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31'
+  .. '([^\31]*)\31(%d+)\31(%d+)\31()'
+local entries, flows = {}, {}
+for i = FIRST_ARG, #ARGV do
+  local packed = ARGV[i]
+  local read, fire, missed, next_due, limit, overlap, window, tenant_len, user_len, at =
+    string.match(packed, PACKED)
+  if not read then
+    return redis.error_reply('flow_start_fire: malformed entry ' .. (i - FIRST_ARG + 1))
+  end
+  local user_at = at + tonumber(tenant_len)
+  local flow_at = user_at + tonumber(user_len)
+  local flow = string.sub(packed, flow_at)
+  entries[#entries + 1] = { flow, read, fire, missed, next_due, tonumber(limit), overlap, window,
+    string.sub(packed, at, user_at - 1), string.sub(packed, user_at, flow_at - 1) }
+  flows[#flows + 1] = flow
+end
+-- the claims' scores and the deployed flags, in two calls instead of two per entry
+local scores, deployed = {}, {}
+for first = 1, #flows, 1000 do
+  local last = math.min(first + 999, #flows)
+  local chunk_scores = redis.call('ZMSCORE', K.due, unpack(flows, first, last))
+  local chunk_deployed = redis.call('SMISMEMBER', K.deployed, unpack(flows, first, last))
+  for j = 1, last - first + 1 do
+    scores[first + j - 1] = chunk_scores[j]
+    deployed[first + j - 1] = chunk_deployed[j] == 1
+  end
+end
+for n, entry in ipairs(entries) do
+  local flow, read, fire, missed, next_due, limit, overlap, window, tenant, user =
+    unpack(entry)
+  local score = scores[n]
+  if not score or tonumber(score) ~= tonumber(read) then
     stats.lost = stats.lost + 1
-  elseif ARGV[i + 4] == '' then
+  elseif next_due == '' then
     redis.call('ZREM', K.due, flow)  -- no longer computable
   else
-    DUE[#DUE + 1] = ARGV[i + 4]
+    DUE[#DUE + 1] = next_due
     DUE[#DUE + 1] = flow
-    local tenant, user = ARGV[i + 8], ARGV[i + 9]
-    local limit = tonumber(ARGV[i + 5])
-    if ARGV[i + 3] ~= '' then
-      local missed = cron_run(flow, tonumber(ARGV[i + 3]), limit, tenant, user)
-      not_started('missed', missed, 'older than the catch-up window of '
-        .. ARGV[i + 7] .. 's')
+    DEPLOYED[flow] = deployed[n]
+    if missed ~= '' then
+      local run = cron_run(flow, tonumber(missed), limit, tenant, user)
+      not_started('missed', run, 'older than the catch-up window of ' .. window .. 's')
       stats.missed = stats.missed + 1
     end
-    if ARGV[i + 2] ~= '' then
-      local result = fire_cron(flow, tonumber(ARGV[i + 2]), limit, ARGV[i + 6], tenant, user)
+    if fire ~= '' then
+      local result = fire_cron(flow, tonumber(fire), limit, overlap, tenant, user)
       stats.fired = stats.fired + 1
       if result == 'admitted' then
         stats.admitted = stats.admitted + 1

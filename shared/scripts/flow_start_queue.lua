@@ -51,9 +51,9 @@ local function bucket_tokens(tenant)
 end
 
 local function bucket_take(tenant)
-  local tokens = bucket_tokens(tenant) - 1
-  buckets[tenant] = { tokens, NOW }
-  BUCKET_WRITES[tenant] = tokens .. ':' .. ARGV[2]
+  local bucket = { bucket_tokens(tenant) - 1, NOW }
+  buckets[tenant] = bucket
+  BUCKET_WRITES[tenant] = bucket  -- written as `tokens:at` by flush(), once per tenant
 end
 
 -- why the tenant cannot start a run now, or nil
@@ -436,7 +436,11 @@ end
 -- one cron due time. Returns admitted | deferred | buffered | skipped
 local function fire_cron(flow, due, limit, overlap, tenant, user)
   local run = cron_run(flow, due, limit, tenant, user)  -- the caller claimed this due time
-  if redis.call('SISMEMBER', K.deployed, flow) == 0 then
+  local deployed = DEPLOYED[flow]  -- a tick reads it for all its entries at once
+  if deployed == nil then
+    deployed = redis.call('SISMEMBER', K.deployed, flow) == 1
+  end
+  if not deployed then
     not_started('skipped', run, 'not_deployed')
     return 'skipped'
   end
