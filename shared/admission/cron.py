@@ -144,9 +144,7 @@ def pack_entry(
     )
 
 
-def plan_entry(
-    entry: list[str], policy: Policy, now: float, next_times: schedule.NextTimes
-) -> str:
+def plan_entry(entry: list[str], policy: Policy, now: float, next_times: schedule.NextTimes) -> str:
     """The flow_start_fire argument of one due entry (`pack_entry`)."""
     flow, score, cron, zone, offset, tenant, user, overlap, catchup, max_run = entry
     limits = policy.tenant(tenant)

@@ -185,3 +185,23 @@ def test_next_times_memo_matches_next_time() -> None:
     due = schedule.first_due("*/5 * * * *", "Europe/Berlin", 17, T)
     assert step(due) == schedule.next_time("*/5 * * * *", "Europe/Berlin", due - 17) + 17
     assert step(due) - due == 300
+
+
+MEMO_CRONS = ["* * * * *", "*/5 * * * *", "30 2 * * *", "0 9 * * 1-5", "15,45 * * * *"]
+# DST zones, a :45 offset, and Monrovia's -0:44:30 until 1972 (times inside a minute)
+MEMO_ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kathmandu", "Africa/Monrovia"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cron=st.sampled_from(MEMO_CRONS),
+    zone=st.sampled_from(MEMO_ZONES),
+    after=st.integers(min_value=-200_000_000, max_value=2_000_000_000),
+)
+def test_the_per_minute_memo_gives_what_next_time_gives(cron: str, zone: str, after: int) -> None:
+    assert schedule.memoized_next_time(cron, zone, after) == schedule.next_time(cron, zone, after)
+    # every second of the same minute, through the memo filled above
+    minute = after - after % 60
+    for second in (0, 1, 29, 59):
+        expected = schedule.next_time(cron, zone, minute + second)
+        assert schedule.memoized_next_time(cron, zone, minute + second) == expected
