@@ -38,10 +38,12 @@ def wire(
     min_items: tuple[int, str] | None = None,
     description: str = "",
     on_wire: bool = True,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """A payload field. `name`: its JSON name (default: the attribute's); `pattern`: (regex,
     the problem when it does not match); `min_items`: (count, the problem when fewer);
-    `on_wire=False`: not read from the event (a hook fills it in)."""
+    `on_wire=False`: not read from the event (a hook fills it in); `aliases`: other names the
+    field may arrive under (read when the name itself is absent; we always write the name)."""
     metadata = {
         "json": name,
         "minimum": minimum,
@@ -51,6 +53,7 @@ def wire(
         "min_items": min_items,
         "description": description,
         "on_wire": on_wire,
+        "aliases": aliases,
     }
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
@@ -150,7 +153,11 @@ def read(cls: type, data: object, problems: Problems) -> Any:
         if not spec.meta.get("on_wire", True):
             values[spec.attr] = spec.default() if spec.default else None
             continue
-        values[spec.attr] = _read_field(spec, data.get(spec.key, _ABSENT), problems)
+        value = data.get(spec.key, _ABSENT)
+        for alias in spec.meta.get("aliases", ()):
+            if value is _ABSENT or value is None:
+                value = data.get(alias, _ABSENT)
+        values[spec.attr] = _read_field(spec, value, problems)
     instance = cls(**values)
     finish = getattr(instance, "finish", None)
     return finish(data, problems) if finish is not None else instance
@@ -317,6 +324,7 @@ def json_schema(cls: type) -> dict[str, Any]:
 def _object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     required: list[str] = []
+    either: list[dict[str, Any]] = []
     for spec in specs(cls):
         if not spec.meta.get("on_wire", True):
             continue
@@ -328,14 +336,26 @@ def _object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
             if isinstance(default, str | int | float | bool) and not is_declared(spec.kind):
                 prop["default"] = default
             prop = {"anyOf": [prop, {"type": "null"}]} if "$ref" in prop else _nullable(prop)
+        elif spec.meta.get("aliases"):
+            names = (spec.key, *spec.meta["aliases"])
+            either.append({"anyOf": [{"required": [name]} for name in names]})
         else:
             required.append(spec.key)
         properties[spec.key] = prop
+        for alias in spec.meta.get("aliases", ()):
+            properties[alias] = {"description": f"read as `{spec.key}` when that is absent"}
+            properties[alias].update({k: v for k, v in prop.items() if k != "description"})
     doc = (cls.__doc__ or "").strip().splitlines()
     out: dict[str, Any] = {"description": doc[0]} if doc else {}
     out.update({"type": "object", "properties": properties})
     if required:
         out["required"] = required
+    extra = getattr(cls, "schema_rules", None)
+    rules = [*either, *(extra() if extra is not None else [])]
+    if len(rules) == 1:
+        out.update(rules[0])
+    elif rules:
+        out["allOf"] = rules
     return out
 
 

@@ -142,33 +142,59 @@ def _parse_time(problems: Problems, key: str, value: str | None) -> float | None
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FlowDocument(Payload):
     """A flow as the Flow Repository sends it; `document` keeps the original JSON for storage."""
 
     event_name: ClassVar[str] = "flow.starting"
-    id: str = wire(pattern=_ID)
-    tenant: str = wire()
+    id: str = wire(pattern=_ID, aliases=("_id",))
+    tenant: str = wire(default="", description="absent: the id of the owner of type `tenant`")
     graph: Graph = wire()
     owners: tuple[Owner, ...] = wire(default=())
     cron: str | None = wire(default=None, description="a cron expression, read in `timezone`")
     timezone: str = wire(default="UTC", description="an IANA time zone")
     updated: str | None = wire("updatedAt", default=None, description="ISO 8601")
     flow_settings: FlowSettings = wire("flowSettings", default_factory=FlowSettings)
+    # Who started the flow (the Flow Repository sets the caller's IAM id); the rule of which
+    # user a flow's runs act for reads it (docs/security.md).
+    started_by: str | None = wire("startedBy", default=None, description="the starting user")
     document: dict[str, Any] = wire(default_factory=dict, on_wire=False)
     updated_at: float | None = wire(default=None, on_wire=False)
 
     def finish(self, data: Mapping[str, Any], problems: Problems) -> Self:
         cron = self.cron.strip() if self.cron and self.cron.strip() else None
         timezone = self.timezone or "UTC"
+        tenant = self.tenant.strip() and self.tenant
+        if not tenant:
+            owned = [o.id for o in self.owners if o.type.lower() == "tenant" and o.id]
+            tenant = owned[0] if owned else ""
+        if not tenant:
+            problems.add("tenant", "required (or an owner of type 'tenant' in owners)")
         _check_schedule(problems, cron, timezone)
         return dataclasses.replace(
             self,
             cron=cron,
             timezone=timezone,
+            tenant=tenant,
             document=dict(data),
             updated_at=_parse_time(problems, "updatedAt", self.updated),
         )
+
+    @classmethod
+    def schema_rules(cls) -> list[dict[str, Any]]:
+        tenant_owner = {
+            "type": "object",
+            "properties": {"type": {"type": "string", "pattern": "^[Tt][Ee][Nn][Aa][Nn][Tt]$"}},
+            "required": ["id", "type"],
+        }
+        return [
+            {
+                "anyOf": [
+                    {"required": ["tenant"]},
+                    {"required": ["owners"], "properties": {"owners": {"contains": tenant_owner}}},
+                ]
+            }
+        ]
 
     @property
     def nodes(self) -> tuple[Node, ...]:

@@ -6,6 +6,7 @@ The reader, the writer and the JSON Schema all come from those fields (shared/ev
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -48,9 +49,9 @@ class Empty(Payload):
 
 @dataclass(frozen=True)
 class _IdRef(Payload):
-    """A payload that only names something by its id."""
+    """A payload that only names something by its id (OIH's documents: `_id`)."""
 
-    id: str
+    id: str = wire(aliases=("_id",))
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,14 @@ class ComponentStatus(Payload):
 
 
 @dataclass(frozen=True)
+class FlowPointer(Payload):
+    """The flow in OIH's flow.execute (webhooks, scheduler): their stored copy; its id is read."""
+
+    id: str = wire(aliases=("_id",))
+    started_by: str | None = wire("startedBy", default=None)
+
+
+@dataclass(frozen=True)
 class FlowExecute(Payload):
     """flow.execute: a start with data (webhook, scheduler, by hand); never skipped.
 
@@ -98,9 +107,24 @@ class FlowExecute(Payload):
     """
 
     event_name: ClassVar[str] = "flow.execute"
-    flow_id: str = wire("flowId")
+    flow_id: str = wire("flowId", default="", description="required unless `flow` names it")
+    flow: FlowPointer | None = wire(
+        default=None, description="OIH's webhooks and scheduler send the flow itself"
+    )
     msg: Any = wire(default_factory=dict, description="the message handed to the first step")
     msg_opts: dict[str, Any] = wire("msgOpts", default_factory=dict)
+
+    def finish(self, data: Mapping[str, Any], problems: fields.Problems) -> Self:
+        if self.flow_id.strip():
+            return self
+        if self.flow is not None and self.flow.id:
+            return dataclasses.replace(self, flow_id=self.flow.id)
+        problems.add("flowId", "required (or flow._id)")
+        return self
+
+    @classmethod
+    def schema_rules(cls) -> list[dict[str, Any]]:
+        return [{"anyOf": [{"required": ["flowId"]}, {"required": ["flow"]}]}]
 
 
 TRIGGERS = ("cron", "execute")
