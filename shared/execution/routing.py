@@ -35,6 +35,10 @@ from shared.events import FlowDocument
 
 EVALUATION_TIMEOUT_MS = 250
 EVALUATION_MAX_DEPTH = 60
+# The largest step message the Redis backend carries (docs/security.md): a routed output
+# (mapped or not) above it fails the run before it is encoded or stored; backends with a
+# claim check (SQS + S3) pass None and store big bodies aside.
+MAX_MESSAGE_BYTES = 256 * 1024
 
 
 class RoutingError(PermanentError):
@@ -174,6 +178,31 @@ class Route:
     join: bool = False
 
 
+def within(value: Any, limit: int) -> bool:
+    """Whether `value` encodes to at most about `limit` bytes, found without encoding it:
+    the walk stops as soon as the running size passes the limit (a 20 MB string from one
+    `$pad` costs one len())."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, Mapping):
+            total += 2 + len(item)
+            for key, child in item.items():
+                total += len(str(key)) + 3
+                stack.append(child)
+        elif isinstance(item, list | tuple):
+            total += 2 + len(item)
+            stack.extend(item)
+        else:
+            total += 24  # numbers, booleans, null
+        if total > limit:
+            return False
+    return True
+
+
 def encode(data: Any) -> str:
     try:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -181,13 +210,20 @@ def encode(data: Any) -> str:
         raise RoutingError(f"step output is not JSON: {exc}") from exc
 
 
-def route(graph: Graph, step_id: str, data: Any) -> list[Route]:
-    """The routes of one output of `step_id`; raises RoutingError on a bad edge expression."""
+def route(
+    graph: Graph, step_id: str, data: Any, *, max_bytes: int | None = MAX_MESSAGE_BYTES
+) -> list[Route]:
+    """The routes of one output of `step_id`; raises RoutingError on a bad edge expression or
+    a routed message above `max_bytes` (checked before it is encoded)."""
     routes: list[Route] = []
     for edge in graph.outgoing(step_id):
         if edge.condition and not condition_holds(edge.condition, data):
             continue
         mapped = apply_mapper(edge.mapper, data)
+        if max_bytes is not None and not within(mapped, max_bytes):
+            raise RoutingError(
+                f"edge {edge.source}->{edge.target}: message larger than {max_bytes} bytes"
+            )
         routes.append(Route(edge.target, encode({} if mapped is None else mapped),
                             edge.target in graph.joins))  # fmt: skip
     return routes

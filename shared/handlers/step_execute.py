@@ -175,7 +175,14 @@ def on_step_completed(ctx: Ctx, result: StepResult) -> None:
         return
     now = ctx.clock.now()
     try:
-        routes = [] if result.empty else routing.route(run.graph, result.step_id, result.data)
+        # Without a claim check (Redis Streams) a step message is bounded; SQS stores big
+        # bodies in S3.
+        limit = None if ctx.settings.queue_backend == "sqs" else routing.MAX_MESSAGE_BYTES
+        routes = (
+            []
+            if result.empty
+            else routing.route(run.graph, result.step_id, result.data, max_bytes=limit)
+        )
     except RoutingError as exc:
         outcome = _fail(ctx, run, result, mode="abort", error=exc.message, reason="routing_error")
     else:
