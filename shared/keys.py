@@ -53,6 +53,11 @@ def outbox_in_flight(tag: str) -> str:
     return _key(tag, "outbox-in-flight")
 
 
+def tick_lease(tag: str) -> str:
+    """String: a random token while one tick of the tag's function works (single-flight)."""
+    return _key(tag, "tick-lease")
+
+
 def outboxes() -> list[str]:
     return [outbox(tag) for tag in TAGS]
 

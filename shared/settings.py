@@ -14,6 +14,8 @@ from shared.errors import PermanentError
 
 DEPLOY_DRIVERS = ("kubernetes", "local")
 QUEUE_BACKENDS = ("redis", "sqs")
+REDIS_MODES = ("standalone", "cluster", "sentinel")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 AUTH_MODES = ("required", "off")
 MIN_KEY_BYTES = 32
 
@@ -26,6 +28,7 @@ class SettingsError(PermanentError):
 class Settings:
     redis_url: str
     orchestrator_key: str
+    redis_mode: str = "standalone"
     k_sink: str | None = None
     policy_file: str | None = None
     deploy_driver: str = "kubernetes"
@@ -99,8 +102,17 @@ class Settings:
         redis_url = url("REDIS_URL")
         if redis_url is None:
             problems.append("REDIS_URL: required")
-        elif urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
-            problems.append(f"REDIS_URL: scheme must be redis, rediss or unix, got {redis_url!r}")
+        elif urlparse(redis_url).scheme not in REDIS_SCHEMES:
+            problems.append(
+                f"REDIS_URL: scheme must be one of {', '.join(REDIS_SCHEMES)}, got "
+                f"{_redact_url(redis_url)!r}"
+            )
+        sentinel_url = redis_url is not None and urlparse(redis_url).scheme.endswith("+sentinel")
+        redis_mode = choice("REDIS_MODE", REDIS_MODES, "sentinel" if sentinel_url else "standalone")
+        if sentinel_url and redis_mode != "sentinel":
+            problems.append(
+                f"REDIS_MODE: a redis+sentinel:// URL needs sentinel, got {redis_mode!r}"
+            )
 
         key = env.get("ORCHESTRATOR_KEY") or ""
         if not key:
@@ -151,6 +163,7 @@ class Settings:
         settings = cls(
             redis_url=redis_url or "",
             orchestrator_key=key,
+            redis_mode=redis_mode,
             k_sink=url("K_SINK"),
             policy_file=text("ORCHESTRATOR_POLICY_FILE"),
             deploy_driver=choice("ORCHESTRATOR_DEPLOY_DRIVER", DEPLOY_DRIVERS, "kubernetes"),

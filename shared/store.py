@@ -1,13 +1,28 @@
-"""The Redis connection and its start-up checks (docs/architecture.md §6)."""
+"""The Redis connection and its start-up checks (docs/architecture.md §6; topologies:
+docs/reliability.md, "Redis").
+
+Three topologies, one client type for the code above (every key a script or transaction
+touches together shares one hash tag, shared/keys.py, so the same calls work on all three):
+- `standalone`: `REDIS_URL=redis://host:port/db` (or rediss://, unix://);
+- `cluster`: `REDIS_MODE=cluster`, `REDIS_URL=redis://any-node:port` — redis-py's
+  `RedisCluster` learns the other nodes and follows MOVED/ASK and failovers;
+- `sentinel`: `REDIS_URL=redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`
+  (or REDIS_MODE=sentinel) — redis-py's `Sentinel` asks the Sentinels for the service's
+  master and asks again after a failover; the password is the master's.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import cast
+from urllib.parse import unquote, urlparse
 
 from redis import Redis
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
+from redis.sentinel import Sentinel, SentinelManagedSSLConnection
 
-from shared.errors import TemporaryError
+from shared.errors import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
 
@@ -20,17 +35,101 @@ class EvictionPolicyError(TemporaryError):
     instead of dead-lettering it as if it were malformed."""
 
 
-def connect(url: str) -> Redis:
-    """A client (no I/O yet); bytes in, bytes out."""
+MODES = ("standalone", "cluster", "sentinel")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+def mode_of(url: str, mode: str | None = None) -> str:
+    """The topology: as set, else `sentinel` for a redis+sentinel:// URL, else standalone."""
+    if mode:
+        return mode
+    return "sentinel" if urlparse(url).scheme in SENTINEL_SCHEMES else "standalone"
+
+
+def connect(
+    url: str,
+    mode: str | None = None,
+    *,
+    socket_timeout: float = 10,
+    socket_connect_timeout: float = 5,
+) -> Redis:
+    """A client (no I/O yet); bytes in, bytes out. A cluster client is typed as `Redis`: it
+    offers the same commands, scripts and same-slot transactions the code uses."""
+    kind = mode_of(url, mode)
+    if kind == "cluster":
+        return cast(
+            Redis,
+            RedisCluster.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_connect_timeout,
+                health_check_interval=30,
+            ),
+        )
+    if kind == "sentinel":
+        return _sentinel_master(url, socket_timeout, socket_connect_timeout)
     return Redis.from_url(
-        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_connect_timeout,
+        health_check_interval=30,
     )
 
 
-def check_at_start(url: str) -> None:
+def _sentinel_master(url: str, socket_timeout: float, connect_timeout: float) -> Redis:
+    parsed = urlparse(url)
+    hosts: list[tuple[str, int]] = []
+    for part in parsed.netloc.rpartition("@")[2].split(","):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise PermanentError(f"REDIS_URL: sentinel address {part!r} is not host:port")
+        hosts.append((host, int(port)))
+    path = [p for p in parsed.path.split("/") if p]
+    if not path:
+        raise PermanentError("REDIS_URL: a sentinel URL names the service: .../<service>[/db]")
+    service, db = path[0], int(path[1]) if len(path) > 1 and path[1].isdigit() else 0
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        hosts,
+        socket_timeout=min(socket_timeout, 2),
+        socket_connect_timeout=connect_timeout,
+    )
+    tls: dict[str, object] = (
+        {"connection_class": SentinelManagedSSLConnection}
+        if parsed.scheme.startswith("rediss")
+        else {}
+    )
+    master = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service,
+        db=db,
+        username=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        health_check_interval=30,
+        **tls,
+    )
+    return cast(Redis, master)
+
+
+def slot_client(redis: Redis, key: str) -> Redis:
+    """The plain client of the node serving `key`'s slot (the client itself off a cluster):
+    for pipelines of scripts, which a cluster pipeline refuses. Every key in such a pipeline
+    must share the key's hash tag; a moved slot fails the batch with a retried error."""
+    if isinstance(redis, RedisCluster):
+        node = redis.get_node_from_key(key)
+        connection = redis.get_redis_connection(node)
+        return connection
+    return redis
+
+
+def check_at_start(url: str, mode: str | None = None) -> None:
     """Refuses to start on an evicting Redis when it answers quickly; an unreachable one is
     checked again when the clients are built on first use."""
-    probe = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
+    try:
+        probe = connect(url, mode, socket_timeout=2, socket_connect_timeout=1)
+    except RedisError:  # a cluster client asks its nodes at once
+        log.warning("redis not reachable at start; maxmemory-policy is checked on first use")
+        return
     try:
         check_eviction_policy(probe)
     except EvictionPolicyError:
@@ -44,7 +143,10 @@ def check_at_start(url: str) -> None:
 def check_eviction_policy(redis: Redis) -> str | None:
     """Refuses all but `noeviction`; returns the policy, or None where CONFIG is forbidden."""
     try:
-        reply = redis.config_get("maxmemory-policy")
+        if isinstance(redis, RedisCluster):  # every node: one evicting master is enough harm
+            reply = redis.config_get("maxmemory-policy", target_nodes=RedisCluster.ALL_NODES)
+        else:
+            reply = redis.config_get("maxmemory-policy")
     except ResponseError:
         log.warning(
             "CONFIG GET not allowed: cannot check maxmemory-policy; make sure it is noeviction"
@@ -52,13 +154,23 @@ def check_eviction_policy(redis: Redis) -> str | None:
         return None
     except RedisError as exc:
         raise TemporaryError("redis unavailable") from exc
-    values = {_text(k): _text(v) for k, v in dict(reply).items()}
-    policy = values.get("maxmemory-policy")
+    policy = _policy_of(reply)
     if policy != "noeviction":
         raise EvictionPolicyError(
             f"REDIS_URL: maxmemory-policy is {policy!r}; locks and leases need 'noeviction'"
         )
     return str(policy)
+
+
+def _policy_of(reply: object) -> str | None:
+    """CONFIG GET's reply; a cluster client answers per node: all must be noeviction."""
+    values = {_text(k): v for k, v in dict(reply).items()}  # type: ignore[call-overload]
+    if "maxmemory-policy" in values:
+        return _text(values["maxmemory-policy"])
+    policies = {_policy_of(v) for v in values.values() if isinstance(v, dict)}
+    if len(policies) == 1:
+        return policies.pop()
+    return ",".join(sorted(str(p) for p in policies)) or None
 
 
 def _text(value: object) -> str:

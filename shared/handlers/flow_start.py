@@ -196,5 +196,9 @@ HANDLERS: dict[str, Handler[Services]] = {
 }
 
 SPEC: FunctionSpec[Services] = FunctionSpec(
-    name="flow-start", tag=keys.ADMISSION, handlers=HANDLERS, build_services=build_services
+    name="flow-start",
+    tag=keys.ADMISSION,
+    handlers=HANDLERS,
+    build_services=build_services,
+    tick_seconds=lambda settings: settings.flow_start_work_through_seconds,
 )

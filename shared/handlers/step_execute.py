@@ -441,5 +441,9 @@ HANDLERS: dict[str, Handler[StepExecuteServices]] = {
 }
 
 SPEC: FunctionSpec[StepExecuteServices] = FunctionSpec(
-    name=t.STEP_EXECUTE, tag=keys.EXECUTION, handlers=HANDLERS, build_services=build_services
+    name=t.STEP_EXECUTE,
+    tag=keys.EXECUTION,
+    handlers=HANDLERS,
+    build_services=build_services,
+    tick_seconds=lambda settings: settings.step_tick_work_seconds,
 )

@@ -32,7 +32,7 @@ from shared.events import (
 from shared.events.types import CONSUMES, TICK, short
 from shared.model import flows
 from shared.model.policy import Policy, load_policy
-from shared.runtime import metrics, outbox
+from shared.runtime import metrics, outbox, tick_lease
 from shared.runtime.auth import Authorizer, Principal
 from shared.runtime.idempotency import Once, Write
 from shared.runtime.outbox import EventSender, HttpSender, NullSender
@@ -145,6 +145,8 @@ class FunctionSpec(Generic[S]):
     tag: str
     handlers: Mapping[str, Handler[S]]
     build_services: ServicesFactory[S]
+    # How long one tick of this function may work (its lease outlives that by a margin).
+    tick_seconds: Callable[[Settings], float] = field(default=lambda _settings: 0.0)
     dispatch: Mapping[str, Dispatch[S]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -199,7 +201,7 @@ class FunctionRuntime(Generic[S]):
         """Settings, policy and clients from the environment; refuses to start on bad values."""
         settings = Settings.from_env(os.environ if env is None else env)
         clock = clock or SystemClock()
-        redis = store.connect(settings.redis_url)
+        redis = store.connect(settings.redis_url, settings.redis_mode)
         store.check_eviction_policy(redis)
         if sender is None:
             sender = (
@@ -251,17 +253,29 @@ class FunctionRuntime(Generic[S]):
             raise InvalidEvent(f"type: {self.spec.name} has no handler for {event.type!r}")
         try:
             principal = self.authorizer.authorize(cloudevent, event.payload)
+            if event.type == TICK:
+                return self._tick(event, handler, principal)
             once = Once.for_event(self.redis, self.spec.tag, event, principal.scope)
-            duplicate = event.type != TICK and once.done()
+            duplicate = once.done()
             if duplicate:
                 log.info("duplicate %s id=%s: already handled", short(event.type), event.id)
             else:
                 handler(self._context(event, principal))
-            tags = keys.TAGS if event.type == TICK else (self.spec.tag,)
-            flushed = outbox.flush(self.redis, self.sender, tags)
+            flushed = outbox.flush(self.redis, self.sender, (self.spec.tag,))
         except RedisError as exc:
             raise TemporaryError("redis unavailable") from exc
         return Outcome(event_type=event.type, duplicate=duplicate, flushed=flushed)
+
+    def _tick(self, event: IncomingEvent, handler: Dispatch[S], principal: Principal) -> Outcome:
+        """Single-flight: a tick that finds another one working answers at once (200)."""
+        hold = self.spec.tick_seconds(self.settings)
+        with tick_lease.single_flight(self.redis, self.spec.tag, hold) as holder:
+            if not holder:
+                log.info("tick id=%s: another tick of %s is working", event.id, self.spec.name)
+                return Outcome(event_type=event.type, duplicate=True, flushed=0)
+            handler(self._context(event, principal))
+            flushed = outbox.flush(self.redis, self.sender, keys.TAGS)
+        return Outcome(event_type=event.type, duplicate=False, flushed=flushed)
 
     def _context(self, event: IncomingEvent, principal: Principal) -> Context[S]:
         return Context(
@@ -284,7 +298,7 @@ def lazy_runtime(spec: FunctionSpec[S]) -> Callable[[], FunctionRuntime[S]]:
     import threading
 
     settings = Settings.from_env(os.environ)
-    store.check_at_start(settings.redis_url)
+    store.check_at_start(settings.redis_url, settings.redis_mode)
 
     lock = threading.Lock()
     built: list[FunctionRuntime[S]] = []

@@ -18,6 +18,8 @@ from shared.ports.step_message import Delivery, StepMessage
 from shared.wiring.queues import make_queue
 from tests.fakes.aws import Aws
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 QUEUE = "co:q:{flow-1}:step-a"
 
 

@@ -13,6 +13,8 @@ from shared.errors import OverCapacity
 from tests.support.admission import Admission, penalize
 from tests.support.flows import policy
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 
 def reasons(adm: Admission) -> list[str]:
     return [e["data"]["reason"] for e in adm.outbox() if e["type"].endswith(".deferred")]

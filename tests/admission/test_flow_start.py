@@ -19,6 +19,8 @@ from tests.fakes.iam import FakeIam
 from tests.support.flows import flow_doc, policy
 from tests.support.function import FunctionHarness
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 MINUTE = 60.0
 
 

@@ -19,6 +19,8 @@ from shared.handlers.flow_start import Services as FlowStartServices
 from tests.support.flows import flow_doc, policy
 from tests.support.function import FunctionHarness
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 ROOMY = policy(
     slots=10_000,
     defaults={

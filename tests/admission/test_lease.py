@@ -18,6 +18,8 @@ from shared.model.policy import TenantLimits
 from tests.support.flows import flow_doc, policy
 from tests.support.function import FunctionHarness
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 MINUTE = 60.0
 
 

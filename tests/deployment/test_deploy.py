@@ -19,6 +19,8 @@ from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.kube_api import FakeKubeApi
 from tests.support.events import cloudevent
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 
 @pytest.fixture
 def deploy(

@@ -19,6 +19,8 @@ from shared.model.policy import TenantLimits
 from tests.support.flows import TENANT, USER, fast_policy, flow_document
 from tests.support.function import FunctionHarness
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 ADMITTED = RunAdmitted(
     flow_id="f",
     run_id="run-1",

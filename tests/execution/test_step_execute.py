@@ -15,6 +15,8 @@ from shared.handlers.step_execute import StepExecuteServices
 from tests.support.flows import TENANT, USER, fast_policy, flow_document
 from tests.support.function import FunctionHarness
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 FIVE_STEPS = flow_document(
     "five",
     ["a", "b", "c", {"id": "d", "join": True}, "e"],

@@ -80,10 +80,30 @@ def test_every_variable_is_read() -> None:
     assert settings.aws_endpoint_url == "http://localhost:5000"
 
 
+@pytest.mark.parametrize(
+    ("changes", "mode"),
+    [
+        ({}, "standalone"),
+        ({"REDIS_MODE": "cluster"}, "cluster"),
+        ({"REDIS_URL": "redis+sentinel://s1:26379,s2:26379/orchestrator/0"}, "sentinel"),
+        ({"REDIS_URL": "rediss+sentinel://:pw@s1:26379/orchestrator"}, "sentinel"),
+        ({"REDIS_URL": "redis://s1:26379", "REDIS_MODE": "sentinel"}, "sentinel"),
+    ],
+)
+def test_the_redis_topology_is_set_or_follows_the_url(changes: dict[str, str], mode: str) -> None:
+    assert _settings(**changes).redis_mode == mode
+
+
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("no redis url", {"REDIS_URL": None}, "REDIS_URL: required"),
     ("redis url not a url", {"REDIS_URL": "localhost"}, "REDIS_URL: not a URL"),
     ("redis url wrong scheme", {"REDIS_URL": "http://localhost"}, "REDIS_URL: scheme"),
+    ("unknown redis mode", {"REDIS_MODE": "ring"}, "REDIS_MODE: must be one of"),
+    (
+        "sentinel url, cluster mode",
+        {"REDIS_URL": "redis+sentinel://s1:26379/svc", "REDIS_MODE": "cluster"},
+        "REDIS_MODE: a redis+sentinel:// URL needs sentinel",
+    ),
     ("no key", {"ORCHESTRATOR_KEY": None}, "ORCHESTRATOR_KEY: required"),
     ("short key", {"ORCHESTRATOR_KEY": "short"}, "ORCHESTRATOR_KEY: must be at least 32"),
     ("sink not a url", {"K_SINK": "broker"}, "K_SINK: not a URL"),

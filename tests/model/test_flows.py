@@ -14,6 +14,8 @@ from shared import keys
 from shared.events import FlowDocument
 from shared.model import flows
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 _flow_ids = itertools.count()
 
 

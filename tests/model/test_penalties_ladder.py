@@ -12,6 +12,8 @@ from shared.events.payloads import PenaltyChanged, PolicyViolation
 from shared.model import audit, penalties
 from shared.model.policy import Penalties
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 PEN = Penalties(cooldown="5m", max_cooldown="1h", decay_after="30m")
 EVIDENCE = penalties.Evidence("chatty-flow", 6001, 6000, "1m", 60)
 SOURCE = "/component-orchestrator/policy-check"

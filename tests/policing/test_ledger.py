@@ -16,6 +16,8 @@ from shared.model.policy import Policy, Rule, TenantLimits
 from shared.policing import ledger
 from shared.policing.ledger import SLOTS, Record, SubjectRef
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 WINDOW = 60
 WIDTH = WINDOW / SLOTS
 WINDOWS = {"tenant": (WINDOW,), "user": (WINDOW,), "flow": (WINDOW,)}
@@ -148,6 +150,7 @@ def _ledger_footprint(redis: Redis) -> tuple[int, int]:
     return len(names), sum(int(redis.memory_usage(name) or 0) for name in names)
 
 
+@pytest.mark.redis_cluster(standalone_only="a volume test; the slot rule is proven by the others")
 def test_memory_stays_bounded_after_100000_usage_events(redis: Redis) -> None:
     """100,000 usage events of 20 tenants (2 users, 5 flows each) over ~7 simulated hours
     (every ring wraps around several times), default rules: the ledger's key count and bytes

@@ -22,6 +22,8 @@ from tests.fakes.kube_api import FakeKubeApi
 from tests.support.flows import store_flow
 from tests.support.function import FunctionHarness
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 ODD_FLOW = "Flow:With.A-Very-Long-Id-That-Does-Not-Fit-In-A-Kubernetes-Label-Value-At-All"
 
 FAST = parse_policy(

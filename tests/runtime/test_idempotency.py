@@ -22,6 +22,8 @@ from tests.conftest import TEST_KEY
 from tests.support.events import CapturingSender, cloudevent, internal
 from tests.support.runtime import make_runtime, recorded, recording_spec
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 EFFECT = "co:{exec}:test-effect"
 # Who `internal(...)` events come from, as the runtime authenticates them.
 SENDER = Principal("internal", "tests", None, frozenset(), frozenset()).scope

@@ -24,6 +24,8 @@ from tests.support.events import CapturingSender, cloudevent, internal
 from tests.support.http_sink import HttpSink
 from tests.support.runtime import make_runtime, recording_spec
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 
 def _event(number: int, tag: str = "x") -> OutgoingEvent:
     return OutgoingEvent(

@@ -15,6 +15,8 @@ from shared.events import FlowDocument
 from shared.model import flows
 from shared.scripts import ScriptError, load_script, script_source
 
+pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
+
 SCRIPTS_DIR = resources.files("shared.scripts")
 ALL = sorted(p.name.removesuffix(".lua") for p in SCRIPTS_DIR.iterdir() if p.name.endswith(".lua"))
 INCLUDED = {
