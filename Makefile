@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # What `make lint` checks is what `make format` formats: all our Python.
 PY_DIRS := shared functions tests benchmarks tools examples
 
-.PHONY: install services run test lint format bench clean
+.PHONY: install services run test test-faults lint format bench clean
 
 # Servers the tests start themselves (unprivileged processes, temp dirs, free ports on
 # 127.0.0.1), as COMMAND:DEBIAN_PACKAGE. As root, the set-up installs the missing ones with apt.
@@ -35,6 +35,10 @@ services:
 
 test: install services
 	$(BIN)/python -m pytest -p no:randomly -x --durations=15
+
+# The fault matrix of docs/reliability.md at full scale (make test runs it scaled down).
+test-faults: install services
+	FAULTS_SCALE=full $(BIN)/python -m pytest -p no:randomly -m faults tests/system --durations=15
 
 lint: install
 	$(BIN)/ruff check $(PY_DIRS)

@@ -58,6 +58,11 @@ def tick_lease(tag: str) -> str:
     return _key(tag, "tick-lease")
 
 
+def replication_probe(tag: str) -> str:
+    """String: written right before WAIT, so WAIT covers every earlier write of the tag's slot."""
+    return _key(tag, "replication-probe")
+
+
 def outboxes() -> list[str]:
     return [outbox(tag) for tag in TAGS]
 

@@ -60,6 +60,9 @@ class Settings:
     # read; JSON nested deeper is answered 400 before any state changes.
     max_request_bytes: int = 1024 * 1024
     max_json_depth: int = 64
+    # Replicas that must hold an event's writes before it is answered (docs/reliability.md).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_seconds: float = 1.0
 
     @property
     def auth_required(self) -> bool:
@@ -156,6 +159,17 @@ class Settings:
                 return default
             return int(value)
 
+        def whole(name: str, default: int, *, below: int) -> int:
+            value = text(name)
+            if value is None:
+                return default
+            if not value.isdigit() or int(value) >= below:
+                problems.append(
+                    f"{name}: must be a whole number from 0 to {below - 1}, got {value!r}"
+                )
+                return default
+            return int(value)
+
         namespace = text("KUBERNETES_NAMESPACE") or "flows"
         if not _is_dns_label(namespace):
             problems.append(f"KUBERNETES_NAMESPACE: not a DNS label: {namespace!r}")
@@ -190,6 +204,8 @@ class Settings:
             run_retention_seconds=seconds("RUN_RETENTION_SECONDS", 86400.0),
             max_request_bytes=count("MAX_REQUEST_BYTES", 1024 * 1024),
             max_json_depth=count("MAX_JSON_DEPTH", 64),
+            redis_wait_replicas=whole("REDIS_WAIT_REPLICAS", 0, below=100),
+            redis_wait_timeout_seconds=seconds("REDIS_WAIT_TIMEOUT_SECONDS", 1.0, below=60),
         )
         if settings.auth_required and not (settings.iam_jwks_url or settings.iam_introspect_url):
             problems.append(

@@ -122,6 +122,30 @@ def slot_client(redis: Redis, key: str) -> Redis:
     return redis
 
 
+class NotReplicated(TemporaryError):
+    """Fewer replicas than asked hold the writes yet: answered 503, the redelivery finds its
+    own writes done (dedupe) and waits again."""
+
+
+def wait_for_replicas(redis: Redis, probe_key: str, replicas: int, timeout_seconds: float) -> int:
+    """Blocks until `replicas` replicas hold every write made so far to `probe_key`'s node.
+
+    WAIT only covers the writes of the connection it runs on, and a pooled client writes on
+    many: a probe written on the same connection right before WAIT comes after all of them in
+    the replication stream, so waiting for the probe waits for them all."""
+    node = slot_client(redis, probe_key)
+    pipe = node.pipeline(transaction=False)
+    pipe.set(probe_key, "1", px=60_000)
+    pipe.wait(replicas, max(1, int(timeout_seconds * 1000)))
+    try:
+        _, acked = pipe.execute()
+    except RedisError as exc:
+        raise TemporaryError("redis unavailable (waiting for replicas)") from exc
+    if int(acked) < replicas:
+        raise NotReplicated(f"redis: {acked} of {replicas} replicas hold the writes yet")
+    return int(acked)
+
+
 def check_at_start(url: str, mode: str | None = None) -> None:
     """Refuses to start on an evicting Redis when it answers quickly; an unreachable one is
     checked again when the clients are built on first use."""

@@ -261,6 +261,13 @@ class FunctionRuntime(Generic[S]):
                 log.info("duplicate %s id=%s: already handled", short(event.type), event.id)
             else:
                 handler(self._context(event, principal))
+            if self.settings.redis_wait_replicas:  # answered only once replicas hold it
+                store.wait_for_replicas(
+                    self.redis,
+                    keys.replication_probe(self.spec.tag),
+                    self.settings.redis_wait_replicas,
+                    self.settings.redis_wait_timeout_seconds,
+                )
             flushed = outbox.flush(self.redis, self.sender, (self.spec.tag,))
         except RedisError as exc:
             raise TemporaryError("redis unavailable") from exc

@@ -98,6 +98,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("no redis url", {"REDIS_URL": None}, "REDIS_URL: required"),
     ("redis url not a url", {"REDIS_URL": "localhost"}, "REDIS_URL: not a URL"),
     ("redis url wrong scheme", {"REDIS_URL": "http://localhost"}, "REDIS_URL: scheme"),
+    (
+        "replicas not a count",
+        {"REDIS_WAIT_REPLICAS": "1.5"},
+        "REDIS_WAIT_REPLICAS: must be a whole",
+    ),
     ("unknown redis mode", {"REDIS_MODE": "ring"}, "REDIS_MODE: must be one of"),
     (
         "sentinel url, cluster mode",
