@@ -79,7 +79,8 @@ def test_the_slot_client_of_a_cluster_is_the_node_of_that_slot(
     node = store.slot_client(client, key)
     assert isinstance(node, Redis) and not isinstance(node, RedisCluster)
     pipe = node.pipeline(transaction=False)
-    pipe.set(key, "x").get(key)
+    pipe.set(key, "x")
+    pipe.get(key)
     assert pipe.execute() == [True, b"x"]
     plain = Redis()
     assert store.slot_client(plain, key) is plain

@@ -252,7 +252,9 @@ class RedisClusterServers:
 
     def _ready(self) -> bool:
         for node in self.nodes:
-            info = node.client().execute_command("CLUSTER", "INFO")
+            info: Any = node.client().execute_command(  # type: ignore[no-untyped-call]
+                "CLUSTER", "INFO"
+            )
             state = info.get("cluster_state") if isinstance(info, dict) else None
             if isinstance(info, bytes | str):
                 state = "ok" if "cluster_state:ok" in str(info) else None
@@ -321,8 +323,8 @@ class SentinelServers:
     def _sentinel_knows(self, port: int) -> bool:
         client = Redis(port=port, socket_timeout=1)
         try:
-            replicas = client.sentinel_slaves(self.name)
-            sentinels = client.sentinel_sentinels(self.name)
+            replicas: Any = client.sentinel_slaves(self.name)
+            sentinels: Any = client.sentinel_sentinels(self.name)
             return bool(replicas) and len(sentinels) >= 2
         finally:
             client.close()
@@ -330,7 +332,7 @@ class SentinelServers:
     def master_port(self) -> int:
         client = Redis(port=self.sentinel_ports[0], socket_timeout=1)
         try:
-            host_port = client.sentinel_get_master_addr_by_name(self.name)
+            host_port: Any = client.sentinel_get_master_addr_by_name(self.name)
             return int(host_port[1])
         finally:
             client.close()

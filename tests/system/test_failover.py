@@ -57,7 +57,7 @@ def flow_start(sentinel: SentinelServers, tmp_path: Path) -> Iterator[FunctionPr
 
 def _runs(redis: Redis) -> set[str]:
     ids = set(redis.hkeys(keys.admitted_runs())) | set(redis.hkeys(keys.waiting_runs()))
-    return {i.decode() for i in ids}
+    return {i.decode() if isinstance(i, bytes) else str(i) for i in ids}
 
 
 @pytest.mark.timeout(300)
