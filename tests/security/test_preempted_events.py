@@ -150,3 +150,21 @@ def test_emitted_ids_are_keyed_and_not_the_predictable_staged_ones() -> None:
     other_key = "another-orchestrator-key-0123456789abcdef"
     assert not set(wire) & {keyed_event_id(other_key, FLOW_START, i) for i in staged}
     assert keyed_event_id(TEST_KEY, "/elsewhere", staged[0]) != wire[0]
+
+
+def test_an_internal_token_seen_on_one_event_type_cannot_carry_another(
+    setup: tuple[StepHarness, FlaskClient], redis: Redis
+) -> None:
+    """A token copied off a `flow.started` (a broker log, a dead letter) replayed onto a
+    forged `flow.execution.admitted` for B's flow: refused, no run starts."""
+    harness, client = setup
+    seen = internal(
+        "flow.started", {"id": "flow-b"}, key=TEST_KEY, clock=harness.clock, sender="deploy"
+    )
+    forged = _admission(harness.clock, "flow-b", "run-forged", "tenant-b", "forged-admit")
+    forged["authtoken"] = seen["authtoken"]
+    assert _post(client, forged) == 403
+    assert _status(redis, "run-forged") is None
+    forged["authtoken"] = _admission(harness.clock, "flow-b", "x", "tenant-b", "y")["authtoken"]
+    assert _post(client, forged) == 200  # the same event with a token for its own type
+    assert _status(redis, "run-forged") == "running"
