@@ -87,6 +87,10 @@ class Edge(Payload):
         return self.config.mapper
 
 
+MAX_FLOW_NODES = 100
+MAX_FLOW_EDGES = 1000
+
+
 @dataclass(frozen=True)
 class Graph(Payload):
     """The flow's nodes and the edges between them."""
@@ -95,6 +99,13 @@ class Graph(Payload):
     edges: tuple[Edge, ...] = wire(default=())
 
     def finish(self, data: Mapping[str, Any], problems: Problems) -> Self:
+        # Bounded flows (docs/security.md): every node becomes a Deployment and a Secret.
+        if len(self.nodes) > MAX_FLOW_NODES:
+            problems.add("nodes", f"at most {MAX_FLOW_NODES} nodes, got {len(self.nodes)}")
+            return self
+        if len(self.edges) > MAX_FLOW_EDGES:
+            problems.add("edges", f"at most {MAX_FLOW_EDGES} edges, got {len(self.edges)}")
+            return self
         seen: set[str] = set()
         for index, node in enumerate(self.nodes):
             if node.id in seen:

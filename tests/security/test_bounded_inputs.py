@@ -189,3 +189,27 @@ def test_made_up_event_types_are_counted_under_one_label(flow_start: FlaskClient
     metrics = flow_start.get("/metrics").get_data(as_text=True)
     assert "evil.type" not in metrics
     assert 'type="unknown"' in metrics
+
+
+@pytest.mark.parametrize(
+    ("nodes", "edges", "field"), [(101, 0, "nodes"), (2, 1001, "edges")], ids=["nodes", "edges"]
+)
+def test_a_flow_over_100_nodes_or_1000_edges_is_400_and_nothing_is_stored(
+    flow_start: FlaskClient, redis: Redis, nodes: int, edges: int, field: str
+) -> None:
+    """A 10,000-node flow made 20,000 objects (a Deployment and a Secret per node)."""
+    document = flow_doc("f-big", cron=None)
+    document["graph"] = {
+        "nodes": [{"id": f"n{i}", "componentId": "c1", "function": "run"} for i in range(nodes)],
+        "edges": [{"source": "n0", "target": "n1"} for _ in range(edges)],
+    }
+    headers = {
+        "ce-specversion": "1.0", "ce-type": "org.openintegrationhub.flow.starting",
+        "ce-source": "/tests", "ce-id": f"big-{field}", "content-type": "application/json",
+    }  # fmt: skip
+    response = flow_start.post("/", headers=headers, data=json.dumps(document))
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert any(
+        p.startswith(f"graph.{field}") or field in p for p in response.get_json()["problems"]
+    )
+    assert flows.get(redis, "f-big") is None
