@@ -20,7 +20,7 @@ from redis import Redis
 from shared import keys
 from shared.events import types as t
 from tests.support.events import cloudevent
-from tests.support.flow_start import flow_doc
+from tests.support.flows import flow_doc
 from tests.support.system import FunctionProcess, wait_for
 
 TICKS = 20

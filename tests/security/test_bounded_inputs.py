@@ -24,7 +24,7 @@ from shared.events import FlowDocument
 from shared.model import flows
 from shared.security.redact import MASK, redact_text
 from tests.support.apps import ROOT, function_client
-from tests.support.flow_start import flow_doc
+from tests.support.flows import flow_doc
 
 ONE_MIB = 1024 * 1024
 CE_HEADERS = (

@@ -15,9 +15,11 @@ from redis import Redis
 
 from shared import keys
 from shared.clock import FakeClock
+from shared.handlers.step_execute import SPEC as STEP_EXECUTE
 from tests.support.apps import function_client
+from tests.support.flows import fast_policy, flow_document
+from tests.support.function import FunctionHarness
 from tests.support.http_sink import HttpSink
-from tests.support.steps import StepHarness, flow_document
 
 PAD = '$pad("x", 2000000)'  # 2 MB per edge, 3 edges: 6 MB per event before the fix
 BUDGET_BYTES = 1024 * 1024  # what one such event may add to Redis, at most
@@ -36,7 +38,9 @@ def _used_memory(redis: Redis) -> int:
 def test_the_pad_mapper_attack_leaves_redis_memory_within_budget(
     redis: Redis, base_env: dict[str, str], sink: HttpSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    harness = StepHarness(redis, FakeClock(time.time()), base_env)
+    harness = FunctionHarness(
+        STEP_EXECUTE, redis, FakeClock(time.time()), base_env, policy=fast_policy()
+    )
     edges = [("a", target, {"mapper": PAD}) for target in ("b", "c", "d")]
     harness.store_flow(flow_document("pad", ["a", "b", "c", "d"], edges))
     harness.admit("pad", "run-pad")

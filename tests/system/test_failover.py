@@ -22,7 +22,7 @@ from shared import keys
 from shared.events import types as t
 from tests.conftest import TEST_KEY
 from tests.support.events import cloudevent
-from tests.support.flow_start import flow_doc
+from tests.support.flows import flow_doc
 from tests.support.http_sink import HttpSink
 from tests.support.system import FunctionProcess, SentinelServers, wait_for
 

@@ -28,7 +28,7 @@ from shared.ports.step_message import StepMessage
 from tests.conftest import TEST_KEY
 from tests.support.apps import function_client
 from tests.support.events import cloudevent
-from tests.support.flow_start import flow_doc
+from tests.support.flows import flow_doc
 from tests.support.http_sink import HttpSink, Request
 from tests.support.system import FunctionProcess, RedisNode
 
