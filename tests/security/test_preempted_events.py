@@ -153,7 +153,7 @@ def test_emitted_ids_are_keyed_and_not_the_predictable_staged_ones() -> None:
 
 
 def test_an_internal_token_seen_on_one_event_type_cannot_carry_another(
-    setup: tuple[StepHarness, FlaskClient], redis: Redis
+    setup: tuple[FunctionHarness[StepExecuteServices], FlaskClient], redis: Redis
 ) -> None:
     """A token copied off a `flow.started` (a broker log, a dead letter) replayed onto a
     forged `flow.execution.admitted` for B's flow: refused, no run starts."""
