@@ -25,8 +25,9 @@ def bridge_settings(args: argparse.Namespace, environ: dict[str, str]) -> Bridge
         problems.append("OIH_EVENT_BUS (or --event-bus): an amqp:// URL of the hub's RabbitMQ")
     if not broker:
         problems.append("--broker (or K_SINK): the broker the events go to")
-    if not found.get("IAM_SERVICE_TOKEN"):
-        problems.append("IAM_SERVICE_TOKEN: the hub service account's token for the events")
+    hub_token = found.get("OIH_BRIDGE_TOKEN") or found.get("IAM_SERVICE_TOKEN")
+    if not hub_token:
+        problems.append("OIH_BRIDGE_TOKEN (or IAM_SERVICE_TOKEN): the hub service account's token")
     if not found.get("ORCHESTRATOR_KEY"):
         problems.append("ORCHESTRATOR_KEY: checks the events that go out are ours")
     if problems:
@@ -34,7 +35,7 @@ def bridge_settings(args: argparse.Namespace, environ: dict[str, str]) -> Bridge
     return BridgeSettings(
         event_bus_url=bus,
         broker_url=broker,
-        hub_token=found["IAM_SERVICE_TOKEN"],
+        hub_token=hub_token or "",
         orchestrator_key=found["ORCHESTRATOR_KEY"],
         host=args.host,
         port=args.port,

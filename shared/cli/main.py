@@ -223,7 +223,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         if getattr(args, option) is not None:
             overrides[key] = getattr(args, option)
     broker = Broker(
-        load_topology(Path(args.knative)),
+        load_topology(Path(args.knative), *(Path(extra) for extra in args.also_knative)),
         subscribers,
         FileDeadLetters(Path(args.dead_letters)),
         overrides=overrides,
@@ -418,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--host", default="127.0.0.1")
     broker.add_argument("--port", type=int, default=8080)
     broker.add_argument("--knative", default=str(knative_dir()), help="dir with Broker/Triggers")
+    broker.add_argument(
+        "--also-knative",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="more Triggers (knative/oih for the event-bus bridge)",
+    )
     broker.add_argument(
         "--subscriber",
         action="append",

@@ -151,11 +151,14 @@ class Topology:
     triggers: tuple[Trigger, ...]
 
 
-def load_topology(root: Path) -> Topology:
-    """Every Broker and Trigger in the YAML files under `root` (recursively)."""
+def load_topology(root: Path, *more: Path) -> Topology:
+    """Every Broker and Trigger in the YAML files under `root` and `more` (recursively)."""
     brokers: dict[str, Mapping[str, Any]] = {}
     triggers: dict[str, Trigger] = {}
-    for path in sorted([*root.rglob("*.yaml"), *root.rglob("*.yml")]):
+    paths = [
+        p for folder in (root, *more) for p in (*folder.rglob("*.yaml"), *folder.rglob("*.yml"))
+    ]
+    for path in sorted(paths):
         for document in yaml.safe_load_all(path.read_text()):
             if not isinstance(document, dict):
                 continue

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import os
 import secrets
 import shutil
@@ -33,7 +34,7 @@ import requests
 
 from shared.events.types import FUNCTIONS
 from shared.local.clock import LocalClock
-from shared.local.embedded_iam import EmbeddedIam
+from shared.local.embedded_iam import EmbeddedIam, print_token
 from shared.local.embedded_redis import EmbeddedRedis, free_port
 from shared.local.session import DEFAULT_STATE_DIR, LOG_DIR, SESSION_FILE, RunSession
 from shared.local.supervisor import Console, Supervisor, install_stop_signals
@@ -55,6 +56,8 @@ DemoHook = Callable[[RunSession, threading.Event], None]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_SECONDS = 30.0
+BRIDGE = "event-bus-bridge"  # the Knative Service name its Triggers name (knative/oih)
+BRIDGE_TOKEN_SECONDS = 24 * 3600
 
 
 def function_source(function: str) -> Path:
@@ -141,6 +144,10 @@ class LocalRun:
         ]  # fmt: skip
         for function, url in functions.items():
             broker_argv += ["--subscriber", f"{function}={url}"]
+        bridge_url = self._start_bridge(env, broker_url) if env.get("OIH_EVENT_BUS") else None
+        if bridge_url:
+            broker_argv += ["--also-knative", str(PROJECT_ROOT / "knative" / "oih")]
+            broker_argv += ["--subscriber", f"{BRIDGE}={bridge_url}"]
         if self.options.log_ticks:
             broker_argv.append("--log-ticks")
         self.supervisor.spawn("broker", broker_argv, env, broker_url)
@@ -160,6 +167,30 @@ class LocalRun:
         self._start_demo()
         return self.session
 
+    def _start_bridge(self, env: dict[str, str], broker_url: str) -> str:
+        """With OIH_EVENT_BUS, the hub's RabbitMQ bus comes in and goes out (docs/oih.md)."""
+        port = free_port()
+        url = f"http://{self.options.host}:{port}"
+        argv = [
+            sys.executable, "-m", "shared.cli.main", "bridge",
+            "--broker", broker_url, "--host", self.options.host, "--port", str(port),
+        ]  # fmt: skip
+        bridge_env = dict(env)
+        if self.iam is not None:
+            # the hub's service account: an admin token of the embedded IAM, for the bridge only
+            bridge_env["OIH_BRIDGE_TOKEN"] = print_token(
+                "hub",
+                sub="oih-hub",
+                permissions=("flows.control", "components.control"),
+                admin=True,
+                expires_in=BRIDGE_TOKEN_SECONDS,
+                iam_url=self.iam.url,
+                service_token=env["IAM_SERVICE_TOKEN"],
+                out=io.StringIO(),
+            )
+        self.supervisor.spawn(BRIDGE, argv, bridge_env, url)
+        return url
+
     def _base_env(self) -> dict[str, str]:
         env = {k: v for k, v in self.options.environ.items() if k not in _OURS}
         env.update(
@@ -174,7 +205,12 @@ class LocalRun:
         # the way it does between the PingSource's once-a-minute ticks.
         for name in ("FLOW_START_WORK_THROUGH_SECONDS", "STEP_TICK_WORK_SECONDS"):
             env.setdefault(name, "0")
-        for name in ("REDIS_URL", "ORCHESTRATOR_POLICY_FILE", "COMPONENT_REPOSITORY_URL"):
+        for name in (
+            "REDIS_URL",
+            "ORCHESTRATOR_POLICY_FILE",
+            "COMPONENT_REPOSITORY_URL",
+            "OIH_EVENT_BUS",
+        ):
             if self.options.environ.get(name):
                 env[name] = self.options.environ[name]
         return env

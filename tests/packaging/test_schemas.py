@@ -38,6 +38,9 @@ KNATIVE_REVISION_FIELDS = ("containerConcurrency", "timeoutSeconds", "responseSt
                            "idleTimeoutSeconds")  # fmt: skip
 
 
+OVERLAYS = ("dev", "prod", "dev-oih")
+
+
 @cache
 def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
     kubectl = shutil.which("kubectl") or str(Path(sys.executable).parent / "kubectl")
@@ -55,7 +58,7 @@ def validate(resource: dict[str, Any]) -> None:
 def core_objects() -> list[Any]:
     return [
         pytest.param(doc, id=f"{overlay}-{doc['kind']}-{doc['metadata']['name']}")
-        for overlay in ("dev", "prod")
+        for overlay in OVERLAYS
         for doc in rendered(overlay)
         if doc["apiVersion"] in CORE_GROUPS
     ]
@@ -71,7 +74,7 @@ def test_every_core_object_of_both_overlays_passes_strict_validation(
 def knative_pod_templates() -> list[Any]:
     return [
         pytest.param(doc, id=f"{overlay}-{doc['metadata']['name']}")
-        for overlay in ("dev", "prod")
+        for overlay in OVERLAYS
         for doc in rendered(overlay)
         if doc["kind"] == "Service" and doc["apiVersion"] == "serving.knative.dev/v1"
     ]
@@ -107,7 +110,7 @@ def test_each_knative_service_template_is_a_valid_pod_spec(service: dict[str, An
 
 def test_both_overlays_have_core_objects_to_check() -> None:
     """Guards the tables above against an empty parametrization."""
-    for overlay in ("dev", "prod"):
+    for overlay in OVERLAYS:
         kinds = {doc["kind"] for doc in rendered(overlay) if doc["apiVersion"] in CORE_GROUPS}
         assert {"ServiceAccount", "Role", "RoleBinding", "ConfigMap"} <= kinds, overlay
     assert len(knative_pod_templates()) >= 8
@@ -193,7 +196,7 @@ RECOMMENDED_LABELS = (
 )
 
 
-@pytest.mark.parametrize("overlay", ["dev", "prod"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_object_carries_the_recommended_labels(overlay: str) -> None:
     missing = [
         f"{doc['kind']}/{doc['metadata']['name']}: {label}"
@@ -232,8 +235,7 @@ def custom_objects() -> list[Any]:
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     sources = {
-        "dev": rendered("dev"),
-        "prod": rendered("prod"),
+        **{overlay: rendered(overlay) for overlay in OVERLAYS},
         "monitoring": tuple(d for d in yaml.safe_load_all(monitoring) if d),
     }
     return [
