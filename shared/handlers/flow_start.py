@@ -23,8 +23,6 @@ import json
 import logging
 from dataclasses import dataclass
 
-import requests
-import requests.adapters
 from redis import Redis
 
 from shared import keys
@@ -56,17 +54,9 @@ class Services:
 def build_services(settings: Settings, clock: Clock, redis: Redis) -> Services:
     work_through = settings.flow_start_work_through_seconds
     sender = None
-    if settings.k_sink:  # its own pooled session: the tick sends in parallel
-        session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_maxsize=admission_outbox.WORKERS)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+    if settings.k_sink:  # sends a tick's events as they are decided (the process's one pool)
         sender = HttpSender(
-            settings.k_sink,
-            key=settings.orchestrator_key,
-            sender_name="flow-start",
-            clock=clock,
-            session=session,
+            settings.k_sink, key=settings.orchestrator_key, sender_name="flow-start", clock=clock
         )
     return Services(work_through_seconds=work_through, sender=sender)
 

@@ -8,6 +8,8 @@ again. Receivers dedupe by event id, so sending an event twice is harmless; losi
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +17,7 @@ from dataclasses import replace
 from typing import Protocol
 
 import requests
+import requests.adapters
 from cloudevents.conversion import to_binary
 from redis import Redis
 from redis.client import Pipeline
@@ -38,8 +41,37 @@ class EventSender(Protocol):
         ...
 
 
+class BatchSender(EventSender, Protocol):
+    def send_batch(self, events: Sequence[OutgoingEvent]) -> list[TemporaryError | None]:
+        """Delivers the events concurrently; per event None (sent) or its failure."""
+        ...
+
+
+POOL_SIZE = 16  # connections to the sink kept per process = events in flight at once
+_pool_lock = threading.Lock()
+_pool: tuple[int, requests.Session, ThreadPoolExecutor] | None = None
+
+
+def _process_pool() -> tuple[requests.Session, ThreadPoolExecutor]:
+    """The one HTTP connection pool of this process (and the threads that use it), made on
+    first use: every sender of the process shares its kept-alive connections. A forked child
+    (gunicorn workers) makes its own: sockets and threads do not survive a fork."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="outbox-send")
+            _pool = (os.getpid(), session, threads)
+        return _pool[1], _pool[2]
+
+
 class HttpSender:
-    """Posts events to K_SINK in binary mode, each with a fresh internal `authtoken`."""
+    """Posts events to K_SINK in binary mode with an internal `authtoken` bound to the event's
+    type: `send` signs one per event, `send_batch` one per (batch, event type) and posts the
+    batch concurrently over the process's one connection pool."""
 
     def __init__(
         self,
@@ -55,11 +87,34 @@ class HttpSender:
         self._key = key
         self.sender_name = sender_name
         self.clock = clock
-        self.session = session or requests.Session()
+        self._session = session
         self.timeout = timeout
 
+    @property
+    def session(self) -> requests.Session:
+        return self._session or _process_pool()[0]
+
+    def token(self, event_type: str) -> str:
+        return sign_internal(self._key, self.sender_name, self.clock, event_type=event_type)
+
     def send(self, event: OutgoingEvent) -> None:
-        token = sign_internal(self._key, self.sender_name, self.clock, event_type=event.type)
+        self._post(event, self.token(event.type))
+
+    def send_batch(self, events: Sequence[OutgoingEvent]) -> list[TemporaryError | None]:
+        tokens = {event_type: self.token(event_type) for event_type in {e.type for e in events}}
+
+        def send(event: OutgoingEvent) -> TemporaryError | None:
+            try:
+                self._post(event, tokens[event.type])
+            except TemporaryError as failure:
+                return failure
+            return None
+
+        if len(events) == 1:
+            return [send(events[0])]
+        return list(_process_pool()[1].map(send, events))
+
+    def _post(self, event: OutgoingEvent, token: str) -> None:
         wire = replace(event, id=keyed_event_id(self._key, event.source, event.id))
         headers, body = to_binary(wire.to_cloudevent(authtoken=token))
         try:
@@ -92,6 +147,7 @@ def pending(redis: Redis, tags: Iterable[str] = keys.TAGS) -> int:
 
 
 CLAIM_LEASE_SECONDS = 60.0
+BATCH = 500  # entries claimed and handed to a batch sender at once
 
 
 def claim(redis: Redis, tag: str, limit: int, *, now: float | None = None) -> list[bytes]:
@@ -135,14 +191,18 @@ def flush(
 
     Entries are claimed first, so concurrent flushers (a request and a tick, four functions
     on one tick) do not send the same event; an entry is acknowledged only after its send
-    succeeded, and what was not sent goes back to the head of its outbox. With one worker a
-    failure stops the flush (TemporaryError, unless `raise_on_failure` is off); with several
-    the entries are sent in parallel and the failed ones go back.
+    succeeded, and what was not sent goes back to the head of its outbox. A sender that
+    sends batches (HttpSender) gets each claimed batch at once: one token per event type,
+    the events posted concurrently. Otherwise, with one worker a failure stops the flush;
+    with several the entries are sent in parallel. What failed goes back, and the first
+    failure is raised (TemporaryError) unless `raise_on_failure` is off.
     """
     sent = 0
+    batching = callable(getattr(sender, "send_batch", None))
+    chunk = BATCH if batching else (100 if workers == 1 else limit)
     for tag in tags:
         while sent < limit:
-            entries = claim(redis, tag, min(limit - sent, 100 if workers == 1 else limit))
+            entries = claim(redis, tag, min(limit - sent, chunk))
             if not entries:
                 break
             done, failure = _send_all(sender, entries, workers)
@@ -161,6 +221,14 @@ def _send_all(
     sender: EventSender, entries: Sequence[bytes], workers: int
 ) -> tuple[list[bytes], TemporaryError | None]:
     """Sends the entries; returns those sent and the first failure (sequential: stops there)."""
+    send_batch = getattr(sender, "send_batch", None)
+    if callable(send_batch):
+        outcomes: list[TemporaryError | None] = send_batch(
+            [OutgoingEvent.from_json(entry) for entry in entries]
+        )
+        failed = [failure for failure in outcomes if failure is not None]
+        sent_ok = [e for e, failure in zip(entries, outcomes, strict=True) if failure is None]
+        return sent_ok, failed[0] if failed else None
     if workers <= 1:
         done: list[bytes] = []
         for entry in entries:

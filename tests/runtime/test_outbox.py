@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from shared.runtime import outbox
 from shared.runtime.function import Context
 from shared.runtime.http import as_http_exception
 from shared.runtime.outbox import HttpSender, NullSender
-from shared.security.tokens import keyed_event_id, verify_internal
+from shared.security.tokens import keyed_event_id, sign_internal, verify_internal
 from tests.conftest import TEST_KEY
 from tests.support.events import CapturingSender, cloudevent, internal
 from tests.support.http_sink import HttpSink
@@ -198,11 +199,13 @@ def test_a_function_whose_sink_is_down_answers_503_and_keeps_its_events(
         assert as_http_exception(caught.value).code == 503
         assert outbox.pending(redis) == 3
 
+        refused = len(sink.requests)  # the batch is posted concurrently: all three tried
+        assert refused == 3
         sink.default = 200
         outcome = runtime.handle(_run_ended(clock))  # the broker redelivers the same event
         assert outcome.duplicate and outcome.flushed == 3
-        accepted = sink.requests[1:]  # the first request was refused
-        assert [r.json()["messages"] for r in accepted] == [0, 1, 2]
+        accepted = sink.requests[refused:]
+        assert sorted(r.json()["messages"] for r in accepted) == [0, 1, 2]
         assert len({r.headers["ce-id"] for r in accepted}) == 3
         assert outbox.pending(redis) == 0
 
@@ -272,3 +275,71 @@ def test_a_failed_send_puts_the_rest_back_in_order(redis: Redis) -> None:
     waiting = [OutgoingEvent.from_json(e).id for e in redis.lrange(keys.outbox(keys.POLICY), 0, -1)]
     assert waiting == [e.id for e in events[2:]]
     assert redis.zcard(keys.outbox_in_flight(keys.POLICY)) == 0
+
+
+# --------------------------------------------------------------------------- batches
+def _typed(number: int, event_type: str) -> OutgoingEvent:
+    return OutgoingEvent(
+        id=f"b-{number}", type=event_type, source="/component-orchestrator/flow-start",
+        data={"flowId": "f", "runId": f"r{number}", "tenant": "acme", "fencingToken": number},
+        extensions={"tenant": "acme", "flowid": "f"}, time=1767225600.0,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("types_in_batch", "tokens"),
+    [
+        ([types.RUN_COMPLETED] * 5, 1),
+        ([types.RUN_COMPLETED, types.RUN_FAILED] * 3, 2),
+        ([types.RUN_COMPLETED, types.RUN_FAILED, types.RUN_ADMITTED, types.RUN_COMPLETED], 3),
+    ],
+    ids=["one type", "two types", "three types"],
+)
+def test_a_flushed_batch_carries_one_token_per_event_type(
+    redis: Redis,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    types_in_batch: list[str],
+    tokens: int,
+) -> None:
+    events = [_typed(n, event_type) for n, event_type in enumerate(types_in_batch)]
+    _stage(redis, keys.ADMISSION, events)
+    signed: list[str] = []
+
+    def counting_sign(key: str, sender: str, clock: FakeClock, *, event_type: str) -> str:
+        signed.append(event_type)
+        return sign_internal(key, sender, clock, event_type=event_type)
+
+    monkeypatch.setattr(outbox, "sign_internal", counting_sign)  # a spy: the real signer
+    with HttpSink() as sink:
+        sender = HttpSender(sink.url, key=TEST_KEY, sender_name="flow-start", clock=clock)
+        assert outbox.flush(redis, sender, [keys.ADMISSION]) == len(events)
+        requests = sink.wait_for(len(events))
+    by_type: dict[str, set[str]] = {}
+    for request in requests:
+        token = request.headers["ce-authtoken"]
+        event_type = request.headers["ce-type"]
+        assert verify_internal(TEST_KEY, token, clock, event_type=event_type, accept_untyped=False)
+        by_type.setdefault(event_type, set()).add(token)
+    assert len(by_type) == tokens
+    assert all(len(tokens_seen) == 1 for tokens_seen in by_type.values())
+    assert sorted(signed) == sorted(set(types_in_batch))  # signed once per (batch, type)
+
+
+def test_a_batch_is_posted_concurrently_over_one_pool(redis: Redis, clock: FakeClock) -> None:
+    """Held at the sink's gate, every event of the batch is in flight at once (a sender
+    posting one after the other would have one request waiting there)."""
+    events = [_typed(n, types.RUN_COMPLETED) for n in range(8)]
+    _stage(redis, keys.ADMISSION, events)
+    with HttpSink() as sink:
+        sink.gate.clear()
+        first = HttpSender(sink.url, key=TEST_KEY, sender_name="flow-start", clock=clock)
+        second = HttpSender(sink.url, key=TEST_KEY, sender_name="deploy", clock=clock)
+        assert first.session is second.session  # one connection pool per process
+        flushing = ThreadPoolExecutor(max_workers=1).submit(
+            outbox.flush, redis, first, [keys.ADMISSION]
+        )
+        assert len(sink.wait_for(len(events))) == len(events)  # all arrived, none answered
+        sink.gate.set()
+        assert flushing.result(timeout=30) == len(events)
+    assert outbox.pending(redis, [keys.ADMISSION]) == 0
