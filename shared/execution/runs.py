@@ -24,18 +24,14 @@ from typing import Literal
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
-from shared.errors import TemporaryError
 from shared.events import RunAdmitted, StepResult
 from shared.events import types as t
 from shared.execution.routing import Graph, Route, message_id
 from shared.model.policy import TenantLimits
 from shared.runtime.idempotency import Once
-from shared.scripts import ScriptError, load_script
+from shared.scripts import ScriptCall, load_script, run_pipelined, run_script
 
 DEFAULT_RETENTION_SECONDS = 24 * 3600
 BACKOFF_BASE_SECONDS = 2.0
@@ -67,34 +63,14 @@ class Guard:
         return cls(keys.dedupe(keys.EXECUTION, "step-execute", "-"), 0)
 
 
-@dataclass(frozen=True)
-class ScriptCall:
-    """One prepared call of a run script, to run alone or pipelined with others."""
-
-    script: str
-    keys: list[str]
-    args: list[str | int | float]
-
-
 def run_call(redis: Redis, call: ScriptCall) -> str:
-    return _text(load_script(call.script)(redis, call.keys, call.args))
+    return _text(run_script(redis, call))
 
 
 def run_calls(redis: Redis, calls: Sequence[ScriptCall]) -> list[str]:
-    """Runs prepared calls in order in one round trip: the same as one by one (each script
-    is atomic on its own), for a batch of results or of expired messages."""
-    if not calls:
-        return []
-    try:
-        with redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                script = redis.register_script(load_script(call.script).source)
-                script(keys=call.keys, args=call.args, client=pipe)  # loads it if missing
-            return [_text(result) for result in pipe.execute()]
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise TemporaryError("redis unavailable running run scripts") from exc
-    except ResponseError as exc:
-        raise ScriptError(f"run script failed: {exc}") from exc
+    """Runs prepared calls in order in one round trip (a batch of results or of expired
+    messages): the same as one by one."""
+    return [_text(result) for result in run_pipelined(redis, calls, batch=max(1, len(calls)))]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from shared.execution.routing import Graph, RoutingError
 from shared.model import flows
 from shared.ports.queue import StepQueue
 from shared.runtime.function import Context, FunctionSpec, Handler
-from shared.scripts import load_script
+from shared.scripts import ScriptCall, load_script
 from shared.settings import Settings
 from shared.wiring.queues import make_queue
 
@@ -329,7 +329,7 @@ def expire_timeouts(ctx: Ctx) -> int:
         pipe.hmget(keys.step_message(message_id), ["run", "attempt", "step"])
     loaded: dict[str, runs.RunGraph | None] = {}
     gone: list[str] = []
-    calls: list[runs.ScriptCall] = []
+    calls: list[ScriptCall] = []
     for message_id, (run_id, attempt, step) in zip(ids, pipe.execute(), strict=True):
         run = None
         if run_id is not None:

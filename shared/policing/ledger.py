@@ -23,9 +23,9 @@ from typing import Any
 
 from redis import Redis
 
-from shared import keys, store
+from shared import keys
 from shared.model.policy import SUBJECT_LEVELS, Policy, Rule
-from shared.scripts import load_script, script_source
+from shared.scripts import ScriptCall, load_script, run_pipelined
 
 SLOTS = 12
 # Stored per bucket. `error_ratio` is derived (errors / ended); `ended` counts finished runs.
@@ -197,24 +197,10 @@ def record_many(
     batch: int = 500,
 ) -> list[Recorded]:
     """Writes many (entry, now) pairs through one pipeline per `batch` (bulk ingestion)."""
-    results: list[Recorded] = []
-    pipe: Any = None
-    script: Any = None
-    pending = 0
-    for entry, now in entries:
-        script_keys, args = _keys_and_args(entry, now, ring_windows)
-        if pipe is None:  # on a cluster: the node of the ledger's slot (all keys are {pol})
-            node = store.slot_client(redis, script_keys[0])
-            script = node.register_script(script_source(SCRIPT))
-            pipe = node.pipeline(transaction=False)
-        script(keys=script_keys, args=args, client=pipe)
-        pending += 1
-        if pending >= batch:
-            results += [_recorded(r) for r in pipe.execute()]
-            pending = 0
-    if pending and pipe is not None:
-        results += [_recorded(r) for r in pipe.execute()]
-    return results
+    calls = (
+        ScriptCall(SCRIPT, *_keys_and_args(entry, now, ring_windows)) for entry, now in entries
+    )
+    return [_recorded(reply) for reply in run_pipelined(redis, calls, batch=batch)]
 
 
 # ---------------------------------------------------------------- reading

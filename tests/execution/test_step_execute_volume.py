@@ -17,6 +17,7 @@ from shared.events import FlowDocument, RunAdmitted, StepResult
 from shared.execution import runs
 from shared.execution.publisher import Publisher
 from shared.execution.routing import Graph, route
+from shared.scripts import ScriptCall
 from tests.conftest import TEST_KEY
 from tests.support.flows import TENANT, USER, fast_policy, flow_document
 
@@ -34,7 +35,7 @@ def output_call(
     seq: int,
     final: bool,
     data: object,
-) -> runs.ScriptCall:
+) -> ScriptCall:
     """One step output as the step.completed handler records it (routing + script call)."""
     result = StepResult(
         run_id="run-v",

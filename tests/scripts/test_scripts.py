@@ -13,7 +13,7 @@ from shared import keys
 from shared.errors import TemporaryError
 from shared.events import FlowDocument
 from shared.model import flows
-from shared.scripts import ScriptError, load_script, script_source
+from shared.scripts import ScriptCall, ScriptError, load_script, run_pipelined, script_source
 
 pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
 
@@ -133,14 +133,47 @@ def test_upsert_and_tombstone_work_after_script_flush(redis: Redis) -> None:
     assert flows.upsert(redis, _flow("2026-01-01T12:00:00Z"), None) == "stale"
 
 
-def test_a_script_is_registered_once_per_client(redis: Redis) -> None:
+def test_a_script_is_registered_once_and_serves_every_client(redis: Redis) -> None:
+    """One `Script` per file and process; each call names its client (a client, another client
+    of the same server, a pipeline), and Redis learns the body on first use."""
     script = load_script("flow_upsert")
     assert load_script("flow_upsert") is script
+    registered = script.script
+    assert redis.script_exists(registered.sha) == [False]
     flows.upsert(redis, _flow(), None)
-    first = script._registered[id(redis)]
-    flows.upsert(redis, _flow(flow_id="f2"), None)
-    assert script._registered[id(redis)] is first
-    assert redis.script_exists(first.sha) == [True]
+    assert redis.script_exists(registered.sha) == [True]
+    where = redis.connection_pool.connection_kwargs
+    other = Redis(host=where["host"], port=where["port"])
+    flows.upsert(other, _flow(flow_id="f2"), None)
+    assert load_script("flow_upsert").script is registered
+
+
+def test_pipelined_calls_load_a_flushed_script_and_keep_their_order(redis: Redis) -> None:
+    for flow_id in ("f1", "f2", "f3"):
+        flows.upsert(redis, _flow(flow_id=flow_id), None)
+    calls = [
+        ScriptCall(
+            "flow_tombstone", [keys.flow_document(f), keys.flow_index()], [f, "1767400000.0", ""]
+        )
+        for f in ("f1", "f2", "f3")
+    ]
+    calls.insert(
+        1,
+        ScriptCall(
+            "flow_tombstone", [keys.flow_document("new"), keys.flow_index()], ["new", "1", ""]
+        ),
+    )
+    redis.script_flush()  # the pipeline loads it before executing
+    replies = [r.decode() for r in run_pipelined(redis, calls, batch=3)]
+    assert replies == ["stopped", "unknown", "stopped", "stopped"]
+    assert redis.smembers(keys.flow_index()) == set()
+
+
+def test_a_failing_pipelined_script_raises_our_temporary_error(redis: Redis) -> None:
+    redis.set(keys.flow_document("f1"), "not a hash")
+    call = ScriptCall("flow_tombstone", [keys.flow_document("f1"), keys.flow_index()], ["f1", "1"])
+    with pytest.raises(ScriptError):
+        run_pipelined(redis, [call])
 
 
 def test_a_failing_script_raises_our_temporary_error(redis: Redis) -> None:
