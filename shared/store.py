@@ -188,14 +188,15 @@ def check_eviction_policy(redis: Redis) -> str | None:
 
 def _policy_of(reply: object) -> str | None:
     """CONFIG GET's reply; a cluster client answers per node: all must be noeviction."""
-    values = {_text(k): v for k, v in dict(reply).items()}  # type: ignore[call-overload]
+    values = {as_text(k): v for k, v in dict(reply).items()}  # type: ignore[call-overload]
     if "maxmemory-policy" in values:
-        return _text(values["maxmemory-policy"])
+        return as_text(values["maxmemory-policy"])
     policies = {_policy_of(v) for v in values.values() if isinstance(v, dict)}
     if len(policies) == 1:
         return policies.pop()
     return ",".join(sorted(str(p) for p in policies)) or None
 
 
-def _text(value: object) -> str:
+def as_text(value: object) -> str:
+    """A Redis reply item as text (clients here do not decode responses: values may be bytes)."""
     return value.decode() if isinstance(value, bytes) else str(value)

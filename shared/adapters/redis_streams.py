@@ -20,6 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 from shared.errors import TemporaryError
 from shared.ports.queue import CONSUMER_GROUP
 from shared.ports.step_message import BadMessage, Delivery, StepMessage
+from shared.store import as_text
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ def _redis_errors(operation: str) -> Iterator[None]:
         yield
     except RedisError as exc:
         raise TemporaryError(f"redis unavailable ({operation})") from exc
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisStreamsQueue:
@@ -114,7 +111,7 @@ class RedisStreamsQueue:
                     if "NOGROUP" in str(exc) or "no such key" in str(exc).lower():
                         return moved
                     raise
-                start, entries = _text(reply[0]), reply[1]
+                start, entries = as_text(reply[0]), reply[1]
                 live = [(entry_id, fields) for entry_id, fields in entries if fields]
                 if live:
                     with self.redis.pipeline(transaction=False) as pipe:
@@ -142,7 +139,7 @@ class RedisStreamsQueue:
 
 
 def _delivery(entry_id: object, fields: dict[bytes, bytes]) -> Delivery:
-    receipt = _text(entry_id)
+    receipt = as_text(entry_id)
     raw = fields.get(FIELD)
     try:
         if raw is None:

@@ -22,6 +22,7 @@ from shared.events import FlowDocument
 from shared.model.policy import Policy
 from shared.runtime.idempotency import Once
 from shared.scripts import ArgT, load_script
+from shared.store import as_text
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def store_schedule(
         script_keys(once),
         [*header(inputs, now=now, source=source, once=once), *schedule_args(flow, now)],
     )
-    return _text(reply[0])  # type: ignore[return-value]
+    return as_text(reply[0])  # type: ignore[return-value]
 
 
 @dataclass
@@ -102,12 +103,12 @@ def due_entries(redis: Redis, now: float, limit: int = BATCH) -> list[list[str]]
     entries = []
     width = len(_FIELDS)
     for i in range(0, len(flat), 3):
-        flow = _text(flat[i])
-        settings = _text(flat[i + 2]).split(_SEPARATOR)
+        flow = as_text(flat[i])
+        settings = as_text(flat[i + 2]).split(_SEPARATOR)
         if len(settings) != width:  # an id holding the separator: read it field by field
             values = redis.hmget(keys.schedule(flow), list(_FIELDS))
-            settings = ["" if v is None else _text(v) for v in values]
-        entries.append([flow, _text(flat[i + 1]), *settings])
+            settings = ["" if v is None else as_text(v) for v in values]
+        entries.append([flow, as_text(flat[i + 1]), *settings])
     return entries
 
 
@@ -199,7 +200,3 @@ def fire_due(
         if len(entries) < batch:
             break
     return report
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -17,6 +17,7 @@ from redis import Redis
 from shared import keys
 from shared.model.policy import TenantLimits
 from shared.scripts import load_script
+from shared.store import as_text
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def current(redis: Redis, flow_id: str, now: float) -> Lease | None:
     value = redis.get(keys.run_lease(flow_id))
     if value is None:
         return None
-    token, expires_at, run_id = _text(value).split("|", 2)
+    token, expires_at, run_id = as_text(value).split("|", 2)
     if float(expires_at) <= now:
         return None
     return Lease(run_id=run_id, token=int(token), expires_at=float(expires_at))
@@ -57,7 +58,3 @@ def acquire(redis: Redis, flow_id: str, run_id: str, ttl_seconds: float, now: fl
 def release(redis: Redis, flow_id: str, token: int) -> bool:
     """True if released; False when the token is not the holder's (stale) or it expired."""
     return bool(load_script("flow_start_lease_release")(redis, [keys.run_lease(flow_id)], [token]))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -30,6 +30,7 @@ from shared.model.policy import (
 )
 from shared.runtime.idempotency import Once
 from shared.scripts import ArgT, load_script
+from shared.store import as_text
 
 DEFAULT_BUDGET = 10_000  # most runs one script call admits (bounds its running time)
 REAP_LIMIT = 1000
@@ -110,7 +111,7 @@ def penalty_row(step: str | None, penalties: Penalties) -> list[float] | None:
 
 def read_penalties(redis: Redis, penalties: Penalties) -> dict[str, list[float]]:
     """Factors of every penalized subject, keyed `level:id` (two round trips at most)."""
-    members = [_text(m) for m in redis.zrange(keys.penalty_index(), 0, -1)]
+    members = [as_text(m) for m in redis.zrange(keys.penalty_index(), 0, -1)]
     subjects = [m.partition(":") for m in members if ":" in m]
     if not subjects:
         return {}
@@ -119,7 +120,7 @@ def read_penalties(redis: Redis, penalties: Penalties) -> dict[str, list[float]]
         pipe.hget(keys.penalty(level, subject_id), "step")
     table: dict[str, list[float]] = {}
     for (level, _, subject_id), step in zip(subjects, pipe.execute(), strict=True):
-        row = penalty_row(None if step is None else _text(step), penalties)
+        row = penalty_row(None if step is None else as_text(step), penalties)
         if row is not None:
             table[f"{level}:{subject_id}"] = row
     return table
@@ -205,7 +206,7 @@ def execute(
             run.msg_json,
         ],
     )
-    result = _text(reply[0])
+    result = as_text(reply[0])
     if result == "full":
         raise OverCapacity(
             f"tenant {run.tenant!r} has {int(reply[1])} runs waiting (max_waiting_runs)",
@@ -236,7 +237,7 @@ def release(
         [*header(inputs, now=now, source=source, once=once), run_id, token],
     )
     admitted = int(reply[1]) if len(reply) > 1 else 0
-    return _text(reply[0]), admitted  # type: ignore[return-value]
+    return as_text(reply[0]), admitted  # type: ignore[return-value]
 
 
 # --- dispatch, deployment state, stop ----------------------------------------------------------
@@ -262,7 +263,7 @@ def dispatch(
         script_keys(once),
         [*header(inputs, now=now, source=source, once=once), reap_limit],
     )
-    if _text(reply[0]) == "duplicate":
+    if as_text(reply[0]) == "duplicate":
         return Dispatched(0, 0, duplicate=True)
     return Dispatched(reclaimed=int(reply[1]), admitted=int(reply[2]))
 
@@ -311,7 +312,7 @@ class Counts:
 
 
 def counts(redis: Redis) -> Counts:
-    raw = {_text(k): int(v) for k, v in redis.hgetall(keys.admission_counts()).items()}
+    raw = {as_text(k): int(v) for k, v in redis.hgetall(keys.admission_counts()).items()}
     return Counts(
         running=raw.get("*", 0),
         running_by_tenant={k[2:]: v for k, v in raw.items() if k.startswith("t:")},
@@ -321,8 +322,4 @@ def counts(redis: Redis) -> Counts:
 
 def admitted_runs(redis: Redis) -> dict[str, dict[str, object]]:
     """Run id → record of every admitted run that still holds a slot."""
-    return {_text(k): json.loads(v) for k, v in redis.hgetall(keys.admitted_runs()).items()}
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return {as_text(k): json.loads(v) for k, v in redis.hgetall(keys.admitted_runs()).items()}

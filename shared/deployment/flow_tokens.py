@@ -23,6 +23,7 @@ from redis import Redis
 from shared import keys
 from shared.clock import Clock
 from shared.errors import PermanentError, TemporaryError
+from shared.store import as_text
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ def _cipher(orchestrator_key: str) -> Fernet:
         orchestrator_key.encode()
     )
     return Fernet(base64.urlsafe_b64encode(derived))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _field(obj: object, name: str) -> Any:
@@ -119,7 +116,7 @@ def _load(redis: Redis, record_key: str) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        record = json.loads(_text(raw))
+        record = json.loads(as_text(raw))
     except ValueError:
         record = None
     if not isinstance(record, dict) or "id" not in record:

@@ -28,16 +28,13 @@ from shared.ports.queue import StepQueue
 from shared.ports.step_message import StepMessage
 from shared.scripts import load_script
 from shared.security import tokens
+from shared.store import as_text
 
 log = logging.getLogger(__name__)
 
 CLAIM_LEASE_SECONDS = 30.0
 TOKEN_REUSE_SECONDS = 60.0  # a step token names run + step, so messages may share one briefly
 _FIELDS = ("run", "flow", "step", "tenant", "user", "attempt", "data")
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -74,7 +71,7 @@ class Publisher:
         now = self.clock.now()
         due = [
             step_rates.DueMessage(
-                message_id, _text(row["tenant"]), _text(row["user"]), _text(row["flow"])
+                message_id, as_text(row["tenant"]), as_text(row["user"]), as_text(row["flow"])
             )
             for message_id, row in rows.items()
         ]
@@ -88,7 +85,7 @@ class Publisher:
     def _batch(self, policy: Policy) -> tuple[int, bool]:
         now = self.clock.now()
         ids = [
-            _text(i)
+            as_text(i)
             for i in self.redis.zrangebyscore(keys.step_due(), "-inf", now, 0, self.batch_size)
         ]
         if not ids:
@@ -105,7 +102,10 @@ class Publisher:
             self.redis.zrem(keys.step_due(), *gone)
         due = [
             step_rates.DueMessage(
-                message_id, _text(row["tenant"]), _text(row["user"] or b""), _text(row["flow"])
+                message_id,
+                as_text(row["tenant"]),
+                as_text(row["user"] or b""),
+                as_text(row["flow"]),
             )
             for message_id, row in rows.items()
             if row["run"] is not None
@@ -129,8 +129,8 @@ class Publisher:
         message_keys: list[str] = []
         for message_id in claimed:
             row = rows[message_id]
-            run_id, flow, step = _text(row["run"]), _text(row["flow"]), _text(row["step"])
-            tenant, attempt = _text(row["tenant"]), int(_text(row["attempt"] or b"0"))
+            run_id, flow, step = as_text(row["run"]), as_text(row["flow"]), as_text(row["step"])
+            tenant, attempt = as_text(row["tenant"]), int(as_text(row["attempt"] or b"0"))
             limits = policy.tenant(tenant)
             message = StepMessage(
                 run_id=run_id,
@@ -139,7 +139,7 @@ class Publisher:
                 message_id=message_id,
                 tenant=tenant,
                 attempt=attempt,
-                data_json=_text(row["data"] or b"{}"),
+                data_json=as_text(row["data"] or b"{}"),
                 token=self._token(policy, run_id, step, tenant, flow, now),
             )
             by_queue.setdefault(keys.step_queue(flow, step), []).append(message)

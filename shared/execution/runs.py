@@ -32,6 +32,7 @@ from shared.execution.routing import Graph, Route, message_id
 from shared.model.policy import TenantLimits
 from shared.runtime.idempotency import Once
 from shared.scripts import ScriptCall, load_script, run_pipelined, run_script
+from shared.store import as_text
 
 DEFAULT_RETENTION_SECONDS = 24 * 3600
 BACKOFF_BASE_SECONDS = 2.0
@@ -64,13 +65,13 @@ class Guard:
 
 
 def run_call(redis: Redis, call: ScriptCall) -> str:
-    return _text(run_script(redis, call))
+    return as_text(run_script(redis, call))
 
 
 def run_calls(redis: Redis, calls: Sequence[ScriptCall]) -> list[str]:
     """Runs prepared calls in order in one round trip (a batch of results or of expired
     messages): the same as one by one."""
-    return [_text(result) for result in run_pipelined(redis, calls, batch=max(1, len(calls)))]
+    return [as_text(result) for result in run_pipelined(redis, calls, batch=max(1, len(calls)))]
 
 
 @dataclass(frozen=True)
@@ -105,16 +106,12 @@ class RunRecord:
         }  # fmt: skip
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 _SUMMARY = ("flow", "tenant", "user", "fencing", "status", "started", "ended", "reason",
             "trigger", "pending", "steps", "messages", "bytes", "failures")  # fmt: skip
 
 
 def _record(run_id: str, values: Sequence[object]) -> RunRecord:
-    raw = {name: _text(v) for name, v in zip(_SUMMARY, values, strict=True) if v is not None}
+    raw = {name: as_text(v) for name, v in zip(_SUMMARY, values, strict=True) if v is not None}
 
     def field(name: str, default: str = "") -> str:
         return raw.get(name) or default
@@ -159,18 +156,18 @@ def _many(redis: Redis, run_ids: Sequence[str]) -> list[RunRecord]:
 
 def running(redis: Redis, limit: int = 100) -> list[RunRecord]:
     """Running runs, oldest first."""
-    ids = [_text(i) for i in redis.zrange(keys.runs_running(), 0, limit - 1)]
+    ids = [as_text(i) for i in redis.zrange(keys.runs_running(), 0, limit - 1)]
     return _many(redis, ids)
 
 
 def recent(redis: Redis, limit: int = 100) -> list[RunRecord]:
     """Ended runs still within the retention, newest first."""
-    ids = [_text(i) for i in redis.zrevrange(keys.runs_recent(), 0, limit - 1)]
+    ids = [as_text(i) for i in redis.zrevrange(keys.runs_recent(), 0, limit - 1)]
     return _many(redis, ids)
 
 
 def running_of_flow(redis: Redis, flow_id: str) -> list[str]:
-    return sorted(_text(i) for i in redis.smembers(keys.flow_runs(flow_id)))
+    return sorted(as_text(i) for i in redis.smembers(keys.flow_runs(flow_id)))
 
 
 def trim_recent(redis: Redis, *, now: float, retention_seconds: float) -> None:
@@ -226,7 +223,7 @@ def start(
     ]  # fmt: skip
     for message in messages:
         args.extend((message.message_id, message.step_id, message.data_json))
-    return _text(load_script("run_start")(redis, script_keys, args))
+    return as_text(load_script("run_start")(redis, script_keys, args))
 
 
 def record_not_started(
@@ -287,9 +284,9 @@ def load(redis: Redis, run_id: str) -> RunGraph | None:
         return None
     return RunGraph(
         graph=Graph.from_json(values[1]),
-        flow_id=_text(values[2] or b""),
-        tenant=_text(values[3] or b""),
-        user=_text(values[4] or b""),
+        flow_id=as_text(values[2] or b""),
+        tenant=as_text(values[3] or b""),
+        user=as_text(values[4] or b""),
     )
 
 

@@ -19,6 +19,7 @@ from shared import keys
 from shared.model import penalties
 from shared.model.policy import Policy
 from shared.scripts import load_script
+from shared.store import as_text
 
 MIN_RATE = 0.001  # messages/s: a rate never reaches zero, so a message always comes due
 
@@ -111,4 +112,4 @@ def claim(
         [repr(now), repr(lease_seconds), len(bucket_keys), *map(repr, bucket_args),
          *message_args],
     )  # fmt: skip
-    return [item.decode() if isinstance(item, bytes) else str(item) for item in result]
+    return [as_text(item) for item in result]

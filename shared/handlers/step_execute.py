@@ -38,6 +38,7 @@ from shared.ports.queue import StepQueue
 from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.scripts import ScriptCall, load_script
 from shared.settings import Settings
+from shared.store import as_text
 from shared.wiring.queues import make_queue
 
 log = logging.getLogger(__name__)
@@ -319,7 +320,7 @@ def expire_timeouts(ctx: Ctx) -> int:
     """Messages past their step timeout are failed (retried or dead-lettered), in one batch."""
     now = ctx.clock.now()
     ids = [
-        _text(i)
+        as_text(i)
         for i in ctx.redis.zrangebyscore(keys.step_deadlines(), "-inf", now, 0, TIMEOUT_BATCH)
     ]
     if not ids:
@@ -333,7 +334,7 @@ def expire_timeouts(ctx: Ctx) -> int:
     for message_id, (run_id, attempt, step) in zip(ids, pipe.execute(), strict=True):
         run = None
         if run_id is not None:
-            rid = _text(run_id)
+            rid = as_text(run_id)
             if rid not in loaded:
                 loaded[rid] = runs.load(ctx.redis, rid)
             run = loaded[rid]
@@ -343,13 +344,13 @@ def expire_timeouts(ctx: Ctx) -> int:
         calls.append(
             runs.fail_call(
                 runs.Guard.none(),
-                run_id=_text(run_id),
+                run_id=as_text(run_id),
                 flow_id=run.flow_id,
                 graph=run.graph,
                 mode="timeout",
                 message=message_id,
-                attempt=int(_text(attempt or b"0")),
-                error=f"step {_text(step or b'')} timed out",
+                attempt=int(as_text(attempt or b"0")),
+                error=f"step {as_text(step or b'')} timed out",
                 reason="step_timeout",
                 now=now,
                 retention_seconds=ctx.services.retention_seconds,
@@ -423,11 +424,7 @@ def _next_work_in(ctx: Ctx) -> float | None:
 
 
 def _members(redis: Redis, key: str) -> list[str]:
-    return sorted(_text(member) for member in redis.smembers(key))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return sorted(as_text(member) for member in redis.smembers(key))
 
 
 HANDLERS: dict[str, Handler[StepExecuteServices]] = {

@@ -75,12 +75,12 @@ def generate_key(alg: str = "RS256", kid: str | None = None) -> SigningKey:
     ).decode()
     kid = kid or secrets.token_hex(8)
     public = jwk.construct(pem, alg).public_key().to_dict()
-    public_jwk = {k: _text(v) for k, v in public.items()}
+    public_jwk = {k: _jwk_value(v) for k, v in public.items()}
     public_jwk.update({"kid": kid, "use": "sig", "alg": alg})
     return SigningKey(kid=kid, alg=alg, private_pem=pem, public_jwk=public_jwk)
 
 
-def _text(value: Any) -> Any:
+def _jwk_value(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 

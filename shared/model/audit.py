@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from shared import keys
+from shared.store import as_text
 
 MAX_ENTRIES = 10_000
 FIELDS = (
@@ -58,7 +59,7 @@ def append(redis: Redis, fields: Mapping[str, object]) -> str:
         raise ValueError(f"unknown audit fields: {sorted(unknown)}")
     values = {k: "" if v is None else str(v) for k, v in fields.items()}
     entry_id = redis.xadd(keys.audit(), values, maxlen=MAX_ENTRIES, approximate=True)  # type: ignore[arg-type]
-    return _text(entry_id)
+    return as_text(entry_id)
 
 
 def read(
@@ -72,15 +73,15 @@ def read(
         if not batch:
             break
         for entry_id, raw in batch:
-            fields = {_text(k): _text(v) for k, v in (raw or {}).items()}
+            fields = {as_text(k): as_text(v) for k, v in (raw or {}).items()}
             if subject is not None and fields.get("subject") != subject:
                 continue
             if level is not None and fields.get("level") != level:
                 continue
-            entries.append(AuditEntry(_text(entry_id), fields))
+            entries.append(AuditEntry(as_text(entry_id), fields))
             if len(entries) >= count:
                 break
-        last = "(" + _text(batch[-1][0])
+        last = "(" + as_text(batch[-1][0])
         if len(batch) < max(count, 100):
             break
     return list(reversed(entries))
@@ -88,7 +89,3 @@ def read(
 
 def length(redis: Redis) -> int:
     return int(redis.xlen(keys.audit()))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

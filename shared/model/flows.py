@@ -16,6 +16,7 @@ from redis import Redis
 from shared import keys
 from shared.events import FlowDocument
 from shared.scripts import load_script
+from shared.store import as_text
 
 UpsertResult = Literal["stale", "same", "stored"]
 StopResult = Literal["stale", "unknown", "stopped"]
@@ -52,7 +53,7 @@ def upsert(redis: Redis, flow: FlowDocument, event_time: float | None) -> Upsert
             flow.tenant,
         ],
     )
-    return _text(result)  # type: ignore[return-value]
+    return as_text(result)  # type: ignore[return-value]
 
 
 def tombstone(
@@ -64,7 +65,7 @@ def tombstone(
         [keys.flow_document(flow_id), keys.flow_index()],
         [flow_id, repr(event_time or 0.0), bound],
     )
-    return _text(result)  # type: ignore[return-value]
+    return as_text(result)  # type: ignore[return-value]
 
 
 def get(redis: Redis, flow_id: str, *, include_stopped: bool = False) -> StoredFlow | None:
@@ -77,7 +78,7 @@ def get(redis: Redis, flow_id: str, *, include_stopped: bool = False) -> StoredF
     flow = FlowDocument.parse(json.loads(raw[b"doc"]))
     return StoredFlow(
         flow=flow,
-        content_hash=_text(raw.get(b"hash", b"")),
+        content_hash=as_text(raw.get(b"hash", b"")),
         version=float(raw.get(b"version", b"0")),
         stopped=stopped,
     )
@@ -85,12 +86,8 @@ def get(redis: Redis, flow_id: str, *, include_stopped: bool = False) -> StoredF
 
 def tenant_of(redis: Redis, flow_id: str) -> str | None:
     value = redis.hget(keys.flow_document(flow_id), "tenant")
-    return None if value is None else _text(value)
+    return None if value is None else as_text(value)
 
 
 def wanted_ids(redis: Redis) -> set[str]:
-    return {_text(member) for member in redis.smembers(keys.flow_index())}
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return {as_text(member) for member in redis.smembers(keys.flow_index())}

@@ -29,6 +29,7 @@ from shared.events import types
 from shared.model import audit
 from shared.model.policy import Penalties
 from shared.scripts import load_script
+from shared.store import as_text
 
 STEPS = ("warn", "throttle", "deprioritize", "suspend")
 
@@ -40,7 +41,7 @@ def current_level(redis: Redis, level: str, subject_id: str) -> str | None:
     value = redis.hget(keys.penalty(level, subject_id), "step")
     if value is None:
         return None
-    text = value.decode() if isinstance(value, bytes) else str(value)
+    text = as_text(value)
     return text if text in STEPS else None
 
 
@@ -106,10 +107,6 @@ class Decision:
     @property
     def changed(self) -> bool:
         return self.action in ("escalated", "decayed", "restored", "lifted")
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _event_base(level: str, subject_id: str) -> str:
@@ -191,7 +188,7 @@ def escalate(
             action,
         ],
     )
-    decision, step, until = (_text(v) for v in reply)
+    decision, step, until = (as_text(v) for v in reply)
     return Decision(decision, level, subject_id, step or None, float(until) if step else None)
 
 
@@ -214,7 +211,7 @@ def decay(
             f"{level}:{subject_id}",
         ],
     )
-    decision, step, until = (_text(v) for v in reply)
+    decision, step, until = (as_text(v) for v in reply)
     return Decision(decision, level, subject_id, step or None, float(until) if step else None)
 
 
@@ -222,7 +219,7 @@ def decay_all(redis: Redis, penalties: Penalties, *, now: float, source: str) ->
     """One decay check for every penalized subject (the tick does this)."""
     decisions = []
     for member in redis.zrange(keys.penalty_index(), 0, -1):
-        level, _, subject_id = _text(member).partition(":")
+        level, _, subject_id = as_text(member).partition(":")
         decisions.append(
             decay(redis, penalties, level=level, subject_id=subject_id, now=now, source=source)
         )
@@ -240,7 +237,7 @@ def lift(
     source: str,
 ) -> Decision:
     """An operator lifts the penalty (audited, announced with tenant.restored)."""
-    lifted = _text(
+    lifted = as_text(
         load_script("penalty_lift")(
             redis,
             _script_keys(level, subject_id),
@@ -296,7 +293,9 @@ class PenaltyState:
 
 
 def state(redis: Redis, level: str, subject_id: str) -> PenaltyState | None:
-    raw = {_text(k): _text(v) for k, v in redis.hgetall(keys.penalty(level, subject_id)).items()}
+    raw = {
+        as_text(k): as_text(v) for k, v in redis.hgetall(keys.penalty(level, subject_id)).items()
+    }
     if raw.get("step") not in STEPS:
         return None
 
@@ -325,7 +324,7 @@ def current(redis: Redis) -> list[PenaltyState]:
     """Every subject with a penalty now, most recently changed first."""
     found = []
     for member in redis.zrevrange(keys.penalty_index(), 0, -1):
-        level, _, subject_id = _text(member).partition(":")
+        level, _, subject_id = as_text(member).partition(":")
         entry = state(redis, level, subject_id)
         if entry is not None:
             found.append(entry)

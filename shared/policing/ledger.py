@@ -26,6 +26,7 @@ from redis import Redis
 from shared import keys
 from shared.model.policy import SUBJECT_LEVELS, Policy, Rule
 from shared.scripts import ScriptCall, load_script, run_pipelined
+from shared.store import as_text
 
 SLOTS = 12
 # Stored per bucket. `error_ratio` is derived (errors / ended); `ended` counts finished runs.
@@ -180,7 +181,7 @@ def _keys_and_args(
 
 def _recorded(reply: Any) -> Recorded:
     status, seconds = reply
-    return Recorded(int(status), float(seconds.decode() if isinstance(seconds, bytes) else seconds))
+    return Recorded(int(status), float(as_text(seconds)))
 
 
 def record(redis: Redis, entry: Record, *, now: float, ring_windows: LevelWindows) -> Recorded:
@@ -226,7 +227,7 @@ def usage_many(
         ],
     )
     return [
-        {metric: float(_text(value)) for metric, value in zip(STORED_METRICS, sums, strict=True)}
+        {metric: float(as_text(value)) for metric, value in zip(STORED_METRICS, sums, strict=True)}
         for sums in reply
     ]
 
@@ -234,7 +235,7 @@ def usage_many(
 def active_subjects(redis: Redis, *, since: float) -> list[SubjectRef]:
     """Subjects written to since `since` (the ones whose rules may fire)."""
     members = redis.zrangebyscore(keys.ledger_active(), since, "+inf")
-    return [SubjectRef.from_member(_text(m)) for m in members]
+    return [SubjectRef.from_member(as_text(m)) for m in members]
 
 
 def forget_inactive(redis: Redis, *, before: float) -> int:
@@ -264,7 +265,3 @@ def run_fields(
             "limit": limit,
         }
     )
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -23,6 +23,7 @@ from shared.model import flows
 from shared.policing import ledger
 from shared.policing.ledger import Record, SubjectRef
 from shared.ports.driver import LABEL_PREFIX, label_value
+from shared.store import as_text
 
 if TYPE_CHECKING:  # the kubernetes client is heavy to import; only the kubernetes driver needs it
     from shared.ports.driver import PodUsage
@@ -47,7 +48,7 @@ def interval(redis: Redis, *, now: float) -> float:
     previous = redis.set(keys.metrics_last_read(), repr(now), get=True)
     if previous is None:
         return 0.0
-    text = previous.decode() if isinstance(previous, bytes) else str(previous)
+    text = as_text(previous)
     return max(0.0, min(now - float(text), MAX_INTERVAL_SECONDS))
 
 

@@ -30,6 +30,7 @@ from shared.model import audit
 from shared.model.policy import Policy
 from shared.policing import ledger
 from shared.policing.ledger import Record, RunOp, SubjectRef
+from shared.store import as_text
 
 TIMEOUT_REASON = "timeout"
 SUSPENDED_REASON = "suspended"
@@ -106,7 +107,7 @@ def get(redis: Redis, run_id: str) -> WatchedRun | None:
 
 def running(redis: Redis) -> list[WatchedRun]:
     """Every run in the index (admitted, not ended), soonest deadline first."""
-    run_ids = [_text(m) for m in redis.zrange(keys.watched_runs(), 0, -1)]
+    run_ids = [as_text(m) for m in redis.zrange(keys.watched_runs(), 0, -1)]
     pipe = redis.pipeline(transaction=False)
     for run_id in run_ids:
         pipe.hgetall(keys.watched_run(run_id))
@@ -215,7 +216,7 @@ def end(
 def _parse(run_id: str, raw: Mapping[Any, Any] | None) -> WatchedRun | None:
     if not raw:
         return None
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = {as_text(k): as_text(v) for k, v in raw.items()}
     try:
         return WatchedRun(
             run_id=run_id,
@@ -230,7 +231,3 @@ def _parse(run_id: str, raw: Mapping[Any, Any] | None) -> WatchedRun | None:
         )
     except (KeyError, ValueError):
         return None
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

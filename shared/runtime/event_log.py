@@ -22,6 +22,7 @@ from shared import keys
 from shared.clock import Clock
 from shared.events import OutgoingEvent
 from shared.security.redact import redact
+from shared.store import as_text
 
 MAXLEN = 10_000
 
@@ -78,7 +79,7 @@ def _parse(entry_id: bytes | str, fields: dict[bytes, bytes]) -> LoggedEvent:
     document = json.loads(fields[b"event"])
     time = document.get("time")
     return LoggedEvent(
-        entry_id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
+        entry_id=as_text(entry_id),
         id=str(document.get("id", "")),
         type=str(document.get("type", "")),
         source=str(document.get("source", "")),
