@@ -47,6 +47,7 @@ from shared.local.embedded_redis import EmbeddedRedis
 from shared.model.policy import Policy, parse_policy
 from shared.policing import ledger, watchdog
 from shared.policing.ledger import Record
+from shared.runtime.idempotency import Once
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -518,8 +519,8 @@ def ingestion_rate(redis: Redis, count: int) -> dict[str, Any]:
             tenant = f"t{n % 20}"
             subjects = ledger.subjects_of(tenant, f"{tenant}-u{n % 2}", f"{tenant}-f{n % 5}")
             amounts = {"messages": 1 + n % 7, "bytes": 500, "cpu_seconds": 0.02}
-            dedupe = keys.dedupe(keys.POLICY, "/bench", str(n))
-            yield Record(subjects, amounts, dedupe_key=dedupe, dedupe_ttl=3600), start + n * 0.01
+            once = Once(redis, keys.POLICY, "/bench", str(n), ttl_seconds=3600)
+            yield Record(subjects, amounts, once=once), start + n * 0.01
 
     began = time.perf_counter()
     results = ledger.record_many(redis, entries(), ring_windows=windows)

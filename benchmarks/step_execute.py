@@ -42,6 +42,8 @@ from shared.model import flows
 from shared.model.policy import Policy, TenantLimits
 from shared.runtime.auth import Authorizer
 from shared.runtime.function import FunctionRuntime
+from shared.runtime.idempotency import Once
+from shared.scripts import ScriptCall
 from shared.settings import Settings
 
 KEY = "benchmark-orchestrator-key-0123456789abcdef"
@@ -102,7 +104,7 @@ def start_run(redis: Redis, flow_id: str, run_id: str) -> tuple[runs.RunGraph, s
     admitted = RunAdmitted(flow_id=flow_id, run_id=run_id, tenant=TENANT, user=USER,
                            fencing_token=1, scheduled_for=0, trigger="execute")  # fmt: skip
     runs.start(
-        redis, runs.Guard.keyed(run_id), admitted=admitted, graph=graph,
+        redis, Once.keyed(redis, keys.EXECUTION, "bench", run_id), admitted=admitted, graph=graph,
         messages=runs.start_messages(run_id, graph, "{}"), limits=POLICY.tenant(TENANT),
         now=time.time(),
     )  # fmt: skip
@@ -122,16 +124,16 @@ def routed_direct(redis: Redis, n: int, batch: int = 1) -> dict[str, float]:
     publisher.drain(POLICY)
     queue.receive(keys.step_queue(flow_id, "a"), "c", max_messages=10, wait_seconds=0)
 
-    def call(step: str, message_id: str, seq: int, final: bool, data: Any) -> runs.ScriptCall:
+    def call(step: str, message_id: str, seq: int, final: bool, data: Any) -> ScriptCall:
         result = StepResult(run_id=run_id, step_id=step, message_id=message_id, seq=seq,
                             final=final, data=data, empty=data is None)  # fmt: skip
         return runs.output_call(
-            runs.Guard.keyed(run_id, message_id, str(seq)), run=run, result=result,
+            Once.keyed(redis, keys.EXECUTION, "bench", run_id, message_id, str(seq)), run=run, result=result,
             routes=[] if data is None else route(run.graph, step, data), now=clock.now(),
             retention_seconds=3600, source=SOURCE,
         )  # fmt: skip
 
-    def record(calls: list[runs.ScriptCall]) -> None:
+    def record(calls: list[ScriptCall]) -> None:
         if batch == 1:
             for one in calls:
                 runs.run_call(redis, one)

@@ -28,14 +28,13 @@ from shared.model.policy import (
     cpu_millicores,
     memory_mib,
 )
-from shared.runtime.idempotency import Once
+from shared.runtime.idempotency import Once, script_dedupe
 from shared.scripts import ArgT, load_script
 from shared.store import as_text
 
 DEFAULT_BUDGET = 10_000  # most runs one script call admits (bounds its running time)
 REAP_LIMIT = 1000
 RETRY_AFTER_SECONDS = 30.0
-_NO_DEDUPE = 0
 
 
 @dataclass(frozen=True)
@@ -137,14 +136,8 @@ def read_inputs(redis: Redis, policy: Policy) -> Inputs:
 
 def script_keys(once: Once | None) -> list[str]:
     """KEYS of every admission script (flow_start_common.lua)."""
-    if once is None:
-        first = [
-            keys.dedupe(keys.ADMISSION, "flow-start", "no-dedupe"),
-            keys.outbox(keys.ADMISSION),
-        ]
-    else:
-        first = once.script_keys()
-    return [*first, *keys.admission_keys()]
+    dedupe_key, _ = script_dedupe(once, keys.ADMISSION)
+    return [dedupe_key, keys.outbox(keys.ADMISSION), *keys.admission_keys()]
 
 
 # The events the admission scripts write to the outbox, by the kind the scripts name them.
@@ -166,7 +159,7 @@ def header(
     return [
         EVENT_TYPES_JSON,
         repr(float(now)),
-        _NO_DEDUPE if once is None else once.ttl_seconds,
+        script_dedupe(once, keys.ADMISSION)[1],
         source,
         inputs.slots,
         inputs.limits_json,

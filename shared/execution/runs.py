@@ -30,7 +30,7 @@ from shared.events import RunAdmitted, StepResult
 from shared.events import types as t
 from shared.execution.routing import Graph, Route, message_id
 from shared.model.policy import TenantLimits
-from shared.runtime.idempotency import Once
+from shared.runtime.idempotency import Once, script_dedupe
 from shared.scripts import ScriptCall, load_script, run_pipelined, run_script
 from shared.store import as_text
 
@@ -42,26 +42,6 @@ RECENT_CAP = 10_000
 
 Status = Literal["running", "completed", "failed"]
 FailMode = Literal["failed", "timeout", "abort", "end"]
-
-
-@dataclass(frozen=True)
-class Guard:
-    """The dedupe key a script sets first (ttl 0: no dedupe, e.g. tick-driven timeouts)."""
-
-    dedupe_key: str
-    ttl: int
-
-    @classmethod
-    def of(cls, once: Once) -> Guard:
-        return cls(once.dedupe_key, once.ttl_seconds)
-
-    @classmethod
-    def keyed(cls, *parts: str, ttl: int = 7 * 24 * 3600) -> Guard:
-        return cls(keys.dedupe(keys.EXECUTION, "step-execute", "\x1f".join(parts)), ttl)
-
-    @classmethod
-    def none(cls) -> Guard:
-        return cls(keys.dedupe(keys.EXECUTION, "step-execute", "-"), 0)
 
 
 def run_call(redis: Redis, call: ScriptCall) -> str:
@@ -199,7 +179,7 @@ def start_messages(run_id: str, graph: Graph, data_json: str) -> list[NewMessage
 
 def start(
     redis: Redis,
-    guard: Guard,
+    once: Once,
     *,
     admitted: RunAdmitted,
     graph: Graph,
@@ -210,13 +190,13 @@ def start(
     """Creates the run and its first messages: 'started', 'exists' or 'duplicate'."""
     run_id = admitted.run_id
     script_keys = [
-        guard.dedupe_key, keys.outbox(keys.EXECUTION), keys.run(run_id),
+        once.dedupe_key, keys.outbox(keys.EXECUTION), keys.run(run_id),
         keys.run_messages(run_id), keys.run_step_counts(run_id), keys.step_due(),
         keys.runs_running(), keys.flow_runs(admitted.flow_id), keys.step_usage("messages"),
         keys.step_usage("bytes"), *[keys.step_message(m.message_id) for m in messages],
     ]  # fmt: skip
     args: list[str | int | float] = [
-        guard.ttl, "-", run_id, admitted.flow_id, admitted.tenant, admitted.user,
+        once.ttl_seconds, "-", run_id, admitted.flow_id, admitted.tenant, admitted.user,
         admitted.fencing_token, repr(now), graph.to_json(), limits.step_retries,
         limits.step_timeout_seconds, admitted.trigger,
         usage_field(admitted.tenant, admitted.user, admitted.flow_id), len(messages),
@@ -307,7 +287,7 @@ def new_messages(result: StepResult, routes: Sequence[Route]) -> list[NewMessage
 
 
 def output_call(
-    guard: Guard,
+    once: Once,
     *,
     run: RunGraph,
     result: StepResult,
@@ -324,7 +304,7 @@ def output_call(
     messages = new_messages(result, routes)
     inputs = [route for route in routes if route.join]
     script_keys = [
-        guard.dedupe_key, keys.outbox(keys.EXECUTION), keys.run(run_id),
+        once.dedupe_key, keys.outbox(keys.EXECUTION), keys.run(run_id),
         keys.run_messages(run_id), keys.run_step_counts(run_id), keys.run_seen(run_id),
         keys.step_message(parent), keys.step_due(), keys.step_deadlines(),
         keys.runs_running(), keys.runs_recent(), keys.flow_runs(run.flow_id),
@@ -333,7 +313,7 @@ def output_call(
         *[keys.step_message(m.message_id) for m in messages],
     ]  # fmt: skip
     args: list[str | int | float] = [
-        guard.ttl, result.step_id, run_id, parent, seq, 1 if result.final else 0, repr(now),
+        once.ttl_seconds, result.step_id, run_id, parent, seq, 1 if result.final else 0, repr(now),
         int(retention_seconds), usage_field(run.tenant, run.user, run.flow_id), source,
         len(joins), len(messages), len(inputs), t.RUN_COMPLETED,
     ]  # fmt: skip
@@ -348,7 +328,7 @@ def output_call(
 
 def record_output(
     redis: Redis,
-    guard: Guard,
+    once: Once,
     *,
     run: RunGraph,
     result: StepResult,
@@ -359,75 +339,57 @@ def record_output(
 ) -> str:
     """Routes one step output: 'routed', 'completed', or why nothing happened."""
     call = output_call(
-        guard, run=run, result=result, routes=routes, now=now,
+        once, run=run, result=result, routes=routes, now=now,
         retention_seconds=retention_seconds, source=source,
     )  # fmt: skip
     return run_call(redis, call)
 
 
 # --- failures and ends ------------------------------------------------------------------------
-def fail_call(
-    guard: Guard,
-    *,
-    run_id: str,
-    flow_id: str,
-    graph: Graph | None,
-    mode: FailMode,
-    message: str = "",
-    step: str = "",
-    attempt: int | None = None,
-    error: str = "",
-    reason: str = "step_failed",
-    emit: bool = True,
-    fencing_token: int | None = None,
-    now: float,
-    retention_seconds: float,
-    source: str,
-) -> ScriptCall:
-    """The `step_fail` call: a message failed (retry, or dead-letter and fail the run) or the
-    run ends (stop, watchdog)."""
-    join_lists = _join_keys(run_id, graph)[1] if graph is not None else []
+@dataclass(frozen=True)
+class Failure:
+    """A step message that failed (retry it, or dead-letter it and fail the run), or a run that
+    ends from outside (stop, watchdog): what the `step_fail` script is told."""
+
+    once: Once | None  # None: no dedupe (tick timeouts decide by the message's own deadline)
+    run_id: str
+    flow_id: str
+    graph: Graph | None
+    mode: FailMode
+    now: float
+    retention_seconds: float
+    source: str
+    message: str = ""
+    step: str = ""
+    attempt: int | None = None
+    error: str = ""
+    reason: str = "step_failed"
+    emit: bool = True
+    fencing_token: int | None = None
+
+
+def fail_call(failure: Failure) -> ScriptCall:
+    """The `step_fail` call of `failure`, to run alone or pipelined with others."""
+    f = failure
+    dedupe_key, dedupe_ttl = script_dedupe(f.once, keys.EXECUTION)
+    join_lists = _join_keys(f.run_id, f.graph)[1] if f.graph is not None else []
     script_keys = [
-        guard.dedupe_key, keys.outbox(keys.EXECUTION), keys.run(run_id),
-        keys.run_messages(run_id), keys.run_step_counts(run_id), keys.run_seen(run_id),
-        keys.step_message(message), keys.step_due(), keys.step_deadlines(),
-        keys.runs_running(), keys.runs_recent(), keys.flow_runs(flow_id), keys.dead_letters(),
+        dedupe_key, keys.outbox(keys.EXECUTION), keys.run(f.run_id),
+        keys.run_messages(f.run_id), keys.run_step_counts(f.run_id), keys.run_seen(f.run_id),
+        keys.step_message(f.message), keys.step_due(), keys.step_deadlines(),
+        keys.runs_running(), keys.runs_recent(), keys.flow_runs(f.flow_id), keys.dead_letters(),
         keys.step_message_family(), *join_lists,
     ]  # fmt: skip
     args: list[str | int | float] = [
-        guard.ttl, step, mode, run_id, message, -1 if attempt is None else attempt, error[:2000],
-        repr(now), int(retention_seconds), source, reason, 1 if emit else 0,
-        -1 if fencing_token is None else fencing_token, BACKOFF_BASE_SECONDS,
-        BACKOFF_MAX_SECONDS, DEAD_LETTER_CAP, len(join_lists), t.RUN_FAILED,
+        dedupe_ttl, f.step, f.mode, f.run_id, f.message, -1 if f.attempt is None else f.attempt,
+        f.error[:2000], repr(f.now), int(f.retention_seconds), f.source, f.reason,
+        1 if f.emit else 0, -1 if f.fencing_token is None else f.fencing_token,
+        BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS, DEAD_LETTER_CAP, len(join_lists), t.RUN_FAILED,
     ]  # fmt: skip
     return ScriptCall("step_fail", script_keys, args)
 
 
-def fail(
-    redis: Redis,
-    guard: Guard,
-    *,
-    run_id: str,
-    flow_id: str,
-    graph: Graph | None,
-    mode: FailMode,
-    message: str = "",
-    step: str = "",
-    attempt: int | None = None,
-    error: str = "",
-    reason: str = "step_failed",
-    emit: bool = True,
-    fencing_token: int | None = None,
-    now: float,
-    retention_seconds: float,
-    source: str,
-) -> str:
+def fail(redis: Redis, failure: Failure) -> str:
     """Returns 'retry', 'failed', or why nothing happened ('duplicate', 'not_running',
-    'stale', 'wrong_step'); see `fail_call`."""
-    call = fail_call(
-        guard, run_id=run_id, flow_id=flow_id, graph=graph, mode=mode, message=message,
-        step=step, attempt=attempt, error=error, reason=reason, emit=emit,
-        fencing_token=fencing_token, now=now, retention_seconds=retention_seconds,
-        source=source,
-    )  # fmt: skip
-    return run_call(redis, call)
+    'stale', 'wrong_step')."""
+    return run_call(redis, fail_call(failure))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
 
 from redis import Redis
 
@@ -43,6 +43,7 @@ from shared.policing import ledger, metrics_reader, rules, watchdog
 from shared.policing.ledger import Record, SubjectRef
 from shared.policing.metrics_reader import PodUsageSource
 from shared.runtime.function import Context, FunctionSpec, Handler
+from shared.runtime.idempotency import Once
 from shared.wiring.policing import PolicyServices, build_services
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,8 @@ def _count(ctx: Ctx, entry: Record) -> None:
     police(ctx.redis, ctx.policy, entry.subjects, now=now, source=ctx.source)
 
 
-def _once(ctx: Ctx, ttl: int | None = None) -> dict[str, Any]:
-    return {
-        "dedupe_key": ctx.once.dedupe_key,
-        "dedupe_ttl": ttl or ctx.once.ttl_seconds,
-    }
+def _once(ctx: Ctx, ttl: int | None = None) -> Once:
+    return replace(ctx.once, ttl_seconds=ttl) if ttl else ctx.once
 
 
 def _owner(ctx: Ctx, flow_id: str) -> tuple[str, str]:
@@ -109,7 +107,7 @@ def on_admitted(ctx: Ctx, run: RunAdmitted) -> None:
     )
     op = watchdog.admit_op(run, now=ctx.clock.now(), limit=limit)
     subjects = ledger.subjects_of(run.tenant, run.user, run.flow_id)
-    _count(ctx, Record(subjects, {"runs": 1}, run=op, **_once(ctx)))
+    _count(ctx, Record(subjects, {"runs": 1}, run=op, once=_once(ctx)))
 
 
 def on_ended(ctx: Ctx, ended: RunEnded) -> None:
@@ -122,7 +120,7 @@ def on_ended(ctx: Ctx, ended: RunEnded) -> None:
     op = watchdog.end_op(ended.run_id, ended_at=ended_at, unknown_seconds=seconds)
     subjects = ledger.subjects_of(ended.tenant, user, ended.flow_id)
     amounts = {"ended": 1.0, "errors": 1.0 if failed else 0.0}
-    _count(ctx, Record(subjects, amounts, run=op, **_once(ctx)))
+    _count(ctx, Record(subjects, amounts, run=op, once=_once(ctx)))
 
 
 def on_usage(ctx: Ctx, report: UsageReport) -> None:
@@ -136,7 +134,7 @@ def on_usage(ctx: Ctx, report: UsageReport) -> None:
         "step_seconds": report.step_ms / 1000,
     }
     subjects = ledger.subjects_of(report.tenant, user, report.flow_id)
-    _count(ctx, Record(subjects, amounts, **_once(ctx, USAGE_DEDUPE_SECONDS)))
+    _count(ctx, Record(subjects, amounts, once=_once(ctx, USAGE_DEDUPE_SECONDS)))
 
 
 def on_deployment(ctx: Ctx, status: DeploymentStatus) -> None:
@@ -147,7 +145,9 @@ def on_deployment(ctx: Ctx, status: DeploymentStatus) -> None:
     if not tenant:
         log.info("deploy status of unknown flow %s: not counted", status.id)
         return
-    _count(ctx, Record(ledger.subjects_of(tenant, user, status.id), {"deploys": 1}, **_once(ctx)))
+    _count(
+        ctx, Record(ledger.subjects_of(tenant, user, status.id), {"deploys": 1}, once=_once(ctx))
+    )
 
 
 def on_not_started(ctx: Ctx, event: RunNotStarted) -> None:
@@ -163,9 +163,9 @@ def on_not_started(ctx: Ctx, event: RunNotStarted) -> None:
     if ctx.event.type == RUN_DEFERRED:
         if event.run_id:
             op = watchdog.defer_op(event.run_id)
-            _count(ctx, Record(subjects, {"runs": 1}, run=op, **_once(ctx)))
+            _count(ctx, Record(subjects, {"runs": 1}, run=op, once=_once(ctx)))
         return
-    _count(ctx, Record(subjects, {"skipped": 1}, **_once(ctx)))
+    _count(ctx, Record(subjects, {"skipped": 1}, once=_once(ctx)))
 
 
 def tick(

@@ -36,6 +36,7 @@ from shared.execution.routing import Graph, RoutingError
 from shared.model import flows
 from shared.ports.queue import StepQueue
 from shared.runtime.function import Context, FunctionSpec, Handler
+from shared.runtime.idempotency import Once
 from shared.scripts import ScriptCall, load_script
 from shared.settings import Settings
 from shared.store import as_text
@@ -112,7 +113,7 @@ def on_admitted(ctx: Ctx, admitted: RunAdmitted) -> None:
     now = ctx.clock.now()
     outcome = runs.start(
         ctx.redis,
-        runs.Guard.of(ctx.once),
+        ctx.once,
         admitted=admitted,
         graph=graph,
         messages=runs.start_messages(admitted.run_id, graph, data_json),
@@ -189,7 +190,7 @@ def on_step_completed(ctx: Ctx, result: StepResult) -> None:
     else:
         outcome = runs.record_output(
             ctx.redis,
-            runs.Guard.of(ctx.once),
+            ctx.once,
             run=run,
             result=result,
             routes=routes,
@@ -246,19 +247,21 @@ def _fail(
 ) -> str:  # fmt: skip
     return runs.fail(
         ctx.redis,
-        runs.Guard.of(ctx.once),
-        run_id=result.run_id,
-        flow_id=run.flow_id,
-        graph=run.graph,
-        mode=mode,
-        message=result.message_id,
-        step=result.step_id,
-        attempt=result.attempt,
-        error=error,
-        reason=reason,
-        now=ctx.clock.now(),
-        retention_seconds=ctx.services.retention_seconds,
-        source=ctx.source,
+        runs.Failure(
+            ctx.once,
+            run_id=result.run_id,
+            flow_id=run.flow_id,
+            graph=run.graph,
+            mode=mode,
+            message=result.message_id,
+            step=result.step_id,
+            attempt=result.attempt,
+            error=error,
+            reason=reason,
+            now=ctx.clock.now(),
+            retention_seconds=ctx.services.retention_seconds,
+            source=ctx.source,
+        ),
     )
 
 
@@ -267,19 +270,24 @@ def on_flow_stopping(ctx: Ctx, flow: FlowRef) -> None:
     ended = 0
     for run_id in runs.running_of_flow(ctx.redis, flow.id):
         run = runs.load(ctx.redis, run_id)
+        once = Once.keyed(
+            ctx.redis, keys.EXECUTION, "step-execute", ctx.event.source, ctx.event.id, run_id
+        )
         outcome = runs.fail(
             ctx.redis,
-            runs.Guard.keyed(ctx.event.source, ctx.event.id, run_id),
-            run_id=run_id,
-            flow_id=flow.id,
-            graph=run.graph if run else None,
-            mode="end",
-            error="flow stopped",
-            reason="stopped",
-            emit=True,
-            now=ctx.clock.now(),
-            retention_seconds=ctx.services.retention_seconds,
-            source=ctx.source,
+            runs.Failure(
+                once,
+                run_id=run_id,
+                flow_id=flow.id,
+                graph=run.graph if run else None,
+                mode="end",
+                error="flow stopped",
+                reason="stopped",
+                emit=True,
+                now=ctx.clock.now(),
+                retention_seconds=ctx.services.retention_seconds,
+                source=ctx.source,
+            ),
         )
         ended += outcome == "failed"
     prefix = keys.step_queue(flow.id, "")
@@ -299,18 +307,20 @@ def on_run_ended(ctx: Ctx, ended: RunEnded) -> None:
     run = runs.load(ctx.redis, ended.run_id)
     outcome = runs.fail(
         ctx.redis,
-        runs.Guard.of(ctx.once),
-        run_id=ended.run_id,
-        flow_id=ended.flow_id,
-        graph=run.graph if run else None,
-        mode="end",
-        error=f"ended by {ctx.event.source}",
-        reason=ended.reason or "failed",
-        emit=False,  # the sender (the watchdog) already emitted the terminal event
-        fencing_token=ended.fencing_token,
-        now=ctx.clock.now(),
-        retention_seconds=ctx.services.retention_seconds,
-        source=ctx.source,
+        runs.Failure(
+            ctx.once,
+            run_id=ended.run_id,
+            flow_id=ended.flow_id,
+            graph=run.graph if run else None,
+            mode="end",
+            error=f"ended by {ctx.event.source}",
+            reason=ended.reason or "failed",
+            emit=False,  # the sender (the watchdog) already emitted the terminal event
+            fencing_token=ended.fencing_token,
+            now=ctx.clock.now(),
+            retention_seconds=ctx.services.retention_seconds,
+            source=ctx.source,
+        ),
     )
     log.info("run %s ended by %s (%s): %s", ended.run_id, ctx.event.source, ended.reason, outcome)
 
@@ -343,18 +353,20 @@ def expire_timeouts(ctx: Ctx) -> int:
             continue
         calls.append(
             runs.fail_call(
-                runs.Guard.none(),
-                run_id=as_text(run_id),
-                flow_id=run.flow_id,
-                graph=run.graph,
-                mode="timeout",
-                message=message_id,
-                attempt=int(as_text(attempt or b"0")),
-                error=f"step {as_text(step or b'')} timed out",
-                reason="step_timeout",
-                now=now,
-                retention_seconds=ctx.services.retention_seconds,
-                source=ctx.source,
+                runs.Failure(
+                    None,
+                    run_id=as_text(run_id),
+                    flow_id=run.flow_id,
+                    graph=run.graph,
+                    mode="timeout",
+                    message=message_id,
+                    attempt=int(as_text(attempt or b"0")),
+                    error=f"step {as_text(step or b'')} timed out",
+                    reason="step_timeout",
+                    now=now,
+                    retention_seconds=ctx.services.retention_seconds,
+                    source=ctx.source,
+                )
             )
         )
     if gone:

@@ -25,6 +25,7 @@ from redis import Redis
 
 from shared import keys
 from shared.model.policy import SUBJECT_LEVELS, Policy, Rule
+from shared.runtime.idempotency import Once, script_dedupe
 from shared.scripts import ScriptCall, load_script, run_pipelined
 from shared.store import as_text
 
@@ -118,8 +119,7 @@ class Record:
 
     subjects: Sequence[SubjectRef]
     amounts: Mapping[str, float] = field(default_factory=dict)
-    dedupe_key: str | None = None
-    dedupe_ttl: int = 0
+    once: Once | None = None  # None: no dedupe (tick accrual is idempotent by its timestamps)
     run: RunOp = RunOp()
 
 
@@ -143,10 +143,10 @@ def _keys_and_args(
     unknown = [m for m in record.amounts if m not in FIELD]
     if unknown:
         raise ValueError(f"not ledger metrics: {unknown}")
-    ttl = record.dedupe_ttl if record.dedupe_key else 0
+    dedupe_key, ttl = script_dedupe(record.once, keys.POLICY)
     run_id = record.run.run_id or "-"
     script_keys = [
-        record.dedupe_key or keys.dedupe(keys.POLICY, "ledger", "-"),
+        dedupe_key,
         keys.outbox(keys.POLICY),
         keys.watched_run(run_id),
         keys.watched_runs(),

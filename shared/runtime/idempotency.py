@@ -4,8 +4,11 @@ one step.
 Two ways to use it, both keeping the invariant "all three or none":
 - `commit(write, events)`: the handler queues its Redis writes on a MULTI pipeline; the dedupe
   key (WATCHed) and the outbox entries are added to the same transaction;
-- Lua scripts receive `script_keys()` / `script_args()` and do the same inside the script
-  (first `SET dedupe NX`, then the state change, then RPUSH to the outbox).
+- a Lua script receives the token's key and TTL (`script_dedupe`) and does the same inside
+  the script (first `SET dedupe NX`, then the state change, then RPUSH to the outbox).
+`Once` is the one dedupe token: the runtime makes one per incoming event (`ctx.once`), a
+handler makes its own for parts of an event's work (`Once.keyed`), and every script wrapper
+and ledger write takes one (None: no dedupe).
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ class Once:
     @classmethod
     def for_event(cls, redis: Redis, tag: str, event: IncomingEvent, principal: str) -> Once:
         return cls(redis, tag, event.source, event.id, principal)
+
+    @classmethod
+    def keyed(cls, redis: Redis, tag: str, owner: str, *parts: str) -> Once:
+        """A token of our own making: `owner` (a function) does one piece of work named by
+        `parts` once, e.g. each run one flow.stopping ends, or one step output."""
+        return cls(redis, tag, owner, "\x1f".join(parts))
 
     @property
     def dedupe_key(self) -> str:
@@ -91,10 +100,11 @@ class Once:
                 return False
         return True
 
-    def script_keys(self) -> list[str]:
-        """KEYS[1], KEYS[2] of a script that dedupes itself: dedupe key, outbox."""
-        return [self.dedupe_key, self.outbox_key]
 
-    def script_args(self) -> list[str | int]:
-        """ARGV[1], ARGV[2] of such a script: dedupe TTL seconds, event id prefix."""
-        return [self.ttl_seconds, self.event_id_prefix]
+def script_dedupe(once: Once | None, tag: str) -> tuple[str, int]:
+    """KEYS[1] and the dedupe TTL argument of a script that dedupes itself. Without a token
+    (ticks: their work is idempotent by itself) a key of the tag's slot the script never
+    touches, and TTL 0."""
+    if once is None:
+        return keys.dedupe(tag, "-", "-"), 0
+    return once.dedupe_key, once.ttl_seconds

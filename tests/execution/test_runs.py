@@ -16,6 +16,7 @@ from shared.execution import runs
 from shared.execution.routing import Graph
 from shared.handlers.step_execute import SPEC as STEP_EXECUTE
 from shared.model.policy import TenantLimits
+from shared.runtime.idempotency import Once
 from tests.support.flows import TENANT, USER, fast_policy, flow_document
 from tests.support.function import FunctionHarness
 
@@ -35,7 +36,7 @@ ADMITTED = RunAdmitted(
 def start(redis: Redis, graph: Graph, guard: str = "g1") -> str:
     return runs.start(
         redis,
-        runs.Guard.keyed(guard),
+        Once.keyed(redis, keys.EXECUTION, "tests", guard),
         admitted=ADMITTED,
         graph=graph,
         messages=runs.start_messages("run-1", graph, "{}"),
@@ -190,8 +191,10 @@ def test_ending_a_run_twice_ends_it_once(redis: Redis, reason: str) -> None:
         "retention_seconds": 3600,
         "source": "/tests",
     }
-    assert runs.fail(redis, runs.Guard.keyed("e1"), **common) == "failed"
-    assert runs.fail(redis, runs.Guard.keyed("e2"), **common) == "not_running"
+    first = Once.keyed(redis, keys.EXECUTION, "tests", "e1")
+    second = Once.keyed(redis, keys.EXECUTION, "tests", "e2")
+    assert runs.fail(redis, runs.Failure(first, **common)) == "failed"
+    assert runs.fail(redis, runs.Failure(second, **common)) == "not_running"
     assert redis.xlen(keys.dead_letters()) == 1
     outbox = redis.lrange(keys.outbox(keys.EXECUTION), 0, -1)
     assert len(outbox) == 1 and reason.encode() in outbox[0]
@@ -204,14 +207,16 @@ def test_graph_snapshot_is_kept_while_running_only(redis: Redis) -> None:
     assert loaded is not None and loaded.graph == graph and loaded.tenant == TENANT
     runs.fail(
         redis,
-        runs.Guard.none(),
-        run_id="run-1",
-        flow_id="f",
-        graph=graph,
-        mode="end",
-        reason="stopped",
-        now=1.0,
-        retention_seconds=60,
-        source="/tests",
+        runs.Failure(
+            None,
+            run_id="run-1",
+            flow_id="f",
+            graph=graph,
+            mode="end",
+            reason="stopped",
+            now=1.0,
+            retention_seconds=60,
+            source="/tests",
+        ),
     )
     assert runs.load(redis, "run-1") is None

@@ -17,6 +17,7 @@ from shared.events import FlowDocument, RunAdmitted, StepResult
 from shared.execution import runs
 from shared.execution.publisher import Publisher
 from shared.execution.routing import Graph, route
+from shared.runtime.idempotency import Once
 from shared.scripts import ScriptCall
 from tests.conftest import TEST_KEY
 from tests.support.flows import TENANT, USER, fast_policy, flow_document
@@ -28,6 +29,7 @@ SOURCE = "/component-orchestrator/step-execute"
 
 
 def output_call(
+    redis: Redis,
     clock: FakeClock,
     run: runs.RunGraph,
     step: str,
@@ -47,7 +49,7 @@ def output_call(
         empty=data is None,
     )
     return runs.output_call(
-        runs.Guard.keyed("volume", message_id, str(seq)),
+        Once.keyed(redis, keys.EXECUTION, "volume", message_id, str(seq)),
         run=run,
         result=result,
         routes=[] if data is None else route(run.graph, step, data),
@@ -79,7 +81,7 @@ def test_ten_thousand_messages_flow_through_redis_streams_count_in_equals_count_
     publisher = Publisher(redis, queue, clock, TEST_KEY)
     started = runs.start(
         redis,
-        runs.Guard.keyed("volume", "start"),
+        Once.keyed(redis, keys.EXECUTION, "volume", "start"),
         admitted=admitted,
         graph=graph,
         messages=runs.start_messages("run-v", graph, "{}"),
@@ -95,7 +97,9 @@ def test_ten_thousand_messages_flow_through_redis_streams_count_in_equals_count_
 
     # the source emits OUTPUTS outputs, each fanned out to every sink
     calls = [
-        output_call(clock, run, "a", start.message.message_id, seq, seq == OUTPUTS - 1, {"n": seq})
+        output_call(
+            redis, clock, run, "a", start.message.message_id, seq, seq == OUTPUTS - 1, {"n": seq}
+        )
         for seq in range(OUTPUTS)
     ]
     assert set(runs.run_calls(redis, calls)) == {"routed"}
@@ -115,7 +119,9 @@ def test_ten_thousand_messages_flow_through_redis_streams_count_in_equals_count_
                 message = delivery.message
                 assert message is not None
                 seen.append((message.step_id, message.data["n"]))
-                batch.append(output_call(clock, run, sink, message.message_id, 0, True, None))
+                batch.append(
+                    output_call(redis, clock, run, sink, message.message_id, 0, True, None)
+                )
             for outcome in runs.run_calls(redis, batch):
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
             queue.ack(sink_queue, deliveries)

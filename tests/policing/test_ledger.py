@@ -15,6 +15,7 @@ from shared.clock import FakeClock
 from shared.model.policy import Policy, Rule, TenantLimits
 from shared.policing import ledger
 from shared.policing.ledger import SLOTS, Record, SubjectRef
+from shared.runtime.idempotency import Once
 
 pytestmark = pytest.mark.redis_cluster  # also on a real 3-master Redis Cluster
 
@@ -85,11 +86,11 @@ def test_sums_add_up_across_buckets(redis: Redis) -> None:
 
 
 def test_a_redelivered_event_is_counted_once(redis: Redis) -> None:
-    dedupe = keys.dedupe(keys.POLICY, "/tests", "event-1")
-    first = add(redis, T0, 5, dedupe_key=dedupe, dedupe_ttl=60)
-    again = add(redis, T0 + 1, 5, dedupe_key=dedupe, dedupe_ttl=60)
+    once = Once(redis, keys.POLICY, "/tests", "event-1", ttl_seconds=60)
+    first = add(redis, T0, 5, once=once)
+    again = add(redis, T0 + 1, 5, once=once)
     other = add(
-        redis, T0 + 2, 5, dedupe_key=keys.dedupe(keys.POLICY, "/tests", "event-2"), dedupe_ttl=60
+        redis, T0 + 2, 5, once=Once(redis, keys.POLICY, "/tests", "event-2", ttl_seconds=60)
     )
     assert (first.counted, again.duplicate, other.counted) == (True, True, True)
     assert ledger.usage(redis, FLOW, WINDOW, now=T0 + 2)["messages"] == 10

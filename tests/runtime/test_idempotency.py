@@ -17,7 +17,7 @@ from shared.events import OutgoingEvent, types
 from shared.runtime import outbox
 from shared.runtime.auth import Principal
 from shared.runtime.function import Context, FunctionRuntime
-from shared.runtime.idempotency import DEDUPE_TTL_SECONDS, Once
+from shared.runtime.idempotency import DEDUPE_TTL_SECONDS, Once, script_dedupe
 from tests.conftest import TEST_KEY
 from tests.support.events import CapturingSender, cloudevent, internal
 from tests.support.runtime import make_runtime, recorded, recording_spec
@@ -232,10 +232,12 @@ def test_ids_of_caused_events_are_stable_across_redeliveries(
         runtime.handle(_run_ended(clock))
     runtime.handle(_run_ended(clock))
     assert len(seen) == 2 and seen[0] == seen[1]
-    assert Once(redis, keys.EXECUTION, "/flow-start", "evt-1").script_keys() == [
+    assert script_dedupe(Once(redis, keys.EXECUTION, "/flow-start", "evt-1"), keys.EXECUTION) == (
         keys.dedupe(keys.EXECUTION, "/flow-start", "evt-1"),
-        keys.outbox(keys.EXECUTION),
-    ]
+        DEDUPE_TTL_SECONDS,
+    )
+    no_dedupe_key, no_dedupe_ttl = script_dedupe(None, keys.EXECUTION)
+    assert no_dedupe_ttl == 0 and no_dedupe_key.startswith("co:{exec}:")  # same slot, unused
 
 
 # --- the dedupe key carries who sent the event; keys of the previous release still count ------
