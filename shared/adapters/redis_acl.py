@@ -18,6 +18,7 @@ from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from shared.errors import TemporaryError
+from shared.store import as_text
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,6 @@ _REPLICA = re.compile(r"^slave\d+$")
 def exact_pattern(key: str) -> str:
     """An ACL key pattern that matches `key` alone."""
     return _GLOB.sub(r"\\\1", key)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def replicas_of(redis: Redis) -> list[Redis]:
@@ -47,7 +44,7 @@ def replicas_of(redis: Redis) -> list[Redis]:
             continue
         clients.append(
             Redis(
-                host=_text(value.get("ip")),
+                host=as_text(value.get("ip")),
                 port=int(value.get("port", 6379)),
                 username=kwargs.get("username"),
                 password=kwargs.get("password"),
