@@ -9,7 +9,7 @@ from importlib import resources
 import pytest
 from redis import Redis
 
-from shared import keys
+from shared import keys, store
 from shared.errors import TemporaryError
 from shared.events import FlowDocument
 from shared.model import flows
@@ -142,8 +142,7 @@ def test_a_script_is_registered_once_and_serves_every_client(redis: Redis) -> No
     assert redis.script_exists(registered.sha) == [False]
     flows.upsert(redis, _flow(), None)
     assert redis.script_exists(registered.sha) == [True]
-    where = redis.connection_pool.connection_kwargs
-    other = Redis(host=where["host"], port=where["port"])
+    other = store.slot_client(redis, keys.flow_document("f2"))  # another client of a server
     flows.upsert(other, _flow(flow_id="f2"), None)
     assert load_script("flow_upsert").script is registered
 
