@@ -17,7 +17,6 @@ that fails is retried by the next event or tick, never lost.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -30,21 +29,18 @@ from shared.errors import Forbidden, OrchestratorError
 from shared.events import RunAdmitted, RunEnded, StepResult
 from shared.events import types as t
 from shared.events.payloads import FlowRef
-from shared.execution import routing, runs
+from shared.execution import routing, runs, upkeep
 from shared.execution.publisher import Publisher
 from shared.execution.routing import Graph, RoutingError
 from shared.model import flows
 from shared.ports.queue import StepQueue
 from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.runtime.idempotency import Once
-from shared.scripts import ScriptCall, load_script
 from shared.settings import Settings
-from shared.store import as_text
 from shared.wiring.queues import make_queue
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_BATCH = 500
 PUBLISH_LIMIT_PER_EVENT = 2_000
 
 
@@ -290,14 +286,9 @@ def on_flow_stopping(ctx: Ctx, flow: FlowRef) -> None:
             ),
         )
         ended += outcome == "failed"
-    prefix = keys.step_queue(flow.id, "")
-    queues = [q for q in _members(ctx.redis, keys.step_queues()) if q.startswith(prefix)]
-    for queue in queues:
-        ctx.services.queue.drop(queue)
-    if queues:
-        ctx.redis.srem(keys.step_queues(), *queues)
+    dropped = upkeep.drop_flow_queues(ctx.redis, ctx.services.queue, flow.id)
     ctx.commit(None)
-    log.info("flow %s stopping: %d run(s) ended, %d queue(s) dropped", flow.id, ended, len(queues))
+    log.info("flow %s stopping: %d run(s) ended, %d queue(s) dropped", flow.id, ended, dropped)
 
 
 def on_run_ended(ctx: Ctx, ended: RunEnded) -> None:
@@ -326,117 +317,26 @@ def on_run_ended(ctx: Ctx, ended: RunEnded) -> None:
 
 
 # --- tick -------------------------------------------------------------------------------------
-def expire_timeouts(ctx: Ctx) -> int:
-    """Messages past their step timeout are failed (retried or dead-lettered), in one batch."""
-    now = ctx.clock.now()
-    ids = [
-        as_text(i)
-        for i in ctx.redis.zrangebyscore(keys.step_deadlines(), "-inf", now, 0, TIMEOUT_BATCH)
-    ]
-    if not ids:
-        return 0
-    pipe = ctx.redis.pipeline(transaction=False)
-    for message_id in ids:
-        pipe.hmget(keys.step_message(message_id), ["run", "attempt", "step"])
-    loaded: dict[str, runs.RunGraph | None] = {}
-    gone: list[str] = []
-    calls: list[ScriptCall] = []
-    for message_id, (run_id, attempt, step) in zip(ids, pipe.execute(), strict=True):
-        run = None
-        if run_id is not None:
-            rid = as_text(run_id)
-            if rid not in loaded:
-                loaded[rid] = runs.load(ctx.redis, rid)
-            run = loaded[rid]
-        if run is None:
-            gone.append(message_id)  # its run ended: nothing to time out
-            continue
-        calls.append(
-            runs.fail_call(
-                runs.Failure(
-                    None,
-                    run_id=as_text(run_id),
-                    flow_id=run.flow_id,
-                    graph=run.graph,
-                    mode="timeout",
-                    message=message_id,
-                    attempt=int(as_text(attempt or b"0")),
-                    error=f"step {as_text(step or b'')} timed out",
-                    reason="step_timeout",
-                    now=now,
-                    retention_seconds=ctx.services.retention_seconds,
-                    source=ctx.source,
-                )
-            )
-        )
-    if gone:
-        ctx.redis.zrem(keys.step_deadlines(), *gone)
-    outcomes = runs.run_calls(ctx.redis, calls)
-    return sum(outcome in ("retry", "failed") for outcome in outcomes)
-
-
-def reclaim(ctx: Ctx) -> int:
-    """Re-queues entries received and never acknowledged (a worker died), at most once per
-    half reclaim interval across all ticks: it costs a round trip per step queue."""
-    interval = max(1, int(ctx.services.reclaim_idle_seconds / 2))
-    if not ctx.redis.set(keys.step_reclaim_turn(), b"1", nx=True, ex=interval):
-        return 0
-    moved = 0
-    for queue in _members(ctx.redis, keys.step_queues()):
-        try:
-            moved += ctx.services.queue.reclaim(
-                queue, min_idle_seconds=ctx.services.reclaim_idle_seconds
-            )
-        except OrchestratorError as exc:
-            log.warning("reclaim of %s failed: %s", queue, exc.message)
-    return moved
-
-
-def report_usage(ctx: Ctx) -> int:
-    return int(
-        load_script("step_usage_flush")(
-            ctx.redis,
-            [keys.step_usage("messages"), keys.step_usage("bytes"), keys.outbox(keys.EXECUTION)],
-            [
-                repr(ctx.clock.now()),
-                ctx.source,
-                f"usage-{uuid.uuid4().hex[:16]}-",
-                t.USAGE_REPORTED,
-            ],
-        )
-    )
-
-
 def on_tick(ctx: Ctx) -> None:
     started = ctx.clock.now()
-    reclaim(ctx)
+    upkeep.reclaim(ctx.redis, ctx.services.queue, idle_seconds=ctx.services.reclaim_idle_seconds)
     while True:
-        expire_timeouts(ctx)
+        upkeep.expire_timeouts(
+            ctx.redis,
+            now=ctx.clock.now(),
+            retention_seconds=ctx.services.retention_seconds,
+            source=ctx.source,
+        )
         publish_due(ctx)
         remaining = ctx.services.tick_work_seconds - (ctx.clock.now() - started)
-        wait = _next_work_in(ctx)
+        wait = upkeep.next_work_in(ctx.redis, now=ctx.clock.now())
         if remaining <= 0 or wait is None or wait >= remaining:
             break
         ctx.clock.sleep(max(wait, 0.05))
-    report_usage(ctx)
+    upkeep.report_usage(ctx.redis, now=ctx.clock.now(), source=ctx.source)
     runs.trim_recent(
         ctx.redis, now=ctx.clock.now(), retention_seconds=ctx.services.retention_seconds
     )
-
-
-def _next_work_in(ctx: Ctx) -> float | None:
-    """Seconds until the next message comes due or times out (None: nothing scheduled)."""
-    now = ctx.clock.now()
-    heads = [
-        ctx.redis.zrange(key, 0, 0, withscores=True)
-        for key in (keys.step_due(), keys.step_deadlines())
-    ]
-    times = [float(head[0][1]) for head in heads if head]
-    return max(0.0, min(times) - now) if times else None
-
-
-def _members(redis: Redis, key: str) -> list[str]:
-    return sorted(as_text(member) for member in redis.smembers(key))
 
 
 HANDLERS: dict[str, Handler[StepExecuteServices]] = {
