@@ -128,7 +128,8 @@ def routed_direct(redis: Redis, n: int, batch: int = 1) -> dict[str, float]:
         result = StepResult(run_id=run_id, step_id=step, message_id=message_id, seq=seq,
                             final=final, data=data, empty=data is None)  # fmt: skip
         return runs.output_call(
-            Once.keyed(redis, keys.EXECUTION, "bench", run_id, message_id, str(seq)), run=run, result=result,
+            Once.keyed(redis, keys.EXECUTION, "bench", run_id, message_id, str(seq)),
+            run=run, result=result,
             routes=[] if data is None else route(run.graph, step, data), now=clock.now(),
             retention_seconds=3600, source=SOURCE,
         )  # fmt: skip
