@@ -63,6 +63,8 @@ class Settings:
     # Replicas that must hold an event's writes before it is answered (docs/reliability.md).
     redis_wait_replicas: int = 0
     redis_wait_timeout_seconds: float = 1.0
+    # A flow whose cron fires more often than this is refused (400 naming cron).
+    cron_min_interval_seconds: float = 60.0
 
     @property
     def auth_required(self) -> bool:
@@ -206,6 +208,7 @@ class Settings:
             max_json_depth=count("MAX_JSON_DEPTH", 64),
             redis_wait_replicas=whole("REDIS_WAIT_REPLICAS", 0, below=100),
             redis_wait_timeout_seconds=seconds("REDIS_WAIT_TIMEOUT_SECONDS", 1.0, below=60),
+            cron_min_interval_seconds=seconds("CRON_MIN_INTERVAL_SECONDS", 60.0),
         )
         if settings.auth_required and not (settings.iam_jwks_url or settings.iam_introspect_url):
             problems.append(

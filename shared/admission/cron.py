@@ -154,6 +154,13 @@ def plan_entry(entry: list[str], policy: Policy, now: float, next_times: schedul
     policy_name = overlap or limits.overlap_policy
     try:
         due, shift = float(score), int(offset or 0)
+        if schedule.seconds_first(cron) and not schedule.is_time_of(cron, zone, due - shift):
+            # planned when a 6-field cron was read seconds last: plan it again, fire nothing
+            following = schedule.next_time(cron, zone, max(due, now) - shift) + shift
+            log.warning("schedule of flow %s re-planned: 6-field cron %r is seconds first "
+                        "now; next due %s", flow, cron, following)  # fmt: skip
+            return pack_entry(flow, score, "", "", repr(following), limit, policy_name,
+                              window, tenant, user)  # fmt: skip
         following = schedule.memoized_next_time(cron, zone, due - shift) + shift
         if following > now and due >= now - max(window, schedule.ON_TIME_SECONDS):
             # the usual case (on time, one due time passed): what schedule.plan would say

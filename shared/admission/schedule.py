@@ -7,6 +7,8 @@ catch-up.
   and due times always strictly increase. So every day runs each of its wall times once.
 - A stable per-flow offset (whole seconds, from a hash of the flow id) spreads flows that share
   an expression over the first part of their interval, unless `flowSettings.spread` is false.
+- A 6-field expression has its seconds first, as OIH's cron-parser reads it (`0 */5 * * * *`
+  is every five minutes); croniter's own default would read the sixth field as seconds.
 - A tick plans each due entry: run it, or (after an outage) run only the latest due time
   within the catch-up window and announce the older ones once as missed; never a burst.
 """
@@ -44,11 +46,24 @@ def _zone(zone: str) -> ZoneInfo:
         ) from exc
 
 
+def seconds_first(cron: str) -> bool:
+    """Whether `cron` has a seconds field (6 fields), read first as OIH's cron-parser does."""
+    return len(cron.split()) == 6
+
+
+def is_valid(cron: str) -> bool:
+    """Whether croniter reads `cron` (seconds first when it has 6 fields)."""
+    try:
+        return bool(croniter.is_valid(cron, second_at_beginning=True))
+    except Exception:  # croniter raises assorted errors on odd input
+        return False
+
+
 def next_time(cron: str, zone: str, after: float) -> float:
     """The first time of `cron` in `zone` strictly after `after` (epoch seconds, whole)."""
     tz = _zone(zone)
     local = datetime.fromtimestamp(after, tz).replace(tzinfo=None)
-    steps = croniter(cron, local)
+    steps = croniter(cron, local, second_at_beginning=True)
     for _ in range(_MAX_STEPS):
         wall = steps.get_next(datetime)
         # fold=0: in a gap this is the wall time shifted forward by the gap's length; in a
@@ -59,14 +74,16 @@ def next_time(cron: str, zone: str, after: float) -> float:
     raise InvalidEvent(f"cron: {cron!r} has no time after {after}", problems=["cron: never fires"])
 
 
-def check(cron: str, zone: str) -> None:
-    """Raises InvalidEvent naming `cron` or `timezone` when the schedule cannot run."""
+def is_time_of(cron: str, zone: str, when: float) -> bool:
+    """Whether `when` (whole epoch seconds) is one of the times of `cron` in `zone`."""
+    return next_time(cron, zone, when - 1) == when
+
+
+def check(cron: str, zone: str, *, min_interval_seconds: float = 0.0) -> None:
+    """Raises InvalidEvent naming `cron` or `timezone` when the schedule cannot run, or when
+    it fires more often than every `min_interval_seconds` (sampled: `interval_seconds`)."""
     _zone(zone)
-    try:
-        valid = croniter.is_valid(cron)
-    except Exception:  # croniter raises assorted errors on odd input
-        valid = False
-    if not valid:
+    if not is_valid(cron):
         raise InvalidEvent(
             f"cron: not a valid cron expression: {cron!r}", problems=[f"cron: invalid: {cron!r}"]
         )
@@ -78,6 +95,13 @@ def check(cron: str, zone: str) -> None:
         raise InvalidEvent(
             f"cron: {cron!r} never fires", problems=[f"cron: never fires: {cron!r}"]
         ) from exc
+    gap = interval_seconds(cron, zone)
+    if gap < min_interval_seconds:
+        raise InvalidEvent(
+            f"cron: {cron!r} fires every {gap:g} s, more often than the minimum interval of "
+            f"{min_interval_seconds:g} s",
+            problems=[f"cron: more often than every {min_interval_seconds:g} s: {cron!r}"],
+        )
 
 
 @functools.lru_cache(maxsize=1024)

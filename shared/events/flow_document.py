@@ -131,8 +131,8 @@ class FlowSettings(Payload):
 
 def _check_schedule(problems: Problems, cron: str | None, timezone: str) -> None:
     if cron is not None:
-        try:
-            valid = croniter.is_valid(cron)
+        try:  # 6 fields: seconds first, as OIH's cron-parser reads them
+            valid = croniter.is_valid(cron, second_at_beginning=True)
         except Exception:  # croniter raises assorted errors on odd input
             valid = False
         if not valid:

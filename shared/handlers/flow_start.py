@@ -68,7 +68,11 @@ def _inputs(ctx: Context[Services]) -> admission.Inputs:
 # --- flows ---------------------------------------------------------------------------------
 def on_flow_starting(ctx: Context[Services], flow: FlowDocument) -> None:
     if flow.cron is not None:
-        schedule.check(flow.cron, flow.timezone)  # 400 naming it; nothing stored
+        schedule.check(  # 400 naming it; nothing stored
+            flow.cron,
+            flow.timezone,
+            min_interval_seconds=ctx.settings.cron_min_interval_seconds,
+        )
     if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
         log.info("flow %s: older than the stored version, schedule unchanged", flow.id)
         ctx.commit(None)

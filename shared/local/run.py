@@ -205,6 +205,8 @@ class LocalRun:
         # the way it does between the PingSource's once-a-minute ticks.
         for name in ("FLOW_START_WORK_THROUGH_SECONDS", "STEP_TICK_WORK_SECONDS"):
             env.setdefault(name, "0")
+        # Locally, every-second crons are for trying things out (overlap, skips) in seconds.
+        env.setdefault("CRON_MIN_INTERVAL_SECONDS", "1")
         for name in (
             "REDIS_URL",
             "ORCHESTRATOR_POLICY_FILE",

@@ -350,3 +350,39 @@ def test_the_user_of_an_execute_is_the_tokens_subject(
     fs.execute("f1", authtoken=iam.token(sub="bob"))
     [admitted] = fs.admitted()
     assert (admitted["user"], admitted["tenant"]) == ("bob", "acme")
+
+
+def test_a_cron_faster_than_the_minimum_interval_is_refused_and_nothing_stored(
+    fs: FunctionHarness[FlowStartServices], redis: Redis
+) -> None:
+    with pytest.raises(InvalidEvent, match="cron"):
+        fs.send("flow.starting", flow_doc("f1", cron="*/10 * * * * *", spread=False))
+    assert redis.zscore(keys.schedule_due(), "f1") is None
+
+
+def test_a_six_field_schedule_stored_seconds_last_is_replanned_seconds_first(
+    fs: FunctionHarness[FlowStartServices], clock: FakeClock, redis: Redis
+) -> None:
+    """A schedule stored before 6-field crons were read seconds first: its due time was
+    planned with croniter's old reading (minute 30 of hours 0, 5, ... every second)."""
+    from datetime import UTC, datetime
+
+    from croniter import croniter
+
+    cron = "30 */5 * * * *"
+    fs.start_flow(flow_doc("f1", cron=cron, spread=False))
+    start = datetime.fromtimestamp(clock.now(), UTC)
+    old_due = croniter(cron, start).get_next(float)  # seconds last, as stored before
+    assert old_due == clock.now() + 30 * MINUTE
+    redis.zadd(keys.schedule_due(), {"f1": old_due})
+
+    clock.advance(30 * MINUTE)
+    fs.tick()
+    assert fs.admitted() == []  # not a time of the cron as OIH reads it: nothing fires
+    replanned = redis.zscore(keys.schedule_due(), "f1")
+    assert replanned == clock.now() + 30  # the next time seconds first: hh:30:30
+
+    clock.advance(30)
+    fs.tick()
+    [admitted] = fs.admitted()
+    assert admitted["scheduledFor"] == replanned

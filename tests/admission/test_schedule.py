@@ -205,3 +205,42 @@ def test_the_per_minute_memo_gives_what_next_time_gives(cron: str, zone: str, af
     for second in (0, 1, 29, 59):
         expected = schedule.next_time(cron, zone, minute + second)
         assert schedule.memoized_next_time(cron, zone, minute + second) == expected
+
+
+# A 6-field cron has its seconds first, as OIH's cron-parser reads it.
+SECONDS_FIRST = [
+    ("0 */5 * * * *", "2026-01-01T00:00:00+00:00", "2026-01-01T00:05:00Z"),
+    ("30 */5 * * * *", "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:30Z"),
+    ("30 */5 * * * *", "2026-01-01T00:00:30+00:00", "2026-01-01T00:05:30Z"),
+    ("0 0 9 * * *", "2026-01-01T10:00:00+00:00", "2026-01-02T09:00:00Z"),
+    ("15 * * * * *", "2026-01-01T00:00:15+00:00", "2026-01-01T00:01:15Z"),
+]
+
+
+@pytest.mark.parametrize(("cron", "after", "expected"), SECONDS_FIRST)
+def test_a_six_field_cron_is_read_seconds_first(cron: str, after: str, expected: str) -> None:
+    assert iso(schedule.next_time(cron, "UTC", ts(after))) == expected
+    assert schedule.seconds_first(cron)
+
+
+@pytest.mark.parametrize(
+    ("cron", "minimum", "refused"),
+    [
+        ("* * * * *", 60, False),
+        ("0 */5 * * * *", 60, False),
+        ("*/30 * * * * *", 60, True),
+        ("*/30 * * * * *", 30, False),
+        ("* * * * * *", 60, True),
+        ("* * * * * *", 1, False),
+        ("* 0 * * * *", 60, True),  # every second of minute 0: sampled from the reference
+    ],
+)
+def test_a_cron_firing_more_often_than_the_minimum_is_refused_naming_cron(
+    cron: str, minimum: float, refused: bool
+) -> None:
+    if not refused:
+        schedule.check(cron, "UTC", min_interval_seconds=minimum)
+        return
+    with pytest.raises(InvalidEvent) as caught:
+        schedule.check(cron, "UTC", min_interval_seconds=minimum)
+    assert caught.value.problems[0].startswith("cron:")

@@ -125,6 +125,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("iam url not a url", {"IAM_URL": "iam"}, "IAM_URL: not a URL"),
     ("repository not a url", {"COMPONENT_REPOSITORY_URL": "x"}, "COMPONENT_REPOSITORY_URL"),
     ("aws endpoint not a url", {"AWS_ENDPOINT_URL": "x"}, "AWS_ENDPOINT_URL: not a URL"),
+    ("cron interval negative", {"CRON_MIN_INTERVAL_SECONDS": "-1"}, "CRON_MIN_INTERVAL_SECONDS"),
 ]
 
 
