@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -45,6 +46,10 @@ __all__ = [
 DEFAULT_TTL_SECONDS = 60.0
 DEFAULT_TIMEOUT_SECONDS = 5.0
 CACHE_SIZE = 1024
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+MAX_ENVIRONMENT_VARIABLES = 256
+MAX_ENVIRONMENT_VALUE_BYTES = 32 * 1024
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def parse_component(component_id: str, answer: Any) -> Component:
@@ -75,12 +80,22 @@ def parse_component(component_id: str, answer: Any) -> Component:
     if not isinstance(entrypoint, str):
         problems.append("descriptor.entrypoint: must be a string")
         entrypoint = ""
-    resource_spec = _parse_resources(descriptor.get("resources"), problems)
+    # The hub's model keeps `resources` at the top level; the original orchestrator read it
+    # there first. `descriptor.resources` (this project's earlier reading) fills the gaps.
+    resource_spec = _first_of(
+        _parse_resources(data.get("resources"), problems, "resources"),
+        _parse_resources(descriptor.get("resources"), problems, "descriptor.resources"),
+    )
+    pull_policy = descriptor.get("imagePullPolicy")
+    if pull_policy is not None and pull_policy not in PULL_POLICIES:
+        problems.append(f"descriptor.imagePullPolicy: must be one of {', '.join(PULL_POLICIES)}")
+        pull_policy = None
+    environment = _parse_environment(descriptor.get("environment"), problems)
     functions = _parse_functions(data.get("functions", descriptor.get("functions")))
     if problems:
         raise ComponentInvalid(f"component {component_id!r} is invalid", problems=problems)
     return Component(
-        id=str(data.get("id") or component_id),
+        id=str(data.get("id") or data.get("_id") or component_id),
         name=str(data.get("name") or component_id),
         image=image,
         is_global=bool(data.get("isGlobal", False)),
@@ -88,16 +103,63 @@ def parse_component(component_id: str, answer: Any) -> Component:
         resources=resource_spec,
         entrypoint=entrypoint,
         functions=functions,
+        image_pull_policy=pull_policy,
+        environment=environment,
     )
 
 
-def _parse_resources(raw: Any, problems: list[str]) -> ResourceSpec:
+def _first_of(first: ResourceSpec, fallback: ResourceSpec) -> ResourceSpec:
+    """Quantity by quantity: `first` where it says something, else `fallback`."""
+    return ResourceSpec(
+        cpu_request=first.cpu_request or fallback.cpu_request,
+        cpu_limit=first.cpu_limit or fallback.cpu_limit,
+        memory_request=first.memory_request or fallback.memory_request,
+        memory_limit=first.memory_limit or fallback.memory_limit,
+    )
+
+
+def _parse_environment(raw: Any, problems: list[str]) -> dict[str, str]:
+    """`descriptor.environment.variables`: an object of names to scalars (as text)."""
+    where = "descriptor.environment.variables"
+    if raw is None:
+        return {}
+    variables = raw.get("variables") if isinstance(raw, Mapping) else None
+    if variables is None:
+        if not isinstance(raw, Mapping):
+            problems.append("descriptor.environment: must be an object")
+        return {}
+    if not isinstance(variables, Mapping):
+        problems.append(f"{where}: must be an object")
+        return {}
+    if len(variables) > MAX_ENVIRONMENT_VARIABLES:
+        problems.append(f"{where}: more than {MAX_ENVIRONMENT_VARIABLES} variables")
+        return {}
+    result: dict[str, str] = {}
+    for name, value in variables.items():
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            problems.append(f"{where}: not a variable name: {str(name)[:64]!r}")
+            continue
+        if isinstance(value, bool):  # as JavaScript writes it into the environment
+            text = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            text = str(value)
+        else:
+            problems.append(f"{where}.{name}: must be a string, number or boolean")
+            continue
+        if len(text.encode()) > MAX_ENVIRONMENT_VALUE_BYTES:
+            problems.append(f"{where}.{name}: longer than {MAX_ENVIRONMENT_VALUE_BYTES} bytes")
+            continue
+        result[name] = text
+    return result
+
+
+def _parse_resources(raw: Any, problems: list[str], where: str) -> ResourceSpec:
     """Accepts `{cpu: {request, limit}, memory: {...}}` (policy shape) or Kubernetes'
     `{requests: {cpu, memory}, limits: {...}}`."""
     if raw is None:
         return ResourceSpec()
     if not isinstance(raw, Mapping):
-        problems.append("descriptor.resources: must be an object")
+        problems.append(f"{where}: must be an object")
         return ResourceSpec()
     values: dict[str, str | None] = {}
     for resource in ("cpu", "memory"):
@@ -107,7 +169,7 @@ def _parse_resources(raw: Any, problems: list[str]) -> ResourceSpec:
             if value is None and isinstance(raw.get(k8s_part), Mapping):
                 value = raw[k8s_part].get(resource)
             if value is not None and not isinstance(value, str | int | float):
-                problems.append(f"descriptor.resources.{resource}.{part}: must be a quantity")
+                problems.append(f"{where}.{resource}.{part}: must be a quantity")
                 value = None
             values[f"{resource}_{part}"] = None if value is None else str(value)
     return ResourceSpec(**values)

@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from shared import keys
 from shared.errors import PermanentError
@@ -92,6 +92,13 @@ class WorkerSettings:
             claim_check_bucket=settings.claim_check_bucket,
             k_sink=settings.k_sink,
         )
+
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "QUEUE_BACKEND",
+        "AWS_ENDPOINT_URL",
+        "CLAIM_CHECK_BUCKET",
+        "K_SINK",
+    )
 
     def environment(self) -> dict[str, str]:
         values = {
@@ -253,6 +260,27 @@ def _stamp(manifest: Manifest) -> Manifest:
     return manifest
 
 
+# Names a component's own variables may not take: ours, and those a worker reads.
+_RESERVED_ENVIRONMENT = frozenset(
+    {*APPLY_TIME_KEYS, GENERATION_KEY, STEP_QUEUE_KEY, *WorkerSettings.NAMES}
+)
+
+
+def _with_component_environment(
+    component: Component, environment: Mapping[str, str]
+) -> dict[str, str]:
+    """The component's descriptor variables beside ours; one that would replace one of ours
+    makes the component invalid (named), rather than being dropped or winning."""
+    taken = sorted(set(component.environment) & (_RESERVED_ENVIRONMENT | set(environment)))
+    if taken:
+        raise ComponentInvalid(
+            f"component {component.id!r}: descriptor.environment.variables may not set "
+            f"{', '.join(taken)}",
+            problems=[f"descriptor.environment.variables.{name}: reserved" for name in taken],
+        )
+    return {**component.environment, **environment}
+
+
 def _objects(
     name: str,
     labels: dict[str, str],
@@ -265,7 +293,7 @@ def _objects(
     if not component.image:
         raise ComponentInvalid(f"component {component.id!r} has no distribution.image")
     labels = {**labels, DEPLOYMENT_LABEL: name}
-    data = _secret_data(environment)
+    data = _secret_data(_with_component_environment(component, environment))
     secret: Manifest = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -282,6 +310,8 @@ def _objects(
     }
     if component.entrypoint:
         container["command"] = list(WORKER_COMMAND)
+    if component.image_pull_policy:  # only when set: other manifests (and hashes) unchanged
+        container["imagePullPolicy"] = component.image_pull_policy
     deployment: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

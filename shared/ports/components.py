@@ -5,7 +5,8 @@ The HTTP and catalogue repositories in shared.adapters.component_repository impl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from shared.errors import PermanentError
@@ -43,6 +44,9 @@ class Component:
     resources: ResourceSpec = ResourceSpec()
     entrypoint: str = ""  # python module the local step worker runs
     functions: tuple[str, ...] = ()
+    image_pull_policy: str | None = None  # None: Kubernetes' default for the image's tag
+    # descriptor.environment.variables: given to the step beside (never over) our own
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 class ComponentRepository(Protocol):

@@ -177,3 +177,68 @@ def test_settings_choose_http_or_catalogue(clock: FakeClock) -> None:
     assert isinstance(
         make_component_repository(Settings.from_env(base), clock), CatalogueComponentRepository
     )
+
+
+def test_reads_the_component_repository_model(
+    component_repo: FakeComponentRepo, clock: FakeClock
+) -> None:
+    """Top-level `resources` first (as the original driver read it), descriptor.resources
+    filling the gaps; imagePullPolicy and environment variables from the descriptor."""
+    component_repo.add(
+        "crm",
+        top_resources={"limits": {"cpu": "1", "memory": "256Mi"}, "requests": {"cpu": "100m"}},
+        resources={"cpu": {"request": "50m"}, "memory": {"request": "64Mi"}},
+        image_pull_policy="IfNotPresent",
+        environment={"API_BASE": "https://crm.example", "RETRIES": 3, "VERBOSE": True},
+    )
+    component = repo_client(component_repo, clock).get("crm")
+    assert component.resources == ResourceSpec("100m", "1", "64Mi", "256Mi")
+    assert component.image_pull_policy == "IfNotPresent"
+    assert dict(component.environment) == {
+        "API_BASE": "https://crm.example",
+        "RETRIES": "3",
+        "VERBOSE": "true",
+    }
+
+
+def test_the_mongoose_default_of_empty_resources_falls_back() -> None:
+    answer = {
+        "data": {
+            "_id": "663a1f0c2b7e4a0012d4e001",
+            "name": "CRM",
+            "distribution": {"type": "docker", "image": "reg/crm:1"},
+            "resources": {"limits": {}, "requests": {}},
+            "descriptor": {"resources": {"limits": {"cpu": "2"}}},
+        }
+    }
+    component = parse_component("663a1f0c2b7e4a0012d4e001", answer)
+    assert component.id == "663a1f0c2b7e4a0012d4e001"
+    assert component.resources == ResourceSpec(cpu_limit="2")
+    assert component.image_pull_policy is None and dict(component.environment) == {}
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"resources": "1 cpu"}, "resources: must be an object"),
+        ({"resources": {"limits": {"cpu": ["1"]}}}, "resources.cpu.limit"),
+        ({"descriptor": {"imagePullPolicy": "Sometimes"}}, "descriptor.imagePullPolicy"),
+        ({"descriptor": {"environment": {"variables": ["A=1"]}}}, "environment.variables"),
+        ({"descriptor": {"environment": "A=1"}}, "descriptor.environment"),
+        ({"descriptor": {"environment": {"variables": {"1A": "x"}}}}, "not a variable name"),
+        ({"descriptor": {"environment": {"variables": {"A": {"b": 1}}}}}, "variables.A"),
+        ({"descriptor": {"environment": {"variables": {"A": None}}}}, "variables.A"),
+        ({"descriptor": {"environment": {"variables": {"A": "x" * 40000}}}}, "longer than"),
+        (
+            {"descriptor": {"environment": {"variables": {f"V{i}": "x" for i in range(300)}}}},
+            "more than 256",
+        ),
+    ],
+)
+def test_a_malformed_component_document_is_invalid_naming_the_field(
+    changes: dict[str, object], problem: str
+) -> None:
+    answer = {"name": "c", "distribution": {"image": "reg/c:1"}, **changes}
+    with pytest.raises(ComponentInvalid) as caught:
+        parse_component("c", {"data": answer})
+    assert any(problem in p for p in caught.value.problems), caught.value.problems

@@ -345,3 +345,28 @@ def test_global_component() -> None:
     assert FLOW_LABEL not in state.deployments()[0]["metadata"]["labels"]
     with pytest.raises(PermanentError):
         component_desired_state(component("plain"), LIMITS, WORKER)
+
+
+def test_component_variables_and_pull_policy_reach_the_step() -> None:
+    crm = component(image_pull_policy="IfNotPresent", environment={"API_BASE": "https://x"})
+    for state in (
+        flow_desired_state(flow(), {"c": crm}, LIMITS, WORKER),
+        component_desired_state(replace(crm, is_global=True), LIMITS, WORKER),
+    ):
+        secret = next(m for m in state.manifests if m["kind"] == "Secret")
+        assert secret_environment(secret)["API_BASE"] == "https://x"
+        container = state.deployments()[0]["spec"]["template"]["spec"]["containers"][0]
+        assert container["imagePullPolicy"] == "IfNotPresent"
+        deployment = state.deployments()[0]
+        assert _validate("deployments", deployment, "flows", deployment["metadata"]["name"]) == []
+    plain = flow_desired_state(flow(), {"c": component()}, LIMITS, WORKER)
+    container = plain.deployments()[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "imagePullPolicy" not in container  # unset: Kubernetes' default, hash unchanged
+
+
+@pytest.mark.parametrize("name", ["FLOW_ID", "STEP_QUEUE", "FLOW_TOKEN", "REDIS_URL", "K_SINK"])
+def test_a_component_variable_never_replaces_ours(name: str) -> None:
+    hostile = component(environment={name: "mine", "OK": "1"})
+    with pytest.raises(ComponentInvalid) as caught:
+        flow_desired_state(flow(), {"c": hostile}, LIMITS, WORKER)
+    assert caught.value.problems == (f"descriptor.environment.variables.{name}: reserved",)

@@ -30,16 +30,29 @@ def hub_component(
     resources: dict[str, Any] | None = None,
     entrypoint: str = "",
     functions: tuple[str, ...] = ("run",),
+    top_resources: dict[str, Any] | None = None,
+    image_pull_policy: str | None = None,
+    environment: Any = None,
 ) -> dict[str, Any]:
-    """One component in the hub's shape (the `data` object)."""
+    """One component in the hub's shape (the `data` object). `resources` goes into the
+    descriptor (this project's earlier reading), `top_resources` where the Component
+    Repository's model keeps it (lib/component-repository/src/models/Component.js);
+    `image_pull_policy` and `environment` (descriptor.environment.variables) where the
+    original KubernetesDriver read them."""
     descriptor: dict[str, Any] = {}
+    if image_pull_policy is not None:
+        descriptor["imagePullPolicy"] = image_pull_policy
+    if environment is not None:
+        descriptor["environment"] = {"variables": environment}
     if replicas is not None:
         descriptor["replicas"] = replicas
     if resources is not None:
         descriptor["resources"] = resources
     if entrypoint:
         descriptor["entrypoint"] = entrypoint
+    extra = {} if top_resources is None else {"resources": top_resources}
     return {
+        **extra,
         "id": component_id,
         "name": component_id.replace("-", " ").title(),
         "distribution": {"type": "docker", "image": image},
