@@ -50,6 +50,8 @@ class Settings:
     worker_redis_url: str | None = None
     # The hub's RabbitMQ event bus (`orchestrator bridge`, docs/oih.md): amqp:// or amqps://
     oih_event_bus: str | None = None
+    # IAM subjects that, like admins, send flow events for the `startedBy` user they name.
+    hub_service_accounts: tuple[str, ...] = ()
     # Tuning (README, "Settings"): how long one tick keeps working, for a
     # PingSource that ticks once a minute (0 where a local clock ticks every second).
     flow_start_work_through_seconds: float = 55.0
@@ -198,6 +200,11 @@ class Settings:
             claim_check_bucket=text("CLAIM_CHECK_BUCKET"),
             worker_redis_url=url("WORKER_REDIS_URL"),
             oih_event_bus=text("OIH_EVENT_BUS"),
+            hub_service_accounts=tuple(
+                name.strip()
+                for name in (text("HUB_SERVICE_ACCOUNTS") or "").split(",")
+                if name.strip()
+            ),
             flow_start_work_through_seconds=seconds(
                 "FLOW_START_WORK_THROUGH_SECONDS", 55.0, below=3600
             ),

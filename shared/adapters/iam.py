@@ -318,7 +318,8 @@ class IamVerifier:
 
 
 class IamClient:
-    """Creates and revokes flow tokens in the IAM (the hub's token API)."""
+    """Creates and revokes flow tokens in the IAM (the hub's token API) and says which tenant
+    a user belongs to (the hub's user API)."""
 
     def __init__(
         self,
@@ -365,6 +366,17 @@ class IamClient:
             raise TemporaryError("IAM token creation answered without a token")
         token_id = answer.get("id") or answer.get("_id") or self._find_token_id(token)
         return str(token_id), token
+
+    def tenant_of_user(self, user_id: str) -> str | None:
+        """The tenant of a user account (the hub's GET /api/v1/users/{id}); None if unknown."""
+        response = self._call("GET", f"/api/v1/users/{quote(user_id, safe='')}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            _raise_for(response, "look up a user")
+        answer = _json_object(response, "user lookup")
+        tenant = answer.get("tenant")
+        return str(tenant) if isinstance(tenant, str) and tenant else None
 
     def revoke(self, token_id: str) -> None:
         """Deletes a token; one that is already gone counts as revoked."""

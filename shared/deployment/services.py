@@ -15,6 +15,7 @@ from shared.deployment.desired_state import WorkerSettings
 from shared.deployment.queue_credentials import NoQueueCredentials, QueueCredentials
 from shared.ports.components import ComponentRepository
 from shared.ports.driver import DeployDriver
+from shared.ports.users import UserDirectory
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class DeployServices:
     tokens: FlowTokens
     worker: WorkerSettings
     credentials: QueueCredentials = field(default_factory=NoQueueCredentials)
+    users: UserDirectory | None = None  # confirms the `startedBy` user admins name
     ready_wait_seconds: float = READY_WAIT_SECONDS
     ready_poll_seconds: float = READY_POLL_SECONDS
     lock_seconds: float = LOCK_SECONDS

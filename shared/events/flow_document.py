@@ -221,8 +221,18 @@ class FlowDocument(Payload):
 
     @property
     def user(self) -> str:
-        """The flow's first owner: the user its usage and penalties are counted against."""
+        """The user its usage, penalties and flow token are for. Trusted only once a handler
+        has decided it (shared/runtime/flow_user.py) and set it with `with_user`; the first
+        owner where a document (auth off) names nobody."""
+        if self.started_by:
+            return self.started_by
         return self.owners[0].id if self.owners else ""
+
+    def with_user(self, user: str) -> Self:
+        """The same flow with its decided user (in `document` too: stored copies keep it)."""
+        return dataclasses.replace(
+            self, started_by=user, document={**self.document, "startedBy": user}
+        )
 
     def node(self, node_id: str) -> Node:
         for node in self.nodes:

@@ -49,6 +49,7 @@ from shared.model import flows
 from shared.ports.components import Component
 from shared.ports.driver import DriverRejected, ObservedObject
 from shared.runtime import metrics
+from shared.runtime.flow_user import flow_user
 from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.security.redact import redact_text
 from shared.wiring.deploy import build_services
@@ -169,6 +170,14 @@ def _deploy(
 
 
 def on_flow_starting(ctx: Ctx, flow: FlowDocument) -> None:
+    # Before anything is stored: a user the caller may not act for is a 403 with nothing done.
+    user = flow_user(
+        ctx.principal,
+        flow,
+        directory=ctx.services.users,
+        service_accounts=ctx.settings.hub_service_accounts,
+    )
+    flow = flow.with_user(user)
     if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
         log.info("flow.starting for %s is older than what is stored: ignored", flow.id)
         ctx.commit(None)

@@ -35,9 +35,12 @@ from shared.errors import Unprocessable
 from shared.events import DeploymentStatus, FlowDocument, FlowExecute, FlowRef, RunEnded
 from shared.events import types as t
 from shared.model import flows
+from shared.ports.users import UserDirectory
+from shared.runtime.flow_user import flow_user, speaks_for_others
 from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.runtime.outbox import EventSender, HttpSender
 from shared.settings import Settings
+from shared.wiring.users import make_user_directory
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class Services:
     work_through_seconds: float = 0.0
     sender: EventSender | None = None  # sends a tick's events in parallel (and mid-minute)
     batch: int = admission_cron.BATCH
+    users: UserDirectory | None = None  # confirms the `startedBy` user admins name
 
 
 def build_services(settings: Settings, clock: Clock, redis: Redis) -> Services:
@@ -58,7 +62,9 @@ def build_services(settings: Settings, clock: Clock, redis: Redis) -> Services:
         sender = HttpSender(
             settings.k_sink, key=settings.orchestrator_key, sender_name="flow-start", clock=clock
         )
-    return Services(work_through_seconds=work_through, sender=sender)
+    return Services(
+        work_through_seconds=work_through, sender=sender, users=make_user_directory(settings)
+    )
 
 
 def _inputs(ctx: Context[Services]) -> admission.Inputs:
@@ -73,6 +79,13 @@ def on_flow_starting(ctx: Context[Services], flow: FlowDocument) -> None:
             flow.timezone,
             min_interval_seconds=ctx.settings.cron_min_interval_seconds,
         )
+    user = flow_user(
+        ctx.principal,
+        flow,
+        directory=ctx.services.users,
+        service_accounts=ctx.settings.hub_service_accounts,
+    )
+    flow = flow.with_user(user)  # the schedule's runs are this user's
     if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
         log.info("flow %s: older than the stored version, schedule unchanged", flow.id)
         ctx.commit(None)
@@ -114,8 +127,10 @@ def on_execute(ctx: Context[Services], request: FlowExecute) -> None:
     if stored is None:
         raise Unprocessable(f"flowId: unknown flow {request.flow_id!r}")
     flow = stored.flow
-    # the user is the token's subject; without an IAM identity, the flow's owner
-    user = ctx.principal.subject if ctx.principal.kind == "iam" else flow.user
+    # the caller; for an admin or the hub's service account (or without IAM), the flow's user
+    # as decided when it was started (shared/runtime/flow_user.py)
+    speaks_for = speaks_for_others(ctx.principal, ctx.settings.hub_service_accounts)
+    user = ctx.principal.subject if ctx.principal.kind == "iam" and not speaks_for else flow.user
     limits = ctx.policy.tenant(flow.tenant)
     run = admission.ExecuteRun(
         run_id=execute_run_id(ctx, flow.id),

@@ -8,6 +8,8 @@ orchestrator uses:
                                        {id, token}
 - `GET  /api/v1/tokens?token=…`        the hub's admin lookup of a token's id
 - `DELETE /api/v1/tokens/{id}`         revoke
+- `GET  /api/v1/users/{id}`            {_id, tenant} of an account this IAM knows (one it was
+                                       told of with `add_user`, or minted a token for), else 404
 Every endpoint but the JWKS wants `Authorization: Bearer <service token>`.
 
 Run it in a thread (`EmbeddedIam(...).start()`) or as a process
@@ -49,6 +51,7 @@ DEFAULT_TOKEN_SECONDS = 3600
 JWKS_PATH = "/.well-known/jwks.json"
 TOKENS_PATH = "/api/v1/tokens"
 INTROSPECT_PATH = "/api/v1/tokens/introspect"
+USERS_PATH = "/api/v1/users"
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class EmbeddedIam:
         self._keys: list[SigningKey] = [key or generate_key(alg)]
         self._published: set[str] = {self._keys[0].kid}
         self._issued: dict[str, _IssuedToken] = {}
+        self._users: dict[str, str] = {}  # accounts added with add_user: id → tenant
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -263,6 +267,18 @@ class EmbeddedIam:
         with self._lock:
             self._issued[token_id] = _IssuedToken(token_id, token, account, claims.get("tenant"))
         return {"id": token_id, "token": token}
+
+    def add_user(self, user_id: str, tenant: str) -> None:
+        with self._lock:
+            self._users[user_id] = tenant
+
+    def tenant_of_user(self, user_id: str) -> str | None:
+        with self._lock:
+            if user_id in self._users:
+                return self._users[user_id]
+            tenants = {i.tenant for i in self._issued.values() if i.subject == user_id}
+        tenants.discard(None)
+        return str(next(iter(tenants))) if len(tenants) == 1 else None
 
     def revoke(self, token_id: str) -> bool:
         with self._lock:
@@ -420,6 +436,13 @@ def _handler_for(iam: EmbeddedIam) -> type[BaseHTTPRequestHandler]:
                     self._reply(200, iam.create_token(body if isinstance(body, dict) else {}))
                 except ValueError as exc:
                     self._reply(400, {"error": str(exc)})
+            elif method == "GET" and path.startswith(USERS_PATH + "/"):
+                user_id = path.removeprefix(USERS_PATH + "/")
+                tenant = iam.tenant_of_user(user_id)
+                if tenant is None:
+                    self._reply(404, {"error": "not found"})
+                else:
+                    self._reply(200, {"_id": user_id, "tenant": tenant})
             elif method == "GET" and path == TOKENS_PATH:
                 token = parse_qs(parts.query).get("token", [""])[0]
                 token_id = iam.token_id_of(token)

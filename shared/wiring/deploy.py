@@ -18,6 +18,7 @@ from shared.deployment.queue_credentials import (
 from shared.deployment.services import DeployServices, FlowTokens, IamFlowTokens, NoFlowTokens
 from shared.ports.driver import DeployDriver
 from shared.settings import Settings
+from shared.wiring.users import make_user_directory
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def build_services(settings: Settings, clock: Clock, redis: Redis) -> DeployServ
         tokens=tokens,
         worker=WorkerSettings.from_settings(settings),
         credentials=make_queue_credentials(settings, redis),
+        users=make_user_directory(settings),
     )
 
 

@@ -1,0 +1,175 @@
+"""Attack: tenant A names someone else as the flow's user and gets a flow token for them.
+
+Through the real deploy and flow-start apps (functions-framework, HTTP requests), auth on,
+against the embedded IAM (JWKS, token and user APIs over HTTP), the fake Kubernetes API and a
+real Redis. The flow's user is the caller; only an admin or the hub's service account may name
+another (`startedBy`), and only one the IAM confirms belongs to the flow's tenant."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloudevents.conversion import to_binary
+from flask.testing import FlaskClient
+from redis import Redis
+
+from shared import keys
+from shared.clock import FakeClock
+from shared.deployment import records as deploy_records
+from shared.deployment.desired_state import USER_LABEL
+from shared.model import flows
+from shared.runtime import function as runtime_module
+from tests.deploy_harness import flow_doc
+from tests.fakes.component_repo import FakeComponentRepo
+from tests.fakes.iam import FakeIam
+from tests.fakes.kube_api import FakeKubeApi
+from tests.support.apps import function_client
+from tests.support.events import cloudevent
+from tests.support.http_sink import HttpSink
+
+HUB = "hub-event-bridge"  # the hub's service account (HUB_SERVICE_ACCOUNTS)
+
+
+@pytest.fixture
+def apps(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    base_env: dict[str, str],
+    redis: Redis,
+    kube_api: FakeKubeApi,
+    component_repo: FakeComponentRepo,
+    iam: FakeIam,
+    clock: FakeClock,
+) -> Iterator[Callable[[str], FlaskClient]]:
+    component_repo.add("comp", replicas=1)
+    kube_api.auto_ready = True
+    iam.add_user("bob", "rival")  # another tenant's user
+    iam.add_user("carol", "acme")  # a user of acme the caller is not
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{kube_api.url}'}}}}]\n"
+        "users: [{name: fake, user: {token: fake-token}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: fake, namespace: flows}}]\n"
+    )
+    sink = HttpSink().__enter__()
+    env = {
+        **base_env,
+        **iam.env(),
+        "ORCHESTRATOR_AUTH": "required",
+        "ORCHESTRATOR_DEPLOY_DRIVER": "kubernetes",
+        "KUBECONFIG": str(kubeconfig),
+        "COMPONENT_REPOSITORY_URL": component_repo.url,
+        "K_SINK": sink.url,
+        "HUB_SERVICE_ACCOUNTS": HUB,
+        "FLOW_START_WORK_THROUGH_SECONDS": "0",
+    }
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(runtime_module, "SystemClock", lambda: clock)  # the IAM's clock
+    clients: dict[str, FlaskClient] = {}
+
+    def client(function: str) -> FlaskClient:
+        if function not in clients:
+            clients[function] = function_client(monkeypatch, env, function)
+        return clients[function]
+
+    yield client
+    sink.__exit__(None, None, None)
+    for name in redis.acl_users():  # deploy's per-flow queue users on the shared server
+        if (name.decode() if isinstance(name, bytes) else name) != "default":
+            redis.acl_deluser(name)
+
+
+def post(client: FlaskClient, event_type: str, data: Any, token: str) -> Any:
+    headers, body = to_binary(cloudevent(event_type, data, authtoken=token))
+    return client.post("/", headers=headers, data=body)
+
+
+def flow_token_subject(kube: FakeKubeApi, iam: FakeIam) -> str | None:
+    [secret] = kube.objects("secrets")
+    raw = secret["data"].get("FLOW_TOKEN")
+    if raw is None:
+        return None
+    identity = iam.introspect(base64.b64decode(raw).decode())
+    assert identity is not None
+    return str(identity["sub"])
+
+
+def doc(**fields: Any) -> dict[str, Any]:
+    return {**flow_doc("f1", owner="bob"), "cron": "*/5 * * * *", **fields}
+
+
+def test_a_tenant_naming_another_tenants_user_gets_a_token_for_itself(
+    apps: Callable[[str], FlaskClient], iam: FakeIam, kube_api: FakeKubeApi, redis: Redis
+) -> None:
+    """alice (acme) names bob (rival) as owner and as startedBy: everything is alice's."""
+    alice = iam.token(tenant="acme", sub="alice")
+    for function in ("deploy", "flow-start"):
+        response = post(apps(function), "flow.starting", doc(startedBy="bob"), alice)
+        assert response.status_code == 200, response.get_data(as_text=True)
+    assert flow_token_subject(kube_api, iam) == "alice"
+    record = deploy_records.load(redis, "flow", "f1")
+    assert record is not None and record.user == "alice"
+    [deployment] = kube_api.objects("deployments")
+    assert deployment["metadata"]["labels"][USER_LABEL] == "alice"
+    assert redis.hget(keys.schedule("f1"), "u") == b"alice"  # cron runs count against alice
+    stored = flows.get(redis, "f1")
+    assert stored is not None and stored.flow.user == "alice"
+
+
+@pytest.mark.parametrize(
+    ("caller", "started_by", "status"),
+    [
+        pytest.param("admin", "bob", 403, id="admin names another tenant's user"),
+        pytest.param("hub", "bob", 403, id="hub account names another tenant's user"),
+        pytest.param("admin", "nobody", 403, id="admin names an unknown user"),
+        pytest.param("admin", None, 400, id="admin names no user"),
+    ],
+)
+def test_a_user_the_iam_does_not_confirm_gets_no_token_and_nothing_runs(
+    apps: Callable[[str], FlaskClient],
+    iam: FakeIam,
+    kube_api: FakeKubeApi,
+    redis: Redis,
+    caller: str,
+    started_by: str | None,
+    status: int,
+) -> None:
+    token = caller_token(iam, caller)
+    fields = {"startedBy": started_by} if started_by else {}
+    for function in ("deploy", "flow-start"):
+        response = post(apps(function), "flow.starting", doc(**fields), token)
+        assert response.status_code == status, response.get_data(as_text=True)
+        if status == 400:
+            assert "startedBy" in response.get_data(as_text=True)
+    assert iam.live_tokens() == []  # no flow token was created
+    assert kube_api.objects("secrets") == [] and kube_api.objects("deployments") == []
+    assert flows.get(redis, "f1") is None and not redis.exists(keys.schedule("f1"))
+
+
+@pytest.mark.parametrize("caller", ["admin", "hub"])
+def test_an_admin_or_the_hub_starts_a_flow_for_a_confirmed_user(
+    apps: Callable[[str], FlaskClient],
+    iam: FakeIam,
+    kube_api: FakeKubeApi,
+    redis: Redis,
+    caller: str,
+) -> None:
+    token = caller_token(iam, caller)
+    for function in ("deploy", "flow-start"):
+        response = post(apps(function), "flow.starting", doc(startedBy="carol"), token)
+        assert response.status_code == 200, response.get_data(as_text=True)
+    assert flow_token_subject(kube_api, iam) == "carol"
+    assert redis.hget(keys.schedule("f1"), "u") == b"carol"
+    record = deploy_records.load(redis, "flow", "f1")
+    assert record is not None and record.user == "carol"
+
+
+def caller_token(iam: FakeIam, caller: str) -> str:
+    if caller == "admin":
+        return iam.token(tenant=None, sub="root", roles=("ADMIN",))
+    return iam.token(tenant="acme", sub=HUB)
