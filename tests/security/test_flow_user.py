@@ -79,8 +79,9 @@ def apps(
 
     yield client
     sink.__exit__(None, None, None)
-    for name in redis.acl_users():  # deploy's per-flow queue users on the shared server
-        if (name.decode() if isinstance(name, bytes) else name) != "default":
+    for raw in redis.acl_users():  # deploy's per-flow queue users on the shared server
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if name != "default":
             redis.acl_deluser(name)
 
 
