@@ -3,6 +3,7 @@ by the whole local system, and its flow.started comes back on the bus, as the hu
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from shared.local.embedded_iam import print_token
 from tests.interop.test_bridge import HubBus, hub_message
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def our_shape() -> dict[str, Any]:
     flow: dict[str, Any] = json.loads((ROOT / "examples" / "flow.json").read_text())
+    flow["startedBy"] = flow["owners"][0]["id"]  # an admin (the hub) names the user
     return flow
 
 
@@ -62,6 +65,16 @@ def test_a_flow_started_over_the_bus_comes_back_on_the_bus(
             time.sleep(0.3)
         time.sleep(1)  # the bridge's queue is bound once it consumes
         flow = shape()
+        # the flow's user exists in the hub's IAM (the bridge's events come from the hub's
+        # service account, so the flow runs for startedBy once the IAM confirms that user)
+        session = json.loads((tmp_path / "state" / "session.json").read_text())
+        print_token(
+            "acme",
+            sub="alice",
+            iam_url=session["iam_url"],
+            service_token=session["env"]["IAM_SERVICE_TOKEN"],
+            out=io.StringIO(),
+        )
         hub.publish("flow.starting", hub_message("flow.starting", flow))
         received = hub.received(1, timeout=60)
         assert [key for key, _ in received] == ["flow.started"], (tmp_path / "run.out").read_text()[
