@@ -43,6 +43,7 @@ from shared.events import OutgoingEvent
 from shared.events.payloads import RunAdmitted, RunNotStarted
 from shared.events.types import PREFIX, RUN_ADMITTED, RUN_DEFERRED, RUN_FAILED
 from shared.handlers.policy_check import police, tick
+from shared.local.demo.board import fair_shares as max_min_shares
 from shared.local.embedded_redis import EmbeddedRedis
 from shared.model.policy import Policy, parse_policy
 from shared.policing import ledger, watchdog
@@ -385,24 +386,9 @@ def shares(sim: Sim, lo: float, hi: float) -> dict[str, float]:
 def water_fill(
     capacity: float, weights: dict[str, float], demand: dict[str, int]
 ) -> dict[str, float]:
-    """Weighted max-min fair allocation of `capacity` slots: nobody gets more than it wants,
-    what one does not want is shared by the others in proportion to their weights."""
-    allocation = dict.fromkeys(weights, 0.0)
-    open_ = {t for t in weights if demand.get(t, 0) > 0}
-    left = capacity
-    while open_ and left > 1e-9:
-        total = sum(weights[t] for t in open_)
-        share = {t: left * weights[t] / total for t in open_}
-        capped = {t for t in open_ if allocation[t] + share[t] >= demand[t]}
-        if not capped:
-            for t in open_:
-                allocation[t] += share[t]
-            break
-        for t in capped:
-            left -= demand[t] - allocation[t]
-            allocation[t] = float(demand[t])
-        open_ -= capped
-    return allocation
+    """Weighted max-min fair allocation of `capacity` slots (the demo board's rule, in slots)."""
+    shares = max_min_shares({t: demand.get(t, 0) for t in weights}, weights, capacity)
+    return {t: share * capacity for t, share in shares.items()}
 
 
 def fair_shares(sim: Sim, lo: float, hi: float) -> dict[str, float]:

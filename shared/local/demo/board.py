@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,9 @@ COUNTED = {
 }
 
 
-def fair_shares(demand: dict[str, int], weights: dict[str, float], slots: int) -> dict[str, float]:
+def fair_shares(
+    demand: Mapping[str, float], weights: Mapping[str, float], slots: float
+) -> dict[str, float]:
     """Each tenant's fair share of the slots (weighted max-min, "water-filling"): slots go out
     by weight among the tenants that want more; one that wants less than its part keeps what
     it wants, and what it leaves is shared again among the rest. Shares are fractions of
