@@ -83,6 +83,8 @@ class DeployHarness:
     policy: Policy = field(default_factory=Policy)
     ready_timeout: float = 300.0
     ready_wait: float = 0.5
+    # generous: a loaded CI machine answers slowly; the timeout test sets its own, short one
+    request_timeout: float = 15.0
     driver: DeployDriver | None = None  # default: the Kubernetes driver on the fake API
 
     def __post_init__(self) -> None:
@@ -90,7 +92,7 @@ class DeployHarness:
         self.tokens = CountingTokens()
         if self.driver is None:
             self.driver = KubernetesDriver(
-                make_api_client(host=self.kube.url), "flows", request_timeout=1.0
+                make_api_client(host=self.kube.url), "flows", request_timeout=self.request_timeout
             )
         settings = Settings(
             redis_url="redis://unused:1/0",

@@ -33,7 +33,7 @@ from tests.fakes.kube_api import FakeKubeApi
 
 @pytest.fixture
 def driver(kube_api: FakeKubeApi) -> Iterator[KubernetesDriver]:
-    kube = KubernetesDriver(make_api_client(host=kube_api.url), "flows", request_timeout=2.0)
+    kube = KubernetesDriver(make_api_client(host=kube_api.url), "flows", request_timeout=15.0)
     yield kube
     kube.close()
 

@@ -257,13 +257,22 @@ def test_persistent_api_failure_is_retried_by_ticks_then_fails(deploy: DeployHar
     assert deploy.events("flow.started") == []
 
 
-def test_slow_api_times_out_as_temporary(deploy: DeployHarness) -> None:
-    deploy.kube.fail("apply", "secrets", None, delay=1.5, times=5)
-    with pytest.raises(TemporaryError):
+def test_slow_api_times_out_as_temporary(
+    redis: Redis, clock: FakeClock, kube_api: FakeKubeApi, component_repo: FakeComponentRepo
+) -> None:
+    component_repo.add("comp", replicas=1)
+    kube_api.auto_ready = True
+    # a short client timeout, and answers slower than it by a wide margin
+    deploy = DeployHarness(redis, clock, kube_api, component_repo, request_timeout=1.0)
+    try:
+        deploy.kube.fail("apply", "secrets", None, delay=4.0, times=5)
+        with pytest.raises(TemporaryError):
+            deploy.start(flow_doc(), event_id="e1")
+        deploy.kube.clear_faults()
         deploy.start(flow_doc(), event_id="e1")
-    deploy.kube.clear_faults()
-    deploy.start(flow_doc(), event_id="e1")
-    assert len(deploy.events("flow.started")) == 1
+        assert len(deploy.events("flow.started")) == 1
+    finally:
+        deploy.close()
 
 
 # ---- bad documents ---------------------------------------------------------------------------

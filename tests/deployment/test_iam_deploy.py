@@ -62,7 +62,7 @@ def deploy(
         iam_service_token=iam.service_token,
         k_sink="http://sink.invalid",
     )
-    driver = KubernetesDriver(make_api_client(host=kube_api.url), "flows", request_timeout=2.0)
+    driver = KubernetesDriver(make_api_client(host=kube_api.url), "flows", request_timeout=15.0)
     services = DeployServices(
         driver=driver,
         components=HttpComponentRepository(component_repo.url, clock=clock),

@@ -151,6 +151,7 @@ def _ledger_footprint(redis: Redis) -> tuple[int, int]:
     return len(names), sum(int(redis.memory_usage(name) or 0) for name in names)
 
 
+@pytest.mark.timeout(900)  # ~20 s on a quiet machine; a loaded CI box took over 120 s
 @pytest.mark.redis_cluster(standalone_only="a volume test; the slot rule is proven by the others")
 def test_memory_stays_bounded_after_100000_usage_events(redis: Redis) -> None:
     """100,000 usage events of 20 tenants (2 users, 5 flows each) over ~7 simulated hours
