@@ -6,7 +6,6 @@ HTTP sink; only the clock is injected (the app's SystemClock), so no assertion i
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,6 @@ from tests.support.http_sink import HttpSink
 
 DURATION = {"a": 2.0, "b": 0.5}
 WINDOW = 12.0
-
-
-@pytest.fixture()
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
 
 
 def trial(

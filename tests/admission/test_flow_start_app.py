@@ -3,7 +3,6 @@ real handlers, a real Redis and a real HTTP sink: structured and binary mode."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,6 @@ from tests.conftest import TEST_KEY
 from tests.support.apps import function_client
 from tests.support.flows import flow_doc
 from tests.support.http_sink import HttpSink
-
-
-@pytest.fixture()
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
 
 
 @pytest.fixture()

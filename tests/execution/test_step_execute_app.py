@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,12 +25,6 @@ from tests.support.apps import function_client
 from tests.support.flows import TENANT, USER, fast_policy, flow_document
 from tests.support.function import FunctionHarness
 from tests.support.http_sink import HttpSink
-
-
-@pytest.fixture()
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
 
 
 @pytest.fixture()

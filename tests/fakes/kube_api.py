@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -359,6 +360,17 @@ class FakeKubeApi:
         assert self._server is not None, "not started"
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig naming this server (namespace `flows`), for a function started with
+        KUBECONFIG; returns `path`."""
+        path.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+            f"clusters: [{{name: fake, cluster: {{server: '{self.url}'}}}}]\n"
+            "users: [{name: fake, user: {token: fake-token}}]\n"
+            "contexts: [{name: fake, context: {cluster: fake, user: fake, namespace: flows}}]\n"
+        )
+        return path
 
     # ---- test controls -----------------------------------------------------------------------
     def set_ready(self, name: str, ready: int | None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +39,6 @@ def fixture(name: str) -> dict[str, Any]:
 
 FLOW = fixture("flow.starting")["data"]
 TENANT = next(o["id"] for o in FLOW["owners"] if o["type"] == "tenant")
-
-
-@pytest.fixture()
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
 
 
 def app(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], function: str, sink: HttpSink) -> Any:

@@ -122,13 +122,7 @@ def apps(
 ) -> Iterator[Apps]:
     component_repo.add("comp", replicas=1)
     kube_api.auto_ready = True
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-        f"clusters: [{{name: fake, cluster: {{server: '{kube_api.url}'}}}}]\n"
-        "users: [{name: fake, user: {token: fake-token}}]\n"
-        "contexts: [{name: fake, context: {cluster: fake, user: fake, namespace: flows}}]\n"
-    )
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     with HttpSink() as sink:

@@ -49,13 +49,7 @@ def apps(
     kube_api.auto_ready = True
     iam.add_user("bob", "rival")  # another tenant's user
     iam.add_user("carol", "acme")  # a user of acme the caller is not
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-        f"clusters: [{{name: fake, cluster: {{server: '{kube_api.url}'}}}}]\n"
-        "users: [{name: fake, user: {token: fake-token}}]\n"
-        "contexts: [{name: fake, context: {cluster: fake, user: fake, namespace: flows}}]\n"
-    )
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
     sink = HttpSink().__enter__()
     env = {
         **base_env,

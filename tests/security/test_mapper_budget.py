@@ -7,7 +7,6 @@ memory stays within budget."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from cloudevents.conversion import to_binary
@@ -23,12 +22,6 @@ from tests.support.http_sink import HttpSink
 
 PAD = '$pad("x", 2000000)'  # 2 MB per edge, 3 edges: 6 MB per event before the fix
 BUDGET_BYTES = 1024 * 1024  # what one such event may add to Redis, at most
-
-
-@pytest.fixture()
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
 
 
 def _used_memory(redis: Redis) -> int:

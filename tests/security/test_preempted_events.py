@@ -47,12 +47,6 @@ def live_iam(live_clock: FakeClock) -> Iterator[FakeIam]:
 
 
 @pytest.fixture()
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
-
-
-@pytest.fixture()
 def setup(
     redis: Redis,
     live_clock: FakeClock,

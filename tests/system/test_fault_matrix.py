@@ -12,7 +12,6 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +63,6 @@ def _type_and_data(request: Request) -> tuple[str, dict[str, Any]]:
 def _runs(redis: Redis) -> set[str]:
     ids = set(redis.hkeys(keys.admitted_runs())) | set(redis.hkeys(keys.waiting_runs()))
     return {i.decode() if isinstance(i, bytes) else str(i) for i in ids}
-
-
-@pytest.fixture()
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
 
 
 def _send_until_taken(process: FunctionProcess, event: Any, statuses: list[int]) -> None:
