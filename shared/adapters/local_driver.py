@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,8 @@ class LocalDriver:
     ) -> None:
         """`base_env` (default: ours) is filtered to the allow-list plus `pass_env` names."""
         self._command = tuple(command) if command else _command_from_env()
+        # a folder of our own making (no `workdir` given) is removed again by close()
+        self._owned_workdir = not workdir
         self._workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="co-workers-"))
         self._workdir.mkdir(parents=True, exist_ok=True)
         self._base_env = inherited_environment(
@@ -121,6 +124,11 @@ class LocalDriver:
         self._secrets: dict[str, Manifest] = {}
         self._workloads: dict[str, _Workload] = {}
         self._lock = threading.RLock()
+
+    @property
+    def workdir(self) -> Path:
+        """Where the replicas' logs go."""
+        return self._workdir
 
     # ---- DeployDriver ------------------------------------------------------------------------
     def apply(self, manifest: Manifest) -> None:
@@ -187,10 +195,13 @@ class LocalDriver:
             return True
 
     def close(self) -> None:
+        """Stops every replica; removes the worker folder if this driver made it."""
         with self._lock:
             for workload in self._workloads.values():
                 self._stop_all(workload)
             self._workloads.clear()
+            if self._owned_workdir:
+                shutil.rmtree(self._workdir, ignore_errors=True)
 
     # ---- processes ---------------------------------------------------------------------------
     def processes(self, name: str) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 from typing import Any
 
@@ -69,6 +70,8 @@ def make_driver(settings: Settings, **options: Any) -> DeployDriver:
     if settings.deploy_driver == "local":
         from shared.adapters.local_driver import LocalDriver
 
-        driver: DeployDriver = LocalDriver(**options)
+        local = LocalDriver(**options)
+        atexit.register(local.close)  # no worker process or temp folder outlives the function
+        driver: DeployDriver = local
         return driver
     raise ValueError(f"ORCHESTRATOR_DEPLOY_DRIVER: unknown driver {settings.deploy_driver!r}")

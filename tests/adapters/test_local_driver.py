@@ -161,6 +161,24 @@ def test_delete_stops_everything(driver: LocalDriver) -> None:
     assert driver.list_managed() == []
 
 
+@pytest.mark.parametrize("given_workdir", [True, False], ids=["given folder", "own temp folder"])
+def test_close_stops_the_replicas_and_removes_only_a_folder_of_its_own(
+    tmp_path: Path, given_workdir: bool
+) -> None:
+    local = LocalDriver(
+        command=STUB,
+        workdir=tmp_path / "logs" if given_workdir else None,
+        base_env=dict(os.environ),
+        cwd=ROOT,
+    )
+    name = apply_all(local, state(replicas=2))
+    pids = local.processes(name)
+    [log, *_] = [path.parent for path in local.workdir.glob("*.log")]
+    local.close()
+    assert all(not alive(pid) for pid in pids)
+    assert log.exists() == given_workdir
+
+
 def test_a_crashing_worker_is_not_ready_and_says_why(driver: LocalDriver) -> None:
     name = apply_all(driver, state(replicas=1, fields={"crash": "cannot import component"}))
 
