@@ -114,7 +114,9 @@ class RedisStreamsQueue:
                 start, entries = as_text(reply[0]), reply[1]
                 live = [(entry_id, fields) for entry_id, fields in entries if fields]
                 if live:
-                    with self.redis.pipeline(transaction=False) as pipe:
+                    # MULTI: the copy and the removal of the original land together (one key,
+                    # one slot), so a crash mid-way neither loses nor doubles an entry
+                    with self.redis.pipeline(transaction=True) as pipe:
                         for entry_id, fields in live:
                             pipe.xadd(queue, fields, maxlen=self.maxlen, approximate=True)
                             pipe.xack(queue, CONSUMER_GROUP, entry_id)
