@@ -111,8 +111,14 @@ class FlowExecute(Payload):
     flow: FlowPointer | None = wire(
         default=None, description="OIH's webhooks and scheduler send the flow itself"
     )
-    msg: Any = wire(default_factory=dict, description="the message handed to the first step")
-    msg_opts: dict[str, Any] = wire("msgOpts", default_factory=dict)
+    msg: Any = wire(
+        default_factory=dict,
+        description="OIH's message {data, metadata, attachments, passthrough} (+ webhook keys): "
+        "the first steps get its data and its parts; without `data` it is the data itself",
+    )
+    msg_opts: dict[str, Any] = wire(
+        "msgOpts", default_factory=dict, description="kept on the first step messages (`context`)"
+    )
 
     def finish(self, data: Mapping[str, Any], problems: fields.Problems) -> Self:
         if self.flow_id.strip():
@@ -142,7 +148,7 @@ class RunAdmitted(Payload):
     fencing_token: int = wire("fencingToken", minimum=0, description="the slot's lease")
     scheduled_for: float = wire("scheduledFor", minimum=0, description="epoch seconds")
     trigger: str = wire(default="cron", choices=TRIGGERS)
-    msg: Any = wire(default_factory=dict)
+    msg: Any = wire(default_factory=dict, description="flow.execute's msg, with its msgOpts")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_LEASE_SECONDS = 30.0
 TOKEN_REUSE_SECONDS = 60.0  # a step token names run + step, so messages may share one briefly
-_FIELDS = ("run", "flow", "step", "tenant", "user", "attempt", "data")
+_FIELDS = ("run", "flow", "step", "tenant", "user", "attempt", "data", "context")
 
 
 @dataclass
@@ -141,6 +141,7 @@ class Publisher:
                 attempt=attempt,
                 data_json=as_text(row["data"] or b"{}"),
                 token=self._token(policy, run_id, step, tenant, flow, now),
+                context_json=as_text(row.get("context") or b""),
             )
             by_queue.setdefault(keys.step_queue(flow, step), []).append(message)
             message_keys.append(keys.step_message(message_id))

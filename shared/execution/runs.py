@@ -186,8 +186,10 @@ def start(
     messages: Sequence[NewMessage],
     limits: TenantLimits,
     now: float,
+    context_json: str = "",
 ) -> str:
-    """Creates the run and its first messages: 'started', 'exists' or 'duplicate'."""
+    """Creates the run and its first messages: 'started', 'exists' or 'duplicate'.
+    `context_json`: the rest of the run's message beside its data, for the first steps."""
     run_id = admitted.run_id
     script_keys = [
         once.dedupe_key, keys.outbox(keys.EXECUTION), keys.run(run_id),
@@ -203,6 +205,7 @@ def start(
     ]  # fmt: skip
     for message in messages:
         args.extend((message.message_id, message.step_id, message.data_json))
+    args.append(context_json)
     return as_text(load_script("run_start")(redis, script_keys, args))
 
 

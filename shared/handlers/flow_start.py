@@ -35,6 +35,7 @@ from shared.errors import Unprocessable
 from shared.events import DeploymentStatus, FlowDocument, FlowExecute, FlowRef, RunEnded
 from shared.events import types as t
 from shared.model import flows
+from shared.ports.step_message import execute_message
 from shared.ports.users import UserDirectory
 from shared.runtime.flow_user import flow_user, speaks_for_others
 from shared.runtime.function import Context, FunctionSpec, Handler
@@ -138,7 +139,7 @@ def on_execute(ctx: Context[Services], request: FlowExecute) -> None:
         tenant=flow.tenant,
         user=user,
         limit_seconds=lease.run_limit(flow.settings.max_run_seconds, limits),
-        msg_json=json.dumps(request.msg, separators=(",", ":")),
+        msg_json=json.dumps(execute_message(request.msg, request.msg_opts), separators=(",", ":")),
     )
     result, _ = admission.execute(
         ctx.redis, _inputs(ctx), ctx.once, run, now=ctx.clock.now(), source=ctx.source

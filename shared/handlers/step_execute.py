@@ -34,6 +34,7 @@ from shared.execution.publisher import Publisher
 from shared.execution.routing import Graph, RoutingError
 from shared.model import flows
 from shared.ports.queue import StepQueue
+from shared.ports.step_message import first_step_message
 from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.runtime.idempotency import Once
 from shared.settings import Settings
@@ -100,8 +101,10 @@ def on_admitted(ctx: Ctx, admitted: RunAdmitted) -> None:
     if reason is not None or graph is None:
         _not_started(ctx, admitted, reason or "flow_not_found")
         return
+    data, context = first_step_message(admitted.msg)
     try:
-        data_json = routing.encode({} if admitted.msg is None else admitted.msg)
+        data_json = routing.encode(data)
+        context_json = routing.encode(context) if context else ""
     except RoutingError as exc:
         _not_started(ctx, admitted, "bad_message")
         log.warning("run %s: %s", admitted.run_id, exc.message)
@@ -115,6 +118,7 @@ def on_admitted(ctx: Ctx, admitted: RunAdmitted) -> None:
         messages=runs.start_messages(admitted.run_id, graph, data_json),
         limits=ctx.policy.tenant(admitted.tenant),
         now=now,
+        context_json=context_json,
     )
     log.info("run %s of flow %s: %s", admitted.run_id, admitted.flow_id, outcome)
     publish_due(ctx)

@@ -9,6 +9,7 @@
 -- ARGV[10] step retries  ARGV[11] step timeout seconds  ARGV[12] trigger
 -- ARGV[13] usage field (JSON [tenant,user,flow])  ARGV[14] N
 -- ARGV[15..] N triples: message id, step id, data JSON
+-- ARGV[15+3N] context JSON of the start messages (the rest of the run's message; '' none)
 -- Returns: 'duplicate' (event already handled), 'exists' (run already started), 'started'.
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) == false then
   return 'duplicate'
@@ -18,6 +19,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 local run_id, flow, tenant, user, now = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[8]
 local n = tonumber(ARGV[14])
+local context = ARGV[15 + 3 * n] or ''
 redis.call('HSET', KEYS[3], 'run', run_id, 'flow', flow, 'tenant', tenant, 'user', user,
   'fencing', ARGV[7], 'status', 'running', 'started', now, 'graph', ARGV[9],
   'retries', ARGV[10], 'timeout', ARGV[11], 'trigger', ARGV[12], 'pending', n,
@@ -29,6 +31,9 @@ for i = 1, n do
   redis.call('HSET', KEYS[10 + i], 'run', run_id, 'flow', flow, 'step', step,
     'tenant', tenant, 'user', user, 'data', data, 'attempt', 0, 'outputs', 0, 'final', -1,
     'created', now)
+  if context ~= '' then
+    redis.call('HSET', KEYS[10 + i], 'context', context)
+  end
   redis.call('SADD', KEYS[4], id)
   redis.call('HINCRBY', KEYS[5], step, 1)
   redis.call('ZADD', KEYS[6], now, id)

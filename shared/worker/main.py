@@ -253,18 +253,16 @@ class Worker:
 
     def events(self, message: StepMessage) -> Iterator[CloudEvent]:
         """The step events for one message, produced as the component yields its outputs."""
-        msg = {
-            "data": message.data,
-            "attachments": [],
-            "metadata": {
+        msg = message.component_message(
+            {
                 "runId": message.run_id,
                 "flowId": message.flow_id,
                 "stepId": message.step_id,
                 "messageId": message.message_id,
                 "attempt": message.attempt,
                 "tenant": message.tenant,
-            },
-        }
+            }
+        )
         seq = 0
         held: list[Any] = []  # one output held back: the last one is sent with final = true
         try:

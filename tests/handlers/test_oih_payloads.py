@@ -174,8 +174,10 @@ def test_flow_execute_as_webhooks_and_the_scheduler_send_it(
     assert request.headers["ce-tenant"] == TENANT and request.headers["ce-flowid"] == FLOW["id"]
     admitted = RunAdmitted.parse(request.json())
     assert admitted.trigger == "execute" and admitted.tenant == TENANT
-    # the message reaches the first step as OIH built it: data, metadata, attachments...
-    assert admitted.msg == data["msg"]
+    # the message goes on as OIH built it (data, metadata, attachments...), with its msgOpts
+    # beside them (tests/interop/test_oih_messages.py: what the first step is given)
+    opts = {"msgOpts": data["msgOpts"]} if "msgOpts" in data else {}
+    assert admitted.msg == {**data["msg"], **opts}
 
 
 def test_our_own_execute_shape_carries_a_full_message(
