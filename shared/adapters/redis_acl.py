@@ -1,9 +1,10 @@
 """Redis ACL users, written to every node of the deployment we can reach.
 
-ACL users are per server: Redis does not replicate `ACL SETUSER`. So a user is written to the
-node our client talks to and to each replica that node reports (`INFO replication`); after a
-failover the promoted replica already knows it, and the reconcile tick writes it again to
-whatever the nodes are by then (docs/security.md, "Worker credentials").
+ACL users are per server: Redis does not replicate `ACL SETUSER` (not even inside a Redis
+Cluster). So a user is written to the node our client talks to and to each replica that node
+reports (`INFO replication`), or, on a cluster, to every master and replica `CLUSTER NODES`
+lists; after a failover the promoted replica already knows it, and the reconcile tick writes it
+again to whatever the nodes are by then (docs/security.md, "Worker credentials").
 Key patterns are exact keys with glob characters escaped: a user may touch nothing else.
 """
 
@@ -15,6 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from redis import Redis
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from shared.errors import TemporaryError
@@ -55,6 +57,54 @@ def replicas_of(redis: Redis) -> list[Redis]:
     return clients
 
 
+# CLUSTER NODES flags of an entry that has no usable address (yet).
+_UNREACHABLE_FLAGS = frozenset({"noaddr", "handshake"})
+
+
+def cluster_members(redis: RedisCluster) -> list[Redis]:
+    """A client for every master and replica of the cluster, as `CLUSTER NODES` lists them
+    now (asked of one reachable node), with the cluster client's credentials."""
+    try:
+        reply: object = redis.cluster_nodes()
+    except RedisError as exc:
+        raise TemporaryError("redis unavailable (CLUSTER NODES)") from exc
+    kwargs = redis.nodes_manager.connection_kwargs
+    default = redis.get_default_node()  # type: ignore[no-untyped-call]
+    clients = []
+    for host, port in _addresses(reply, default.host if default else "127.0.0.1"):
+        clients.append(
+            Redis(
+                host=host,
+                port=port,
+                username=kwargs.get("username"),
+                password=kwargs.get("password"),
+                socket_timeout=5,
+                socket_connect_timeout=2,
+            )
+        )
+    return clients
+
+
+def _addresses(reply: object, fallback_host: str) -> list[tuple[str, int]]:
+    """(host, port) of each node in a CLUSTER NODES reply: redis-py's parsed form
+    ({"ip:port": {"flags": ...}}) or the raw text (one line per node)."""
+    entries: list[tuple[str, str]] = []
+    if isinstance(reply, dict):
+        entries = [(as_text(a), as_text(d.get("flags", ""))) for a, d in reply.items()]
+    else:
+        for line in as_text(reply).splitlines():
+            parts = line.split(" ")
+            if len(parts) >= 3:
+                entries.append((parts[1].split("@")[0], parts[2]))
+    found: list[tuple[str, int]] = []
+    for address, flags in entries:
+        host, _, port = address.rpartition(":")
+        if not port.isdigit() or int(port) == 0 or _UNREACHABLE_FLAGS & set(flags.split(",")):
+            continue
+        found.append((host or fallback_host, int(port)))
+    return sorted(set(found))
+
+
 class RedisAcl:
     """`AclAdmin` over plain clients; `nodes` is asked anew on every write."""
 
@@ -63,7 +113,10 @@ class RedisAcl:
 
     @classmethod
     def for_client(cls, redis: Redis) -> RedisAcl:
-        """The node `redis` talks to and its replicas."""
+        """Every node of a cluster; else the node `redis` talks to and its replicas."""
+        if isinstance(redis, RedisCluster):
+            cluster = redis
+            return cls(lambda: cluster_members(cluster))
         return cls(lambda: [redis, *replicas_of(redis)])
 
     def set_user(

@@ -79,6 +79,7 @@ class WorkerSettings:
 
     queue_backend: str = "redis"
     redis_url: str = ""
+    redis_mode: str = "standalone"
     aws_endpoint_url: str | None = None
     claim_check_bucket: str | None = None
     k_sink: str | None = None
@@ -88,6 +89,7 @@ class WorkerSettings:
         return cls(
             queue_backend=settings.queue_backend,
             redis_url=settings.redis_url,
+            redis_mode=settings.redis_mode,
             aws_endpoint_url=settings.aws_endpoint_url,
             claim_check_bucket=settings.claim_check_bucket,
             k_sink=settings.k_sink,
@@ -95,6 +97,7 @@ class WorkerSettings:
 
     NAMES: ClassVar[tuple[str, ...]] = (
         "QUEUE_BACKEND",
+        "REDIS_MODE",
         "AWS_ENDPOINT_URL",
         "CLAIM_CHECK_BUCKET",
         "K_SINK",
@@ -103,11 +106,18 @@ class WorkerSettings:
     def environment(self) -> dict[str, str]:
         values = {
             "QUEUE_BACKEND": self.queue_backend,
+            # Only on a cluster (a worker there needs a cluster client); elsewhere the URL
+            # says it all, and Secrets stay as the previous release wrote them.
+            "REDIS_MODE": "cluster" if self._on_cluster else None,
             "AWS_ENDPOINT_URL": self.aws_endpoint_url,
             "CLAIM_CHECK_BUCKET": self.claim_check_bucket,
             "K_SINK": self.k_sink,
         }
         return {k: v for k, v in values.items() if v}
+
+    @property
+    def _on_cluster(self) -> bool:
+        return self.queue_backend == "redis" and self.redis_mode == "cluster"
 
 
 @dataclass(frozen=True)

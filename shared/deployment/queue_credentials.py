@@ -10,8 +10,10 @@ stream commands a worker sends, on only that flow's step queues (shared/ports/qu
   pods), and the password enters the Secret at apply time, like the flow token.
 - Rotation: every deploy that changes what runs takes the next generation. The user accepts
   the new and the previous password, so pods still rolling keep consuming.
-- Deploy writes the user to every node it can reach, reconcile writes it again on every pass
-  (ACL users are not replicated), stop deletes it.
+- Deploy writes the user to every node it can reach (on a Redis Cluster every master and
+  replica), reconcile writes it again on every pass (ACL users are not replicated), stop
+  deletes it. On a cluster the user may also ask for the slot map and the command table,
+  which the worker's cluster client needs (shared/ports/queue_access.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis import Redis
 
 from shared import keys
-from shared.ports.queue_access import WORKER_COMMANDS, AclAdmin
+from shared.ports.queue_access import CLUSTER_WORKER_COMMANDS, WORKER_COMMANDS, AclAdmin
 
 USERNAME_PREFIX = "co-flow-"
 _KDF_INFO = b"component-orchestrator worker queue password v1"
@@ -78,8 +80,17 @@ def worker_url(base_url: str, user: str, password: str) -> str:
 
 
 class RedisQueueCredentials:
-    def __init__(self, redis: Redis, acl: AclAdmin, orchestrator_key: str, base_url: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        acl: AclAdmin,
+        orchestrator_key: str,
+        base_url: str,
+        *,
+        cluster: bool = False,
+    ) -> None:
         self._redis, self._acl, self._base_url = redis, acl, base_url
+        self._commands = CLUSTER_WORKER_COMMANDS if cluster else WORKER_COMMANDS
         self._secret = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KDF_INFO).derive(
             orchestrator_key.encode()
         )
@@ -98,7 +109,7 @@ class RedisQueueCredentials:
     def grant(self, flow_id: str, queues: Sequence[str], generation: int) -> dict[str, str]:
         generation = max(generation, 1)
         passwords = [self.password(flow_id, g) for g in (generation, generation - 1) if g >= 1]
-        self._acl.set_user(username(flow_id), passwords, sorted(set(queues)), WORKER_COMMANDS)
+        self._acl.set_user(username(flow_id), passwords, sorted(set(queues)), self._commands)
         current = passwords[0]
         return {"REDIS_URL": worker_url(self._base_url, username(flow_id), current)}
 

@@ -14,6 +14,10 @@ from typing import Protocol
 # What shared/adapters/redis_streams.py sends from a worker: receive (XREADGROUP, and
 # XGROUP CREATE when the stream or group is new), ack (XACK + XDEL), and the client's PING.
 WORKER_COMMANDS: tuple[str, ...] = ("xreadgroup", "xack", "xdel", "xgroup|create", "ping")
+# On a Redis Cluster a worker's client (redis-py's RedisCluster) also learns the slot map
+# (CLUSTER SLOTS, again after a MOVED) and the command table (COMMAND, to find a command's
+# keys). Neither reads or changes data: they show node addresses and command names.
+CLUSTER_WORKER_COMMANDS: tuple[str, ...] = (*WORKER_COMMANDS, "cluster|slots", "command")
 
 
 class AclAdmin(Protocol):

@@ -56,6 +56,7 @@ def make_queue_credentials(settings: Settings, redis: Redis) -> QueueCredentials
         RedisAcl.for_client(redis),
         settings.orchestrator_key,
         settings.worker_redis_url or settings.redis_url,
+        cluster=settings.redis_mode == "cluster",
     )
 
 

@@ -4,7 +4,8 @@ like the hub's sailor.
 Run as `python -m shared.worker` with the step's environment (the Secret deploy writes):
 FLOW_ID, STEP_ID, TENANT, USER, COMPONENT_ID, COMPONENT_FUNCTION (default `process`),
 COMPONENT_ENTRYPOINT (a Python module), STEP_FIELDS (JSON object), STEP_QUEUE, FLOW_TOKEN,
-QUEUE_BACKEND, REDIS_URL, AWS_ENDPOINT_URL, CLAIM_CHECK_BUCKET, K_SINK.
+QUEUE_BACKEND, REDIS_URL, REDIS_MODE (`cluster` on a Redis Cluster), AWS_ENDPOINT_URL,
+CLAIM_CHECK_BUCKET, K_SINK.
 
 It consumes its step's queue and, for each message, calls `function(msg, fields)` where `msg`
 is `{"data": ..., "attachments": [], "metadata": {runId, flowId, stepId, messageId, attempt,
@@ -69,6 +70,7 @@ class WorkerConfig:
     fields: dict[str, Any] = field(default_factory=dict)
     queue_backend: str = "redis"
     redis_url: str | None = None
+    redis_mode: str | None = None
     aws_endpoint_url: str | None = None
     claim_check_bucket: str | None = None
     k_sink: str | None = None
@@ -114,6 +116,7 @@ class WorkerConfig:
             fields=fields,
             queue_backend=backend,
             redis_url=text("REDIS_URL") or None,
+            redis_mode=text("REDIS_MODE") or None,
             aws_endpoint_url=text("AWS_ENDPOINT_URL") or None,
             claim_check_bucket=text("CLAIM_CHECK_BUCKET") or None,
             k_sink=text("K_SINK") or None,
@@ -379,7 +382,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         if config.queue_backend == "redis":
             from shared.store import connect
 
-            redis = connect(config.redis_url or "")
+            redis = connect(config.redis_url or "", config.redis_mode)
         queue = make_queue(
             config.queue_backend,
             redis=redis,
