@@ -67,8 +67,13 @@ local function limits(tenant)
   return found
 end
 
--- rate factor, weight factor, suspended
+-- rate factor, weight factor, suspended (no key built when nothing is penalised: the usual
+-- case, and a tick asks three times per run)
+local NO_PENALTIES = next(PENALTIES) == nil
 local function penalty(level, id)
+  if NO_PENALTIES then
+    return 1, 1, false
+  end
   local p = PENALTIES[level .. ':' .. id]
   if p then
     return p[1], p[2], p[3] == 1
@@ -118,10 +123,11 @@ end
 -- JSON text of a string / number without a cjson call when nothing needs escaping (ids);
 -- remembered for the call: an event names its run, flow, tenant and user several times
 local QUOTED = {}
+local UNSAFE = '[%c"\\/\128-\255]'  -- what JSON escapes (cjson escapes '/' too)
 local function quote(text)
   local found = QUOTED[text]
   if not found then
-    if string.find(text, '[%c"\\/\128-\255]') then
+    if string.find(text, UNSAFE) then
       found = cjson.encode(text)
     else
       found = '"' .. text .. '"'
@@ -129,6 +135,14 @@ local function quote(text)
     QUOTED[text] = found
   end
   return found
+end
+
+-- JSON text of a unique string (a run id): not remembered
+local function id_json(text)
+  if string.find(text, UNSAFE) then
+    return cjson.encode(text)
+  end
+  return '"' .. text .. '"'
 end
 
 local function number(value)
@@ -140,12 +154,21 @@ end
 
 -- Outbox entries in the shape of OutgoingEvent.to_json(); `data_json` is spliced in as is so
 -- that a run's msg reaches the event byte for byte (cjson would mangle [] and big numbers).
+-- A run id is unique: quoted in place when nothing needs escaping (not remembered, no copies).
 local function emit(kind, data_json, tenant, flow, run_id)
-  OUTBOX[#OUTBOX + 1] = '{"data":' .. data_json
-    .. ',"extensions":{"flowid":' .. quote(flow) .. ',"runid":' .. quote(run_id)
-    .. ',"tenant":' .. quote(tenant) .. '},"id":' .. quote(run_id .. '-' .. kind)
-    .. ',"source":' .. quote(SOURCE) .. ',"time":' .. ARGV[2]
-    .. ',"type":' .. quote(EVENT_TYPES[kind]) .. '}'
+  if string.find(run_id, UNSAFE) then
+    OUTBOX[#OUTBOX + 1] = '{"data":' .. data_json
+      .. ',"extensions":{"flowid":' .. quote(flow) .. ',"runid":' .. cjson.encode(run_id)
+      .. ',"tenant":' .. quote(tenant) .. '},"id":' .. cjson.encode(run_id .. '-' .. kind)
+      .. ',"source":' .. quote(SOURCE) .. ',"time":' .. ARGV[2]
+      .. ',"type":' .. quote(EVENT_TYPES[kind]) .. '}'
+  else
+    OUTBOX[#OUTBOX + 1] = '{"data":' .. data_json
+      .. ',"extensions":{"flowid":' .. quote(flow) .. ',"runid":"' .. run_id
+      .. '","tenant":' .. quote(tenant) .. '},"id":"' .. run_id .. '-' .. kind
+      .. '","source":' .. quote(SOURCE) .. ',"time":' .. ARGV[2]
+      .. ',"type":' .. quote(EVENT_TYPES[kind]) .. '}'
+  end
 end
 
 -- flow.execution.skipped / deferred / missed (RunNotStarted)

@@ -104,7 +104,7 @@ local function admit(run)
     end
   end
   emit('admitted', '{"fencingToken":' .. number(run.k) .. ',"flowId":' .. quote(run.f)
-    .. ',"runId":' .. quote(run.id) .. ',"scheduledFor":' .. number(run.s)
+    .. ',"runId":' .. id_json(run.id) .. ',"scheduledFor":' .. number(run.s)
     .. ',"tenant":' .. quote(run.t) .. ',"trigger":' .. quote(run.c)
     .. ',"user":' .. quote(run.u) .. ',"msg":' .. msg .. '}', run.t, run.f, run.id)
   ADMITTED[run.id] = true
@@ -429,8 +429,10 @@ local function submit(run, deployed)
 end
 
 local function cron_run(flow, due, limit, tenant, user)
+  -- k (the fencing token) is set before the run is admitted or waits; named here so that the
+  -- table is built with room for every field a run gets (no rehash per run)
   return { id = flow .. '@' .. string.format('%d', due), f = flow, t = tenant, u = user,
-    c = 'cron', s = due, l = limit, m = '{}' }
+    c = 'cron', s = due, l = limit, m = '{}', k = 0 }
 end
 
 -- one cron due time. Returns admitted | deferred | buffered | skipped
