@@ -95,15 +95,21 @@ class FlowPointer(Payload):
     """The flow in OIH's flow.execute (webhooks, scheduler): their stored copy; its id is read."""
 
     id: str = wire(aliases=("_id",))
-    started_by: str | None = wire("startedBy", default=None)
+    started_by: str | None = wire(
+        "startedBy",
+        default=None,
+        description="read only from an admin or the hub's service account: the run's user, "
+        "if the IAM confirms it belongs to the flow's tenant (else 403)",
+    )
 
 
 @dataclass(frozen=True)
 class FlowExecute(Payload):
     """flow.execute: a start with data (webhook, scheduler, by hand); never skipped.
 
-    The run's user is the token's subject; an unknown flow answers 422, a tenant over its
-    waiting cap 429.
+    The run's user is the token's subject; for an admin or the hub's service account the
+    `flow.startedBy` user (IAM-confirmed, else 403), or the flow's own user when it names none.
+    An unknown flow answers 422, a tenant over its waiting cap 429.
     """
 
     event_name: ClassVar[str] = "flow.execute"

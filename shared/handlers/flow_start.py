@@ -37,7 +37,7 @@ from shared.events import types as t
 from shared.model import flows
 from shared.ports.step_message import execute_message
 from shared.ports.users import UserDirectory
-from shared.runtime.flow_user import flow_user, speaks_for_others
+from shared.runtime.flow_user import flow_user, run_user
 from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.runtime.outbox import EventSender, HttpSender
 from shared.settings import Settings
@@ -128,10 +128,16 @@ def on_execute(ctx: Context[Services], request: FlowExecute) -> None:
     if stored is None:
         raise Unprocessable(f"flowId: unknown flow {request.flow_id!r}")
     flow = stored.flow
-    # the caller; for an admin or the hub's service account (or without IAM), the flow's user
-    # as decided when it was started (shared/runtime/flow_user.py)
-    speaks_for = speaks_for_others(ctx.principal, ctx.settings.hub_service_accounts)
-    user = ctx.principal.subject if ctx.principal.kind == "iam" and not speaks_for else flow.user
+    # the caller; for an admin or the hub's service account the `startedBy` user it names,
+    # once the IAM confirms it (403 before anything is stored), else the flow's user as
+    # decided when it was started (shared/runtime/flow_user.py)
+    user = run_user(
+        ctx.principal,
+        flow,
+        request.flow.started_by if request.flow is not None else None,
+        directory=ctx.services.users,
+        service_accounts=ctx.settings.hub_service_accounts,
+    )
     limits = ctx.policy.tenant(flow.tenant)
     run = admission.ExecuteRun(
         run_id=execute_run_id(ctx, flow.id),

@@ -6,6 +6,8 @@
   bridge speaking for the hub: the `startedBy` user the flow document names, once the IAM
   confirms that user belongs to the flow's tenant; otherwise 403 and nothing is done.
 - ORCHESTRATOR_AUTH=off (no IAM): the document's `startedBy`, else its first owner.
+- A run a `flow.execute` asks for (`run_user`): the same rule, with the flow's user as decided
+  at `flow.starting` where an admin or the hub names nobody (or that same user).
 See docs/security.md, "Who a flow's user is".
 """
 
@@ -44,9 +46,33 @@ def flow_user(
             "startedBy: required when an admin or the hub's service account starts a flow",
             problems=["startedBy: required"],
         )
+    return confirmed(named, flow.tenant, directory)
+
+
+def run_user(
+    principal: Principal,
+    flow: FlowDocument,
+    started_by: str | None,
+    *,
+    directory: UserDirectory | None,
+    service_accounts: Collection[str],
+) -> str:
+    """The user of a run `flow.execute` asks for; `flow` is the stored flow (its user decided
+    when it was started), `started_by` what the event names (OIH's `flow.startedBy`)."""
+    if principal.kind != "iam":
+        return flow.user
+    if not speaks_for_others(principal, service_accounts):
+        return principal.subject  # its tenant is the flow's (checked by the authorizer)
+    if not started_by or started_by == flow.user:
+        return flow.user  # confirmed (or the caller) at flow.starting
+    return confirmed(started_by, flow.tenant, directory)
+
+
+def confirmed(named: str, tenant: str, directory: UserDirectory | None) -> str:
+    """`named` if the IAM says it is a user of `tenant`; otherwise 403."""
     if directory is None:
         raise Forbidden("startedBy: cannot be confirmed (no IAM_URL to ask)")
-    if directory.tenant_of_user(named) != flow.tenant:
+    if directory.tenant_of_user(named) != tenant:
         # One answer whether the user is unknown or another tenant's: no directory oracle.
         raise Forbidden("startedBy: not a user of the flow's tenant")
     return named

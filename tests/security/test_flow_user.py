@@ -21,14 +21,17 @@ from shared import keys
 from shared.clock import FakeClock
 from shared.deployment import records as deploy_records
 from shared.deployment.desired_state import USER_LABEL
+from shared.events import types as t
 from shared.model import flows
+from shared.runtime import event_log
 from shared.runtime import function as runtime_module
+from tests.conftest import TEST_KEY
 from tests.deploy_harness import flow_doc
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.iam import FakeIam
 from tests.fakes.kube_api import FakeKubeApi
 from tests.support.apps import function_client
-from tests.support.events import cloudevent
+from tests.support.events import cloudevent, internal
 from tests.support.http_sink import HttpSink
 
 HUB = "hub-event-bridge"  # the hub's service account (HUB_SERVICE_ACCOUNTS)
@@ -168,3 +171,85 @@ def caller_token(iam: FakeIam, caller: str) -> str:
     if caller == "admin":
         return iam.token(tenant=None, sub="root", roles=("ADMIN",))
     return iam.token(tenant="acme", sub=HUB)
+
+
+# ---- flow.execute: the same rule for the runs it asks for ---------------------------------
+def _started_for(
+    redis: Redis, token: str, apps: Callable[[str], FlaskClient], clock: FakeClock
+) -> None:
+    """f1 started (flow-start) by the hub for carol, a confirmed user of acme, and deployed."""
+    response = post(apps("flow-start"), "flow.starting", doc(startedBy="carol"), token)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    started = internal("flow.started", {"id": "f1"}, key=TEST_KEY, clock=clock, sender="deploy")
+    headers, body = to_binary(started)
+    response = apps("flow-start").post("/", headers=headers, data=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def _run_users(redis: Redis) -> list[str]:
+    """The user of every run flow-start admitted or queued (its announced events)."""
+    return [
+        str(event.data["user"])
+        for event in event_log.recent(redis, 100)
+        if event.type == t.RUN_ADMITTED and isinstance(event.data, dict)
+    ]
+
+
+def execute(flow_started_by: str | None) -> dict[str, Any]:
+    pointer: dict[str, Any] = {"_id": "f1"}
+    if flow_started_by is not None:
+        pointer["startedBy"] = flow_started_by
+    return {"flow": pointer, "msg": {"data": {"x": 1}}}
+
+
+@pytest.mark.parametrize(
+    ("caller", "started_by"),
+    [
+        pytest.param("hub", "bob", id="hub account names another tenant's user"),
+        pytest.param("admin", "bob", id="admin names another tenant's user"),
+        pytest.param("hub", "nobody", id="hub account names an unknown user"),
+    ],
+)
+def test_an_execute_naming_a_user_the_iam_does_not_confirm_is_403_and_nothing_runs(
+    apps: Callable[[str], FlaskClient],
+    iam: FakeIam,
+    redis: Redis,
+    clock: FakeClock,
+    caller: str,
+    started_by: str,
+) -> None:
+    _started_for(redis, caller_token(iam, "hub"), apps, clock)
+    response = post(
+        apps("flow-start"), "flow.execute", execute(started_by), caller_token(iam, caller)
+    )
+    assert response.status_code == 403, response.get_data(as_text=True)
+    assert _run_users(redis) == []  # no run admitted or waiting, nothing announced
+    assert not redis.exists(keys.waiting_runs())
+
+
+@pytest.mark.parametrize(
+    ("caller", "started_by", "user"),
+    [
+        pytest.param("hub", "dave", "dave", id="hub names another confirmed user of acme"),
+        pytest.param("hub", "carol", "carol", id="hub names the flow's own user"),
+        pytest.param("hub", None, "carol", id="hub names nobody: the flow's user"),
+        pytest.param("alice", "bob", "alice", id="a tenant's caller naming anyone: the caller"),
+    ],
+)
+def test_an_execute_runs_for_the_caller_or_the_confirmed_started_by(
+    apps: Callable[[str], FlaskClient],
+    iam: FakeIam,
+    redis: Redis,
+    clock: FakeClock,
+    caller: str,
+    started_by: str | None,
+    user: str,
+) -> None:
+    iam.add_user("dave", "acme")
+    _started_for(redis, caller_token(iam, "hub"), apps, clock)
+    token = (
+        iam.token(tenant="acme", sub="alice") if caller == "alice" else caller_token(iam, caller)
+    )
+    response = post(apps("flow-start"), "flow.execute", execute(started_by), token)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert _run_users(redis) == [user]
