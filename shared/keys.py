@@ -253,6 +253,7 @@ def admission_keys() -> list[str]:
         fair_flows_family(),
         run_costs(),
         waiting_since(),
+        charged_through(),
     ]
 
 
@@ -374,6 +375,12 @@ def run_costs() -> str:
 def waiting_since() -> str:
     """Sorted set: backlogged tenant → since when it waits without a start (aging bound)."""
     return _key(ADMISSION, "age")
+
+
+def charged_through() -> str:
+    """Sorted set: admitted run id → the time its slot-seconds are charged up to (by usage;
+    admission + its estimate at first, +inf once charged up to its limit)."""
+    return _key(ADMISSION, "charged")
 
 
 # --- deploy: desired state, deploying deadlines, locks (one record per target) --------------

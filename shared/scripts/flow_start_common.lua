@@ -2,10 +2,10 @@
 -- flow_start_common: the header every flow-start admission script shares (included).
 -- KEYS[1] dedupe key of the incoming event (unused when ARGV[3] is 0)
 -- KEYS[2] outbox of the {adm} tag
--- KEYS[3..20] the admission keys and key families, in the order of keys.admission_keys():
+-- KEYS[3..21] the admission keys and key families, in the order of keys.admission_keys():
 --   due, deployed, fence, runs, deadlines, count, bucket, waiting, fair tenants, fair clock,
 --   the families schedule, lease, waiting queue, waiting users, fair users, fair flows,
---   then run costs, waiting since
+--   then run costs, waiting since, charged through
 -- ARGV[1] JSON {"admitted"|"skipped"|"deferred"|"missed": event type} (the catalogue's types)
 -- ARGV[2] now (epoch seconds)   ARGV[3] dedupe TTL seconds (0: no dedupe, e.g. ticks)
 -- ARGV[4] source of emitted events   ARGV[5] global execution slots
@@ -34,6 +34,7 @@ local K = {
   count = KEYS[8], bucket = KEYS[9], waiting = KEYS[10], tenants = KEYS[11], clock = KEYS[12],
   sched = KEYS[13], lease = KEYS[14], queue = KEYS[15], queue_users = KEYS[16],
   users = KEYS[17], flows = KEYS[18], cost = KEYS[19], age = KEYS[20],
+  charged = KEYS[21],
 }
 
 local function pair(first, second)
@@ -109,7 +110,7 @@ local function next_token()
   return fence
 end
 
-local OUTBOX, RUNS, DEADLINES, DUE = {}, {}, {}, {}
+local OUTBOX, RUNS, DEADLINES, DUE, CHARGED = {}, {}, {}, {}, {}
 local BUCKET_WRITES = {}  -- tenant -> {tokens, at}
 local DEPLOYED = {}  -- flow -> deployed, when the caller read it for many flows at once
 
@@ -202,5 +203,6 @@ local function flush()
   bulk('HSET', K.runs, RUNS)
   bulk('ZADD', K.deadlines, DEADLINES)
   bulk('ZADD', K.due, DUE)
+  bulk('ZADD', K.charged, CHARGED)
   bulk('RPUSH', KEYS[2], OUTBOX)
 end

@@ -10,9 +10,9 @@
 -- blocked child banks no credit; serving a child moves its tag on by cost / weight. The
 -- cost (docs/architecture.md, fair admission) is 1 per run in mode count; by usage it is the
 -- run's slot-seconds (x the tenant's dominant-share factor): the flow's recent mean is
--- charged at admission and the difference to the actual when the run ends (a run admitted
--- without waiting is charged all of it then). A departed child's lead over the virtual time
--- halves every half-life. A backlogged tenant that has gone without a start for longer than
+-- charged at admission, the time a run holds its slot beyond that as it runs (at ticks:
+-- flow_start_charge), and the difference to the actual when the run ends. A departed
+-- child's lead over the virtual time halves every half-life. A backlogged tenant that has gone without a start for longer than
 -- the aging bound is served before fair order (the one waiting longest first).
 -- Run records (JSON): id, f flow, t tenant, u user, c trigger, s scheduledFor, k fencing
 -- token, l run limit (s), q 1 when it holds the flow's lease, m msg (raw JSON text),
@@ -93,6 +93,10 @@ local function admit(run)
   RUNS[#RUNS + 1] = cjson.encode(run)
   DEADLINES[#DEADLINES + 1] = NOW + run.l + RUN_GRACE_SECONDS
   DEADLINES[#DEADLINES + 1] = run.id
+  if BY_USAGE then  -- charged up to: what its estimate covers (flow_start_charge)
+    CHARGED[#CHARGED + 1] = NOW + (run.e or 0) / limits(run.t).factor
+    CHARGED[#CHARGED + 1] = run.id
+  end
   if run.q == 1 and not FRESH_LEASE[run.id] then
     -- the lease was taken when the run started waiting; it runs from now on (dispatch has
     -- skipped it if a newer run took the lease over; a lease gone altogether is written back)
@@ -217,23 +221,10 @@ local function estimate(run)
   return math.max(MIN_COST, math.min(mean, run.l)) * limits(run.t).factor
 end
 
--- a run ended: its actual cost (slot-seconds held, at most its limit) replaces what was charged
--- for it, at every level (a backlogged child's tag moves, an idle one's finish tag; never
--- below the level's virtual time, so an over-estimate leaves no credit), and becomes part of
--- the flow's mean
-local function settle(run)
-  if not BY_USAGE or not run.a then
-    return  -- admitted by an older release or in mode count: charged per run
-  end
-  local seconds = math.max(MIN_COST, math.min(NOW - run.a, run.l))
-  for _, field in ipairs({ run.f, '*' }) do  -- the flow's mean, and all flows' for new ones
-    local mean = tonumber(redis.call('HGET', K.cost, field) or '')
-    redis.call('HSET', K.cost, field, number(mean and (mean + seconds) / 2 or seconds))
-  end
-  local delta = seconds * limits(run.t).factor - (run.e or 0)
-  if delta == 0 then
-    return
-  end
+-- moves the run's tenant, user and flow on by `delta` slot-seconds (x factor) at their levels:
+-- a backlogged child's tag, an idle one's finish tag; never below the level's virtual time,
+-- so an over-estimate leaves no credit
+local function charge(run, delta)
   local weights = level_weights(run.f, run.t, run.u)
   for i, level in ipairs(levels(run.f, run.t, run.u)) do
     local set, vfield, ffield, member = level[1], level[2], level[3], level[4]
@@ -246,6 +237,35 @@ local function settle(run)
       local raw = redis.call('HGET', K.clock, ffield)
       keep_finish(vt, ffield, (raw and idle_tag(raw, vt) or vt) + moved)
     end
+  end
+end
+
+-- what the run has been charged so far: up to its charged-through time (flow_start_charge),
+-- or, for a run admitted by an older release, its estimate
+local function charged(run)
+  local through = redis.call('ZSCORE', K.charged, run.id)
+  if not through then
+    return run.e or 0
+  end
+  redis.call('ZREM', K.charged, run.id)
+  return math.max(0, math.min(tonumber(through), run.a + run.l) - run.a) * limits(run.t).factor
+end
+
+-- a run ended: its actual cost (slot-seconds held, at most its limit) replaces what was charged
+-- for it (charge()), and becomes part of the flow's mean
+local function settle(run)
+  if not BY_USAGE or not run.a then
+    redis.call('ZREM', K.charged, run.id)  -- the mode changed while it ran
+    return  -- admitted by an older release or in mode count: charged per run
+  end
+  local seconds = math.max(MIN_COST, math.min(NOW - run.a, run.l))
+  for _, field in ipairs({ run.f, '*' }) do  -- the flow's mean, and all flows' for new ones
+    local mean = tonumber(redis.call('HGET', K.cost, field) or '')
+    redis.call('HSET', K.cost, field, number(mean and (mean + seconds) / 2 or seconds))
+  end
+  local delta = seconds * limits(run.t).factor - charged(run)
+  if delta ~= 0 then
+    charge(run, delta)
   end
 end
 

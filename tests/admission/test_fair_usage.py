@@ -10,7 +10,7 @@ import random
 from typing import Any, cast
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
@@ -67,6 +67,86 @@ def test_backlogged_tenants_hold_slot_seconds_in_proportion_to_weight(
     total = sum(weights.values())
     for tenant, weight in weights.items():
         assert shares[tenant] == pytest.approx(weight / total, rel=0.10), (shares, weights, base)
+
+
+LONG_RUN = 10_000.0  # the long tenant's first run: still running when the trial ends
+
+
+@given(
+    slots=st.integers(4, 6),
+    long_weight=st.sampled_from([1.0, 2.0, 3.0]),
+    others=st.lists(
+        st.tuples(st.sampled_from([1.0, 2.0]), st.sampled_from([2.0, 3.0, 5.0])),
+        min_size=1,
+        max_size=2,
+    ),
+    long_base=st.sampled_from([2.0, 3.0, 5.0]),
+    seed=st.integers(0, 1000),
+)
+@PROPERTY
+def test_a_tenant_with_a_very_long_run_is_held_to_its_share_while_it_runs(
+    redis: Redis,
+    slots: int,
+    long_weight: float,
+    others: list[tuple[float, float]],
+    long_base: float,
+    seed: int,
+) -> None:
+    """Charged as it runs (at every tick), not only when it ends: the tenant whose first run
+    holds a slot for the whole trial gets that much less of the other slots, so its share of
+    slot-seconds is its weight share while that run is still running."""
+    weights = {"long": long_weight, **{f"t{i}": w for i, (w, _) in enumerate(others)}}
+    fair = long_weight / sum(weights.values())
+    assume(fair * slots >= 1.5)  # the one long run alone stays within its share
+    redis.flushall()
+    base = {"long": long_base, **{f"t{i}": d for i, (_, d) in enumerate(others)}}
+    rng = random.Random(seed)
+
+    def duration(tenant: str, n: int) -> float:
+        return LONG_RUN if (tenant, n) == ("long", 0) else base[tenant] * rng.uniform(0.5, 1.5)
+
+    trial = Trial(
+        redis, usage_policy(slots, weights), duration, dict.fromkeys(weights, 2), tick_every=5.0
+    ).run(240)
+    assert any(r.ends > trial.clock.now() for r in trial.ran if r.tenant == "long")
+    assert trial.shares(30, 240)["long"] == pytest.approx(fair, rel=0.10), (weights, base)
+
+
+def test_charged_only_when_it_ends_the_long_run_tenant_gets_more(redis: Redis) -> None:
+    """The trial above without ticks (nothing charges the long run before it ends): the tenant
+    holds the long run's slot on top of half the others (so the property can fail)."""
+    weights = {"long": 1.0, "t0": 1.0}
+
+    def duration(tenant: str, n: int) -> float:
+        return LONG_RUN if (tenant, n) == ("long", 0) else 3.0
+
+    trial = Trial(redis, usage_policy(4, weights), duration, dict.fromkeys(weights, 2)).run(240)
+    assert trial.shares(30, 240)["long"] > 0.5 * 1.15
+
+
+@pytest.mark.parametrize("weight", [1.0, 4.0])
+def test_a_running_run_is_charged_at_ticks_and_settled_for_the_rest(
+    redis: Redis, weight: float
+) -> None:
+    """Each tick adds the slot-seconds since the run's last charge (beyond its estimate) to its
+    tenant's tag; the end adds only what is left: charged once in all, whatever the ticks."""
+    clock = _clock()
+    adm = Admission(redis, clock, usage_policy(2, {"a": weight}, half_life="10000d"))
+    adm.deploy(flow_of("a"))
+    adm.submit("a", flow_of("a"))  # admitted at once: nothing charged yet
+    (run_id,) = adm.running()
+    assert _tag(redis, "a") == 0
+    # at most once per 10 s: not at 5 s (since admission), nor at 26 s (since the last charge);
+    # never beyond the run's limit (3600 s; its slot is reclaimed at 3660 s)
+    ticks = [(5.0, 0.0), (25.0, 25.0), (26.0, 25.0), (70.0, 70.0), (3620.0, 3600.0), (3640, 3600)]
+    for elapsed, charged_up_to in ticks:
+        clock.set(_clock().now() + elapsed)
+        adm.dispatch()
+        assert _tag(redis, "a") == pytest.approx(charged_up_to / weight, abs=1e-3), elapsed
+    clock.set(_clock().now() + 3650.0)
+    assert adm.release(run_id) == "released"
+    assert _tag(redis, "a") == pytest.approx(3600.0 / weight, abs=1e-3)
+    assert redis.zcard(keys.charged_through()) == 0
 
 
 SKEW = {"long": 2.0, "short": 0.5}  # the black-box trial: 4:1 run lengths, equal weights

@@ -1,6 +1,7 @@
 """A discrete-event trial of fair admission on the real scripts and Redis, with the injected
 clock: tenants keep runs waiting (or arrive at set times), each admitted run holds its slot
-for a duration chosen when it is admitted, and its end is released as flow-start does."""
+for a duration chosen when it is admitted, and its end is released as flow-start does; with
+`tick_every`, flow-start's tick (the dispatch script) runs at that interval too."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Trial:
     duration: Duration
     backlog: dict[str, int]  # tenant -> runs it keeps waiting (0: only its `arrivals`)
     arrivals: dict[str, list[float]] = field(default_factory=dict)
+    tick_every: float | None = None  # seconds between ticks (None: no ticks)
     clock: FakeClock = field(default_factory=FakeClock)
     ran: list[Ran] = field(default_factory=list)
     waiting: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> tenant, since
@@ -85,14 +87,19 @@ class Trial:
         pending = sorted((self.start + at, t) for t, ats in self.arrivals.items() for at in ats)
         self._top_up()
         self._collect()
+        every = self.tick_every
+        next_tick = self.start + every if every else float("inf")
         while True:
             next_end = self._ends[0][0] if self._ends else float("inf")
             next_arrival = pending[0][0] if pending else float("inf")
-            at = min(next_end, next_arrival)
+            at = min(next_end, next_arrival, next_tick)
             if at > until:
                 break
             self.clock.set(at)
-            if next_arrival <= next_end:
+            if next_tick <= min(next_end, next_arrival):
+                self.adm.dispatch()
+                next_tick += every or float("inf")
+            elif next_arrival <= next_end:
                 self._submit(pending.pop(0)[1])
             else:
                 _, _, run_id = heapq.heappop(self._ends)
