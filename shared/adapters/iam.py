@@ -2,10 +2,20 @@
 tokens.
 
 `IamVerifier` checks an IAM token either locally against the IAM's JWKS (RS256 or ES256 only;
-signature, `exp`, `nbf`, `iss`, `aud`) or, when `IAM_INTROSPECT_URL` is set, by asking the IAM
-(the hub's `POST /api/v1/tokens/introspect`), which also sees revoked tokens. `IamClient`
-creates and revokes flow tokens with the hub's `POST /api/v1/tokens` and
-`DELETE /api/v1/tokens/{id}`.
+signature, `exp`, `nbf`, `iss`, `aud`) or by asking the IAM at `IAM_INTROSPECT_URL` (the hub's
+`POST /api/v1/tokens/introspect`), which also sees revoked tokens. The hub's own tokens are
+opaque (random base64url, services/iam/src/util/tokens.js `sign`): with only
+`IAM_INTROSPECT_URL` every token is introspected; with it and a complete JWKS setting
+(`IAM_JWKS_URL`, `IAM_ISSUER`, `IAM_AUDIENCE`) a JWT is checked against the JWKS and any other
+token introspected. The answer is the hub's account document
+(`_id`, `tenant` or the active one of `memberships`, `permissions`, `roles`); the permission
+`all` makes an admin, as in the hub (services/iam/src/util/auth.js `hasPermissions`; the role
+`ADMIN` is still read for one release).
+
+`IamClient` creates and revokes flow tokens with the hub's `POST /api/v1/tokens` and
+`DELETE /api/v1/tokens/{id}`, with exactly the body services/iam/src/routes/tokens.js reads
+(`accountId`, `expiresIn`, `description`, `customPermissions`, `new`; no `inquirer`, so the IAM
+takes the service account's id, an ObjectId as its token schema wants).
 
 Every failure is one of ours: a bad token → Unauthorized (401); the IAM unreachable or answering
 5xx → TemporaryError (503), so the broker retries and nothing is lost. Token values never appear
@@ -18,7 +28,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -33,7 +43,17 @@ from shared.settings import Settings, SettingsError
 
 # Asymmetric only: an HS* token could be signed with the IAM's *public* key (alg confusion).
 ALGORITHM_KEY_TYPES = {"RS256": "RSA", "ES256": "EC"}
+# The hub's admin: the permission `all` (services/iam/src/access-control/permissions.js).
+ADMIN_PERMISSION = "all"
+# Deprecated: read beside `all` for one release (CHANGELOG 0.2.0), then dropped.
 ADMIN_ROLE = "ADMIN"
+# What the hub's POST /api/v1/tokens reads from its body (services/iam/src/routes/tokens.js);
+# anything else is ignored there, so sending it is a bug (e.g. `forceNew`, read as `new`).
+HUB_TOKEN_FIELDS = frozenset(
+    {"accountId", "expiresIn", "inquirer", "customPermissions", "purpose", "description", "new"}
+)
+# The hub's IAM picks how it checks our service token from this header (basic = its own).
+AUTH_TYPE_HEADER = {"x-auth-type": "basic"}
 NBF_LEEWAY_SECONDS = 5.0
 DEFAULT_TIMEOUT_SECONDS = 5.0
 JWKS_TTL_SECONDS = 300.0
@@ -60,7 +80,25 @@ class IamIdentity:
 
     @property
     def is_admin(self) -> bool:
-        return ADMIN_ROLE in self.roles
+        return is_admin(self.permissions, self.roles)
+
+
+def is_admin(permissions: Collection[str], roles: Collection[str]) -> bool:
+    """The hub's admin holds the permission `all`; the role `ADMIN` is read for one release."""
+    return ADMIN_PERMISSION in permissions or ADMIN_ROLE in roles
+
+
+def _active_membership(claims: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The hub's `memberships` (older IAM versions, lib/iam-utils `getUserData`): the active
+    one, else the only one."""
+    memberships = claims.get("memberships")
+    if not isinstance(memberships, list):
+        return None
+    found = [m for m in memberships if isinstance(m, Mapping)]
+    active = [m for m in found if m.get("active") is True]
+    if active:
+        return active[0]
+    return found[0] if len(found) == 1 else None
 
 
 def identity_from_claims(claims: Mapping[str, Any]) -> IamIdentity:
@@ -70,14 +108,22 @@ def identity_from_claims(claims: Mapping[str, Any]) -> IamIdentity:
         raise Unauthorized("token names no subject")
     tenant = claims.get("tenant")
     context = claims.get("currentContext")
+    membership = _active_membership(claims)
+    if not tenant and membership is not None:
+        tenant = membership.get("tenant")
     if not tenant and isinstance(context, Mapping):
         tenant = context.get("tenant")
     permissions = set(_strings(claims.get("permissions")))
-    if isinstance(context, Mapping):
-        permissions |= set(_strings(context.get("permissions")))
+    for part in (context, membership):
+        if isinstance(part, Mapping):
+            permissions |= set(_strings(part.get("permissions")))
     if isinstance(claims.get("scope"), str):
         permissions |= set(str(claims["scope"]).split())
     roles = set(_strings(claims.get("roles")))
+    for role in _role_documents(claims.get("roles")):
+        permissions |= set(_strings(role.get("permissions")))
+    if membership is not None:
+        roles |= set(_strings(membership.get("roles")))
     if isinstance(claims.get("role"), str):
         roles.add(str(claims["role"]))
     if claims.get("isAdmin") is True:
@@ -92,6 +138,13 @@ def identity_from_claims(claims: Mapping[str, Any]) -> IamIdentity:
     )
 
 
+def _role_documents(value: object) -> list[Mapping[str, Any]]:
+    """Populated hub roles (`{name, permissions}`) grant their permissions."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
 def _strings(value: object) -> Iterable[str]:
     if isinstance(value, str):
         return [value]
@@ -104,6 +157,18 @@ def _strings(value: object) -> Iterable[str]:
                 out.append(str(item["name"]))  # hub roles may be objects with a name
         return out
     return []
+
+
+def looks_like_jwt(token: str) -> bool:
+    """Three base64url parts whose first is a JSON object header; the hub's opaque tokens are
+    one base64url string without dots."""
+    if token.count(".") != 2:
+        return False
+    try:
+        header = jws.get_unverified_header(token)
+    except JOSEError:
+        return False
+    return isinstance(header, dict) and "alg" in header
 
 
 def _fingerprint(token: str) -> str:
@@ -175,8 +240,10 @@ class IamVerifier:
         """The identity the token speaks for; Unauthorized if it is not a valid IAM token."""
         if not token:
             raise Unauthorized("missing IAM token")
-        # Introspection, when configured, is authoritative: it also knows revoked tokens.
-        if self._introspect_url:
+        # Introspection alone is authoritative: it also knows revoked tokens. Beside a JWKS it
+        # checks what the JWKS cannot: the hub's opaque tokens.
+        jwks_ready = bool(self._jwks_url and self._issuer and self._audience)
+        if self._introspect_url and not (jwks_ready and looks_like_jwt(token)):
             return self._introspect(token)
         return self._verify_jwt(token)
 
@@ -292,7 +359,7 @@ class IamVerifier:
             response = self._session.post(
                 self._introspect_url,
                 json={"token": token},
-                headers=_bearer(self._service_token),
+                headers={**_bearer(self._service_token), **AUTH_TYPE_HEADER},
                 timeout=self._timeout,
             )
         except requests.RequestException as exc:
@@ -345,17 +412,19 @@ class IamClient:
         )
 
     def create_flow_token(self, flow_id: str, owner_id: str, tenant: str) -> tuple[str, str]:
-        """A token for the flow's owner with only what a step needs: (token id, token)."""
+        """A token for the flow's owner with only what a step needs: (token id, token).
+
+        The body is the original orchestrator's (lib/iam-utils `createToken`, called by
+        services/component-orchestrator/src/dao/TokensDao.js): the IAM takes the tenant from
+        the account (`tenant` is the caller's check, not sent) and the inquirer from our
+        service token; `new: true` so that it never hands back an existing token."""
+        del tenant  # the IAM knows the account's tenant
         body = {
             "accountId": owner_id,
-            "inquirer": ORCHESTRATOR_NAME,
             "expiresIn": -1,  # lives as long as the flow: revoked on flow.stopping
             "description": f"Created by {ORCHESTRATOR_NAME} for flow {flow_id}",
-            "purpose": "flow",
-            "forceNew": True,
             "customPermissions": list(STEP_PERMISSIONS),
-            "tenant": tenant,
-            "flowId": flow_id,
+            "new": True,
         }
         response = self._call("POST", "/api/v1/tokens", json=body)
         if response.status_code not in (200, 201):
@@ -403,7 +472,7 @@ class IamClient:
             return self._session.request(
                 method,
                 self._base + path,
-                headers=_bearer(self._service_token),
+                headers={**_bearer(self._service_token), **AUTH_TYPE_HEADER},
                 timeout=self._timeout,
                 **kwargs,
             )

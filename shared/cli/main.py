@@ -166,7 +166,7 @@ def add_token(event: CloudEvent, data: Any, session: RunSession | None, tenant: 
             out=io.StringIO(),
         )
         event[EXT_AUTH_TOKEN] = token
-        who = f"tenant {claimed}" if claimed else "role ADMIN"
+        who = f"tenant {claimed}" if claimed else "an admin (permission all)"
         return f"authtoken: issued by the embedded IAM for {who} (not shown)"
     key = os.environ.get("ORCHESTRATOR_KEY") or (session.orchestrator_key if session else None)
     if not key:

@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
         default=["flows.control"],
         help="permissions claim (default: flows.control)",
     )
-    parser.add_argument("--admin", action="store_true", help="role ADMIN: any tenant")
+    parser.add_argument("--admin", action="store_true", help="admin (permission all)")
     parser.add_argument("--expires-in", type=int, default=DEFAULT_TOKEN_SECONDS, help="seconds")
     parser.add_argument("--state-dir", default=None, help="the `make run` state dir (.run)")
     parser.set_defaults(func=cmd_token)

@@ -4,8 +4,11 @@ A small HTTP server with a generated key pair that speaks the parts of the hub I
 orchestrator uses:
 - `GET  /.well-known/jwks.json`        public keys (RS256 or ES256)
 - `POST /api/v1/tokens/introspect`     {token} → the token's identity, 404 if unknown/invalid
-- `POST /api/v1/tokens`                {accountId, tenant, customPermissions, expiresIn, ...} →
-                                       {id, token}
+- `POST /api/v1/tokens`                {accountId, customPermissions, expiresIn, new, ...} →
+                                       {id, token}; refuses what the hub IAM cannot take
+                                       (`refusal`: `forceNew`, an `inquirer` that is not an
+                                       ObjectId, a `new` that is not a boolean); the tenant is
+                                       the account's (`tenant` in the body: embedded only)
 - `GET  /api/v1/tokens?token=…`        the hub's admin lookup of a token's id
 - `DELETE /api/v1/tokens/{id}`         revoke
 - `GET  /api/v1/users/{id}`            {_id, tenant} of an account this IAM knows (one it was
@@ -21,6 +24,7 @@ as one JSON line, then serves).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -41,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwk, jws
 from jose.exceptions import JOSEError
 
-from shared.adapters.iam import ADMIN_ROLE
+from shared.adapters.iam import ADMIN_PERMISSION
 from shared.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,7 @@ JWKS_PATH = "/.well-known/jwks.json"
 TOKENS_PATH = "/api/v1/tokens"
 INTROSPECT_PATH = "/api/v1/tokens/introspect"
 USERS_PATH = "/api/v1/users"
+OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,25 @@ class _IssuedToken:
     subject: str
     tenant: str | None
     revoked: bool = False
+    # An opaque token (as the hub's IAM issues them): the account document introspection
+    # answers, and when it expires. None for a JWT.
+    account: dict[str, Any] | None = None
+    expires_at: float | None = None
+
+
+def refusal(body: Mapping[str, Any]) -> str | None:
+    """Why the hub's POST /api/v1/tokens (services/iam/src/routes/tokens.js) would not give a
+    usable answer to this body; None if it would. `forceNew` is not read there (it reads `new`,
+    so an existing token would be handed back); `inquirer` is stored as an ObjectId
+    (models/schemas/token.js), anything else makes the route throw and never answer."""
+    if "forceNew" in body:
+        return "forceNew: not read by the hub's IAM (it reads `new`)"
+    inquirer = body.get("inquirer")
+    if inquirer is not None and not (isinstance(inquirer, str) and OBJECT_ID.fullmatch(inquirer)):
+        return "inquirer: must be an account's ObjectId (the hub's IAM never answers otherwise)"
+    if "new" in body and not isinstance(body["new"], bool):
+        return "new: must be a boolean"
+    return None
 
 
 class EmbeddedIam:
@@ -242,12 +266,52 @@ class EmbeddedIam:
             self._issued[token_id] = _IssuedToken(token_id, token, sub, tenant)
         return token
 
+    def issue_opaque_token(
+        self,
+        tenant: str | None,
+        sub: str,
+        permissions: Iterable[str] = (),
+        roles: Iterable[str] = (),
+        *,
+        expires_in: float | None = DEFAULT_TOKEN_SECONDS,
+        memberships: bool = False,
+    ) -> str:
+        """A token as the hub's IAM issues them: 128 random bytes, base64url, no claims in it.
+        Introspection answers the account document (services/iam/src/util/tokens.js
+        `getAccountData`): `_id`, `username`, `status`, `permissions`, `roles`, and the
+        tenant at the top (`memberships: True`: in an active membership, as older IAMs did)."""
+        token = base64.urlsafe_b64encode(secrets.token_bytes(128)).rstrip(b"=").decode()
+        token_id = secrets.token_hex(12)
+        account: dict[str, Any] = {
+            "_id": sub,
+            "username": f"{sub}@example.com",
+            "status": "ACTIVE",
+            "permissions": sorted(set(permissions)),
+            "roles": [{"name": r, "permissions": []} for r in sorted(set(roles))],
+        }
+        if memberships:
+            account["memberships"] = [
+                {"tenant": "another-tenant", "active": False, "permissions": []},
+                {"tenant": tenant, "active": True, "permissions": [], "roles": []},
+            ]
+        elif tenant is not None:
+            account["tenant"] = tenant
+        expires_at = None if expires_in is None else self.clock.now() + expires_in
+        with self._lock:
+            self._issued[token_id] = _IssuedToken(
+                token_id, token, sub, tenant, account=account, expires_at=expires_at
+            )
+        return token
+
     def create_token(self, body: Mapping[str, Any]) -> dict[str, str]:
         """The hub's POST /api/v1/tokens: a token for an account, with custom permissions."""
+        refused = refusal(body)
+        if refused is not None:
+            raise ValueError(refused)
         account = body.get("accountId")
         if not isinstance(account, str) or not account:
             raise ValueError("accountId: required")
-        tenant = body.get("tenant")
+        tenant = body.get("tenant") or self.tenant_of_user(account)
         permissions = [p for p in body.get("customPermissions") or [] if isinstance(p, str)]
         roles = [r for r in body.get("roles") or [] if isinstance(r, str)]
         extra = {"purpose": str(body.get("purpose") or "accountToken")}
@@ -307,6 +371,15 @@ class EmbeddedIam:
 
     def introspect(self, token: str) -> dict[str, Any] | None:
         """The identity of a token this IAM signed and did not revoke; None otherwise."""
+        with self._lock:
+            opaque = next(
+                (i for i in self._issued.values() if i.account is not None and i.token == token),
+                None,
+            )
+        if opaque is not None:
+            assert opaque.account is not None
+            expired = opaque.expires_at is not None and self.clock.now() >= opaque.expires_at
+            return None if opaque.revoked or expired else dict(opaque.account)
         try:
             header = jws.get_unverified_header(token)
         except JOSEError:
@@ -492,10 +565,8 @@ def print_token(
     body = {
         "accountId": sub,
         "tenant": tenant,
-        "customPermissions": list(permissions),
-        "roles": [ADMIN_ROLE] if admin else [],
+        "customPermissions": [*permissions, ADMIN_PERMISSION] if admin else list(permissions),
         "expiresIn": expires_in,
-        "inquirer": "orchestrator token",
         "purpose": "manual",
     }
     response = requests.post(

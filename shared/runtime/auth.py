@@ -26,7 +26,7 @@ from typing import Literal
 
 from cloudevents.http import CloudEvent
 
-from shared.adapters.iam import IamIdentity, IamVerifier
+from shared.adapters.iam import IamIdentity, IamVerifier, is_admin
 from shared.clock import Clock
 from shared.errors import Forbidden, InvalidEvent, Unauthorized
 from shared.events import types as t
@@ -52,6 +52,11 @@ class Principal:
     tenant: str | None
     permissions: frozenset[str]
     roles: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        """An IAM admin: the permission `all` (the role `ADMIN` for one more release)."""
+        return self.kind == "iam" and is_admin(self.permissions, self.roles)
 
     @property
     def scope(self) -> str:

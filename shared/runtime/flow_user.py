@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from shared.adapters.iam import ADMIN_ROLE
 from shared.errors import Forbidden, InvalidEvent
 from shared.events import FlowDocument
 from shared.ports.users import UserDirectory
@@ -24,9 +23,7 @@ from shared.runtime.auth import Principal
 
 def speaks_for_others(principal: Principal, service_accounts: Collection[str]) -> bool:
     """Admins and the hub's service accounts send events on behalf of a user they name."""
-    return principal.kind == "iam" and (
-        ADMIN_ROLE in principal.roles or principal.subject in service_accounts
-    )
+    return principal.kind == "iam" and (principal.is_admin or principal.subject in service_accounts)
 
 
 def flow_user(

@@ -108,6 +108,7 @@ def secret_flow_token(kube: FakeKubeApi) -> str:
 def test_flow_token_lifecycle_with_auth_on(
     deploy: Deploy, iam: FakeIam, kube_api: FakeKubeApi, redis: Redis
 ) -> None:
+    iam.add_user("alice", "acme")  # the hub's IAM takes a token's tenant from the account
     caller = iam.token(tenant="acme", sub="alice")
     start = cloudevent("flow.starting", flow_doc("f1"), authtoken=caller)
     deploy.runtime.handle(start)

@@ -43,8 +43,17 @@ def flow(flow_id: str = "f1", tenant: str = "acme", owner: str = "alice") -> dic
 
 
 def test_client_creates_a_hub_shaped_token_with_only_step_permissions(iam: FakeIam) -> None:
+    iam.add_user("alice", "acme")  # the hub's IAM takes a token's tenant from the account
     client = IamClient(base_url=iam.url, service_token=iam.service_token)
     token_id, token = client.create_flow_token("f1", "alice", "acme")
+    [body] = iam.token_bodies
+    assert body == {
+        "accountId": "alice",
+        "expiresIn": -1,
+        "description": "Created by component-orchestrator for flow f1",
+        "customPermissions": list(STEP_PERMISSIONS),
+        "new": True,
+    }  # exactly what services/iam/src/routes/tokens.js reads, as lib/iam-utils sends it
     claims = jwt.get_unverified_claims(token)
     assert claims["sub"] == "alice" and claims["tenant"] == "acme"
     assert claims["permissions"] == sorted(STEP_PERMISSIONS)

@@ -4,7 +4,11 @@
   signed with the public key, unknown kid, foreign key, ...);
 - `hits[path]`: requests per path (to see the JWKS refreshed exactly once);
 - `fail(status, times)`: the next requests answer `status`; `down()` / `up()`: refuse
-  connections / listen again on the same port.
+  connections / listen again on the same port;
+- `token_bodies`: every POST /api/v1/tokens body; a body with a field the hub's IAM does not
+  read (shared.adapters.iam.HUB_TOKEN_FIELDS) is refused with 400, beside what the embedded
+  IAM already refuses as the hub would (`refusal`: `forceNew`, a non-ObjectId `inquirer`);
+- `issue_opaque_token(...)`: the hub's opaque tokens, introspected as account documents.
 
 Fixture `iam` (per test, FakeClock-driven by the `clock` fixture). Production never imports this.
 """
@@ -22,8 +26,9 @@ from typing import Any
 import pytest
 from jose import jws
 
+from shared.adapters.iam import HUB_TOKEN_FIELDS
 from shared.clock import Clock
-from shared.local.embedded_iam import EmbeddedIam, SigningKey, generate_key
+from shared.local.embedded_iam import EmbeddedIam, SigningKey, generate_key, refusal
 
 
 def _b64(data: bytes) -> str:
@@ -44,8 +49,20 @@ class FakeIam(EmbeddedIam):
     def __init__(self, clock: Clock, *, alg: str = "RS256", **options: Any) -> None:
         super().__init__(clock=clock, alg=alg, key=_shared_key(alg), **options)
         self.hits: dict[str, int] = {}
+        self.token_bodies: list[dict[str, Any]] = []
         self._failures: list[list[int]] = []  # [status, times left]
         self._fault_lock = threading.Lock()
+
+    def create_token(self, body: Mapping[str, Any]) -> dict[str, str]:
+        with self._fault_lock:
+            self.token_bodies.append(dict(body))
+        refused = refusal(body)
+        if refused is not None:
+            raise ValueError(refused)
+        unread = sorted(set(body) - HUB_TOKEN_FIELDS)
+        if unread:
+            raise ValueError(f"{', '.join(unread)}: not read by the hub's IAM")
+        return super().create_token(body)
 
     # --- failure injection ---------------------------------------------------------------------
     def fail(self, status: int, times: int = 1_000_000) -> None:

@@ -81,7 +81,7 @@ def test_print_token_admin_and_permissions(embedded: EmbeddedIam) -> None:
         out=io.StringIO(),
     )
     claims = jwt.get_unverified_claims(token)
-    assert claims["roles"] == ["ADMIN"] and claims["permissions"] == ["components.control"]
+    assert claims["roles"] == [] and claims["permissions"] == ["all", "components.control"]
 
 
 def test_print_token_with_a_wrong_service_token_fails_clearly(embedded: EmbeddedIam) -> None:
