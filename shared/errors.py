@@ -99,3 +99,15 @@ class OverCapacity(TemporaryError):
 
     def __init__(self, message: str, *, retry_after: float = 30.0) -> None:
         super().__init__(message, retry_after=retry_after)
+
+
+class OverBudget(OverCapacity):
+    """A tenant is over one of its budgets (docs/security.md): 429 naming the budget, nothing
+    done; only that tenant is refused."""
+
+    def __init__(self, budget: str, message: str, *, retry_after: float = 30.0) -> None:
+        super().__init__(f"over budget {budget}: {message}", retry_after=retry_after)
+        self.budget = budget
+
+    def to_body(self) -> dict[str, object]:
+        return {**super().to_body(), "budget": self.budget}

@@ -77,6 +77,21 @@ def flow_index() -> str:
     return _key(FLOWS, "wanted")
 
 
+def tenant_flows_family() -> str:
+    return _key(FLOWS, "tenant-flows", "")
+
+
+def tenant_flows(tenant: str) -> str:
+    """Set: ids of the tenant's wanted flows (counted against its `max_flows`)."""
+    return tenant_flows_family() + tenant
+
+
+def flows_upgraded() -> str:
+    """String: set once the flow documents of the previous release were upgraded (tombstone
+    TTLs, the tenants' flow sets; shared/model/flows.py `upgrade`)."""
+    return _key(FLOWS, "upgraded", "1")
+
+
 # --- step queues (one per flow step; the stream is the queue, so it carries its own tag) ----
 def step_queue(flow_id: str, node_id: str) -> str:
     return PREFIX + "q:{" + flow_id + "}:" + node_id

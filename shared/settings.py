@@ -67,6 +67,9 @@ class Settings:
     redis_wait_timeout_seconds: float = 1.0
     # A flow whose cron fires more often than this is refused (400 naming cron).
     cron_min_interval_seconds: float = 60.0
+    # How long a stopped flow's tombstone is kept (stops of made-up ids must not stay forever);
+    # a start older than the stop and redelivered later than this would bring the flow back.
+    flow_tombstone_ttl_seconds: float = 7 * 86400.0
 
     @property
     def auth_required(self) -> bool:
@@ -216,6 +219,7 @@ class Settings:
             redis_wait_replicas=whole("REDIS_WAIT_REPLICAS", 0, below=100),
             redis_wait_timeout_seconds=seconds("REDIS_WAIT_TIMEOUT_SECONDS", 1.0, below=60),
             cron_min_interval_seconds=seconds("CRON_MIN_INTERVAL_SECONDS", 60.0),
+            flow_tombstone_ttl_seconds=seconds("FLOW_TOMBSTONE_TTL_SECONDS", 7 * 86400.0),
         )
         if settings.auth_required and not (settings.iam_jwks_url or settings.iam_introspect_url):
             problems.append(

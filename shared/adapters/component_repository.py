@@ -47,6 +47,8 @@ DEFAULT_TTL_SECONDS = 60.0
 DEFAULT_TIMEOUT_SECONDS = 5.0
 CACHE_SIZE = 1024
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+ACCESS = ("public", "private")
+MAX_OWNERS = 256
 MAX_ENVIRONMENT_VARIABLES = 256
 MAX_ENVIRONMENT_VALUE_BYTES = 32 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -91,6 +93,11 @@ def parse_component(component_id: str, answer: Any) -> Component:
         problems.append(f"descriptor.imagePullPolicy: must be one of {', '.join(PULL_POLICIES)}")
         pull_policy = None
     environment = _parse_environment(descriptor.get("environment"), problems)
+    access = data.get("access", "private")  # the repository model's default
+    if access not in ACCESS:
+        problems.append(f"access: must be one of {', '.join(ACCESS)}")
+    owners = _parse_owners(data.get("owners"), problems)
+    tenant = data.get("tenant")
     functions = _parse_functions(data.get("functions", descriptor.get("functions")))
     if problems:
         raise ComponentInvalid(f"component {component_id!r} is invalid", problems=problems)
@@ -105,7 +112,24 @@ def parse_component(component_id: str, answer: Any) -> Component:
         functions=functions,
         image_pull_policy=pull_policy,
         environment=environment,
+        access=str(access),
+        tenant=str(tenant) if tenant else None,
+        owners=owners,
     )
+
+
+def _parse_owners(raw: Any, problems: list[str]) -> tuple[tuple[str, str], ...]:
+    """`owners: [{id, type}]` (type `user` or `tenant`, as the repository stores them)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_OWNERS:
+        problems.append(f"owners: must be a list of at most {MAX_OWNERS} {{id, type}} objects")
+        return ()
+    owners = []
+    for owner in raw:
+        if isinstance(owner, Mapping) and owner.get("id") and owner.get("type"):
+            owners.append((str(owner["type"]), str(owner["id"])))
+    return tuple(owners)
 
 
 def _first_of(first: ResourceSpec, fallback: ResourceSpec) -> ResourceSpec:

@@ -34,7 +34,7 @@ from shared.deployment.reconcile import (
 )
 from shared.deployment.records import TargetRecord
 from shared.deployment.services import DeployServices
-from shared.errors import PermanentError, TemporaryError
+from shared.errors import Forbidden, PermanentError, TemporaryError
 from shared.events import (
     ComponentRef,
     ComponentStatus,
@@ -46,10 +46,10 @@ from shared.events import (
 )
 from shared.events import types as t
 from shared.model import flows
-from shared.ports.components import Component
+from shared.ports.components import Component, ComponentNotFound
 from shared.ports.driver import DriverRejected, ObservedObject
 from shared.runtime import metrics
-from shared.runtime.flow_user import flow_user
+from shared.runtime.flow_user import flow_user, speaks_for_others
 from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.security.redact import redact_text
 from shared.wiring.deploy import build_services
@@ -178,7 +178,8 @@ def on_flow_starting(ctx: Ctx, flow: FlowDocument) -> None:
         service_accounts=ctx.settings.hub_service_accounts,
     )
     flow = flow.with_user(user)
-    if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
+    max_flows = ctx.policy.tenant(flow.tenant).max_flows
+    if flows.upsert(ctx.redis, flow, ctx.event.time, max_flows=max_flows) == "stale":
         log.info("flow.starting for %s is older than what is stored: ignored", flow.id)
         ctx.commit(None)
         return
@@ -187,7 +188,7 @@ def on_flow_starting(ctx: Ctx, flow: FlowDocument) -> None:
         existing = deploy_records.load(ctx.redis, "flow", flow.id)
         try:
             components = {
-                cid: ctx.services.components.get(cid)
+                cid: _usable(ctx.services.components.get(cid), cid, flow)
                 for cid in sorted({node.component_id for node in flow.nodes})
             }
             credentials = ctx.services.credentials
@@ -199,6 +200,30 @@ def on_flow_starting(ctx: Ctx, flow: FlowDocument) -> None:
             _fail(ctx, deployer, "flow", flow.id, exc.message, flow.tenant, flow.user)
             return
         _deploy(ctx, deployer, held, desired, existing)
+
+
+def _usable(component: Component, component_id: str, flow: FlowDocument) -> Component:
+    """A flow may use a public component or its tenant's own; another tenant's private one is
+    answered as if it did not exist (the flow fails with that reason, nothing runs)."""
+    if not component.usable_by(flow.tenant, flow.user):
+        log.warning("flow %s: component %s is private to another tenant", flow.id, component_id)
+        raise ComponentNotFound(component_id)
+    return component
+
+
+def _may_control(ctx: Ctx, component_id: str) -> None:
+    """components.control is scoped by tenant: only admins (and the hub's service accounts,
+    whose events the hub authorized) start or stop a component that is not the caller's
+    tenant's own (docs/security.md). Raises Forbidden before anything is done."""
+    principal = ctx.principal
+    if principal.kind != "iam" or speaks_for_others(principal, ctx.settings.hub_service_accounts):
+        return
+    try:
+        component = ctx.services.components.get(component_id)
+    except ComponentNotFound:
+        component = None
+    if component is None or not component.owned_by(principal.tenant, principal.subject):
+        raise Forbidden(f"component {component_id!r} does not belong to the caller's tenant")
 
 
 def _unchanged(existing: TargetRecord | None, desired: DesiredState) -> bool:
@@ -219,6 +244,7 @@ def _flow_desired(
 
 
 def on_component_starting(ctx: Ctx, ref: ComponentRef) -> None:
+    _may_control(ctx, ref.id)
     deployer = _deployer(ctx)
     with deployer.locked("component", ref.id) as held:
         existing = deploy_records.load(ctx.redis, "component", ref.id)
@@ -250,7 +276,10 @@ def _stop(ctx: Ctx, kind: str, target_id: str, event: OutgoingEvent | None) -> N
 
 def on_flow_stopping(ctx: Ctx, ref: FlowRef) -> None:
     tenant = flows.tenant_of(ctx.redis, ref.id)
-    if flows.tombstone(ctx.redis, ref.id, ctx.event.time, now=ctx.clock.now()) == "stale":
+    ttl = ctx.settings.flow_tombstone_ttl_seconds
+    if flows.tombstone(ctx.redis, ref.id, ctx.event.time, now=ctx.clock.now(), ttl_seconds=ttl) == (
+        "stale"
+    ):
         log.info("flow.stopping for %s is older than a newer start: ignored", ref.id)
         ctx.commit(None)
         return
@@ -261,6 +290,7 @@ def on_flow_stopping(ctx: Ctx, ref: FlowRef) -> None:
 
 
 def on_component_stopping(ctx: Ctx, ref: ComponentRef) -> None:
+    _may_control(ctx, ref.id)
     _stop(ctx, "component", ref.id, ctx.new_event(t.COMPONENT_STOPPED, ComponentStatus(id=ref.id)))
 
 

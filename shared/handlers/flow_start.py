@@ -31,7 +31,6 @@ from shared.admission import lease, schedule
 from shared.admission import outbox as admission_outbox
 from shared.admission import queue as admission
 from shared.clock import Clock
-from shared.errors import Unprocessable
 from shared.events import DeploymentStatus, FlowDocument, FlowExecute, FlowRef, RunEnded
 from shared.events import types as t
 from shared.model import flows
@@ -87,7 +86,8 @@ def on_flow_starting(ctx: Context[Services], flow: FlowDocument) -> None:
         service_accounts=ctx.settings.hub_service_accounts,
     )
     flow = flow.with_user(user)  # the schedule's runs are this user's
-    if flows.upsert(ctx.redis, flow, ctx.event.time) == "stale":
+    max_flows = ctx.policy.tenant(flow.tenant).max_flows
+    if flows.upsert(ctx.redis, flow, ctx.event.time, max_flows=max_flows) == "stale":
         log.info("flow %s: older than the stored version, schedule unchanged", flow.id)
         ctx.commit(None)
         return
@@ -98,7 +98,13 @@ def on_flow_starting(ctx: Context[Services], flow: FlowDocument) -> None:
 
 
 def on_flow_stopping(ctx: Context[Services], ref: FlowRef) -> None:
-    flows.tombstone(ctx.redis, ref.id, ctx.event.time, now=ctx.clock.now())
+    flows.tombstone(
+        ctx.redis,
+        ref.id,
+        ctx.event.time,
+        now=ctx.clock.now(),
+        ttl_seconds=ctx.settings.flow_tombstone_ttl_seconds,
+    )
     dropped = admission.drop_flow(
         ctx.redis, _inputs(ctx), ctx.once, flow_id=ref.id, now=ctx.clock.now(), source=ctx.source
     )
@@ -126,7 +132,7 @@ def execute_run_id(ctx: Context[Services], flow_id: str) -> str:
 def on_execute(ctx: Context[Services], request: FlowExecute) -> None:
     stored = flows.get(ctx.redis, request.flow_id)
     if stored is None:
-        raise Unprocessable(f"flowId: unknown flow {request.flow_id!r}")
+        raise flows.unknown_flow(request.flow_id)
     flow = stored.flow
     # the caller; for an admin or the hub's service account the `startedBy` user it names,
     # once the IAM confirms it (403 before anything is stored), else the flow's user as
@@ -187,6 +193,8 @@ def on_tick(ctx: Context[Services]) -> None:
     """Fires due entries; with work-through, keeps firing them as they come due until the
     end of the window, so due → admitted stays within about a second with minute ticks."""
     end = ctx.clock.now() + ctx.services.work_through_seconds
+    # Once per store: tombstones and tenant flow sets of the previous release (CHANGELOG.md).
+    flows.upgrade(ctx.redis, ttl_seconds=ctx.settings.flow_tombstone_ttl_seconds)
     while True:
         tick_once(ctx)
         if ctx.services.sender is not None:

@@ -94,6 +94,10 @@ class TenantLimits:
     max_concurrent_runs: int = 20
     start_rate_per_minute: float = 120.0
     max_waiting_runs: int = 1000
+    # Budgets (docs/security.md): over one, the tenant's event is answered 429 naming it.
+    max_flows: int = 1000
+    max_pending_messages_per_run: int = 10000
+    max_queued_bytes: int = 256 * 1024 * 1024
     messages_per_second: float = 200.0
     max_run_seconds: int = 3600
     step_retries: int = 5

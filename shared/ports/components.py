@@ -47,6 +47,26 @@ class Component:
     image_pull_policy: str | None = None  # None: Kubernetes' default for the image's tag
     # descriptor.environment.variables: given to the step beside (never over) our own
     environment: Mapping[str, str] = field(default_factory=dict)
+    # Who may use it (the Component Repository's model): `access` public or private (its
+    # default), the tenant it was created in, and `owners` as (type, id) pairs.
+    access: str = "private"
+    tenant: str | None = None
+    owners: tuple[tuple[str, str], ...] = ()
+
+    def owned_by(self, tenant: str | None, user: str | None = None) -> bool:
+        """Created in `tenant`, owned by it (an owner of type tenant) or by `user` (the flow's
+        user, whom the IAM confirmed in that tenant)."""
+        if tenant and self.tenant == tenant:
+            return True
+        return any(
+            (kind == "tenant" and tenant and owner == tenant)
+            or (kind == "user" and user and owner == user)
+            for kind, owner in self.owners
+        )
+
+    def usable_by(self, tenant: str, user: str | None = None) -> bool:
+        """A flow may use a component that is public or its tenant's own (docs/security.md)."""
+        return self.access == "public" or self.owned_by(tenant, user)
 
 
 class ComponentRepository(Protocol):

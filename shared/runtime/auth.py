@@ -31,6 +31,7 @@ from shared.clock import Clock
 from shared.errors import Forbidden, InvalidEvent, Unauthorized
 from shared.events import types as t
 from shared.events.envelope import EXT_AUTH_TOKEN, EXT_STEP_TOKEN
+from shared.model.flows import unknown_flow
 from shared.security import tokens
 from shared.settings import Settings
 
@@ -66,6 +67,11 @@ class Principal:
 
 ANONYMOUS = Principal("anonymous", "anonymous", None, frozenset(), frozenset())
 AUTH_OFF = Principal("auth-off", "auth-off", None, frozenset(), frozenset())
+
+
+class AnsweredAsUnknown(Exception):
+    """The event names another tenant's flow and must get the answer an unknown id gets
+    (success, nothing done): the runtime skips the handler and answers as for any event."""
 
 
 def payload_field(payload: object, *names: str) -> str | None:
@@ -175,31 +181,45 @@ class Authorizer:
         identity = self._verifier.verify(token)
         if not (identity.is_admin or permission in identity.permissions):
             raise Forbidden(f"token lacks the permission {permission}")
-        if permission == FLOWS_CONTROL:
-            for tenant in self._flow_tenants(event_type, payload):
-                if not (identity.is_admin or identity.tenant == tenant):
-                    raise Forbidden("token belongs to another tenant than the flow")
+        if permission == FLOWS_CONTROL and not identity.is_admin:
+            self._check_flow_tenants(event_type, payload, identity.tenant)
         return _principal(identity)
 
-    def _flow_tenants(self, event_type: str, payload: object) -> list[str]:
-        """Every tenant the caller must belong to for this flow event.
+    def _check_flow_tenants(self, event_type: str, payload: object, caller: str | None) -> None:
+        """Another tenant's flow is answered as an unknown one would be (same status, same
+        body), so the answers do not tell which ids exist elsewhere: `flow.execute` 422,
+        `flow.stopping` 200 with nothing done. Only `flow.starting` of another tenant's id is
+        403: answering it like an unknown id would take the flow over."""
+        stored, claimed = self._flow_tenants(event_type, payload)
+        if stored is not None and stored != caller:
+            if event_type == t.FLOW_EXECUTE:
+                raise unknown_flow(self._flow_id(event_type, payload) or "")
+            if event_type == t.FLOW_STOPPING:
+                raise AnsweredAsUnknown("flow.stopping of another tenant's flow")
+            raise Forbidden("token belongs to another tenant than the flow")
+        if claimed is not None and claimed != caller:
+            raise Forbidden("token belongs to another tenant than the flow")
 
-        flow.starting names its tenant, and a flow that already exists under another tenant
-        must not be taken over by re-sending it. stopping/execute take the stored flow's tenant;
-        an unknown flow has none (execute: the handler answers 422; stopping: nothing to stop).
-        """
+    @staticmethod
+    def _flow_id(event_type: str, payload: object) -> str | None:
         flow_id = (
             payload_field(payload, "flowId", "flow_id") if event_type == t.FLOW_EXECUTE else None
         )
-        flow_id = flow_id or payload_field(payload, "id")
+        return flow_id or payload_field(payload, "id")
+
+    def _flow_tenants(self, event_type: str, payload: object) -> tuple[str | None, str | None]:
+        """The stored flow's tenant and, for flow.starting, the tenant the document names: the
+        caller must belong to both (a flow that already exists under another tenant must not
+        be taken over by re-sending it). An unknown flow has no stored tenant (execute: the
+        handler answers 422; stopping: nothing to stop)."""
+        flow_id = self._flow_id(event_type, payload)
         stored = self._flow_tenant(flow_id) if flow_id else None
-        tenants = [stored] if stored else []
+        claimed = None
         if event_type == t.FLOW_STARTING:
             claimed = payload_field(payload, "tenant")
             if claimed is None:
                 raise InvalidEvent("flow document names no tenant", problems=["tenant: required"])
-            tenants.append(claimed)
-        return tenants
+        return stored, claimed
 
 
 def _principal(identity: IamIdentity) -> Principal:

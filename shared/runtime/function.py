@@ -33,7 +33,7 @@ from shared.events.types import CONSUMES, TICK, short
 from shared.model import flows
 from shared.model.policy import Policy, load_policy
 from shared.runtime import metrics, outbox, tick_lease
-from shared.runtime.auth import Authorizer, Principal
+from shared.runtime.auth import AnsweredAsUnknown, Authorizer, Principal
 from shared.runtime.idempotency import Once, Write
 from shared.runtime.outbox import EventSender, HttpSender, NullSender
 from shared.settings import Settings
@@ -252,7 +252,11 @@ class FunctionRuntime(Generic[S]):
         if handler is None:
             raise InvalidEvent(f"type: {self.spec.name} has no handler for {event.type!r}")
         try:
-            principal = self.authorizer.authorize(cloudevent, event.payload)
+            try:
+                principal = self.authorizer.authorize(cloudevent, event.payload)
+            except AnsweredAsUnknown as hidden:
+                log.info("%s id=%s: %s, answered as unknown", short(event.type), event.id, hidden)
+                return Outcome(event_type=event.type, duplicate=False, flushed=0)
             if event.type == TICK:
                 return self._tick(event, handler, principal)
             once = Once.for_event(self.redis, self.spec.tag, event, principal.scope)

@@ -151,11 +151,11 @@ def test_another_tenants_token_deploys_nothing(
 def test_stopping_another_tenants_flow_is_refused(
     deploy: Deploy, iam: FakeIam, kube_api: FakeKubeApi
 ) -> None:
+    """Answered as a stop of an unknown flow (success), and nothing is stopped."""
     deploy.runtime.handle(cloudevent("flow.starting", flow_doc("f1"), authtoken=iam.token()))
-    with pytest.raises(Forbidden):
-        deploy.runtime.handle(
-            cloudevent("flow.stopping", {"id": "f1"}, authtoken=iam.token(tenant="globex"))
-        )
+    deploy.runtime.handle(
+        cloudevent("flow.stopping", {"id": "f1"}, authtoken=iam.token(tenant="globex"))
+    )
     assert len(iam.live_tokens()) == 1 and len(kube_api.objects("deployments")) == 1
 
 

@@ -33,12 +33,16 @@ def hub_component(
     top_resources: dict[str, Any] | None = None,
     image_pull_policy: str | None = None,
     environment: Any = None,
+    access: str | None = "public",
+    tenant: str | None = None,
+    owners: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """One component in the hub's shape (the `data` object). `resources` goes into the
     descriptor (this project's earlier reading), `top_resources` where the Component
     Repository's model keeps it (lib/component-repository/src/models/Component.js);
     `image_pull_policy` and `environment` (descriptor.environment.variables) where the
-    original KubernetesDriver read them."""
+    original KubernetesDriver read them. `access` (None: left out, the repository's default
+    `private`), `tenant` and `owners` ([{id, type}]) as the repository's model has them."""
     descriptor: dict[str, Any] = {}
     if image_pull_policy is not None:
         descriptor["imagePullPolicy"] = image_pull_policy
@@ -50,7 +54,13 @@ def hub_component(
         descriptor["resources"] = resources
     if entrypoint:
         descriptor["entrypoint"] = entrypoint
-    extra = {} if top_resources is None else {"resources": top_resources}
+    extra: dict[str, Any] = {} if top_resources is None else {"resources": top_resources}
+    if access is not None:
+        extra["access"] = access
+    if tenant is not None:
+        extra["tenant"] = tenant
+    if owners is not None:
+        extra["owners"] = owners
     return {
         **extra,
         "id": component_id,

@@ -82,7 +82,7 @@ REFUSED = [
         ),
         401,
     ),
-    ("another tenant's", lambda f, c: f.token(tenant="globex"), 403),
+    ("another tenant's", lambda f, c: f.token(tenant="globex"), 422),  # as if unknown
     ("missing permission", lambda f, c: f.token(permissions=()), 403),
 ]
 

@@ -4,12 +4,12 @@ exactly as DESIGN §4 says, against a real fake IAM over HTTP (JWKS path)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from shared.clock import FakeClock
-from shared.errors import Forbidden, TemporaryError, Unauthorized
+from shared.errors import Forbidden, TemporaryError, Unauthorized, Unprocessable
 from shared.runtime.auth import Authorizer
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
@@ -43,7 +43,7 @@ class Payload:
         self.flow_id = flow_id
 
 
-# Each row: (id, build token from fake IAM and clock, expected: "ok" | 401 | 403)
+# Each row: (id, build token from fake IAM and clock, expected: "ok" | 401 | 403 | 422)
 Row = tuple[str, Callable[[FakeIam, FakeClock], str], object]
 
 TABLE: list[Row] = [
@@ -84,7 +84,8 @@ TABLE: list[Row] = [
         ),
         401,
     ),
-    ("another tenant's", lambda f, c: f.token(tenant="globex"), 403),
+    # another tenant's flow is answered as an unknown one (tests/security/test_tenant_scope.py)
+    ("another tenant's", lambda f, c: f.token(tenant="globex"), 422),
     ("missing permission", lambda f, c: f.token(permissions=("components.control",)), 403),
     (
         "ADMIN cross-tenant",
@@ -99,7 +100,7 @@ TABLE: list[Row] = [
         lambda f, c: _tamper(f.token(tenant="globex"), tenant="acme"),
         401,
     ),
-    ("no tenant claim", lambda f, c: f.token(tenant=None), 403),
+    ("no tenant claim", lambda f, c: f.token(tenant=None), 422),
 ]
 
 
@@ -125,7 +126,7 @@ def test_token_table(iam: FakeIam, clock: FakeClock, make_token: Any, expected: 
         assert principal.kind == "iam"
         assert principal.subject == "alice"
     else:
-        error = Unauthorized if expected == 401 else Forbidden
+        error = {401: Unauthorized, 403: Forbidden, 422: Unprocessable}[cast(int, expected)]
         with pytest.raises(error) as caught:
             auth.authorize(event, Payload("f-acme"))
         assert caught.value.status == expected
@@ -218,7 +219,7 @@ def test_iam_down_is_503_and_recovers(iam: FakeIam, clock: FakeClock, outage: ob
 def test_refusals_never_echo_the_token(iam: FakeIam, clock: FakeClock) -> None:
     auth = authorizer(iam, clock)
     for token in (iam.token(exp=1), iam.token(tenant="globex"), iam.unsigned({"sub": "x"})):
-        with pytest.raises((Unauthorized, Forbidden)) as caught:
+        with pytest.raises((Unauthorized, Forbidden, Unprocessable)) as caught:
             auth.authorize(execute(token), Payload("f-acme"))
         assert token not in str(caught.value)
         assert token not in str(caught.value.to_body())

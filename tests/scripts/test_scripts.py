@@ -152,14 +152,18 @@ def test_pipelined_calls_load_a_flushed_script_and_keep_their_order(redis: Redis
         flows.upsert(redis, _flow(flow_id=flow_id), None)
     calls = [
         ScriptCall(
-            "flow_tombstone", [keys.flow_document(f), keys.flow_index()], [f, "1767400000.0", ""]
+            "flow_tombstone",
+            [keys.flow_document(f), keys.flow_index(), keys.tenant_flows_family()],
+            [f, "1767400000.0", ""],
         )
         for f in ("f1", "f2", "f3")
     ]
     calls.insert(
         1,
         ScriptCall(
-            "flow_tombstone", [keys.flow_document("new"), keys.flow_index()], ["new", "1", ""]
+            "flow_tombstone",
+            [keys.flow_document("new"), keys.flow_index(), keys.tenant_flows_family()],
+            ["new", "1", ""],
         ),
     )
     redis.script_flush()  # the pipeline loads it before executing
@@ -170,7 +174,11 @@ def test_pipelined_calls_load_a_flushed_script_and_keep_their_order(redis: Redis
 
 def test_a_failing_pipelined_script_raises_our_temporary_error(redis: Redis) -> None:
     redis.set(keys.flow_document("f1"), "not a hash")
-    call = ScriptCall("flow_tombstone", [keys.flow_document("f1"), keys.flow_index()], ["f1", "1"])
+    call = ScriptCall(
+        "flow_tombstone",
+        [keys.flow_document("f1"), keys.flow_index(), keys.tenant_flows_family()],
+        ["f1", "1"],
+    )
     with pytest.raises(ScriptError):
         run_pipelined(redis, [call])
 
