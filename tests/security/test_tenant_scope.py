@@ -21,6 +21,7 @@ from redis import Redis
 from shared import keys
 from shared.clock import FakeClock
 from shared.deployment import records as deploy_records
+from shared.events import FlowDocument
 from shared.model import flows
 from shared.runtime import function as runtime_module
 from tests.deploy_harness import flow_doc, step
@@ -260,7 +261,7 @@ def test_state_of_the_previous_release_is_upgraded_by_a_tick(
     The first flow-start tick gives the tombstones a TTL and counts the flows."""
     redis.hset(keys.flow_document("old-stop"), mapping={"stopped": "1", "version": "5"})
     for n in range(MAX_FLOWS):
-        flow = flows.FlowDocument.parse(flow_doc(f"old-{n}"))
+        flow = FlowDocument.parse(flow_doc(f"old-{n}"))
         flows.upsert(redis, flow, None)
     redis.delete(keys.tenant_flows("acme"))  # as the previous release left them
     assert redis.ttl(keys.flow_document("old-stop")) == -1
