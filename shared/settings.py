@@ -17,6 +17,8 @@ QUEUE_BACKENDS = ("redis", "sqs")
 REDIS_MODES = ("standalone", "cluster", "sentinel")
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 AUTH_MODES = ("required", "off")
+# Who fires cron flows: our own ticks, or the hub's scheduler service (its flow.execute).
+CRON_OWNERS = ("orchestrator", "hub")
 MIN_KEY_BYTES = 32
 
 
@@ -70,6 +72,8 @@ class Settings:
     # How long a stopped flow's tombstone is kept (stops of made-up ids must not stay forever);
     # a start older than the stop and redelivered later than this would bring the flow back.
     flow_tombstone_ttl_seconds: float = 7 * 86400.0
+    # `hub`: the hub's scheduler fires cron flows (flow.execute); we schedule nothing.
+    cron_owner: str = "orchestrator"
 
     @property
     def auth_required(self) -> bool:
@@ -220,6 +224,7 @@ class Settings:
             redis_wait_timeout_seconds=seconds("REDIS_WAIT_TIMEOUT_SECONDS", 1.0, below=60),
             cron_min_interval_seconds=seconds("CRON_MIN_INTERVAL_SECONDS", 60.0),
             flow_tombstone_ttl_seconds=seconds("FLOW_TOMBSTONE_TTL_SECONDS", 7 * 86400.0),
+            cron_owner=choice("CRON_OWNER", CRON_OWNERS, "orchestrator"),
         )
         if settings.auth_required and not (settings.iam_jwks_url or settings.iam_introspect_url):
             problems.append(

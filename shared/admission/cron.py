@@ -207,3 +207,41 @@ def fire_due(
         if len(entries) < batch:
             break
     return report
+
+
+# --- CRON_OWNER=hub ---------------------------------------------------------------------------
+HubFireResult = Literal["admitted", "deferred", "buffered", "skipped", "duplicate"]
+
+
+@dataclass(frozen=True)
+class HubRun:
+    """One due time the hub's scheduler sent (its flow.execute), for flow_start_hub_fire."""
+
+    flow_id: str
+    due: float
+    limit_seconds: int
+    overlap: str
+    tenant: str
+    user: str
+    msg_json: str
+
+
+def fire_hub_run(
+    redis: Redis, inputs: Inputs, once: Once | None, run: HubRun, *, now: float, source: str
+) -> HubFireResult:
+    """Fires the hub scheduler's due time as a tick fires ours (overlap, cap, fairness)."""
+    reply = load_script("flow_start_hub_fire")(
+        redis,
+        script_keys(once),
+        [
+            *header(inputs, now=now, source=source, once=once),
+            run.flow_id,
+            f"{int(run.due)}",
+            run.limit_seconds,
+            run.overlap,
+            run.tenant,
+            run.user,
+            run.msg_json,
+        ],
+    )
+    return as_text(reply[0])  # type: ignore[return-value]

@@ -184,3 +184,17 @@ def plan(due: float, now: float, catchup_seconds: float, next_due: NextAfter) ->
         latest = current
         current = next_due(current)
     return Plan(fire=latest, missed_from=missed_from, next_due=current)
+
+
+def parse_instant(text: str | None) -> float | None:
+    """An ISO 8601 time (the hub's `2024-05-02T10:00:00.000Z`) as epoch seconds; None when
+    missing or unreadable."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

@@ -101,6 +101,11 @@ class FlowPointer(Payload):
         description="read only from an admin or the hub's service account: the run's user, "
         "if the IAM confirms it belongs to the flow's tenant (else 403)",
     )
+    due_execution: str | None = wire(
+        "dueExecution",
+        default=None,
+        description="the scheduler's due time (ISO 8601): with CRON_OWNER=hub, the run's",
+    )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -34,9 +35,9 @@ from shared.clock import Clock
 from shared.events import DeploymentStatus, FlowDocument, FlowExecute, FlowRef, RunEnded
 from shared.events import types as t
 from shared.model import flows
-from shared.ports.step_message import execute_message
+from shared.ports.step_message import execute_message, from_scheduler, scheduled_at
 from shared.ports.users import UserDirectory
-from shared.runtime.flow_user import flow_user, run_user
+from shared.runtime.flow_user import flow_user, run_user, speaks_for_others
 from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.runtime.outbox import EventSender, HttpSender
 from shared.settings import Settings
@@ -73,7 +74,8 @@ def _inputs(ctx: Context[Services]) -> admission.Inputs:
 
 # --- flows ---------------------------------------------------------------------------------
 def on_flow_starting(ctx: Context[Services], flow: FlowDocument) -> None:
-    if flow.cron is not None:
+    hub_owns_cron = ctx.settings.cron_owner == "hub"
+    if flow.cron is not None and not hub_owns_cron:  # the hub's scheduler reads it otherwise
         schedule.check(  # 400 naming it; nothing stored
             flow.cron,
             flow.timezone,
@@ -91,8 +93,11 @@ def on_flow_starting(ctx: Context[Services], flow: FlowDocument) -> None:
         log.info("flow %s: older than the stored version, schedule unchanged", flow.id)
         ctx.commit(None)
         return
+    # CRON_OWNER=hub: no schedule of ours (one stored before is dropped); the hub's scheduler
+    # sends a flow.execute per due time (on_execute)
+    scheduled = dataclasses.replace(flow, cron=None) if hub_owns_cron else flow
     result = admission_cron.store_schedule(
-        ctx.redis, _inputs(ctx), ctx.once, flow, now=ctx.clock.now(), source=ctx.source
+        ctx.redis, _inputs(ctx), ctx.once, scheduled, now=ctx.clock.now(), source=ctx.source
     )
     log.info("flow %s: schedule %s", flow.id, result)
 
@@ -129,6 +134,17 @@ def execute_run_id(ctx: Context[Services], flow_id: str) -> str:
     return f"{flow_id}~{ctx.once.event_id_prefix[:20]}"
 
 
+def _hub_cron_run(ctx: Context[Services], request: FlowExecute) -> bool:
+    """With CRON_OWNER=hub, a flow.execute of the hub's scheduler is a cron run (skip,
+    overlap, fairness as our ticks' runs), when it comes from the hub (its service account
+    or an admin, or anyone with auth off); any other flow.execute is a start with data."""
+    if ctx.settings.cron_owner != "hub" or not from_scheduler(request.msg):
+        return False
+    if ctx.principal.kind != "iam":
+        return ctx.principal.kind == "auth-off"
+    return speaks_for_others(ctx.principal, ctx.settings.hub_service_accounts)
+
+
 def on_execute(ctx: Context[Services], request: FlowExecute) -> None:
     stored = flows.get(ctx.redis, request.flow_id)
     if stored is None:
@@ -145,13 +161,31 @@ def on_execute(ctx: Context[Services], request: FlowExecute) -> None:
         service_accounts=ctx.settings.hub_service_accounts,
     )
     limits = ctx.policy.tenant(flow.tenant)
+    msg_json = json.dumps(execute_message(request.msg, request.msg_opts), separators=(",", ":"))
+    if _hub_cron_run(ctx, request):
+        due = schedule.parse_instant(request.flow.due_execution if request.flow else None)
+        due = due or schedule.parse_instant(scheduled_at(request.msg)) or ctx.clock.now()
+        hub_run = admission_cron.HubRun(
+            flow_id=flow.id,
+            due=due,
+            limit_seconds=lease.run_limit(flow.settings.max_run_seconds, limits),
+            overlap=flow.settings.overlap_policy or limits.overlap_policy,
+            tenant=flow.tenant,
+            user=user,
+            msg_json=msg_json,
+        )
+        fired = admission_cron.fire_hub_run(
+            ctx.redis, _inputs(ctx), ctx.once, hub_run, now=ctx.clock.now(), source=ctx.source
+        )
+        log.info("flow %s: the hub scheduler's due time %d %s", flow.id, int(due), fired)
+        return
     run = admission.ExecuteRun(
         run_id=execute_run_id(ctx, flow.id),
         flow_id=flow.id,
         tenant=flow.tenant,
         user=user,
         limit_seconds=lease.run_limit(flow.settings.max_run_seconds, limits),
-        msg_json=json.dumps(execute_message(request.msg, request.msg_opts), separators=(",", ":")),
+        msg_json=msg_json,
     )
     result, _ = admission.execute(
         ctx.redis, _inputs(ctx), ctx.once, run, now=ctx.clock.now(), source=ctx.source
@@ -184,6 +218,8 @@ def tick_once(ctx: Context[Services]) -> admission_cron.FireReport:
     now = ctx.clock.now()
     inputs = _inputs(ctx)
     admission.dispatch(ctx.redis, inputs, None, now=now, source=ctx.source)
+    if ctx.settings.cron_owner == "hub":
+        return admission_cron.FireReport()  # the hub's scheduler fires; we schedule nothing
     return admission_cron.fire_due(
         ctx.redis, inputs, ctx.policy, now=now, source=ctx.source, batch=ctx.services.batch
     )

@@ -48,6 +48,21 @@ def execute_message(msg: Any, msg_opts: Mapping[str, Any] | None) -> Any:
     return {"data": {} if msg is None else msg, MSG_OPTS: dict(msg_opts)}
 
 
+def from_scheduler(msg: Any) -> bool:
+    """A message of the hub's scheduler service (services/scheduler/src/SchedulePublisher.js:
+    `metadata.source.type` is `scheduler`)."""
+    metadata = msg.get("metadata") if isinstance(msg, Mapping) else None
+    source = metadata.get("source") if isinstance(metadata, Mapping) else None
+    return isinstance(source, Mapping) and source.get("type") == "scheduler"
+
+
+def scheduled_at(msg: Any) -> str | None:
+    """The scheduler's `data.sheduledTimestamp` (sic), ISO 8601; None if it has none."""
+    data = msg.get("data") if isinstance(msg, Mapping) else None
+    stamp = data.get("sheduledTimestamp") if isinstance(data, Mapping) else None
+    return stamp if isinstance(stamp, str) else None
+
+
 def first_step_message(msg: Any) -> tuple[Any, dict[str, Any]]:
     """(data, context) of a run's first steps, from the message the run was started with."""
     if not isinstance(msg, Mapping) or "data" not in msg:
