@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from redis import Redis
 
@@ -201,8 +201,7 @@ def memory_case(redis: Redis, flows: int = 100_000) -> dict[str, Any]:
     per_flow = bytes_per_flow(
         redis, lambda n: populate(redis, n, "*/5 * * * *", prefix="flow-", now=T0), flows
     )
-    stored = cast(dict[bytes, bytes], redis.hgetall(keys.schedule("flow-1")))
-    sample = {k.decode(): v.decode() for k, v in stored.items()}
+    sample = admission_cron.stored_schedule(redis, "flow-1")
     return {"flows": flows, "bytes_per_flow": per_flow, "sample": sample}
 
 

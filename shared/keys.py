@@ -269,6 +269,8 @@ def admission_keys() -> list[str]:
         run_costs(),
         waiting_since(),
         charged_through(),
+        schedules(),
+        schedule_buffered(),
     ]
 
 
@@ -282,12 +284,28 @@ def schedule_due() -> str:
     return _key(ADMISSION, "due")
 
 
+def schedules() -> str:
+    """Hash: flow id → its schedule, packed (`cron.pack_schedule`): cron, zone, offset,
+    overlap, catch-up, max run ('' = the tenant's default), the tenant's byte length, each
+    followed by \x1f, then tenant and user back to back. One hash for every flow instead of
+    one per flow: about 50 bytes less per scheduled flow."""
+    return _key(ADMISSION, "schedules")
+
+
+def schedule_buffered() -> str:
+    """Hash: flow id → `due|limit`, the due time an overlap `buffer_one` flow holds back."""
+    return _key(ADMISSION, "buffered")
+
+
 def schedule_family() -> str:
+    """The previous release's schedules: one hash per flow (read for one release, CHANGELOG)."""
     return _key(ADMISSION, "sched", "")
 
 
 def schedule(flow_id: str) -> str:
-    """Hash: c cron, z zone, o offset, t tenant, u user, p overlap, w catch-up, m max run, b."""
+    """Previous release: hash c cron, z zone, o offset, t tenant, u user, p overlap, w catch-up,
+    m max run, b buffered due time; read for one release, moved to `schedules()` (and
+    `schedule_buffered()`) when the flow's schedule is next stored."""
     return schedule_family() + flow_id
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from redis import Redis
 
@@ -27,7 +27,6 @@ from shared.store import as_text
 log = logging.getLogger(__name__)
 
 BATCH = 1000
-_SEPARATOR = "\x1f"
 _FIELDS = ("c", "z", "o", "t", "u", "p", "w", "m")
 
 StoreResult = Literal["scheduled", "kept", "dropped", "duplicate"]
@@ -94,22 +93,53 @@ class FireReport:
         self.batches += 1
 
 
+def unpack_schedule(packed: bytes | str) -> list[str]:
+    """A schedule as keys.schedules() holds it: cron, zone, offset, tenant, user, overlap,
+    catch-up, max run ('' where unset; all '' for an empty value)."""
+    raw = packed.encode() if isinstance(packed, str) else packed
+    if not raw:
+        return [""] * len(_FIELDS)
+    cron, zone, offset, overlap, window, max_run, tenant_len, ids = raw.split(b"\x1f", 7)
+    cut = int(tenant_len)
+    return [
+        cron.decode(),
+        zone.decode(),
+        offset.decode(),
+        ids[:cut].decode(),
+        ids[cut:].decode(),
+        overlap.decode(),
+        window.decode(),
+        max_run.decode(),
+    ]
+
+
+def stored_schedule(redis: Redis, flow_id: str) -> dict[str, str] | None:
+    """A flow's stored schedule by field name (c cron, z zone, o offset, t tenant, u user,
+    p overlap, w catch-up, m max run; unset ones left out), in either form; None without one.
+    Read only (the operator CLI, tests)."""
+    packed = redis.hget(keys.schedules(), flow_id)
+    if packed is not None:
+        values = unpack_schedule(cast(bytes, packed))
+    else:  # the previous release's hash per flow
+        old = cast(list[bytes | None], redis.hmget(keys.schedule(flow_id), list(_FIELDS)))
+        if old[0] is None:
+            return None
+        values = ["" if v is None else as_text(v) for v in old]
+    return {name: value for name, value in zip(_FIELDS, values, strict=True) if value}
+
+
 def due_entries(redis: Redis, now: float, limit: int = BATCH) -> list[list[str]]:
     """Up to `limit` due entries, earliest first (read only; fire claims): flow, due, cron,
     zone, offset, tenant, user, overlap, catch-up, max run."""
     flat = load_script("flow_start_due")(
-        redis, [keys.schedule_due(), keys.schedule_family()], [repr(float(now)), limit]
+        redis,
+        [keys.schedule_due(), keys.schedules(), keys.schedule_family(), keys.schedule_buffered()],
+        [repr(float(now)), limit],
     )
-    entries = []
-    width = len(_FIELDS)
-    for i in range(0, len(flat), 3):
-        flow = as_text(flat[i])
-        settings = as_text(flat[i + 2]).split(_SEPARATOR)
-        if len(settings) != width:  # an id holding the separator: read it field by field
-            values = redis.hmget(keys.schedule(flow), list(_FIELDS))
-            settings = ["" if v is None else as_text(v) for v in values]
-        entries.append([flow, as_text(flat[i + 1]), *settings])
-    return entries
+    return [
+        [as_text(flat[i]), as_text(flat[i + 1]), *unpack_schedule(flat[i + 2])]
+        for i in range(0, len(flat), 3)
+    ]
 
 
 def next_due_time(redis: Redis) -> float | None:

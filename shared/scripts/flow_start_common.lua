@@ -2,10 +2,11 @@
 -- flow_start_common: the header every flow-start admission script shares (included).
 -- KEYS[1] dedupe key of the incoming event (unused when ARGV[3] is 0)
 -- KEYS[2] outbox of the {adm} tag
--- KEYS[3..21] the admission keys and key families, in the order of keys.admission_keys():
+-- KEYS[3..23] the admission keys and key families, in the order of keys.admission_keys():
 --   due, deployed, fence, runs, deadlines, count, bucket, waiting, fair tenants, fair clock,
---   the families schedule, lease, waiting queue, waiting users, fair users, fair flows,
---   then run costs, waiting since, charged through
+--   the families schedule (the previous release's), lease, waiting queue, waiting users,
+--   fair users, fair flows, then run costs, waiting since, charged through, schedules,
+--   buffered due times
 -- ARGV[1] JSON {"admitted"|"skipped"|"deferred"|"missed": event type} (the catalogue's types)
 -- ARGV[2] now (epoch seconds)   ARGV[3] dedupe TTL seconds (0: no dedupe, e.g. ticks)
 -- ARGV[4] source of emitted events   ARGV[5] global execution slots
@@ -17,6 +18,7 @@
 -- ARGV[8] most runs one call may admit (bounds the script's running time)
 -- Script-specific arguments start at ARGV[9] (FIRST_ARG).
 --#include keys_common
+--#include schedule_format
 
 local EVENT_TYPES = cjson.decode(ARGV[1])
 local NOW = tonumber(ARGV[2])
@@ -34,7 +36,7 @@ local K = {
   count = KEYS[8], bucket = KEYS[9], waiting = KEYS[10], tenants = KEYS[11], clock = KEYS[12],
   sched = KEYS[13], lease = KEYS[14], queue = KEYS[15], queue_users = KEYS[16],
   users = KEYS[17], flows = KEYS[18], cost = KEYS[19], age = KEYS[20],
-  charged = KEYS[21],
+  charged = KEYS[21], schedules = KEYS[22], buffered = KEYS[23],
 }
 
 local function pair(first, second)
@@ -46,6 +48,40 @@ local function queue_key(flow, user) return family_key(K.queue, pair(flow, user)
 local function queue_users_key(flow) return family_key(K.queue_users, flow) end
 local function users_key(tenant) return family_key(K.users, tenant) end
 local function flows_key(tenant, user) return family_key(K.flows, pair(tenant, user)) end
+
+-- the previous release's hash of a flow, packed; nil without one
+local function schedule_of_old(flow)
+  local v = redis.call('HMGET', sched_key(flow), 'c', 'z', 'o', 't', 'u', 'p', 'w', 'm')
+  if not v[1] then
+    return nil
+  end
+  for j = 2, 8 do
+    v[j] = v[j] or ''
+  end
+  return schedule_pack(v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
+end
+
+-- the flow's packed schedule, in either form; nil without one
+local function schedule_of(flow)
+  return redis.call('HGET', K.schedules, flow) or schedule_of_old(flow)
+end
+
+-- the flow's buffered due time `due|limit` (overlap buffer_one), in either form; or false
+local function buffered_of(flow)
+  return redis.call('HGET', K.buffered, flow) or redis.call('HGET', sched_key(flow), 'b')
+end
+
+local function buffered_forget(flow)
+  redis.call('HDEL', K.buffered, flow)
+  redis.call('HDEL', sched_key(flow), 'b')
+end
+
+-- the flow's schedule gone, in both forms (its buffered due time too)
+local function schedule_forget(flow)
+  redis.call('HDEL', K.schedules, flow)
+  redis.call('HDEL', K.buffered, flow)
+  redis.call('DEL', sched_key(flow))
+end
 
 local function already_handled()
   return DEDUPE_TTL > 0 and redis.call('EXISTS', KEYS[1]) == 1

@@ -473,14 +473,13 @@ local function fire_cron(flow, due, limit, overlap, tenant, user)
     not_started('skipped', run, 'queue_full')
     return 'skipped'
   end
-  local sched = sched_key(flow)
   if overlap == 'allow' then
     run.k = next_token()
   else
     local token = lease_acquire(lease_key(flow), K.fence, run.id, limit, NOW, next_token)
     if not token then
-      if overlap == 'buffer_one'
-          and redis.call('HSETNX', sched, 'b', string.format('%d', due) .. '|' .. limit) == 1 then
+      if overlap == 'buffer_one' and not buffered_of(flow) then
+        redis.call('HSET', K.buffered, flow, string.format('%d', due) .. '|' .. limit)
         not_started('deferred', run, 'buffered')
         return 'buffered'
       end
@@ -489,9 +488,9 @@ local function fire_cron(flow, due, limit, overlap, tenant, user)
     end
     run.k, run.q = token, 1
     FRESH_LEASE[run.id] = true
-    local buffered = redis.call('HGET', sched, 'b')
+    local buffered = buffered_of(flow)
     if buffered then  -- its predecessor's lease expired: this run supersedes it
-      redis.call('HDEL', sched, 'b')
+      buffered_forget(flow)
       local old_due = tonumber(string.sub(buffered, 1, string.find(buffered, '|', 1, true) - 1))
       not_started('skipped', cron_run(flow, old_due, limit, tenant, user), 'superseded')
     end
@@ -501,15 +500,20 @@ end
 
 -- a buffered due time (overlap buffer_one) starts once the lease is free
 local function start_buffered(flow)
-  local sched = sched_key(flow)
-  local values = redis.call('HMGET', sched, 'b', 't', 'u')
-  if not values[1] then
+  local buffered = buffered_of(flow)
+  if not buffered then
     return
   end
-  redis.call('HDEL', sched, 'b')
-  local sep = string.find(values[1], '|', 1, true)
-  fire_cron(flow, tonumber(string.sub(values[1], 1, sep - 1)),
-    tonumber(string.sub(values[1], sep + 1)), 'buffer_one', values[2], values[3] or '')
+  buffered_forget(flow)
+  local packed = schedule_of(flow)
+  local tenant, user = '', ''
+  if packed then
+    local _
+    _, _, _, tenant, user = schedule_unpack(packed)
+  end
+  local sep = string.find(buffered, '|', 1, true)
+  fire_cron(flow, tonumber(string.sub(buffered, 1, sep - 1)),
+    tonumber(string.sub(buffered, sep + 1)), 'buffer_one', tenant, user)
 end
 
 -- a run ended (or its deadline passed): free its slot and lease, start a buffered run

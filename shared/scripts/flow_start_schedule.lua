@@ -13,26 +13,29 @@ if already_handled() then
 end
 local flow = ARGV[FIRST_ARG]
 local cron = ARGV[FIRST_ARG + 1]
-local sched = sched_key(flow)
 local result
 if cron == '' then
-  redis.call('DEL', sched)
+  schedule_forget(flow)
   redis.call('ZREM', K.due, flow)
   result = 'dropped'
 else
   local zone, offset = ARGV[FIRST_ARG + 2], ARGV[FIRST_ARG + 3]
-  local current = redis.call('HMGET', sched, 'c', 'z', 'o')
-  redis.call('HSET', sched, 'c', cron, 'z', zone, 'o', offset,
-    't', ARGV[FIRST_ARG + 4], 'u', ARGV[FIRST_ARG + 5])
-  local optional = { p = ARGV[FIRST_ARG + 7], w = ARGV[FIRST_ARG + 8], m = ARGV[FIRST_ARG + 9] }
-  for field, value in pairs(optional) do
-    if value == '' then
-      redis.call('HDEL', sched, field)
-    else
-      redis.call('HSET', sched, field, value)
+  local current = schedule_of(flow)
+  local old = sched_key(flow)
+  if redis.call('EXISTS', old) == 1 then  -- the previous release's form: moved, buffer too
+    local buffered = redis.call('HGET', old, 'b')
+    if buffered then
+      redis.call('HSET', K.buffered, flow, buffered)
     end
+    redis.call('DEL', old)
   end
-  if current[1] == cron and current[2] == zone and current[3] == offset
+  redis.call('HSET', K.schedules, flow, schedule_pack(cron, zone, offset, ARGV[FIRST_ARG + 4],
+    ARGV[FIRST_ARG + 5], ARGV[FIRST_ARG + 7], ARGV[FIRST_ARG + 8], ARGV[FIRST_ARG + 9]))
+  local current_cron, current_zone, current_offset
+  if current then
+    current_cron, current_zone, current_offset = schedule_unpack(current)
+  end
+  if current_cron == cron and current_zone == zone and current_offset == offset
       and redis.call('ZSCORE', K.due, flow) then
     result = 'kept'
   else

@@ -12,13 +12,17 @@ if already_handled() then
   return { 'duplicate' }
 end
 local flow = ARGV[FIRST_ARG]
-local sched = sched_key(flow)
-local values = redis.call('HMGET', sched, 'b', 't')
-if values[1] then
-  local due = tonumber(string.sub(values[1], 1, string.find(values[1], '|', 1, true) - 1))
-  not_started('skipped', cron_run(flow, due, 0, values[2], ''), 'flow_stopped')
+local buffered = buffered_of(flow)
+if buffered then
+  local due = tonumber(string.sub(buffered, 1, string.find(buffered, '|', 1, true) - 1))
+  local packed = schedule_of(flow)
+  local tenant = ''
+  if packed then
+    tenant = select(4, schedule_unpack(packed))
+  end
+  not_started('skipped', cron_run(flow, due, 0, tenant, ''), 'flow_stopped')
 end
-redis.call('DEL', sched)
+schedule_forget(flow)
 redis.call('ZREM', K.due, flow)
 redis.call('SREM', K.deployed, flow)
 local dropped = 0

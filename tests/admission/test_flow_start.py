@@ -9,6 +9,7 @@ import pytest
 from redis import Redis
 
 from shared import keys
+from shared.admission import cron
 from shared.admission import queue as admission
 from shared.clock import FakeClock
 from shared.errors import InvalidEvent, OverCapacity, TemporaryError, Unprocessable
@@ -252,7 +253,7 @@ def test_an_older_flow_starting_does_not_change_the_schedule(
     fs.send(
         "flow.starting", {**flow_doc("f1", cron="* * * * *"), "updatedAt": "2026-01-01T00:00:00Z"}
     )
-    assert redis.hget(keys.schedule("f1"), "c") == b"0 * * * *"
+    assert cron.stored_schedule(redis, "f1")["c"] == "0 * * * *"  # type: ignore[index]
 
 
 def test_penalty_events_dispatch_with_the_penalties_read_at_decision_time(
@@ -292,7 +293,7 @@ def test_a_schedule_without_a_timezone_runs_in_utc(
 ) -> None:
     fs.start_flow(flow_doc("f1", cron="0 9 * * *", spread=False))
     fs.start_flow(flow_doc("f2", cron="0 9 * * *", spread=False, timezone="Europe/Berlin"))
-    assert redis.hget(keys.schedule("f1"), "z") == b"UTC"
+    assert cron.stored_schedule(redis, "f1")["z"] == "UTC"  # type: ignore[index]
     assert redis.zscore(keys.schedule_due(), "f1") == 1_767_225_600 + 9 * 3600
     assert redis.zscore(keys.schedule_due(), "f2") == 1_767_225_600 + 8 * 3600
 

@@ -168,7 +168,6 @@ def test_run_time_admission_keys_are_the_keys_py_names(redis: Redis, clock: Fake
         keys.waiting_users(ODD["flow"]),
         keys.fair_users(ODD["tenant"]),
         keys.fair_flows(ODD["tenant"], ODD["user"]),
-        keys.schedule(ODD["flow"]),
     }
     present = {k.decode() for k in cast(list[bytes], redis.keys("co:{adm}:*"))}
     assert built <= present
