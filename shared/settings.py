@@ -74,6 +74,13 @@ class Settings:
     flow_tombstone_ttl_seconds: float = 7 * 86400.0
     # `hub`: the hub's scheduler fires cron flows (flow.execute); we schedule nothing.
     cron_owner: str = "orchestrator"
+    # The dead-letter sink (functions/dead_letters): with an audience set, every event must
+    # carry Knative's OIDC token (Authorization: Bearer) for it, signed by a key of the JWKS,
+    # from the issuer, for a subject starting with one of the prefixes (docs/security.md).
+    dead_letters_oidc_audience: str | None = None
+    dead_letters_oidc_issuer: str | None = None
+    dead_letters_oidc_jwks_url: str | None = None
+    dead_letters_oidc_subjects: tuple[str, ...] = ()
 
     @property
     def auth_required(self) -> bool:
@@ -89,7 +96,9 @@ class Settings:
     __str__ = __repr__
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
+    def from_env(cls, env: Mapping[str, str], *, sink: bool = False) -> Settings:
+        """`sink`: the dead-letter sink's settings, which need neither ORCHESTRATOR_KEY nor
+        the IAM (it verifies no IAM token and signs nothing)."""
         problems: list[str] = []
 
         def text(name: str) -> str | None:
@@ -129,7 +138,9 @@ class Settings:
             )
 
         key = env.get("ORCHESTRATOR_KEY") or ""
-        if not key:
+        if sink:
+            pass
+        elif not key:
             problems.append("ORCHESTRATOR_KEY: required (at least 32 bytes)")
         elif len(key.encode()) < MIN_KEY_BYTES:
             problems.append(f"ORCHESTRATOR_KEY: must be at least {MIN_KEY_BYTES} bytes")
@@ -225,8 +236,26 @@ class Settings:
             cron_min_interval_seconds=seconds("CRON_MIN_INTERVAL_SECONDS", 60.0),
             flow_tombstone_ttl_seconds=seconds("FLOW_TOMBSTONE_TTL_SECONDS", 7 * 86400.0),
             cron_owner=choice("CRON_OWNER", CRON_OWNERS, "orchestrator"),
+            dead_letters_oidc_audience=text("DEAD_LETTERS_OIDC_AUDIENCE"),
+            dead_letters_oidc_issuer=text("DEAD_LETTERS_OIDC_ISSUER"),
+            dead_letters_oidc_jwks_url=url("DEAD_LETTERS_OIDC_JWKS_URL"),
+            dead_letters_oidc_subjects=tuple(
+                part.strip()
+                for part in (text("DEAD_LETTERS_OIDC_SUBJECTS") or "").split(",")
+                if part.strip()
+            ),
         )
-        if settings.auth_required and not (settings.iam_jwks_url or settings.iam_introspect_url):
+        if settings.dead_letters_oidc_audience:
+            for name, value in (
+                ("DEAD_LETTERS_OIDC_ISSUER", settings.dead_letters_oidc_issuer),
+                ("DEAD_LETTERS_OIDC_JWKS_URL", settings.dead_letters_oidc_jwks_url),
+                ("DEAD_LETTERS_OIDC_SUBJECTS", settings.dead_letters_oidc_subjects),
+            ):
+                if not value:
+                    problems.append(f"{name}: required when DEAD_LETTERS_OIDC_AUDIENCE is set")
+        if sink:
+            pass
+        elif settings.auth_required and not (settings.iam_jwks_url or settings.iam_introspect_url):
             problems.append(
                 "IAM_JWKS_URL: required (or IAM_INTROSPECT_URL) when ORCHESTRATOR_AUTH=required"
             )

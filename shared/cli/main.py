@@ -8,7 +8,6 @@ defines `add_parser(subparsers)` is imported and called; the parser it adds must
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import io
 import json
@@ -250,24 +249,19 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    """The Knative Broker's deadLetterSink: records dead letters in Redis, one log line each."""
-    from shared import store
-    from shared.runtime.cloudevent_server import CloudEventServer
-    from shared.runtime.dead_letters import RedisDeadLetters, sink
+    """The Knative Broker's dead-letter sink: the image's fifth target under functions-framework
+    (functions/dead_letters/main.py), as its pod runs it."""
+    from shared.local.run import function_source
 
-    url = os.environ.get("REDIS_URL")
-    if not url:
+    if not os.environ.get("REDIS_URL"):
         raise SystemExit("REDIS_URL: required")
-    accept = sink(RedisDeadLetters(store.connect(url)), SystemClock().now, _print_flush)
-    server = CloudEventServer(accept, host=args.host, port=args.port, name="dead-letters")
-    print(f"dead-letter sink on {server.url}", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
-    return 0
-
-
-def _print_flush(line: str) -> None:
-    print(line, flush=True)
+    argv = [
+        sys.executable, "-m", "functions_framework", "--target", "handle",
+        "--source", str(function_source("dead-letters")),
+        "--host", args.host, "--port", str(args.port),
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)
+    return 0  # not reached
 
 
 def cmd_send(args: argparse.Namespace) -> int:

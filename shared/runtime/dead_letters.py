@@ -1,15 +1,22 @@
 """Dead letters: events a subscriber never accepted, kept for an operator to look at.
 
 The local broker appends them to a JSON-lines file; in Knative the Broker's deadLetterSink is
-`orchestrator dead-letters`, which appends them to a capped Redis stream. Either way the
-record holds the event's attributes and data with the tokens removed (a token is useless for a
-later resend anyway: it expires, and the sender signs a fresh one).
+the fifth target of the image, `functions/dead_letters/main.py` (functions-framework, like the
+four functions, with the same HTTP guards: 413 past MAX_REQUEST_BYTES before the rest is read,
+400 for malformed or too deeply nested bodies), which appends them to a capped Redis stream.
+Either way the record holds the event's attributes and data with the tokens removed (a token is
+useless for a later resend anyway: it expires, and the sender signs a fresh one).
+
+Only the Broker may reach the sink: a NetworkPolicy (knative/base/dead-letters.yaml) and, where
+the cluster enables Knative's OIDC, the token Knative puts on each delivery, checked here
+(`OidcCheck`, settings DEAD_LETTERS_OIDC_*; docs/security.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -19,11 +26,16 @@ from typing import Any, Protocol
 from cloudevents.http import CloudEvent
 from redis import Redis
 
-from shared import keys
+from shared import keys, store
+from shared.adapters.iam import IamVerifier
+from shared.clock import Clock, SystemClock
+from shared.errors import Forbidden, Unauthorized
 from shared.events.envelope import SECRET_EXTENSIONS
 from shared.events.types import short
+from shared.runtime.http import install_guards
 from shared.runtime.metrics import observe_dead_letter
 from shared.security.redact import redact
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -149,5 +161,57 @@ def sink(
         store.append(letter)
         report(describe(letter))
         return 202
+
+    return accept
+
+
+class OidcCheck:
+    """Knative's OIDC token on a delivery (`Authorization: Bearer`): signed by a key of the
+    cluster's issuer, for our audience, and for one of the Broker's service accounts (a token
+    for our audience is all any pod could ask its kubelet for, so the subject counts too)."""
+
+    def __init__(self, verifier: IamVerifier, subject_prefixes: tuple[str, ...]) -> None:
+        self._verifier, self._prefixes = verifier, subject_prefixes
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock) -> OidcCheck:
+        verifier = IamVerifier(
+            clock=clock,
+            jwks_url=settings.dead_letters_oidc_jwks_url,
+            issuer=settings.dead_letters_oidc_issuer,
+            audience=settings.dead_letters_oidc_audience,
+        )
+        return cls(verifier, settings.dead_letters_oidc_subjects)
+
+    def __call__(self, authorization: str | None) -> None:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("dead-letter sink: a Bearer token (Knative OIDC) is required")
+        identity = self._verifier.verify(token.strip())
+        if not any(identity.subject.startswith(prefix) for prefix in self._prefixes):
+            raise Forbidden("dead-letter sink: only the Broker may deliver here")
+
+
+def sink_function(env: Mapping[str, str] | None = None) -> Callable[[CloudEvent], None]:
+    """What functions/dead_letters/main.py serves: installs the HTTP guards (and the OIDC
+    check when DEAD_LETTERS_OIDC_AUDIENCE is set); Redis is connected on first use."""
+    settings = Settings.from_env(os.environ if env is None else env, sink=True)
+    clock = SystemClock()
+    check = None
+    if settings.dead_letters_oidc_audience:
+        check = OidcCheck.from_settings(settings, clock)
+    install_guards(settings, check)
+    lock = threading.Lock()
+    stores: list[RedisDeadLetters] = []
+
+    def accept(event: CloudEvent) -> None:
+        with lock:
+            if not stores:
+                stores.append(
+                    RedisDeadLetters(store.connect(settings.redis_url, settings.redis_mode))
+                )
+        letter = from_knative(event, clock.now())
+        stores[0].append(letter)
+        log.info("%s", describe(letter))
 
     return accept

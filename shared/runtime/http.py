@@ -19,6 +19,7 @@ from werkzeug.wrappers import Response
 
 from shared.errors import OrchestratorError, TemporaryError
 from shared.security.redact import redact
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -121,19 +122,24 @@ def _envelope_problem(headers: Any, body: bytes) -> str | None:
     return None
 
 
-def install_guards() -> None:
+def install_guards(
+    settings: Settings | None = None,
+    authenticate: Callable[[str | None], None] | None = None,
+) -> None:
     """Answers malformed envelopes with a JSON 400 naming the field (instead of the framework's
-    fallback, which echoes all headers, tokens included). A no-op outside an app context."""
+    fallback, which echoes all headers, tokens included). A no-op outside an app context.
+
+    `authenticate` (the dead-letter sink's OIDC check) gets the Authorization header after the
+    declared length is checked and before the body is read; an OrchestratorError it raises
+    is the answer."""
     import flask
 
     if not flask.has_app_context():
         return
     from werkzeug.exceptions import RequestEntityTooLarge
 
-    from shared.settings import Settings
-
     app = flask.current_app
-    settings = Settings.from_env(os.environ)
+    settings = settings or Settings.from_env(os.environ)
     max_bytes, max_depth = settings.max_request_bytes, settings.max_json_depth
     # werkzeug stops reading a body (also a chunked one) past this and raises 413.
     app.config["MAX_CONTENT_LENGTH"] = max_bytes
@@ -155,6 +161,11 @@ def install_guards() -> None:
         # Refused by its declared length before anything is read (or authenticated).
         if request.content_length is not None and request.content_length > max_bytes:
             return too_large()
+        if authenticate is not None:
+            try:
+                authenticate(request.headers.get("Authorization"))
+            except OrchestratorError as error:
+                return as_http_exception(error).get_response()
         try:
             # At most one byte past the limit is read (a chunked body declares no length);
             # what was read is kept as the request's data for the framework's parser.

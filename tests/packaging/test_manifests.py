@@ -21,7 +21,6 @@ from typing import Any
 
 import jsonata
 import pytest
-import requests
 import yaml
 from cloudevents.http import CloudEvent
 
@@ -583,7 +582,7 @@ def test_each_function_reads_a_valid_policy_file(docs: tuple[Manifest, ...], fun
 
 def test_every_service_has_resources_probes_and_scale_bounds(docs: tuple[Manifest, ...]) -> None:
     services = knative_services(docs)
-    assert len(services) == len(t.FUNCTIONS) + 1  # the four functions and the dead-letter sink
+    assert len(services) == len(t.FUNCTIONS)  # the dead-letter sink is a Deployment
     for service in services:
         spec, template = container(service), service["spec"]["template"]
         name = service["metadata"]["name"]
@@ -625,19 +624,94 @@ def test_the_function_app_answers_its_probe_paths(
         assert client.get(path).status_code == 200, path
 
 
-def test_the_dead_letter_sink_answers_its_probe_paths(docs: tuple[Manifest, ...]) -> None:
-    from shared.runtime.cloudevent_server import CloudEventServer
+def dead_letter_sink(docs: tuple[Manifest, ...]) -> Manifest:
+    (deployment,) = [
+        d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "dead-letters"
+    ]
+    return deployment
 
-    (service,) = [s for s in knative_services(docs) if function_of(s) is None]
-    assert container(service)["command"][:2] == ["orchestrator", "dead-letters"]
-    server = CloudEventServer(lambda event: 202, name="probe-check").start()
-    paths = _probe_paths(service)
+
+def test_the_dead_letter_sink_is_the_images_fifth_target(
+    docs: tuple[Manifest, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """functions-framework on functions/dead_letters/main.py, started with the overlay's
+    environment (no ORCHESTRATOR_KEY, no IAM token), answering its probes."""
+    deployment = dead_letter_sink(docs)
+    spec = container(deployment)
+    assert "command" not in spec and "args" not in spec  # the image's CMD: functions-framework
+    images = {container(s)["image"] for s in knative_services(docs)}
+    assert images == {spec["image"]}
+    env = settings_env(docs, deployment)
+    assert env["FUNCTION_TARGET"] == "handle"
+    assert env["FUNCTION_SOURCE"] == "functions/dead_letters/main.py"
+    assert not {"ORCHESTRATOR_KEY", "IAM_SERVICE_TOKEN"} & set(env)
+    template = deployment["spec"]["template"]["spec"]
+    assert template["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= set(spec["resources"]["limits"])
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("ORCHESTRATOR_KEY", raising=False)
+    client = app_client(ROOT / env["FUNCTION_SOURCE"])
+    paths = _probe_paths(deployment)
     assert paths == {"/healthz"}
-    try:
-        for path in paths:
-            assert requests.get(server.url + path, timeout=5).status_code == 200, path
-    finally:
-        server.stop()
+    for path in paths:
+        assert client.get(path).status_code == 200, path
+
+
+def test_only_the_brokers_pods_may_reach_the_dead_letter_sink(docs: tuple[Manifest, ...]) -> None:
+    """The Broker's deadLetterSink is the plain Service of the sink's pods, and a
+    NetworkPolicy on those pods admits the Broker's ingress and filter pods (and Prometheus
+    for /metrics), nothing else."""
+    [broker] = of_kind(docs, "Broker")
+    ref = broker["spec"]["delivery"]["deadLetterSink"]["ref"]
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("v1", "Service", "dead-letters")
+    [service] = [
+        s for s in of_kind(docs, "Service", "v1") if s["metadata"]["name"] == "dead-letters"
+    ]
+    pod_labels = dead_letter_sink(docs)["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    policies = [
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    ]
+    assert len(policies) == 1
+    [policy] = policies
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    sources = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    assert all(peer.get("podSelector") for peer in sources)  # never a whole namespace or CIDR
+    assert not any("ipBlock" in peer for peer in sources)
+    broker_peer, prometheus_peer = sources
+    assert broker_peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "knative-eventing"
+    }
+    [role] = broker_peer["podSelector"]["matchExpressions"]
+    assert role["key"] == "eventing.knative.dev/brokerRole"
+    assert sorted(role["values"]) == ["filter", "ingress"]
+    assert prometheus_peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    ports = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    assert ports == {"user-port"}
+
+
+def test_the_oidc_overlay_gives_the_broker_and_the_sink_one_audience() -> None:
+    """knative/overlays/prod-oidc: where the cluster enables Knative's OIDC, the Broker names
+    the sink's audience and the sink checks tokens for exactly that audience."""
+    docs = render("prod-oidc")
+    [broker] = of_kind(docs, "Broker")
+    audience = broker["spec"]["delivery"]["deadLetterSink"]["audience"]
+    env = settings_env(docs, dead_letter_sink(docs))
+    assert env["DEAD_LETTERS_OIDC_AUDIENCE"] == audience
+    for name in ("DEAD_LETTERS_OIDC_ISSUER", "DEAD_LETTERS_OIDC_JWKS_URL"):
+        assert env[name], name
+    namespace = dead_letter_sink(docs)["metadata"]["namespace"]
+    prefixes = env["DEAD_LETTERS_OIDC_SUBJECTS"].split(",")
+    assert prefixes and all(
+        p.startswith(f"system:serviceaccount:{namespace}:oidc-") for p in prefixes
+    )  # the Broker's and its Triggers' OIDC service accounts, never a flow pod's
+    Settings.from_env(env, sink=True)  # a complete, valid set
 
 
 def test_prod_keeps_an_instance_warm_and_dev_may_scale_to_zero() -> None:
