@@ -6,6 +6,7 @@ Invalid values stop the function at start with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -20,6 +21,15 @@ AUTH_MODES = ("required", "off")
 # Who fires cron flows: our own ticks, or the hub's scheduler service (its flow.execute).
 CRON_OWNERS = ("orchestrator", "hub")
 MIN_KEY_BYTES = 32
+# kubeadm's defaults; what a flow pod may never reach (docs/security.md, "The network").
+DEFAULT_POD_CIDRS = ("10.244.0.0/16",)
+DEFAULT_SERVICE_CIDRS = ("10.96.0.0/12",)
+# The hub's services a connector calls, as OIH's own manifests name them (namespace `oih`).
+DEFAULT_SECRET_SERVICE_URL = "http://secret-service.oih.svc.cluster.local:3000/api/v1"
+DEFAULT_SNAPSHOTS_SERVICE_URL = "http://snapshots-service.oih.svc.cluster.local:1234"
+DEFAULT_ATTACHMENT_STORAGE_SERVICE_URL = (
+    "http://attachment-storage-service.oih.svc.cluster.local:3002"
+)
 
 
 class SettingsError(PermanentError):
@@ -54,6 +64,13 @@ class Settings:
     oih_event_bus: str | None = None
     # IAM subjects that, like admins, send flow events for the `startedBy` user they name.
     hub_service_accounts: tuple[str, ...] = ()
+    # Flow pods (docs/security.md, "The network"): the cluster's address ranges they may never
+    # reach, and the hub's services they may (passed to them as OIH passes them).
+    cluster_pod_cidrs: tuple[str, ...] = DEFAULT_POD_CIDRS
+    cluster_service_cidrs: tuple[str, ...] = DEFAULT_SERVICE_CIDRS
+    secret_service_url: str | None = DEFAULT_SECRET_SERVICE_URL
+    snapshots_service_url: str | None = DEFAULT_SNAPSHOTS_SERVICE_URL
+    attachment_storage_service_url: str | None = DEFAULT_ATTACHMENT_STORAGE_SERVICE_URL
     # Tuning (README, "Settings"): how long one tick keeps working, for a
     # PingSource that ticks once a minute (0 where a local clock ticks every second).
     flow_start_work_through_seconds: float = 55.0
@@ -192,6 +209,25 @@ class Settings:
                 return default
             return int(value)
 
+        def cidrs(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+            value = text(name)
+            if value is None:
+                return default
+            try:
+                found = cidr_list(value)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+                return default
+            if not found:
+                problems.append(f"{name}: must name at least one IPv4 range")
+                return default
+            return found
+
+        def hub_url(name: str, default: str) -> str | None:
+            if name in env and not (env[name] or "").strip():
+                return None  # set empty: this hub has no such service
+            return url(name) or default
+
         namespace = text("KUBERNETES_NAMESPACE") or "flows"
         if not _is_dns_label(namespace):
             problems.append(f"KUBERNETES_NAMESPACE: not a DNS label: {namespace!r}")
@@ -222,6 +258,15 @@ class Settings:
                 name.strip()
                 for name in (text("HUB_SERVICE_ACCOUNTS") or "").split(",")
                 if name.strip()
+            ),
+            cluster_pod_cidrs=cidrs("CLUSTER_POD_CIDRS", DEFAULT_POD_CIDRS),
+            cluster_service_cidrs=cidrs("CLUSTER_SERVICE_CIDRS", DEFAULT_SERVICE_CIDRS),
+            secret_service_url=hub_url("SECRET_SERVICE_BASE_URL", DEFAULT_SECRET_SERVICE_URL),
+            snapshots_service_url=hub_url(
+                "SNAPSHOTS_SERVICE_BASE_URL", DEFAULT_SNAPSHOTS_SERVICE_URL
+            ),
+            attachment_storage_service_url=hub_url(
+                "ATTACHMENT_STORAGE_SERVICE_BASE_URL", DEFAULT_ATTACHMENT_STORAGE_SERVICE_URL
             ),
             flow_start_work_through_seconds=seconds(
                 "FLOW_START_WORK_THROUGH_SECONDS", 55.0, below=3600
@@ -266,6 +311,19 @@ class Settings:
         if problems:
             raise SettingsError("invalid settings: " + "; ".join(problems), problems=problems)
         return settings
+
+
+def cidr_list(value: str) -> tuple[str, ...]:
+    """`10.244.0.0/16, 10.96.0.0/12` → normalized IPv4 networks; ValueError names a bad one."""
+    networks = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        network = ipaddress.ip_network(item, strict=False)
+        if network.version != 4:
+            raise ValueError(f"only IPv4 ranges are supported: {item!r}")
+        networks.append(str(network))
+    return tuple(networks)
 
 
 def is_amqp_url(value: str) -> bool:

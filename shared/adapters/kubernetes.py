@@ -1,12 +1,14 @@
 """The one module that talks to Kubernetes, with the official client.
 
-Server-side apply of Deployments and Secrets under one field manager, get, list by label,
+Server-side apply of Deployments, Secrets and NetworkPolicies under one field manager, get,
+list by label,
 delete, readiness (ready replicas and the pods' last error) and pod usage from
 metrics.k8s.io. Requests go through the ApiClient's own `param_serialize` / `call_api`, so
 auth, TLS and proxies are the client's; bodies and answers stay plain JSON dicts.
 
-Errors: 409 on apply → re-applied here with `force` (we own these objects), then
-`ApplyConflict`; 5xx, 429, 408, 401/403 (credentials rotate, RBAC gets fixed) and network
+Errors: 409 on apply → re-applied here with `force` only once the object read back carries the
+owner annotations of the manifest (another target's object is never forced: `ObjectTaken`),
+then `ApplyConflict`; 5xx, 429, 408, 401/403 (credentials rotate, RBAC gets fixed) and network
 failures → `TemporaryError`; other 4xx (validation) → `KubernetesRejected` (permanent).
 """
 
@@ -33,9 +35,11 @@ from shared.ports.driver import (
     OBJECT_HASH_ANNOTATION,
     DriverRejected,
     Manifest,
+    ObjectTaken,
     ObservedObject,
     PodUsage,
     Readiness,
+    same_owner,
 )
 from shared.security.redact import redact_text
 
@@ -56,6 +60,7 @@ _parse_quantity = cast(Callable[[object], Decimal], parse_quantity)
 RESOURCES: dict[str, tuple[str, str]] = {
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Secret": ("/api/v1", "secrets"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
 }
 
 
@@ -187,12 +192,17 @@ class KubernetesDriver:
 
     # ---- objects -----------------------------------------------------------------------------
     def apply(self, manifest: Manifest) -> None:
-        """Server-side apply; a 409 is re-applied with force (these objects are ours)."""
+        """Server-side apply; a 409 is re-applied with force once the object is read back as
+        the same target's (never over another target's object)."""
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         body = {**manifest, "metadata": {**manifest["metadata"], "namespace": self.namespace}}
         for attempt in range(CONFLICT_RETRIES):
             query = [("fieldManager", FIELD_MANAGER)]
             if attempt:
+                current = self.get(kind, name)
+                annotations = ((current or {}).get("metadata") or {}).get("annotations") or {}
+                if current is not None and not same_owner(manifest, annotations):
+                    raise ObjectTaken(f"{kind} {name}: the name belongs to another target")
                 query.append(("force", "true"))
             try:
                 self._call(
@@ -218,6 +228,10 @@ class KubernetesDriver:
                 return None
             raise
 
+    def observe(self, kind: str, name: str) -> ObservedObject | None:
+        item = self.get(kind, name)
+        return None if item is None else _observed(kind, item)
+
     def list_objects(self, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
         query = [("labelSelector", selector)] if selector else []
         answer = self._call("GET", self._path(kind), query=query, what=f"list {kind}")
@@ -242,20 +256,7 @@ class KubernetesDriver:
         full = _and(MANAGED_SELECTOR, selector)
         observed: list[ObservedObject] = []
         for kind in RESOURCES:
-            for item in self.list_objects(kind, full):
-                meta = item.get("metadata") or {}
-                replicas = (
-                    (item.get("spec") or {}).get("replicas") if kind == "Deployment" else None
-                )
-                observed.append(
-                    ObservedObject(
-                        kind=kind,
-                        name=str(meta.get("name")),
-                        labels=dict(meta.get("labels") or {}),
-                        annotations=dict(meta.get("annotations") or {}),
-                        replicas=None if replicas is None else int(replicas),
-                    )
-                )
+            observed.extend(_observed(kind, item) for item in self.list_objects(kind, full))
         return observed
 
     # ---- readiness ---------------------------------------------------------------------------
@@ -348,6 +349,18 @@ def pod_last_error(pod: Mapping[str, Any]) -> str | None:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             return f"{condition.get('reason') or 'Unschedulable'}: {condition.get('message', '')}"
     return None
+
+
+def _observed(kind: str, item: Mapping[str, Any]) -> ObservedObject:
+    meta = item.get("metadata") or {}
+    replicas = (item.get("spec") or {}).get("replicas") if kind == "Deployment" else None
+    return ObservedObject(
+        kind=kind,
+        name=str(meta.get("name")),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        replicas=None if replicas is None else int(replicas),
+    )
 
 
 def object_hash(observed: ObservedObject) -> str | None:

@@ -122,6 +122,7 @@ class LocalDriver:
         )
         self._cwd = Path(cwd) if cwd else PROJECT_ROOT
         self._secrets: dict[str, Manifest] = {}
+        self._policies: dict[str, Manifest] = {}  # kept, not enforced: processes share a host
         self._workloads: dict[str, _Workload] = {}
         self._lock = threading.RLock()
 
@@ -136,6 +137,9 @@ class LocalDriver:
         with self._lock:
             if kind == "Secret":
                 self._secrets[name] = manifest
+                return
+            if kind == "NetworkPolicy":
+                self._policies[name] = manifest
                 return
             if kind != "Deployment":
                 raise ValueError(f"the local driver runs Deployments and Secrets, not {kind}")
@@ -161,9 +165,15 @@ class LocalDriver:
                 for name, manifest in [
                     *((n, w.manifest) for n, w in sorted(self._workloads.items())),
                     *sorted(self._secrets.items()),
+                    *sorted(self._policies.items()),
                 ]
             ]
         return [o for o in objects if _selected(o.labels, selector)]
+
+    def observe(self, kind: str, name: str) -> ObservedObject | None:
+        with self._lock:
+            found = [o for o in self.list_managed() if (o.kind, o.name) == (kind, name)]
+        return found[0] if found else None
 
     def readiness(self, selector: str | None = None) -> list[Readiness]:
         result = []
@@ -188,6 +198,8 @@ class LocalDriver:
         with self._lock:
             if kind == "Secret":
                 return self._secrets.pop(name, None) is not None
+            if kind == "NetworkPolicy":
+                return self._policies.pop(name, None) is not None
             workload = self._workloads.pop(name, None)
             if workload is None:
                 return False

@@ -1,13 +1,21 @@
 """What should run for a flow or a global component: pure functions, no clients
 (docs/architecture.md §5).
 
-A flow gets one Deployment and one Secret per node, named `<flow>-<node>-<hash>` (DNS-1123,
-at most 63 characters, always a short hash of the full ids so truncated names never
-collide); a global component gets `global-<component>-<hash>`. The names depend only on the
+A flow gets one Deployment, one Secret and one NetworkPolicy per node, named
+`<flow>-<node>-<hash>` (DNS-1123, at most 63 characters, always a 64-bit hash of the full ids
+so truncated names never collide, and no one finds another flow's name by trying); a global
+component gets `global-<component>-<hash>`. The names depend only on the
 ids, so a changed flow is an update of the same objects. Replicas come from
 `nodeSettings.replicas`, else the component descriptor, else 1, clamped by the tenant's
 `max_replicas_per_step`, then by what is left of its `max_replicas`; suspension makes them 0.
 Resources come from the descriptor within the tenant's limits.
+
+Pods run as a non-root user with every capability dropped, no privilege escalation, the
+runtime's default seccomp profile, a read-only root filesystem (unless the policy's
+`writable_root_components` names the component) and a writable emptyDir at /tmp; the
+NetworkPolicy beside them (shared/deployment/network_policy.py) keeps them off the cluster's
+addresses. Names written before 64-bit hashes are found by `legacy_names` and renamed by
+`renamed` (the upgrade in shared/deployment/reconcile.py).
 
 The flow token and the workers' queue credentials are never part of a manifest here:
 `with_secret_values` adds them at apply time, so the desired-state hash (for "never twice") and
@@ -23,27 +31,35 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from shared import keys
+from shared.deployment import network_policy
 from shared.errors import PermanentError
 from shared.events import FlowDocument
 from shared.model.policy import Resources, TenantLimits, cpu_millicores, memory_mib
 from shared.ports.components import Component, ComponentInvalid
 from shared.ports.driver import (
+    COMPONENT_ID_ANNOTATION as COMPONENT_ID_ANNOTATION,
+)
+from shared.ports.driver import (
     DEPLOYMENT_LABEL,
     LABEL_PREFIX,
+    LEGACY_NAME_HASH_CHARS,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MAX_NAME,
+    NAME_HASH_CHARS,
     OBJECT_HASH_ANNOTATION,
     SECRET_HASH_ANNOTATION,
     Manifest,
     label_value,
     short_hash,
 )
+from shared.ports.driver import FLOW_ID_ANNOTATION as FLOW_ID_ANNOTATION
+from shared.ports.driver import NODE_ID_ANNOTATION as NODE_ID_ANNOTATION
 from shared.settings import Settings
 
 FLOW_TOKEN_KEY = "FLOW_TOKEN"
@@ -52,6 +68,9 @@ GENERATION_KEY = "QUEUE_CREDENTIALS_GENERATION"
 STEP_QUEUE_KEY = "STEP_QUEUE"
 APPLY_TIME_KEYS = (FLOW_TOKEN_KEY, REDIS_URL_KEY)  # added at apply time, never stored
 CONTAINER_NAME = "step"
+RUN_AS_USER = 10001  # our image's unprivileged user (Containerfile); others: any non-root id
+TMP_VOLUME = "tmp"
+TMP_SIZE = "64Mi"
 WORKER_COMMAND = ("python", "-m", "shared.worker")  # inside our image (components with entrypoint)
 
 TENANT_LABEL = LABEL_PREFIX + "tenant"
@@ -60,10 +79,6 @@ FLOW_LABEL = LABEL_PREFIX + "flow"
 NODE_LABEL = LABEL_PREFIX + "node"
 COMPONENT_LABEL = LABEL_PREFIX + "component"
 NAME_LABEL = "app.kubernetes.io/name"
-# Exact ids (label values are sanitized and may be shortened; annotations are not).
-FLOW_ID_ANNOTATION = LABEL_PREFIX + "flow-id"
-NODE_ID_ANNOTATION = LABEL_PREFIX + "node-id"
-COMPONENT_ID_ANNOTATION = LABEL_PREFIX + "component-id"
 
 TargetKind = Literal["flow", "component"]
 
@@ -80,9 +95,17 @@ class WorkerSettings:
     queue_backend: str = "redis"
     redis_url: str = ""
     redis_mode: str = "standalone"
+    queue_url: str | None = None  # where workers reach their queue (only its host and port go
+    # into a manifest, as a NetworkPolicy peer)
     aws_endpoint_url: str | None = None
     claim_check_bucket: str | None = None
     k_sink: str | None = None
+    # The hub's services a connector calls (passed as OIH passes them, and let through).
+    secret_service_url: str | None = None
+    snapshots_service_url: str | None = None
+    attachment_storage_service_url: str | None = None
+    # Never reachable from a flow pod (with 169.254.169.254).
+    cluster_cidrs: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerSettings:
@@ -90,9 +113,14 @@ class WorkerSettings:
             queue_backend=settings.queue_backend,
             redis_url=settings.redis_url,
             redis_mode=settings.redis_mode,
+            queue_url=settings.worker_redis_url or settings.redis_url,
             aws_endpoint_url=settings.aws_endpoint_url,
             claim_check_bucket=settings.claim_check_bucket,
             k_sink=settings.k_sink,
+            secret_service_url=settings.secret_service_url,
+            snapshots_service_url=settings.snapshots_service_url,
+            attachment_storage_service_url=settings.attachment_storage_service_url,
+            cluster_cidrs=(*settings.cluster_pod_cidrs, *settings.cluster_service_cidrs),
         )
 
     NAMES: ClassVar[tuple[str, ...]] = (
@@ -101,6 +129,9 @@ class WorkerSettings:
         "AWS_ENDPOINT_URL",
         "CLAIM_CHECK_BUCKET",
         "K_SINK",
+        "SECRET_SERVICE_BASE_URL",
+        "SNAPSHOTS_SERVICE_BASE_URL",
+        "ATTACHMENT_STORAGE_SERVICE_BASE_URL",
     )
 
     def environment(self) -> dict[str, str]:
@@ -112,12 +143,34 @@ class WorkerSettings:
             "AWS_ENDPOINT_URL": self.aws_endpoint_url,
             "CLAIM_CHECK_BUCKET": self.claim_check_bucket,
             "K_SINK": self.k_sink,
+            "SECRET_SERVICE_BASE_URL": _no_slash(self.secret_service_url),
+            "SNAPSHOTS_SERVICE_BASE_URL": _no_slash(self.snapshots_service_url),
+            "ATTACHMENT_STORAGE_SERVICE_BASE_URL": _no_slash(self.attachment_storage_service_url),
         }
         return {k: v for k, v in values.items() if v}
 
     @property
     def _on_cluster(self) -> bool:
         return self.queue_backend == "redis" and self.redis_mode == "cluster"
+
+    def egress(self) -> list[dict[str, object]]:
+        """The egress rules of every flow pod (shared/deployment/network_policy.py)."""
+        redis = self.queue_url or self.redis_url
+        queue = redis if self.queue_backend == "redis" else self.aws_endpoint_url
+        return network_policy.egress_rules(
+            cluster_cidrs=self.cluster_cidrs,
+            endpoints=(
+                queue,
+                self.k_sink,
+                self.secret_service_url,
+                self.snapshots_service_url,
+                self.attachment_storage_service_url,
+            ),
+        )
+
+
+def _no_slash(url: str | None) -> str | None:
+    return url.rstrip("/") if url else url
 
 
 @dataclass(frozen=True)
@@ -150,9 +203,10 @@ def dns_part(value: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", value.lower())).strip("-")
 
 
-def object_name(*parts: str, hash_of: Sequence[str]) -> str:
-    """`<part>-<part>-<hash>` within 63 characters; each part gets a fair share of the room."""
-    suffix = short_hash(*hash_of)
+def object_name(*parts: str, hash_of: Sequence[str], hash_chars: int = NAME_HASH_CHARS) -> str:
+    """`<part>-<part>-<hash>` within 63 characters; each part gets a fair share of the room.
+    `hash_chars` other than the default only to find names an earlier release wrote."""
+    suffix = short_hash(*hash_of, chars=hash_chars)
     cleaned = [dns_part(p) or "x" for p in parts]
     room = MAX_NAME - len(suffix) - len(cleaned)  # one '-' after each part
     shares = _fair_shares([len(p) for p in cleaned], room)
@@ -180,12 +234,36 @@ def component_selector(component_id: str) -> str:
     return f"{COMPONENT_LABEL}={label_value(component_id)},!{FLOW_LABEL}"
 
 
-def deployment_name(flow_id: str, node_id: str) -> str:
-    return object_name(flow_id, node_id, hash_of=(flow_id, node_id))
+def deployment_name(flow_id: str, node_id: str, *, hash_chars: int = NAME_HASH_CHARS) -> str:
+    return object_name(flow_id, node_id, hash_of=(flow_id, node_id), hash_chars=hash_chars)
 
 
-def global_name(component_id: str) -> str:
-    return object_name("global", component_id, hash_of=("global", component_id))
+def global_name(component_id: str, *, hash_chars: int = NAME_HASH_CHARS) -> str:
+    return object_name(
+        "global", component_id, hash_of=("global", component_id), hash_chars=hash_chars
+    )
+
+
+def legacy_deployment_name(flow_id: str, node_id: str) -> str:
+    """The name a release before 64-bit hashes gave this node's objects."""
+    return deployment_name(flow_id, node_id, hash_chars=LEGACY_NAME_HASH_CHARS)
+
+
+def legacy_global_name(component_id: str) -> str:
+    return global_name(component_id, hash_chars=LEGACY_NAME_HASH_CHARS)
+
+
+def current_name(manifest: Manifest) -> str | None:
+    """The name this release gives an object, from its exact-id annotations (None: not ours)."""
+    annotations = manifest["metadata"].get("annotations") or {}
+    flow_id, node_id = annotations.get(FLOW_ID_ANNOTATION), annotations.get(NODE_ID_ANNOTATION)
+    if flow_id and node_id:
+        return deployment_name(flow_id, node_id)
+    component_id = annotations.get(COMPONENT_ID_ANNOTATION)
+    labels = manifest["metadata"].get("labels") or {}
+    if component_id and FLOW_LABEL not in labels:
+        return global_name(component_id)
+    return None
 
 
 # ---- resources and replicas ------------------------------------------------------------------
@@ -299,7 +377,10 @@ def _objects(
     environment: Mapping[str, str],
     replicas: int,
     resources: dict[str, dict[str, str]],
-) -> tuple[Manifest, Manifest]:
+    *,
+    writable_root: bool,
+    egress: list[dict[str, object]],
+) -> tuple[Manifest, Manifest, Manifest]:
     if not component.image:
         raise ComponentInvalid(f"component {component.id!r} has no distribution.image")
     labels = {**labels, DEPLOYMENT_LABEL: name}
@@ -316,7 +397,6 @@ def _objects(
         "image": component.image,
         "envFrom": [{"secretRef": {"name": name}}],
         "resources": resources,
-        "securityContext": {"allowPrivilegeEscalation": False},
     }
     if component.entrypoint:
         container["command"] = list(WORKER_COMMAND)
@@ -341,7 +421,47 @@ def _objects(
             },
         },
     }
-    return _stamp(deployment), _stamp(secret)
+    secure(deployment, writable_root=writable_root)
+    policy = _network_policy(deployment, egress)
+    return _stamp(policy), _stamp(deployment), _stamp(secret)
+
+
+def _network_policy(deployment: Manifest, egress: list[dict[str, object]]) -> Manifest:
+    """The NetworkPolicy of a Deployment's pods: same name, labels and owner annotations."""
+    meta = deployment["metadata"]
+    name = meta["name"]
+    selector = {MANAGED_BY_LABEL: MANAGED_BY, DEPLOYMENT_LABEL: name}
+    return network_policy.network_policy(
+        name, dict(meta["labels"]), dict(meta["annotations"]), selector, egress
+    )
+
+
+def secure(deployment: Manifest, *, writable_root: bool) -> None:
+    """Pod Security `restricted` and then some, in place: non-root with a fixed user, no
+    capabilities, no privilege escalation, RuntimeDefault seccomp, a read-only root unless
+    `writable_root`, a writable emptyDir at /tmp, no Service environment variables."""
+    pod = deployment["spec"]["template"]["spec"]
+    pod["enableServiceLinks"] = False
+    pod["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    volumes = [v for v in pod.get("volumes") or [] if v.get("name") != TMP_VOLUME]
+    pod["volumes"] = [*volumes, {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": TMP_SIZE}}]
+    for container in pod["containers"]:
+        container["securityContext"] = {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": False,
+            "readOnlyRootFilesystem": not writable_root,
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+        }
+        mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != TMP_VOLUME]
+        container["volumeMounts"] = [*mounts, {"name": TMP_VOLUME, "mountPath": "/tmp"}]
 
 
 def flow_desired_state(
@@ -353,11 +473,12 @@ def flow_desired_state(
     suspended: bool = False,
     replicas_elsewhere: int = 0,
     credentials_generation: int | None = None,
+    writable_root: Collection[str] = (),
 ) -> DesiredState:
     """A flow's objects. `replicas_elsewhere`: the tenant's replicas in its other deployments
     (flows and what it already runs), counted against `max_replicas`. `credentials_generation`
     (None where the queue backend has no credentials) goes into each Secret, so a rotation
-    rolls the pods."""
+    rolls the pods. `writable_root`: components the policy lets keep a writable root."""
     if not flow.nodes:
         raise PermanentError("graph.nodes: must hold at least one node")
     wanted = {n.id: wanted_replicas(n.replicas, components[n.component_id]) for n in flow.nodes}
@@ -407,6 +528,8 @@ def flow_desired_state(
                 environment,
                 0 if suspended else replicas[node.id],
                 clamp_resources(component, limits),
+                writable_root=component.id in writable_root,
+                egress=worker.egress(),
             )
         )
     return DesiredState(
@@ -421,7 +544,11 @@ def flow_desired_state(
 
 
 def component_desired_state(
-    component: Component, limits: TenantLimits, worker: WorkerSettings
+    component: Component,
+    limits: TenantLimits,
+    worker: WorkerSettings,
+    *,
+    writable_root: Collection[str] = (),
 ) -> DesiredState:
     """A global component: one shared Deployment (no tenant; the default limits apply)."""
     if not component.is_global:
@@ -452,6 +579,8 @@ def component_desired_state(
         environment,
         replicas[component.id],
         clamp_resources(component, limits),
+        writable_root=component.id in writable_root,
+        egress=worker.egress(),
     )
     return DesiredState(
         kind="component",
@@ -555,4 +684,57 @@ def without_store_url(
         template = manifest["spec"]["template"]["metadata"]
         template.setdefault("annotations", {})[SECRET_HASH_ANNOTATION] = _hash_of(data)[:16]
         result[index] = _stamp(manifest)
+    return tuple(result)
+
+
+# ---- upgrade: 64-bit names, secured pods, a NetworkPolicy per Deployment ---------------------
+def needs_hardening(manifests: Sequence[Manifest]) -> bool:
+    """Written by a release before this one's hardening (read for upgrades): a name with a
+    32-bit hash, a pod not secured, or a Deployment without its NetworkPolicy."""
+    policies = {m["metadata"]["name"] for m in manifests if m["kind"] == "NetworkPolicy"}
+    for manifest in manifests:
+        if current_name(manifest) not in (None, manifest["metadata"]["name"]):
+            return True
+        if manifest["kind"] == "Deployment":
+            pod = manifest["spec"]["template"]["spec"]
+            if not (pod.get("securityContext") or {}).get("runAsNonRoot"):
+                return True
+            if manifest["metadata"]["name"] not in policies:
+                return True
+    return False
+
+
+def hardened(
+    manifests: Sequence[Manifest],
+    worker: WorkerSettings,
+    writable_root: Collection[str] = (),
+) -> tuple[Manifest, ...]:
+    """Upgrade of such manifests: each object under the name this release gives it (the
+    Deployment's selector, pod labels and Secret reference following), every pod secured, each
+    Deployment with its NetworkPolicy; re-stamped. The objects still running under the old
+    names are then extra and removed before the new ones are applied (Deployer.reconcile), so
+    a node never runs twice; a second pass finds nothing to change."""
+    result: list[Manifest] = []
+    for manifest in manifests:
+        if manifest["kind"] == "NetworkPolicy":
+            continue  # rendered again below, from its Deployment
+        manifest = copy.deepcopy(manifest)
+        old = manifest["metadata"]["name"]
+        new = current_name(manifest) or old
+        manifest["metadata"]["name"] = new
+        labels = manifest["metadata"].get("labels") or {}
+        if DEPLOYMENT_LABEL in labels:
+            labels[DEPLOYMENT_LABEL] = new
+        if manifest["kind"] == "Deployment":
+            spec = manifest["spec"]
+            spec["selector"]["matchLabels"][DEPLOYMENT_LABEL] = new
+            spec["template"]["metadata"]["labels"][DEPLOYMENT_LABEL] = new
+            for container in spec["template"]["spec"]["containers"]:
+                for source in container.get("envFrom") or []:
+                    if (source.get("secretRef") or {}).get("name") == old:
+                        source["secretRef"]["name"] = new
+            component = manifest["metadata"]["annotations"].get(COMPONENT_ID_ANNOTATION)
+            secure(manifest, writable_root=component in writable_root)
+            result.append(_stamp(_network_policy(manifest, worker.egress())))
+        result.append(_stamp(manifest))
     return tuple(result)

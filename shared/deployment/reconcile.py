@@ -1,9 +1,12 @@
 """Making one target (a flow or a global component) match its record, level-based.
 
-`Deployer` applies a record's manifests (Secrets first, the flow token added only here),
+`Deployer` applies a record's manifests (NetworkPolicies, then Secrets, then Deployments; the
+flow token added only here; never over an object of the same name that belongs to another
+target, which fails this one instead),
 skips the write when the hash of what is wanted equals the hash last applied ("never
 twice"), repairs drift (missing objects, a changed object hash, other replicas), removes
-objects of the target that are no longer wanted, and judges readiness against the
+objects of the target that are no longer wanted (before applying, so a renamed node never
+runs twice), upgrades records an earlier release wrote, and judges readiness against the
 `deploying` deadline. Each target is worked on under its own redis-py Lock, extended while
 a long apply runs. Event building and the atomic commit stay with the handler.
 """
@@ -11,7 +14,7 @@ a long apply runs. Event building and the atomic commit stay with the handler.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -31,7 +34,9 @@ from shared.deployment.desired_state import (
     credentials_generation_of,
     desired_hash,
     flow_selector,
+    hardened,
     holds_store_url,
+    needs_hardening,
     step_queues_of,
     suspended,
     with_secret_values,
@@ -42,7 +47,15 @@ from shared.deployment.services import DeployServices
 from shared.errors import TemporaryError
 from shared.events import OutgoingEvent
 from shared.model import penalties
-from shared.ports.driver import OBJECT_HASH_ANNOTATION, Manifest, ObservedObject
+from shared.ports.driver import (
+    KINDS,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    OBJECT_HASH_ANNOTATION,
+    Manifest,
+    ObjectTaken,
+    ObservedObject,
+)
 from shared.runtime import outbox
 
 log = logging.getLogger(__name__)
@@ -91,13 +104,19 @@ class Verdict:
 
 class Deployer:
     def __init__(
-        self, redis: Redis, services: DeployServices, clock: Clock, ready_timeout: float
+        self,
+        redis: Redis,
+        services: DeployServices,
+        clock: Clock,
+        ready_timeout: float,
+        writable_root: Collection[str] = (),
     ) -> None:
         self.redis = redis
         self.services = services
         self.driver = services.driver
         self.clock = clock
         self.ready_timeout = ready_timeout
+        self.writable_root = writable_root  # the policy's writable_root_components
 
     # ---- locking -----------------------------------------------------------------------------
     @contextmanager
@@ -152,15 +171,24 @@ class Deployer:
             self.services.credentials.revoke(target_id)
 
     def upgraded(self, record: TargetRecord) -> TargetRecord:
-        """A record whose Secrets still hold the orchestrator's REDIS_URL (an earlier release):
-        rewritten with a fresh credentials generation, stored, and re-applied by the caller."""
-        if not holds_store_url(record.manifests):
+        """A record an earlier release wrote, rewritten, stored, and re-applied by the caller:
+        Secrets that still hold the orchestrator's REDIS_URL get a fresh credentials generation;
+        names with a 32-bit hash, pods not secured or Deployments without a NetworkPolicy get
+        this release's (the objects under the old names are removed by `reconcile` before the
+        new ones are applied). Each happens once: the stored record no longer matches."""
+        manifests = record.manifests
+        if holds_store_url(manifests):
+            kind = record.kind
+            generation = self.services.credentials.rotate(record.id) if kind == "flow" else None
+            manifests = without_store_url(manifests, generation)
+            log.info("%s: workers' store credentials replaced by their own", record.member)
+        if needs_hardening(manifests):
+            manifests = hardened(manifests, self.services.worker, self.writable_root)
+            log.info("%s: objects renamed (64-bit hash) and pods secured", record.member)
+        if manifests == record.manifests:
             return record
-        generation = self.services.credentials.rotate(record.id) if record.kind == "flow" else None
-        manifests = without_store_url(record.manifests, generation)
         upgraded = replace(record, manifests=manifests, desired_hash=desired_hash(manifests))
         deploy_records.write(self.redis, upgraded)
-        log.info("%s: workers' store credentials replaced by their own", record.member)
         return upgraded
 
     # ---- writing -----------------------------------------------------------------------------
@@ -171,10 +199,13 @@ class Deployer:
         held: HeldLock | None,
         credentials: dict[str, str] | None = None,
     ) -> int:
-        """Secrets first (pods need them), then Deployments; returns the number of writes."""
-        ordered = sorted(manifests, key=lambda m: (m["kind"] != "Secret", m["metadata"]["name"]))
+        """NetworkPolicies first (no pod runs unfenced), then Secrets (pods need them), then
+        Deployments; returns the number of writes. An object of the same name that belongs to
+        another target (or is not ours) is never written: `ObjectTaken`, this target fails."""
+        ordered = sorted(manifests, key=lambda m: (KINDS.index(m["kind"]), m["metadata"]["name"]))
         values: dict[str, str] | None = None
         for manifest in ordered:
+            self.check_owner(record, manifest)
             if manifest["kind"] == "Secret" and record.kind == "flow":
                 if values is None:
                     token = self.services.tokens.ensure(record.id, record.tenant, record.user)
@@ -185,6 +216,26 @@ class Deployer:
             if held is not None:
                 held.extend()
         return len(ordered)
+
+    def check_owner(self, record: TargetRecord, manifest: Manifest) -> None:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        found = self.driver.observe(kind, name)
+        if found is None:
+            return
+        if found.labels.get(MANAGED_BY_LABEL) == MANAGED_BY and target_of(found) == record.member:
+            return
+        log.warning(
+            "%s: %s %s belongs to %s: not overwritten",
+            record.member,
+            kind,
+            name,
+            target_of(found) or "no target of ours",
+        )
+        # The owner is not named: it may be another tenant's flow.
+        raise ObjectTaken(
+            f"{kind} {name} already exists and belongs to another flow or component; "
+            f"it was not overwritten and {record.kind} {record.id} was not deployed"
+        )
 
     def remove(
         self,
@@ -268,13 +319,13 @@ class Deployer:
         # Every pass: ACL users live per node and a failover may have promoted one without it.
         credentials = self.grant(record)
         stale = manifests if wanted != record.applied_hash else self.drifted(manifests, observed)
+        names = frozenset((m["kind"], m["metadata"]["name"]) for m in manifests)
+        extra = [o for o in observed if (o.kind, o.name) not in names]
+        if extra:  # first: a node renamed by an upgrade never runs under both names
+            self.remove(record.kind, record.id, extra)
         if stale:
             log.info("%s: re-applying %d object(s)", record.member, len(stale))
             self.apply(record, stale, held, credentials)
-        names = frozenset((m["kind"], m["metadata"]["name"]) for m in manifests)
-        extra = [o for o in observed if (o.kind, o.name) not in names]
-        if extra:
-            self.remove(record.kind, record.id, extra)
         now = self.clock.now()
         updated = replace(record, applied_hash=wanted, suspended=is_suspended)
         if record.status != "deploying":

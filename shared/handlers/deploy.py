@@ -60,7 +60,13 @@ Ctx = Context[DeployServices]
 
 
 def _deployer(ctx: Ctx) -> Deployer:
-    return Deployer(ctx.redis, ctx.services, ctx.clock, ctx.settings.deploy_ready_timeout)
+    return Deployer(
+        ctx.redis,
+        ctx.services,
+        ctx.clock,
+        ctx.settings.deploy_ready_timeout,
+        writable_root=ctx.policy.writable_root_components,
+    )
 
 
 # ---- events ----------------------------------------------------------------------------------
@@ -151,10 +157,11 @@ def _deploy(
     # Stored before any object exists, so the garbage collector never sees ours unowned.
     deploy_records.write(ctx.redis, replace(record, suspended=is_suspended))
     try:
-        deployer.apply(record, manifests, held)
-        if existing is not None:  # an update may leave the objects of removed steps behind
+        if existing is not None:  # an update may leave the objects of removed (or renamed)
+            # steps behind: removed first, so a renamed step never runs under both names
             names = frozenset((m["kind"], m["metadata"]["name"]) for m in manifests)
             deployer.remove(record.kind, record.id, keep=names)
+        deployer.apply(record, manifests, held)
     except DriverRejected as exc:
         _fail(ctx, deployer, record.kind, record.id, exc.message, record.tenant, record.user)
         return
@@ -240,6 +247,7 @@ def _flow_desired(
         ctx.services.worker,
         replicas_elsewhere=deploy_records.replicas_elsewhere(ctx.redis, flow.tenant, flow.id),
         credentials_generation=generation,
+        writable_root=ctx.policy.writable_root_components,
     )
 
 
@@ -250,7 +258,12 @@ def on_component_starting(ctx: Ctx, ref: ComponentRef) -> None:
         existing = deploy_records.load(ctx.redis, "component", ref.id)
         try:
             component = ctx.services.components.get(ref.id)
-            desired = component_desired_state(component, ctx.policy.defaults, ctx.services.worker)
+            desired = component_desired_state(
+                component,
+                ctx.policy.defaults,
+                ctx.services.worker,
+                writable_root=ctx.policy.writable_root_components,
+            )
         except PermanentError as exc:
             _fail(ctx, deployer, "component", ref.id, exc.message, "", "")
             return

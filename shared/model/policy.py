@@ -193,6 +193,9 @@ class Policy:
     rules: tuple[Rule, ...] = DEFAULT_RULES
     penalties: Penalties = field(default_factory=Penalties)
     fairness: Fairness = field(default_factory=Fairness)
+    # Components whose pods may write to their root filesystem (every other flow pod's root
+    # is read-only; /tmp is writable for all).
+    writable_root_components: frozenset[str] = frozenset()
 
     def tenant(self, tenant: str) -> TenantLimits:
         """The limits of one tenant: its own entry merged over the defaults."""
@@ -398,7 +401,15 @@ def parse_policy(document: object) -> Policy:
     checker = _Checker()
     data = checker.mapping(document, "policy")
     for key in data:
-        if key not in ("slots", "defaults", "tenants", "rules", "penalties", "fairness"):
+        if key not in (
+            "slots",
+            "defaults",
+            "tenants",
+            "rules",
+            "penalties",
+            "fairness",
+            "writable_root_components",
+        ):
             checker.fail(key, "unknown key")
     slots = checker.number(data.get("slots", 200), "slots", integer=True)
     defaults = checker.limits(data.get("defaults"), "defaults", TenantLimits())
@@ -415,6 +426,10 @@ def parse_policy(document: object) -> Policy:
             checker.fail("rules", "must be a list")
     penalties = checker.penalties(data.get("penalties"), "penalties")
     fairness = checker.fairness(data.get("fairness"), "fairness")
+    writable = data.get("writable_root_components") or []
+    if not isinstance(writable, list) or not all(isinstance(c, str) and c for c in writable):
+        checker.fail("writable_root_components", "must be a list of component ids")
+        writable = []
     if checker.problems:
         raise PolicyError(
             "invalid policy: " + "; ".join(checker.problems), problems=checker.problems
@@ -426,6 +441,7 @@ def parse_policy(document: object) -> Policy:
         rules=rules,
         penalties=penalties,
         fairness=fairness,
+        writable_root_components=frozenset(writable),
     )
 
 

@@ -1,10 +1,10 @@
 """The one interface deploy talks to (the deploy port); implementations live in shared.adapters.
 
 Desired objects are Kubernetes manifests (plain dicts: apiVersion, kind, metadata, spec/data)
-for apps/v1 Deployments and v1 Secrets. The `kubernetes` driver applies them with server-side
-apply; the `local` driver (for `make run`) runs each Deployment as local worker processes.
-The driver is chosen by `ORCHESTRATOR_DEPLOY_DRIVER` only, never by guessing
-(docs/architecture.md §2, `wiring`).
+for apps/v1 Deployments, v1 Secrets and networking.k8s.io/v1 NetworkPolicies. The `kubernetes`
+driver applies them with server-side apply; the `local` driver (for `make run`) runs each
+Deployment as local worker processes. The driver is chosen by `ORCHESTRATOR_DEPLOY_DRIVER`
+only, never by guessing (docs/architecture.md §2, `wiring`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from shared.errors import PermanentError
 Manifest = dict[str, Any]
 
 MAX_NAME = 63  # Kubernetes names and label values
-HASH_CHARS = 8
+HASH_CHARS = 8  # label values (selectors of objects already running depend on them)
+NAME_HASH_CHARS = 16  # object names: 64 bits, so no one finds another flow's name by trying
+LEGACY_NAME_HASH_CHARS = 8  # object names written before 64-bit hashes (found for upgrades)
+KINDS = ("NetworkPolicy", "Secret", "Deployment")  # in the order they are applied
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "component-orchestrator"
@@ -30,12 +33,28 @@ LABEL_PREFIX = "orchestrator.openintegrationhub.org/"
 DEPLOYMENT_LABEL = LABEL_PREFIX + "deployment"  # on pods: which Deployment they belong to
 OBJECT_HASH_ANNOTATION = LABEL_PREFIX + "object-hash"  # detects drift without diffing specs
 SECRET_HASH_ANNOTATION = LABEL_PREFIX + "secret-hash"
+# Exact ids of the target an object belongs to (label values are sanitized and may be
+# shortened; annotations are not). Nothing is ever written over an object another target owns.
+FLOW_ID_ANNOTATION = LABEL_PREFIX + "flow-id"
+NODE_ID_ANNOTATION = LABEL_PREFIX + "node-id"
+COMPONENT_ID_ANNOTATION = LABEL_PREFIX + "component-id"
+OWNER_ANNOTATIONS = (FLOW_ID_ANNOTATION, NODE_ID_ANNOTATION, COMPONENT_ID_ANNOTATION)
 # The local driver sets this in each worker process so the worker exits with its parent.
 PARENT_PID_VARIABLE = "ORCHESTRATOR_PARENT_PID"
 
 
 class DriverRejected(PermanentError):
     """The platform refused an object (validation, bad request): retrying will not help."""
+
+
+class ObjectTaken(DriverRejected):
+    """An object of the wanted name exists and belongs to another target (or not to us)."""
+
+
+def same_owner(manifest: Manifest, annotations: Mapping[str, str]) -> bool:
+    """Whether an existing object's owner annotations are the ones this manifest carries."""
+    ours = manifest["metadata"].get("annotations") or {}
+    return all(ours.get(name) == annotations.get(name) for name in OWNER_ANNOTATIONS)
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,10 @@ class DeployDriver(Protocol):
         """Our objects (managed-by label), narrowed by an extra label selector."""
         ...
 
+    def observe(self, kind: str, name: str) -> ObservedObject | None:
+        """The object of that kind and name, whoever wrote it (None if there is none)."""
+        ...
+
     def readiness(self, selector: str | None = None) -> list[Readiness]:
         """Readiness of our Deployments matching the selector, with pods' last errors."""
         ...
@@ -105,8 +128,8 @@ def secret_environment(manifest: Manifest) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
 
-def short_hash(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:HASH_CHARS]
+def short_hash(*parts: str, chars: int = HASH_CHARS) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:chars]
 
 
 def label_value(value: str) -> str:

@@ -73,7 +73,7 @@ def test_apply_creates_then_a_second_apply_is_a_no_op(
     stored = kube_api.get("deployments", name)
     assert stored is not None and stored["metadata"]["resourceVersion"] == version
     applies = [r for r in kube_api.requests if r.verb == "apply"]
-    assert len(applies) == 4
+    assert len(applies) == 6
     assert {r.field_manager for r in applies} == {FIELD_MANAGER}
     assert {r.content_type for r in applies} == {"application/apply-patch+yaml"}
     assert all(r.namespace == "flows" for r in applies)
@@ -188,7 +188,11 @@ def test_list_managed_ignores_unlabelled_objects(
     assert {o.name for o in driver.list_managed()} == {
         m["metadata"]["name"] for m in manifests("f1") + manifests("f2")
     }
-    assert {o.kind for o in driver.list_managed(flow_selector("f1"))} == {"Deployment", "Secret"}
+    assert {o.kind for o in driver.list_managed(flow_selector("f1"))} == {
+        "Deployment",
+        "Secret",
+        "NetworkPolicy",
+    }
     assert all(o.labels.get("app") is None for o in driver.list_managed())
     assert kube_api.requests[-1].query["labelSelector"].startswith(MANAGED_SELECTOR)
 

@@ -55,7 +55,8 @@ def test_fifty_concurrent_starts_apply_each_object_once(deploy: DeployHarness) -
     assert errors == []
     assert deploy.kube.count("apply", "deployments") == 3
     assert deploy.kube.count("apply", "secrets") == 3
-    assert deploy.kube.writes(ok=None) == 6  # not a single extra attempt
+    assert deploy.kube.count("apply", "networkpolicies") == 3
+    assert deploy.kube.writes(ok=None) == 9  # not a single extra attempt
     assert len(deploy.events("flow.started")) == 1
 
 
@@ -63,7 +64,7 @@ def test_redeliveries_write_nothing(deploy: DeployHarness) -> None:
     doc = flow_doc(nodes=[step("a"), step("b")])
     for _ in range(11):
         deploy.start(doc, event_id="same-event")
-    assert deploy.kube.writes() == 4
+    assert deploy.kube.writes() == 6  # a NetworkPolicy, a Secret and a Deployment per step
     assert len(deploy.events("flow.started")) == 1
 
 
@@ -72,7 +73,7 @@ def test_a_new_event_with_the_same_flow_writes_nothing(deploy: DeployHarness) ->
     deploy.start(doc)
     deploy.start(doc)
     deploy.tick()
-    assert deploy.kube.writes() == 2
+    assert deploy.kube.writes() == 3
 
 
 def test_changed_flow_updates_the_same_objects(deploy: DeployHarness) -> None:
@@ -419,7 +420,7 @@ def test_global_component_lifecycle(deploy: DeployHarness) -> None:
     [started] = deploy.events("component.started")
     assert started.data == {"id": "logger"}
     deploy.start_component("logger")
-    assert deploy.kube.writes() == 2
+    assert deploy.kube.writes() == 3
     deploy.start(flow_doc("f1"))
     deploy.stop_component("logger")
     assert deploy.kube.names("deployments") == {deployment_name("f1", "a")}
@@ -439,8 +440,12 @@ def test_global_component_that_is_not_global_or_missing_fails(deploy: DeployHarn
 def test_api_calls_of_a_five_step_flow_start(deploy: DeployHarness) -> None:
     deploy.start(flow_doc(nodes=[step(f"s{i}") for i in range(5)]))
     calls = [(r.verb, r.kind) for r in deploy.kube.requests]
-    assert calls == [("apply", "secrets")] * 5 + [("apply", "deployments")] * 5 + [
-        ("list", "deployments")
+    # each object is read before it is written: never over another flow's object
+    assert calls == [
+        *[("get", "networkpolicies"), ("apply", "networkpolicies")] * 5,
+        *[("get", "secrets"), ("apply", "secrets")] * 5,
+        *[("get", "deployments"), ("apply", "deployments")] * 5,
+        ("list", "deployments"),
     ]
 
 

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_lock_outlives_a_long_apply(
     redis: Redis, clock: FakeClock, kube_api: FakeKubeApi, component_repo: FakeComponentRepo
 ) -> None:
-    """Four slow writes (1.6 s) under a 1 s lock: extended after each write, so a concurrent
-    start waits for it and then finds nothing to do."""
+    """Four slow writes (1.6 s) of six under a 1 s lock: extended after each write, so a
+    concurrent start waits for it and then finds nothing to do."""
     component_repo.add("comp")
     kube_api.auto_ready = True
     harness = DeployHarness(redis, clock, kube_api, component_repo)
@@ -39,7 +39,7 @@ def test_the_lock_outlives_a_long_apply(
         time.sleep(0.01)
     harness.start(doc, event_id="two")
     first.join()
-    assert kube_api.count("apply", ok=None) == 4
+    assert kube_api.count("apply", ok=None) == 6
     assert len(harness.events("flow.started")) == 1
     harness.close()
 

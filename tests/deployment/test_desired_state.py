@@ -81,7 +81,7 @@ def deployments_by_node(state: Any) -> dict[str, dict[str, Any]]:
 def test_names_are_dns_labels_with_a_hash_suffix(flow_id: str, node_id: str) -> None:
     name = deployment_name(flow_id, node_id)
     assert DNS_LABEL.match(name) and len(name) <= 63
-    assert re.search(r"-[0-9a-f]{8}$", name)
+    assert re.search(r"-[0-9a-f]{16}$", name)  # 64 bits: no one finds another's name by trying
 
 
 @given(a=st.tuples(IDS, IDS), b=st.tuples(IDS, IDS))
@@ -145,7 +145,11 @@ def test_every_manifest_passes_api_validation() -> None:
         flow([node("a", 2), node("b:x")]), {"c": component()}, LIMITS, WORKER
     )
     for manifest in state.manifests:
-        kind = {"Deployment": "deployments", "Secret": "secrets"}[manifest["kind"]]
+        kind = {
+            "Deployment": "deployments",
+            "Secret": "secrets",
+            "NetworkPolicy": "networkpolicies",
+        }[manifest["kind"]]
         name = manifest["metadata"]["name"]
         assert _validate(kind, manifest, "flows", name) == []
 
@@ -339,7 +343,7 @@ def test_hash_is_stable_and_changes_with_the_flow() -> None:
 def test_global_component() -> None:
     logger = component("logger", is_global=True, replicas=2)
     state = component_desired_state(logger, LIMITS, WORKER)
-    assert [m["metadata"]["name"] for m in state.manifests] == [global_name("logger")] * 2
+    assert [m["metadata"]["name"] for m in state.manifests] == [global_name("logger")] * 3
     assert global_name("logger").startswith("global-logger-")
     assert state.replicas == {"logger": 2}
     assert FLOW_LABEL not in state.deployments()[0]["metadata"]["labels"]

@@ -2,8 +2,9 @@
 
 What it serves (enough for the deploy function and the metrics reader):
 - discovery: /api, /apis, /api/v1, /apis/apps/v1, /apis/metrics.k8s.io/v1beta1
-- apps/v1 Deployments and v1 Secrets: server-side apply (PATCH application/apply-patch+yaml,
-  `fieldManager` required, create if absent), POST create, GET, list by `labelSelector`, DELETE
+- apps/v1 Deployments, v1 Secrets and networking.k8s.io/v1 NetworkPolicies: server-side apply
+  (PATCH application/apply-patch+yaml, `fieldManager` required, create if absent), POST
+  create, GET, list by `labelSelector`, DELETE
 - v1 Pods (list only): synthesized from the Deployments, `replicas` pods each, ready or not
   as the test says, with an optional last error (waiting reason / terminated message)
 - metrics.k8s.io/v1beta1 PodMetrics (list only): usage the test sets per Deployment
@@ -19,6 +20,7 @@ import base64
 import binascii
 import copy
 import hashlib
+import ipaddress
 import json
 import re
 import threading
@@ -35,7 +37,7 @@ import yaml
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 WRITE_VERBS = ("apply", "create", "delete")
-KINDS = ("deployments", "secrets", "pods", "podmetrics")
+KINDS = ("deployments", "secrets", "networkpolicies", "pods", "podmetrics")
 
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
@@ -46,6 +48,12 @@ _QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?")
 _ROUTES = (
     (re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments(?:/([^/]+))?$"), "deployments"),
     (re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?$"), "secrets"),
+    (
+        re.compile(
+            r"^/apis/networking\.k8s\.io/v1/namespaces/([^/]+)/networkpolicies(?:/([^/]+))?$"
+        ),
+        "networkpolicies",
+    ),
     (re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?$"), "pods"),
     (
         re.compile(r"^/apis/metrics\.k8s\.io/v1beta1/namespaces/([^/]+)/pods(?:/([^/]+))?$"),
@@ -56,6 +64,7 @@ _ROUTES = (
 _TYPE_META = {
     "deployments": ("apps/v1", "Deployment"),
     "secrets": ("v1", "Secret"),
+    "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy"),
     "pods": ("v1", "Pod"),
     "podmetrics": ("metrics.k8s.io/v1beta1", "PodMetrics"),
 }
@@ -88,7 +97,11 @@ _DISCOVERY: dict[str, dict[str, Any]] = {
                 "versions": [{"groupVersion": f"{group}/{version}", "version": version}],
                 "preferredVersion": {"groupVersion": f"{group}/{version}", "version": version},
             }
-            for group, version in (("apps", "v1"), ("metrics.k8s.io", "v1beta1"))
+            for group, version in (
+                ("apps", "v1"),
+                ("networking.k8s.io", "v1"),
+                ("metrics.k8s.io", "v1beta1"),
+            )
         ],
     },
     "/api/v1": {
@@ -105,6 +118,12 @@ _DISCOVERY: dict[str, dict[str, Any]] = {
         "apiVersion": "v1",
         "groupVersion": "apps/v1",
         "resources": [_resource("deployments", "Deployment")],
+    },
+    "/apis/networking.k8s.io/v1": {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "networking.k8s.io/v1",
+        "resources": [_resource("networkpolicies", "NetworkPolicy")],
     },
     "/apis/metrics.k8s.io/v1beta1": {
         "kind": "APIResourceList",
@@ -242,6 +261,8 @@ def _validate(kind: str, obj: dict[str, Any], namespace: str, name: str) -> list
         problems.extend(_label_problems(where, labels))
     if kind == "deployments":
         problems.extend(_deployment_problems(obj.get("spec")))
+    if kind == "networkpolicies":
+        problems.extend(_network_policy_problems(obj.get("spec")))
     if kind == "secrets":
         data = obj.get("data") or {}
         if not isinstance(data, dict):
@@ -301,6 +322,26 @@ def _deployment_problems(spec: Any) -> list[str]:
                         f"spec.template.spec.containers[{i}].resources.{part}.{res}: "
                         f"invalid quantity {qty!r}"
                     )
+    return problems
+
+
+def _network_policy_problems(spec: Any) -> list[str]:
+    if not isinstance(spec, dict) or not isinstance(spec.get("podSelector"), dict):
+        return ["spec.podSelector: required"]
+    problems = []
+    for i, rule in enumerate(spec.get("egress") or []):
+        for j, peer in enumerate(rule.get("to") or []):
+            block = peer.get("ipBlock")
+            if block is None:
+                continue
+            try:
+                cidr = ipaddress.ip_network(block["cidr"])
+                for k, other in enumerate(block.get("except") or []):
+                    if not ipaddress.ip_network(other).subnet_of(cidr):  # type: ignore[arg-type]
+                        where = f"spec.egress[{i}].to[{j}].ipBlock.except[{k}]"
+                        problems.append(f"{where}: not in cidr")
+            except (KeyError, ValueError, TypeError):
+                problems.append(f"spec.egress[{i}].to[{j}].ipBlock: invalid")
     return problems
 
 
@@ -415,7 +456,11 @@ class FakeKubeApi:
 
     def put(self, obj: dict[str, Any], namespace: str = "flows") -> dict[str, Any]:
         """Store an object directly (e.g. someone else's, unlabelled) without logging a request."""
-        kind = {"Deployment": "deployments", "Secret": "secrets"}[obj["kind"]]
+        kind = {
+            "Deployment": "deployments",
+            "Secret": "secrets",
+            "NetworkPolicy": "networkpolicies",
+        }[obj["kind"]]
         with self._lock:
             return self._store(kind, namespace, obj["metadata"]["name"], copy.deepcopy(obj))
 

@@ -364,10 +364,13 @@ def test_the_permission_reader_sees_every_verb_of_the_driver() -> None:
     """Guards the parser itself: a known method's needs, worked out by hand once."""
     permissions = driver_permissions()
     assert permissions["apply"] == {
-        Permission("apps", "deployments", "patch"),
-        Permission("apps", "deployments", "create"),
-        Permission("", "secrets", "patch"),
-        Permission("", "secrets", "create"),
+        Permission(group, resource, verb)
+        for group, resource in (
+            ("apps", "deployments"),
+            ("", "secrets"),
+            ("networking.k8s.io", "networkpolicies"),
+        )
+        for verb in ("patch", "create", "get")  # get: the owner is read before a forced apply
     }
     assert Permission("", "pods", "list") in permissions["readiness"]
     assert permissions["pod_usage"] == {Permission("metrics.k8s.io", "pods", "list")}

@@ -206,6 +206,10 @@ class SimulatedCluster:
             )
         return found
 
+    def observe(self, kind: str, name: str) -> ObservedObject | None:
+        found = [o for o in self.list_managed() if (o.kind, o.name) == (kind, name)]
+        return found[0] if found else None
+
     def readiness(self, selector: str | None = None) -> list[Readiness]:
         return [
             Readiness(name=o.name, desired=o.replicas or 0, ready=o.replicas or 0)
