@@ -28,6 +28,12 @@ from shared.scripts import script_source
 
 _INCLUDE = re.compile(r"^--#include ([A-Za-z0-9_]+)[ \t]*$", re.MULTILINE)
 TOTAL, DUE = 100_000, 1_000
+WRITTEN = [
+    keys.outbox(keys.ADMISSION),
+    keys.admitted_runs(),
+    keys.run_deadlines(),
+    keys.admission_counts(),
+]
 
 
 def source_at(ref: str, name: str) -> str:
@@ -57,11 +63,23 @@ def main(ref: str, rounds: int) -> None:
         redis.zunionstore("bench:due", [keys.schedule_due()])
         times: dict[str, list[float]] = {name: [] for name in [*variants, "due", "plan", "bound"]}
         script_keys = admission.script_keys(None)
+        written = {}
+        for name, sha in shas.items():  # what each writes, from the same state at the same time
+            now = flow_start.T0 + 60
+            redis.delete(*WRITTEN, keys.fencing_counter(), keys.start_buckets())
+            redis.zadd(keys.schedule_due(), {f"due-{n}": now - 1 for n in range(DUE)})
+            args = [*admission.header(inputs, now=now, source=flow_start.SOURCE, once=None)]
+            args += [
+                admission_cron.plan_entry(entry, flow_start.ROOMY, now, schedule.NextTimes())
+                for entry in admission_cron.due_entries(redis, now, DUE)
+            ]
+            redis.evalsha(sha, len(script_keys), *script_keys, *args)
+            written[name] = [redis.dump(key) for key in WRITTEN]
+        print("same writes (outbox, runs, deadlines, counts):", written["old"] == written["new"])
         for i in range(rounds):
             for j, (name, sha) in enumerate(shas.items()):
                 now = flow_start.T0 + 60 * (len(shas) * i + j)
-                redis.delete(keys.outbox(keys.ADMISSION), keys.admitted_runs(),
-                             keys.run_deadlines(), keys.admission_counts())  # fmt: skip
+                redis.delete(*WRITTEN)
                 redis.zadd(keys.schedule_due(), {f"due-{n}": now - 1 for n in range(DUE)})
                 started = time.perf_counter()
                 entries = admission_cron.due_entries(redis, now, DUE)

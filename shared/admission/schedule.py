@@ -150,7 +150,11 @@ def memoized_next_time(cron: str, zone: str, after: float) -> float:
 
 
 class NextTimes:
-    """Due time -> next due time of a schedule, through the per-minute memo."""
+    """Due time -> next due time of a schedule, through the per-minute memo; one per tick
+    (`on_time`: the tick's plans of entries on time, by what they depend on)."""
+
+    def __init__(self) -> None:
+        self.on_time: dict[tuple[object, ...], str] = {}
 
     def __call__(self, cron: str, zone: str, after: float) -> float:
         return memoized_next_time(cron, zone, after)

@@ -174,19 +174,21 @@ local function quote(text)
   return found
 end
 
--- JSON text of a unique string (a run id): not remembered
-local function id_json(text)
-  if string.find(text, UNSAFE) then
-    return cjson.encode(text)
+local floor, abs, format = math.floor, math.abs, string.format  -- upvalues: the hot paths
+local function number(value)
+  if value == floor(value) and abs(value) < 1e15 then
+    return format('%d', value)
   end
-  return '"' .. text .. '"'
+  return format('%.17g', value)
 end
 
-local function number(value)
-  if value == math.floor(value) and math.abs(value) < 1e15 then
-    return string.format('%d', value)
+-- number() of a value many runs of a call share (their due time, NOW)
+local shared_number_value, shared_number_text = nil, nil
+local function shared_number(value)
+  if value ~= shared_number_value then
+    shared_number_value, shared_number_text = value, number(value)
   end
-  return string.format('%.17g', value)
+  return shared_number_text
 end
 
 -- Outbox entries in the shape of OutgoingEvent.to_json(); `data_json` is spliced in as is so
@@ -206,6 +208,28 @@ local function emit(kind, data_json, tenant, flow, run_id)
       .. '","source":' .. quote(SOURCE) .. ',"time":' .. ARGV[2]
       .. ',"type":' .. quote(EVENT_TYPES[kind]) .. '}'
   end
+end
+
+-- flow.execution.admitted (RunAdmitted) of a run, in one concatenation (a tick emits a
+-- thousand); the same text as emit('admitted', ...) would write
+local ADMITTED_TAIL = nil  -- source, time, type: the same for every run of the call
+local function emit_admitted(run, msg)
+  if not ADMITTED_TAIL then
+    ADMITTED_TAIL = ',"source":' .. quote(SOURCE) .. ',"time":' .. ARGV[2] .. ',"type":'
+      .. quote(EVENT_TYPES['admitted']) .. '}'
+  end
+  local id, flow, tenant = run.id, quote(run.f), quote(run.t)
+  local run_json, event_json
+  if string.find(id, UNSAFE) then
+    run_json, event_json = cjson.encode(id), cjson.encode(id .. '-admitted')
+  else
+    run_json, event_json = '"' .. id .. '"', '"' .. id .. '-admitted"'
+  end
+  OUTBOX[#OUTBOX + 1] = '{"data":{"fencingToken":' .. number(run.k) .. ',"flowId":' .. flow
+    .. ',"runId":' .. run_json .. ',"scheduledFor":' .. shared_number(run.s)
+    .. ',"tenant":' .. tenant .. ',"trigger":' .. quote(run.c) .. ',"user":' .. quote(run.u)
+    .. ',"msg":' .. msg .. '},"extensions":{"flowid":' .. flow .. ',"runid":' .. run_json
+    .. ',"tenant":' .. tenant .. '},"id":' .. event_json .. ADMITTED_TAIL
 end
 
 -- flow.execution.skipped / deferred / missed (RunNotStarted)

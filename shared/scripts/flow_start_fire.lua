@@ -10,7 +10,8 @@
 --           tenant, byte length of the user, each followed by \31, then tenant, user and flow
 --           id back to back (as read with the due time; a stopped or rescheduled flow has
 --           another score by then, so the claim fails)
--- Returns: {fired, claimed-by-others, admitted, deferred, skipped, missed}
+-- Returns: {fired, claimed-by-others, admitted, deferred, skipped, missed, 1 when an entry
+--          is still due at now (another batch to read) else 0}
 --#include flow_start_common
 --#include flow_start_lease
 --#include flow_start_queue
@@ -74,4 +75,6 @@ for n, entry in ipairs(entries) do
   end
 end
 flush()
-return { stats.fired, stats.lost, stats.admitted, stats.deferred, stats.skipped, stats.missed }
+local more = #redis.call('ZRANGEBYSCORE', K.due, '-inf', NOW, 'LIMIT', 0, 1)
+return { stats.fired, stats.lost, stats.admitted, stats.deferred, stats.skipped, stats.missed,
+  more }

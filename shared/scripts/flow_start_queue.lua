@@ -51,8 +51,9 @@ local function bucket_tokens(tenant)
 end
 
 local function bucket_take(tenant)
-  local bucket = { bucket_tokens(tenant) - 1, NOW }
-  buckets[tenant] = bucket
+  local tokens = bucket_tokens(tenant) - 1
+  local bucket = buckets[tenant]  -- bucket_tokens read it; changed in place (no table per run)
+  bucket[1], bucket[2] = tokens, NOW
   BUCKET_WRITES[tenant] = bucket  -- written as `tokens:at` by flush(), once per tenant
 end
 
@@ -107,10 +108,7 @@ local function admit(run)
       lease_extend(key, run.k, run.id, run.l, NOW)
     end
   end
-  emit('admitted', '{"fencingToken":' .. number(run.k) .. ',"flowId":' .. quote(run.f)
-    .. ',"runId":' .. id_json(run.id) .. ',"scheduledFor":' .. number(run.s)
-    .. ',"tenant":' .. quote(run.t) .. ',"trigger":' .. quote(run.c)
-    .. ',"user":' .. quote(run.u) .. ',"msg":' .. msg .. '}', run.t, run.f, run.id)
+  emit_admitted(run, msg)
   ADMITTED[run.id] = true
   admitted_count = admitted_count + 1
 end
