@@ -88,8 +88,10 @@ def tenant_flows(tenant: str) -> str:
 
 def flows_upgraded() -> str:
     """String: set once the flow documents of the previous release were upgraded (tombstone
-    TTLs, the tenants' flow sets; shared/model/flows.py `upgrade`)."""
-    return _key(FLOWS, "upgraded", "1")
+    TTLs, the tenants' flow sets, edge expressions to `edges[].jsonata`; shared/model/flows.py
+    `upgrade`). Its version moves on with what `upgrade` does, so a store upgraded by an
+    earlier build of this release is upgraded again (every step is idempotent)."""
+    return _key(FLOWS, "upgraded", "2")
 
 
 # --- step queues (one per flow step; the stream is the queue, so it carries its own tag) ----

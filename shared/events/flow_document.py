@@ -62,9 +62,15 @@ class Node(Payload):
         return self.node_settings.join
 
 
+# Our edge expressions live under this key of an edge; OIH's own `edges[].config`
+# ({condition, mapper}, services/flow-repository/app/models/schemas/flow.js) means nothing to
+# the original orchestrator, which never reads it: we pass it through untouched.
+JSONATA_KEY = "jsonata"
+
+
 @dataclass(frozen=True)
-class EdgeConfig(Payload):
-    """What passes along an edge."""
+class EdgeExpressions(Payload):
+    """What passes along an edge: our JSONata, under `edges[].jsonata`."""
 
     condition: str | None = wire(default=None, description="a JSONata condition")
     mapper: Any = wire(default=None, description="a JSONata mapper")
@@ -76,15 +82,38 @@ class Edge(Payload):
 
     source: str
     target: str
-    config: EdgeConfig = wire(default_factory=EdgeConfig)
+    jsonata: EdgeExpressions = wire(
+        JSONATA_KEY,
+        default_factory=EdgeExpressions,
+        description="our condition and mapper (JSONata); OIH flows have none",
+    )
+    config: Any = wire(default=None, description="OIH's edge config: kept as sent, never evaluated")
 
     @property
     def condition(self) -> str | None:
-        return self.config.condition
+        return self.jsonata.condition
 
     @property
     def mapper(self) -> Any:
-        return self.config.mapper
+        return self.jsonata.mapper
+
+
+def edges_of_the_previous_release(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A flow document stored by the previous release, which read its JSONata from
+    `edges[].config`: the same document with those expressions under `edges[].jsonata`
+    (where an edge has none there yet), `config` kept as it was."""
+    graph = document.get("graph")
+    edges = graph.get("edges") if isinstance(graph, Mapping) else None
+    if not isinstance(edges, list):
+        return dict(document)
+    moved = []
+    for edge in edges:
+        config = edge.get("config") if isinstance(edge, Mapping) else None
+        if isinstance(config, Mapping) and JSONATA_KEY not in edge:
+            expressions = {k: config[k] for k in ("condition", "mapper") if k in config}
+            edge = {**edge, JSONATA_KEY: expressions} if expressions else edge
+        moved.append(edge)
+    return {**document, "graph": {**graph, "edges": moved}}  # type: ignore[dict-item]
 
 
 MAX_FLOW_NODES = 100

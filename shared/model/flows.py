@@ -21,10 +21,16 @@ from redis import Redis
 from shared import keys
 from shared.errors import OverBudget, Unprocessable
 from shared.events import FlowDocument
+from shared.events.flow_document import edges_of_the_previous_release
 from shared.scripts import load_script
 from shared.store import as_text
 
 UpsertResult = Literal["stale", "same", "stored", "over"]
+# The form a document is stored in (hash field `form`): 2 reads our edge expressions from
+# `edges[].jsonata` and leaves OIH's `edges[].config` alone. A document without it was stored
+# by the previous release, which read them from `edges[].config`: read as moved there
+# (`edges_of_the_previous_release`) until `upgrade` rewrote it or a flow.starting replaced it.
+FORM = "2"
 StopResult = Literal["stale", "unknown", "stopped"]
 
 
@@ -78,6 +84,7 @@ def upsert(
             repr(version),
             flow.tenant,
             "" if max_flows is None else str(max_flows),
+            FORM,
         ],
     )
     answer = as_text(result)
@@ -114,7 +121,8 @@ def upgrade(
 ) -> int:
     """Once per store: the flow documents of the previous release get what this one keeps
     beside them (CHANGELOG.md): tombstones without an expiry get one, wanted flows join their
-    tenant's flow set. Returns the documents changed (0 once done)."""
+    tenant's flow set, edge expressions move from `edges[].config` to `edges[].jsonata` (form
+    2). Returns the documents changed (0 once done)."""
     if redis.exists(keys.flows_upgraded()):
         return 0
     changed = 0
@@ -122,13 +130,20 @@ def upgrade(
     for names in _batches(redis.scan_iter(match=pattern, count=batch), batch):
         pipe = redis.pipeline(transaction=False)
         for name in names:
-            pipe.hmget(name, "stopped", "tenant")
+            pipe.hmget(name, "stopped", "tenant", "form", "doc")
             pipe.ttl(name)
         replies = pipe.execute()
         writes = redis.pipeline(transaction=False)
         for index, name in enumerate(names):
-            (stopped, tenant), ttl = replies[2 * index], replies[2 * index + 1]
+            (stopped, tenant, form, doc), ttl = replies[2 * index], replies[2 * index + 1]
             flow_id = as_text(name)[len(keys.flow_document("")) :]
+            if doc is not None and form != FORM.encode():
+                # the edge expressions move to edges[].jsonata; the content hash is kept, so a
+                # re-sent identical document is still the same one (and marks it form 2)
+                moved = edges_of_the_previous_release(json.loads(doc))
+                text = json.dumps(moved, separators=(",", ":"), default=str)
+                writes.hset(name, mapping={"doc": text, "form": FORM})
+                changed += 1
             if stopped == b"1" and ttl == -1 and ttl_seconds > 0:
                 writes.expire(name, max(1, round(ttl_seconds)))
                 changed += 1
@@ -158,7 +173,10 @@ def get(redis: Redis, flow_id: str, *, include_stopped: bool = False) -> StoredF
     stopped = raw.get(b"stopped") == b"1"
     if stopped and not include_stopped:
         return None
-    flow = FlowDocument.parse(json.loads(raw[b"doc"]))
+    document = json.loads(raw[b"doc"])
+    if raw.get(b"form") != FORM.encode():
+        document = edges_of_the_previous_release(document)
+    flow = FlowDocument.parse(document)
     return StoredFlow(
         flow=flow,
         content_hash=as_text(raw.get(b"hash", b"")),

@@ -48,7 +48,7 @@ FLOW: dict[str, Any] = {
             {"id": "a", "componentId": "c1", "function": "get", "nodeSettings": {"replicas": 2}},
             {"id": "b", "componentId": "c2", "function": "put", "nodeSettings": {"join": True}},
         ],
-        "edges": [{"source": "a", "target": "b", "config": {"condition": "x > 1", "mapper": {}}}],
+        "edges": [{"source": "a", "target": "b", "jsonata": {"condition": "x > 1", "mapper": {}}}],
     },
     "flowSettings": {
         "overlapPolicy": "buffer_one",

@@ -33,7 +33,8 @@ def flow_document(
     **flow_settings: Any,
 ) -> dict[str, Any]:
     """A flow.starting document. A node is an id or a dict (`join: True` → nodeSettings);
-    nodes run `component`/`function` unless they say otherwise; an edge may carry a config."""
+    nodes run `component`/`function` unless they say otherwise; an edge may carry its
+    JSONata (`jsonata`: condition, mapper)."""
     graph_nodes = []
     for node in nodes:
         spec = {"id": node} if isinstance(node, str) else dict(node)
@@ -44,8 +45,8 @@ def flow_document(
         graph_nodes.append(entry)
     graph_edges = []
     for edge in edges:
-        config = dict(edge[2]) if len(edge) == 3 else {}
-        graph_edges.append({"source": edge[0], "target": edge[1], "config": config})
+        expressions = dict(edge[2]) if len(edge) == 3 else {}
+        graph_edges.append({"source": edge[0], "target": edge[1], "jsonata": expressions})
     document: dict[str, Any] = {
         "id": flow_id,
         "tenant": tenant,
