@@ -81,6 +81,8 @@ class Settings:
     # read; JSON nested deeper is answered 400 before any state changes.
     max_request_bytes: int = 1024 * 1024
     max_json_depth: int = 64
+    # The largest value one JSONata evaluation (an edge's condition or mapper) may build.
+    jsonata_max_value_bytes: int = 2 * 1024 * 1024
     # Replicas that must hold an event's writes before it is answered (docs/reliability.md).
     redis_wait_replicas: int = 0
     redis_wait_timeout_seconds: float = 1.0
@@ -276,6 +278,7 @@ class Settings:
             run_retention_seconds=seconds("RUN_RETENTION_SECONDS", 86400.0),
             max_request_bytes=count("MAX_REQUEST_BYTES", 1024 * 1024),
             max_json_depth=count("MAX_JSON_DEPTH", 64),
+            jsonata_max_value_bytes=count("JSONATA_MAX_VALUE_BYTES", 2 * 1024 * 1024),
             redis_wait_replicas=whole("REDIS_WAIT_REPLICAS", 0, below=100),
             redis_wait_timeout_seconds=seconds("REDIS_WAIT_TIMEOUT_SECONDS", 1.0, below=60),
             cron_min_interval_seconds=seconds("CRON_MIN_INTERVAL_SECONDS", 60.0),

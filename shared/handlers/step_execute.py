@@ -183,7 +183,13 @@ def on_step_completed(ctx: Ctx, result: StepResult) -> None:
         routes = (
             []
             if result.empty
-            else routing.route(run.graph, result.step_id, result.data, max_bytes=limit)
+            else routing.route(
+                run.graph,
+                result.step_id,
+                result.data,
+                max_bytes=limit,
+                max_value_bytes=ctx.settings.jsonata_max_value_bytes,
+            )
         )
     except RoutingError as exc:
         outcome = _fail(ctx, run, result, mode="abort", error=exc.message, reason="routing_error")
