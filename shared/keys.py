@@ -99,6 +99,25 @@ def step_queue(flow_id: str, node_id: str) -> str:
     return PREFIX + "q:{" + flow_id + "}:" + node_id
 
 
+def parse_step_queue(queue: str) -> tuple[str, str] | None:
+    """(flow id, node id) of a `step_queue` name (flow ids hold no braces); None otherwise."""
+    head = PREFIX + "q:{"
+    if not queue.startswith(head) or "}:" not in queue:
+        return None
+    flow_id, _, node_id = queue[len(head) :].partition("}:")
+    return (flow_id, node_id) if flow_id and node_id else None
+
+
+# --- the ferryman backchannel (`orchestrator backchannel`, QUEUE_BACKEND=amqp) ----------------
+BACKCHANNEL = "bc"  # its own tag: no function's state, touched by that process alone
+
+
+def backchannel_outputs(delivery: str) -> str:
+    """Counter: the outputs one ferryman delivery of a message has sent so far (their seq);
+    `delivery` is a digest of (run, message, attempt, ferryman's start time)."""
+    return _key(BACKCHANNEL, "outputs", delivery)
+
+
 # --- dead letters of the local broker (make run) --------------------------------------------
 def broker_dead_letters() -> str:
     return PREFIX + "broker:dead-letters"

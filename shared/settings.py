@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from shared.errors import PermanentError
 
 DEPLOY_DRIVERS = ("kubernetes", "local")
-QUEUE_BACKENDS = ("redis", "sqs")
+QUEUE_BACKENDS = ("redis", "sqs", "amqp")
 REDIS_MODES = ("standalone", "cluster", "sentinel")
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 AUTH_MODES = ("required", "off")
@@ -62,6 +62,15 @@ class Settings:
     worker_redis_url: str | None = None
     # The hub's RabbitMQ event bus (`orchestrator bridge`, docs/oih.md): amqp:// or amqps://
     oih_event_bus: str | None = None
+    # QUEUE_BACKEND=amqp (ferryman's transport, docs/oih.md): the orchestrator's own AMQP URL
+    # (it declares each flow's exchange and queues), the management API that creates each
+    # flow's RabbitMQ user, and the address step containers connect to (AMQP_URL's address).
+    amqp_url: str | None = None
+    amqp_management_url: str | None = None
+    worker_amqp_url: str | None = None
+    # What ferryman is given beside the hub's services below (ELASTICIO_API_URI, _DATAHUB_BASE_URL).
+    hub_api_uri: str | None = None
+    datahub_url: str | None = None
     # IAM subjects that, like admins, send flow events for the `startedBy` user they name.
     hub_service_accounts: tuple[str, ...] = ()
     # Flow pods (docs/security.md, "The network"): the cluster's address ranges they may never
@@ -256,6 +265,11 @@ class Settings:
             claim_check_bucket=text("CLAIM_CHECK_BUCKET"),
             worker_redis_url=url("WORKER_REDIS_URL"),
             oih_event_bus=text("OIH_EVENT_BUS"),
+            amqp_url=text("AMQP_URL"),
+            amqp_management_url=url("AMQP_MANAGEMENT_URL"),
+            worker_amqp_url=text("WORKER_AMQP_URL"),
+            hub_api_uri=url("HUB_API_URI"),
+            datahub_url=url("DATAHUB_BASE_URL"),
             hub_service_accounts=tuple(
                 name.strip()
                 for name in (text("HUB_SERVICE_ACCOUNTS") or "").split(",")
@@ -309,6 +323,15 @@ class Settings:
             )
         if settings.oih_event_bus and not is_amqp_url(settings.oih_event_bus):
             problems.append("OIH_EVENT_BUS: must be an amqp:// or amqps:// URL")
+        for name, value in (("AMQP_URL", settings.amqp_url),
+                            ("WORKER_AMQP_URL", settings.worker_amqp_url)):  # fmt: skip
+            if value and not is_amqp_url(value):
+                problems.append(f"{name}: must be an amqp:// or amqps:// URL")
+        if settings.queue_backend == "amqp":
+            if not settings.amqp_url:
+                problems.append("AMQP_URL: required when QUEUE_BACKEND=amqp")
+            if not settings.amqp_management_url:
+                problems.append("AMQP_MANAGEMENT_URL: required when QUEUE_BACKEND=amqp")
         if settings.queue_backend == "sqs" and not settings.claim_check_bucket:
             problems.append("CLAIM_CHECK_BUCKET: required when QUEUE_BACKEND=sqs")
         if problems:

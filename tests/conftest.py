@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.fakes.iam",
     "tests.fakes.aws",
     "tests.support.rabbitmq",
+    "tests.support.ferryman",
 ]
 
 

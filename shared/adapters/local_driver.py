@@ -8,6 +8,10 @@ REDIS_URL that this process holds (docs/security.md).
 Like a ReplicaSet it keeps the count: scale up starts processes, scale down stops the
 newest, a dead process is restarted with a growing delay (CrashLoopBackOff) and its last
 output line is the error readiness reports. A replica is Ready while its process is alive.
+A container without a command runs its image's own entrypoint: for an OIH connector image
+(QUEUE_BACKEND=amqp) that is ferryman, run here as `node runGlobal.js` in the connector's
+folder, which `images` (ORCHESTRATOR_LOCAL_IMAGES: `image=folder,...`) names per image; the
+ferryman script is the folder's own node_modules copy unless `ferryman_script` names one.
 Everything lives in this process's memory: local mode only.
 """
 
@@ -41,6 +45,8 @@ from shared.ports.driver import (
 log = logging.getLogger(__name__)
 
 COMMAND_ENV = "ORCHESTRATOR_WORKER_COMMAND"
+IMAGES_ENV = "ORCHESTRATOR_LOCAL_IMAGES"
+FERRYMAN_SCRIPT = Path("node_modules/@openintegrationhub/ferryman/runGlobal.js")
 DEFAULT_COMMAND = (sys.executable, "-m", "shared.worker")
 MAX_BACKOFF_SECONDS = 30.0
 STOP_GRACE_SECONDS = 5.0
@@ -101,6 +107,11 @@ def _command_from_env() -> tuple[str, ...]:
     return tuple(shlex.split(override)) if override else DEFAULT_COMMAND
 
 
+def _images_from_env() -> dict[str, Path]:
+    pairs = (item.partition("=") for item in os.environ.get(IMAGES_ENV, "").split(","))
+    return {image.strip(): Path(folder.strip()) for image, _, folder in pairs if image and folder}
+
+
 class LocalDriver:
     def __init__(
         self,
@@ -110,11 +121,16 @@ class LocalDriver:
         base_env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
         pass_env: Sequence[str] = (),
+        images: Mapping[str, str | Path] | None = None,
+        ferryman_script: str | Path | None = None,
     ) -> None:
         """`base_env` (default: ours) is filtered to the allow-list plus `pass_env` names."""
         self._command = tuple(command) if command else _command_from_env()
         # a folder of our own making (no `workdir` given) is removed again by close()
         self._owned_workdir = not workdir
+        found = _images_from_env() if images is None else images
+        self._images = {image: Path(folder) for image, folder in found.items()}
+        self._ferryman_script = Path(ferryman_script) if ferryman_script else None
         self._workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="co-workers-"))
         self._workdir.mkdir(parents=True, exist_ok=True)
         self._base_env = inherited_environment(
@@ -259,11 +275,12 @@ class LocalDriver:
     def _start(self, name: str, workload: _Workload, environment: Mapping[str, str]) -> _Replica:
         workload.started += 1
         log_path = self._workdir / f"{name}-{workload.started}.log"
+        command, cwd = self._command_of(workload.manifest)
         log_file = log_path.open("wb")
         process = subprocess.Popen(
-            list(self._command),
+            list(command),
             env={**self._base_env, **environment, PARENT_PID_VARIABLE: str(os.getpid())},
-            cwd=self._cwd,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -271,6 +288,17 @@ class LocalDriver:
         )
         log.info("started worker %s pid=%d", name, process.pid)
         return _Replica(process, log_path, log_file)
+
+    def _command_of(self, manifest: Manifest) -> tuple[tuple[str, ...], Path]:
+        """Our worker (containers with a command); the image's own entrypoint (ferryman, in
+        the image's folder) for a container without one whose image we know."""
+        containers = manifest["spec"]["template"]["spec"].get("containers") or [{}]
+        container = containers[0]
+        folder = self._images.get(str(container.get("image") or ""))
+        if container.get("command") or folder is None:
+            return self._command, self._cwd
+        script = self._ferryman_script or folder / FERRYMAN_SCRIPT
+        return ("node", str(script)), folder
 
     def _stop(self, replica: _Replica) -> None:
         if replica.process.poll() is None:

@@ -40,6 +40,7 @@ from shared.deployment import network_policy
 from shared.errors import PermanentError
 from shared.events import FlowDocument
 from shared.model.policy import Resources, TenantLimits, cpu_millicores, memory_mib
+from shared.ports import ferryman
 from shared.ports.components import Component, ComponentInvalid
 from shared.ports.driver import (
     COMPONENT_ID_ANNOTATION as COMPONENT_ID_ANNOTATION,
@@ -66,7 +67,8 @@ FLOW_TOKEN_KEY = "FLOW_TOKEN"
 REDIS_URL_KEY = "REDIS_URL"
 GENERATION_KEY = "QUEUE_CREDENTIALS_GENERATION"
 STEP_QUEUE_KEY = "STEP_QUEUE"
-APPLY_TIME_KEYS = (FLOW_TOKEN_KEY, REDIS_URL_KEY)  # added at apply time, never stored
+# added at apply time, never stored
+APPLY_TIME_KEYS = (FLOW_TOKEN_KEY, REDIS_URL_KEY, ferryman.AMQP_URI_VARIABLE)
 CONTAINER_NAME = "step"
 RUN_AS_USER = 10001  # our image's unprivileged user (Containerfile); others: any non-root id
 TMP_VOLUME = "tmp"
@@ -106,6 +108,9 @@ class WorkerSettings:
     attachment_storage_service_url: str | None = None
     # Never reachable from a flow pod (with 169.254.169.254).
     cluster_cidrs: tuple[str, ...] = ()
+    # QUEUE_BACKEND=amqp: what else ferryman gets (ELASTICIO_API_URI, _DATAHUB_BASE_URL)
+    hub_api_uri: str | None = None
+    datahub_url: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerSettings:
@@ -113,7 +118,11 @@ class WorkerSettings:
             queue_backend=settings.queue_backend,
             redis_url=settings.redis_url,
             redis_mode=settings.redis_mode,
-            queue_url=settings.worker_redis_url or settings.redis_url,
+            queue_url=(
+                settings.worker_amqp_url or settings.amqp_url
+                if settings.queue_backend == "amqp"
+                else settings.worker_redis_url or settings.redis_url
+            ),
             aws_endpoint_url=settings.aws_endpoint_url,
             claim_check_bucket=settings.claim_check_bucket,
             k_sink=settings.k_sink,
@@ -121,7 +130,24 @@ class WorkerSettings:
             snapshots_service_url=settings.snapshots_service_url,
             attachment_storage_service_url=settings.attachment_storage_service_url,
             cluster_cidrs=(*settings.cluster_pod_cidrs, *settings.cluster_service_cidrs),
+            hub_api_uri=settings.hub_api_uri,
+            datahub_url=settings.datahub_url,
         )
+
+    @property
+    def runs_ferryman(self) -> bool:
+        """amqp: step containers run their image's own entrypoint (ferryman), not our worker."""
+        return self.queue_backend == "amqp"
+
+    def ferryman_services(self) -> dict[str, str | None]:
+        return {
+            # ferryman requires API_URI (OIH gives its orchestrator's own); it calls nothing there
+            "API_URI": self.hub_api_uri or self.k_sink or "http://localhost",
+            "SECRET_SERVICE_BASE_URL": self.secret_service_url,
+            "SNAPSHOTS_SERVICE_BASE_URL": self.snapshots_service_url,
+            "ATTACHMENT_STORAGE_SERVICE_BASE_URL": self.attachment_storage_service_url,
+            "DATAHUB_BASE_URL": self.datahub_url,
+        }
 
     NAMES: ClassVar[tuple[str, ...]] = (
         "QUEUE_BACKEND",
@@ -156,7 +182,9 @@ class WorkerSettings:
     def egress(self) -> list[dict[str, object]]:
         """The egress rules of every flow pod (shared/deployment/network_policy.py)."""
         redis = self.queue_url or self.redis_url
-        queue = redis if self.queue_backend == "redis" else self.aws_endpoint_url
+        queue = {"redis": redis, "amqp": self.queue_url}.get(
+            self.queue_backend, self.aws_endpoint_url
+        )
         return network_policy.egress_rules(
             cluster_cidrs=self.cluster_cidrs,
             endpoints=(
@@ -165,6 +193,7 @@ class WorkerSettings:
                 self.secret_service_url,
                 self.snapshots_service_url,
                 self.attachment_storage_service_url,
+                self.datahub_url,
             ),
         )
 
@@ -380,6 +409,7 @@ def _objects(
     *,
     writable_root: bool,
     egress: list[dict[str, object]],
+    own_entrypoint: bool = False,
 ) -> tuple[Manifest, Manifest, Manifest]:
     if not component.image:
         raise ComponentInvalid(f"component {component.id!r} has no distribution.image")
@@ -398,7 +428,7 @@ def _objects(
         "envFrom": [{"secretRef": {"name": name}}],
         "resources": resources,
     }
-    if component.entrypoint:
+    if component.entrypoint and not own_entrypoint:
         container["command"] = list(WORKER_COMMAND)
     if component.image_pull_policy:  # only when set: other manifests (and hashes) unchanged
         container["imagePullPolicy"] = component.image_pull_policy
@@ -519,6 +549,12 @@ def flow_desired_state(
         }
         if credentials_generation is not None:
             environment[GENERATION_KEY] = str(credentials_generation)
+        if worker.runs_ferryman:  # ferryman's own variables (docs/oih.md)
+            environment.update(
+                ferryman.step_environment(
+                    flow.id, node.id, component.id, worker.ferryman_services()
+                )
+            )
         manifests.extend(
             _objects(
                 name,
@@ -530,6 +566,7 @@ def flow_desired_state(
                 clamp_resources(component, limits),
                 writable_root=component.id in writable_root,
                 egress=worker.egress(),
+                own_entrypoint=worker.runs_ferryman,
             )
         )
     return DesiredState(

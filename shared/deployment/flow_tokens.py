@@ -139,3 +139,14 @@ def _revoke_quietly(iam: FlowTokenIssuer, token_id: str) -> None:
     except (TemporaryError, PermanentError) as exc:
         # The surplus token stays live in IAM: log its id (never the token) for an operator.
         log.warning("could not revoke surplus flow token id %s: %s", token_id, exc)
+
+
+def stored_flow_token(redis: Redis, flow_id: str, *, key: str) -> str | None:
+    """The flow's token as deploy stored it (None: none, or not readable with this key).
+    Read-only: step-execute puts it into ferryman's messages (QUEUE_BACKEND=amqp)."""
+    raw = redis.get(keys.flow_token(flow_id))
+    try:
+        record = json.loads(as_text(raw)) if raw is not None else None
+    except ValueError:
+        return None
+    return _decrypt(_cipher(key), record) if isinstance(record, dict) else None

@@ -26,7 +26,7 @@ METADATA_ADDRESS = "169.254.169.254/32"
 INTERNET = "0.0.0.0/0"
 DNS_PORTS = ({"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53})
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API
-DEFAULT_PORTS = {"redis": 6379, "rediss": 6379}
+DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671}
 
 
 @dataclass(frozen=True)

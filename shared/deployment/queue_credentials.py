@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis import Redis
 
 from shared import keys
+from shared.ports import ferryman
+from shared.ports.ferryman import FlowQueueAdmin
 from shared.ports.queue_access import CLUSTER_WORKER_COMMANDS, WORKER_COMMANDS, AclAdmin
 
 USERNAME_PREFIX = "co-flow-"
@@ -50,6 +52,11 @@ class QueueCredentials(Protocol):
 
     def revoke(self, flow_id: str) -> None: ...
 
+    def consumers(self, flow_id: str, step_id: str) -> int | None:
+        """Processes consuming the step's queue (None: this backend does not count them; a
+        step is then Ready when its processes are)."""
+        ...
+
 
 class NoQueueCredentials:
     """Backends whose workers authenticate otherwise (SQS: the pod's IAM role, IRSA)."""
@@ -64,6 +71,9 @@ class NoQueueCredentials:
         return {}
 
     def revoke(self, flow_id: str) -> None:
+        return None
+
+    def consumers(self, flow_id: str, step_id: str) -> int | None:
         return None
 
 
@@ -116,6 +126,55 @@ class RedisQueueCredentials:
     def revoke(self, flow_id: str) -> None:
         self._acl.delete_user(username(flow_id))
         self._redis.delete(keys.queue_credentials(flow_id))
+
+    def consumers(self, flow_id: str, step_id: str) -> int | None:
+        return None
+
+
+class AmqpQueueCredentials(RedisQueueCredentials):
+    """QUEUE_BACKEND=amqp: per flow one RabbitMQ user (`co-flow-<flow id>`) that may consume
+    only the flow's own steps' queues and publish only to the backchannel and the flow's own
+    exchange (OIH's rule, shared/ports/ferryman.py); its password derives like the Redis
+    user's (never stored) and reaches the Secret as ferryman's ELASTICIO_AMQP_URI. Granting
+    also declares the flow's exchange, queues and bindings (idempotent, on every reconcile).
+    RabbitMQ keeps one password per user: a rotation takes effect at once, and pods still
+    rolling reconnect with the new Secret."""
+
+    def __init__(
+        self, redis: Redis, admin: FlowQueueAdmin, orchestrator_key: str, base_url: str
+    ) -> None:
+        super().__init__(redis, _NoAcl(), orchestrator_key, base_url)
+        self._admin = admin
+
+    def grant(self, flow_id: str, queues: Sequence[str], generation: int) -> dict[str, str]:
+        generation = max(generation, 1)
+        steps = sorted({parsed[1] for q in queues if (parsed := keys.parse_step_queue(q))})
+        password = self.password(flow_id, generation)
+        self._admin.grant(flow_id, steps, ferryman.user_name(flow_id), password)
+        url = amqp_url_with(self._base_url, ferryman.user_name(flow_id), password)
+        return {ferryman.AMQP_URI_VARIABLE: url}
+
+    def revoke(self, flow_id: str) -> None:
+        self._admin.revoke(flow_id, ferryman.user_name(flow_id))
+        self._redis.delete(keys.queue_credentials(flow_id))
+
+    def consumers(self, flow_id: str, step_id: str) -> int | None:
+        """A ferryman is Ready once it consumes its queue, not when its process is alive."""
+        return self._admin.consumers(flow_id, step_id)
+
+
+class _NoAcl:
+    def set_user(self, username: str, passwords: Sequence[str], keys: Sequence[str],
+                 commands: Sequence[str]) -> int:  # fmt: skip
+        return 0
+
+    def delete_user(self, username: str) -> int:
+        return 0
+
+
+def amqp_url_with(base_url: str, user: str, password: str) -> str:
+    """`base_url` (WORKER_AMQP_URL or AMQP_URL) with only the flow user's credentials."""
+    return worker_url(base_url, user, password)
 
 
 def secret_values(token: str, credentials: Mapping[str, str]) -> dict[str, str]:

@@ -30,6 +30,7 @@ from shared.deployment.desired_state import (
     FLOW_ID_ANNOTATION,
     FLOW_LABEL,
     FLOW_TOKEN_KEY,
+    NODE_ID_ANNOTATION,
     component_selector,
     credentials_generation_of,
     desired_hash,
@@ -44,7 +45,7 @@ from shared.deployment.desired_state import (
 )
 from shared.deployment.records import TargetRecord
 from shared.deployment.services import DeployServices
-from shared.errors import TemporaryError
+from shared.errors import OrchestratorError, TemporaryError
 from shared.events import OutgoingEvent
 from shared.model import penalties
 from shared.ports.driver import (
@@ -287,7 +288,30 @@ class Deployer:
         summary = f"{sum(r.ready for r in states)}/{sum(r.desired for r in states)} replicas ready"
         if missing:
             summary += f", missing {', '.join(sorted(missing))}"
+        if ready and record.kind == "flow":
+            short = self._consuming(record, manifests)
+            if short:
+                ready = False
+                summary += f", not yet consuming: {', '.join(short)}"
         return Verdict(ready=ready, error=error, summary=summary)
+
+    def _consuming(self, record: TargetRecord, manifests: Sequence[Manifest]) -> list[str]:
+        """Steps whose queue has fewer consumers than replicas (backends that count them)."""
+        short = []
+        for manifest in manifests:
+            if manifest["kind"] != "Deployment" or not manifest["spec"]["replicas"]:
+                continue
+            node = manifest["metadata"]["annotations"].get(NODE_ID_ANNOTATION)
+            if not node:
+                continue
+            try:
+                count = self.services.credentials.consumers(record.id, node)
+            except OrchestratorError as exc:
+                log.warning("consumers of %s/%s unknown: %s", record.id, node, exc.message)
+                count = 0
+            if count is not None and count < int(manifest["spec"]["replicas"]):
+                short.append(f"{node} {count}/{manifest['spec']['replicas']}")
+        return short
 
     def wait_ready(self, record: TargetRecord, manifests: Sequence[Manifest]) -> bool:
         """A short wait inside the request; the reconcile tick does the rest."""

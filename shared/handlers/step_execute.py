@@ -38,7 +38,7 @@ from shared.ports.step_message import first_step_message
 from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.runtime.idempotency import Once
 from shared.settings import Settings
-from shared.wiring.queues import make_queue
+from shared.wiring.queues import make_step_queue
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,7 @@ class StepExecuteServices:
 
 
 def build_services(settings: Settings, clock: Clock, redis: Redis) -> StepExecuteServices:
-    queue = make_queue(
-        settings.queue_backend,
-        redis=redis,
-        aws_endpoint_url=settings.aws_endpoint_url,
-        claim_check_bucket=settings.claim_check_bucket,
-    )
+    queue = make_step_queue(settings, redis, clock)
     return StepExecuteServices(
         queue=queue,
         publisher=Publisher(redis, queue, clock, settings.orchestrator_key),

@@ -56,6 +56,7 @@ DemoHook = Callable[[RunSession, threading.Event], None]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_SECONDS = 30.0
+BACKCHANNEL = "backchannel"  # `orchestrator backchannel`, with QUEUE_BACKEND=amqp
 BRIDGE = "event-bus-bridge"  # the Knative Service name its Triggers name (knative/oih)
 BRIDGE_TOKEN_SECONDS = 24 * 3600
 
@@ -148,6 +149,9 @@ class LocalRun:
         if bridge_url:
             broker_argv += ["--also-knative", str(PROJECT_ROOT / "knative" / "oih")]
             broker_argv += ["--subscriber", f"{BRIDGE}={bridge_url}"]
+        if env.get("QUEUE_BACKEND") == "amqp":  # ferryman's replies come back (docs/oih.md)
+            argv = [sys.executable, "-m", "shared.cli.main", "backchannel", "--broker", broker_url]
+            self.supervisor.spawn(BACKCHANNEL, argv, env)
         if self.options.log_ticks:
             broker_argv.append("--log-ticks")
         self.supervisor.spawn("broker", broker_argv, env, broker_url)
@@ -268,7 +272,7 @@ class LocalRun:
             if dead is not None:
                 raise StartError(f"{dead.name} stopped during start-up", dead.tail)
             for name, child in list(waiting.items()):
-                if child.url and _listening(child.url):
+                if not child.url or _listening(child.url):  # no url: nothing to listen on
                     del waiting[name]
             if time.monotonic() > deadline:
                 raise StartError(

@@ -19,4 +19,6 @@ def configure_logging(process: str) -> None:
         handler._orchestrator = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+    # pika logs every connection step at INFO (the amqp backend opens many): its warnings only
+    logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
     install_redaction()

@@ -172,3 +172,31 @@ def verify_step_token(
     if step_id is not None and step.step_id != step_id:
         raise Forbidden("step token belongs to another step")
     return step
+
+
+FERRYMAN_AUDIENCE = "component-orchestrator/ferryman"
+
+
+def sign_orchestrator_token(
+    key: str, claims: dict[str, Any], *, ttl_seconds: float, clock: Clock
+) -> str:
+    """The `orchestratorToken` header of a ferryman step message (docs/oih.md): ferryman's
+    claims (flowId, stepId, userId, tenant, function, fields, nodeSettings, apiKey, secretId)
+    and ours (runId, messageId, attempt), signed, so the backchannel can tell a reply that
+    echoes our token from a forged one (ferryman decodes it without checking)."""
+    now = int(clock.now())
+    body = {
+        **claims,
+        "iss": ISSUER,
+        "aud": FERRYMAN_AUDIENCE,
+        "iat": now,
+        "nbf": now,
+        "exp": now + int(ttl_seconds),
+    }
+    return str(jwt.encode(body, key, algorithm=ALGORITHM))
+
+
+def verify_orchestrator_token(key: str, token: str, clock: Clock) -> dict[str, Any]:
+    """The claims of an `orchestratorToken` we signed and that is still valid; Unauthorized
+    otherwise (not ours, altered, expired, another purpose's token)."""
+    return _decode(key, token, FERRYMAN_AUDIENCE, clock)

@@ -12,6 +12,7 @@ from shared.adapters.component_repository import make_component_repository
 from shared.clock import Clock
 from shared.deployment.desired_state import WorkerSettings
 from shared.deployment.queue_credentials import (
+    AmqpQueueCredentials,
     NoQueueCredentials,
     QueueCredentials,
     RedisQueueCredentials,
@@ -46,7 +47,18 @@ def build_services(settings: Settings, clock: Clock, redis: Redis) -> DeployServ
 
 
 def make_queue_credentials(settings: Settings, redis: Redis) -> QueueCredentials:
-    """Redis Streams: one ACL user per flow; SQS: none (the pods' IAM role, docs/security.md)."""
+    """Redis Streams: one ACL user per flow; amqp: one RabbitMQ user per flow; SQS: none (the
+    pods' IAM role, docs/security.md)."""
+    if settings.queue_backend == "amqp":
+        from shared.adapters.rabbitmq import RabbitMqFlowAccess
+
+        amqp_url = settings.amqp_url or ""
+        return AmqpQueueCredentials(
+            redis,
+            RabbitMqFlowAccess(amqp_url, settings.amqp_management_url or ""),
+            settings.orchestrator_key,
+            settings.worker_amqp_url or amqp_url,
+        )
     if settings.queue_backend != "redis":
         return NoQueueCredentials()
     from shared.adapters.redis_acl import RedisAcl
