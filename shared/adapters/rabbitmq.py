@@ -34,12 +34,11 @@ import requests
 from shared.errors import PermanentError, TemporaryError
 from shared.ports import ferryman as names
 from shared.ports.ferryman import BackchannelMessage
-from shared.ports.step_message import Delivery, StepMessage
+from shared.ports.step_message import MSG_OPTS, Delivery, StepMessage
 
 log = logging.getLogger(__name__)
 
 REBOUND_QUEUE_TTL_MS = 10 * 60 * 1000  # QueueCreator's
-ENVELOPE_KEYS = frozenset({"data", "metadata", "attachments", "passthrough"})
 
 
 @contextlib.contextmanager
@@ -267,14 +266,13 @@ class RabbitMqFlowAccess:
 
 
 # --- publishing step messages in ferryman's format --------------------------------------------
-def ferryman_body(data_json: str) -> bytes:
-    """`{data, metadata, attachments, passthrough}`: a step input that already has that shape
-    (a message from the hub) travels as it is, anything else is the message's `data`."""
-    data = json.loads(data_json)
-    if isinstance(data, dict) and "data" in data and set(data) <= ENVELOPE_KEYS:
-        body = {"metadata": {}, "attachments": {}, "passthrough": {}, **data}
-    else:
-        body = {"data": data, "metadata": {}, "attachments": {}, "passthrough": {}}
+def ferryman_body(message: StepMessage) -> bytes:
+    """`{data, metadata, attachments, passthrough}` (+ a webhook's keys), as the original
+    orchestrator built a step's message: a run's first steps get the rest of the message the
+    run was started with (`context`, shared/ports/step_message.py), the others their data.
+    `msgOpts` are transport options and stay ours."""
+    parts = {k: v for k, v in message.context.items() if k != MSG_OPTS}
+    body = {"metadata": {}, "attachments": {}, "passthrough": {}, **parts, "data": message.data}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -323,7 +321,7 @@ class RabbitMqStepQueue:
         for message in messages:
             signed = self.sign(message)
             prepared.append((message, ferryman_headers(message, signed.token, signed.user_id),
-                             ferryman_body(message.data_json)))  # fmt: skip
+                             ferryman_body(message)))  # fmt: skip
         with self._lock:
             for attempt in (1, 2):  # an idle connection may have been closed: once more
                 try:

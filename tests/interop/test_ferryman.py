@@ -24,6 +24,7 @@ from shared.adapters.rabbitmq import (
     RabbitMqStepQueue,
     RabbitMqTopology,
     SignedMessage,
+    ferryman_body,
     vhost_of,
     with_credentials,
 )
@@ -101,10 +102,13 @@ def signer(function: str, *, key: str = KEY) -> Any:
     return sign
 
 
-def message(flow: str, step: str, message_id: str, data: Any, attempt: int = 0) -> StepMessage:
+def message(
+    flow: str, step: str, message_id: str, data: Any, attempt: int = 0, context: Any = None
+) -> StepMessage:
     return StepMessage(
         run_id="run-1", flow_id=flow, step_id=step, message_id=message_id, tenant="acme",
         attempt=attempt, data_json=json.dumps(data), token="unused",
+        context_json=json.dumps(context) if context else "",
     )  # fmt: skip
 
 
@@ -119,14 +123,18 @@ def test_two_records_through_the_real_ferryman(
     wait_for(lambda: topology.consumers(names.messages_queue("f1", "s1")) == 1, 60,
              f"ferryman consuming (log: {process.output()[-2000:]})")  # fmt: skip
     queue = RabbitMqStepQueue(amqp_vhost, signer("emitTwo"))
-    queue.publish("unused", [message("f1", "s1", "m1", {"n": 7})])
+    # a first step: the rest of the run's message travels beside the data (msgOpts stays ours)
+    context = {"metadata": {"recordUid": "r1"}, "passthrough": {}, "msgOpts": {"x": 1}}
+    queue.publish("unused", [message("f1", "s1", "m1", {"n": 7}, context=context)])
     wait_for(lambda: len(replies.of("m1")) == 3, 60, f"3 replies (log: {process.output()[-3000:]})")
     events = replies.of("m1")
     assert [e["type"] for e in events] == [t.STEP_COMPLETED] * 3
     data = [payload(e) for e in events]
     assert [(d["seq"], d["final"]) for d in data] == [(0, False), (1, False), (2, True)]
-    assert [d.get("data") for d in data[:2]] == [{"n": 7, "i": 1, "tag": "t1"},
-                                                 {"n": 7, "i": 2, "tag": "t1"}]  # fmt: skip
+    assert [d.get("data") for d in data[:2]] == [
+        {"n": 7, "i": 1, "tag": "t1", "record": "r1"},
+        {"n": 7, "i": 2, "tag": "t1", "record": "r1"},
+    ]
     assert data[2]["empty"] is True
     assert {(e["runid"], e["flowid"], e["tenant"]) for e in events} == {("run-1", "f1", "acme")}
     claims = tokens.verify_step_token(KEY, events[0]["steptoken"], SystemClock())
@@ -267,3 +275,20 @@ def test_the_python_worker_cannot_consume_an_amqp_queue() -> None:
     queue = RabbitMqStepQueue("amqp://guest:guest@127.0.0.1:1/%2F", signer("x"))
     with pytest.raises(PermanentError, match="ferryman"):
         queue.receive("q", "c")
+
+
+@pytest.mark.parametrize(
+    ("context", "body"),
+    [
+        (None, {"data": {"n": 1}, "metadata": {}, "attachments": {}, "passthrough": {}}),
+        (
+            {"metadata": {"recordUid": "r"}, "attachments": {"a": {}}, "passthrough": {"s0": 1},
+             "msgOpts": {"priority": 1}, "method": "POST"},
+            {"data": {"n": 1}, "metadata": {"recordUid": "r"}, "attachments": {"a": {}},
+             "passthrough": {"s0": 1}, "method": "POST"},
+        ),
+    ],
+    ids=["a later step: its data", "a first step: the run's message beside it, msgOpts ours"],
+)  # fmt: skip
+def test_the_body_is_ferrymans_message(context: Any, body: dict[str, Any]) -> None:
+    assert json.loads(ferryman_body(message("f", "s", "m", {"n": 1}, context=context))) == body
