@@ -33,6 +33,7 @@ WRITTEN = [
     keys.admitted_runs(),
     keys.run_deadlines(),
     keys.admission_counts(),
+    keys.charged_through(),
 ]
 
 

@@ -91,7 +91,12 @@ def ours(redis: Redis, *, overlap: str) -> System:
         redis.delete(keys.outbox(keys.ADMISSION))
         # the previous tick's runs end (as their flow.execution.* events would say), so a
         # skip-if-running flow is free to run again; not timed
-        redis.delete(keys.admitted_runs(), keys.run_deadlines(), keys.admission_counts())
+        redis.delete(
+            keys.admitted_runs(),
+            keys.run_deadlines(),
+            keys.admission_counts(),
+            keys.charged_through(),
+        )
         redis.delete(*[keys.run_lease(f"due-{n}") for n in range(DUE)])
 
     def tick() -> int:

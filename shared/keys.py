@@ -292,6 +292,7 @@ def admission_keys() -> list[str]:
         charged_through(),
         schedules(),
         schedule_buffered(),
+        flows_waiting_since(),
     ]
 
 
@@ -360,7 +361,7 @@ def run_deadlines() -> str:
 
 
 def admission_counts() -> str:
-    """Hash: `*` running runs, `t:<tenant>` running, `w:<tenant>` waiting."""
+    """Hash: `*` running runs, `t:<tenant>` running, `w:<tenant>` waiting, `f:<flow>` running."""
     return _key(ADMISSION, "count")
 
 
@@ -435,6 +436,12 @@ def charged_through() -> str:
     """Sorted set: admitted run id → the time its slot-seconds are charged up to (by usage;
     admission + its estimate at first, +inf once charged up to its limit)."""
     return _key(ADMISSION, "charged")
+
+
+def flows_waiting_since() -> str:
+    """Sorted set: backlogged flow of a tenant's user, `_pair(_pair(tenant, user), flow)` →
+    since when it waits without a start (aging bound)."""
+    return _key(ADMISSION, "agef")
 
 
 # --- deploy: desired state, deploying deadlines, locks (one record per target) --------------

@@ -2,11 +2,11 @@
 -- flow_start_common: the header every flow-start admission script shares (included).
 -- KEYS[1] dedupe key of the incoming event (unused when ARGV[3] is 0)
 -- KEYS[2] outbox of the {adm} tag
--- KEYS[3..23] the admission keys and key families, in the order of keys.admission_keys():
+-- KEYS[3..24] the admission keys and key families, in the order of keys.admission_keys():
 --   due, deployed, fence, runs, deadlines, count, bucket, waiting, fair tenants, fair clock,
 --   the families schedule (the previous release's), lease, waiting queue, waiting users,
 --   fair users, fair flows, then run costs, waiting since, charged through, schedules,
---   buffered due times
+--   buffered due times, flows waiting since
 -- ARGV[1] JSON {"admitted"|"skipped"|"deferred"|"missed": event type} (the catalogue's types)
 -- ARGV[2] now (epoch seconds)   ARGV[3] dedupe TTL seconds (0: no dedupe, e.g. ticks)
 -- ARGV[4] source of emitted events   ARGV[5] global execution slots
@@ -36,7 +36,7 @@ local K = {
   count = KEYS[8], bucket = KEYS[9], waiting = KEYS[10], tenants = KEYS[11], clock = KEYS[12],
   sched = KEYS[13], lease = KEYS[14], queue = KEYS[15], queue_users = KEYS[16],
   users = KEYS[17], flows = KEYS[18], cost = KEYS[19], age = KEYS[20],
-  charged = KEYS[21], schedules = KEYS[22], buffered = KEYS[23],
+  charged = KEYS[21], schedules = KEYS[22], buffered = KEYS[23], flow_age = KEYS[24],
 }
 
 local function pair(first, second)

@@ -12,8 +12,9 @@
 -- run's slot-seconds (x the tenant's dominant-share factor): the flow's recent mean is
 -- charged at admission, the time a run holds its slot beyond that as it runs (at ticks:
 -- flow_start_charge), and the difference to the actual when the run ends. A departed
--- child's lead over the virtual time halves every half-life. A backlogged tenant that has gone without a start for longer than
--- the aging bound is served before fair order (the one waiting longest first).
+-- child's lead over the virtual time halves every half-life. A backlogged tenant that has
+-- gone without a start for longer than the aging bound is served before fair order (the one
+-- waiting longest first) if it holds no slot, and so is a backlogged flow that holds none.
 -- Run records (JSON): id, f flow, t tenant, u user, c trigger, s scheduledFor, k fencing
 -- token, l run limit (s), q 1 when it holds the flow's lease, m msg (raw JSON text),
 -- a admitted at, e cost charged at admission (both absent in records of older releases).
@@ -88,6 +89,7 @@ local function admit(run)
   bucket_take(run.t)
   count_add('*', 1)
   count_add('t:' .. run.t, 1)
+  count_add('f:' .. run.f, 1)
   local msg = run.m or '{}'
   run.m = nil
   RUNS[#RUNS + 1] = run.id
@@ -141,6 +143,25 @@ local function keep_finish(vt, ffield, finish)
   end
 end
 
+-- the aging entry of a backlogged child: since when it waits without a start (nil: it left);
+-- tenants in K.age, the flows of a tenant's user in K.flow_age as pair(pair(tenant, user),
+-- flow); users have none
+local function mark_waiting(set, member, since)
+  local age, aged
+  if set == K.tenants then
+    age, aged = K.age, member
+  elseif string.sub(set, 1, #K.flows) == K.flows then
+    age, aged = K.flow_age, pair(string.sub(set, #K.flows + 1), member)
+  else
+    return
+  end
+  if since then
+    redis.call('ZADD', age, since, aged)
+  else
+    redis.call('ZREM', age, aged)
+  end
+end
+
 local function join(set, vfield, ffield, member)
   if redis.call('ZSCORE', set, member) then
     return
@@ -152,16 +173,12 @@ local function join(set, vfield, ffield, member)
     tag = idle_tag(finish, tag)
   end
   redis.call('ZADD', set, tag, member)
-  if set == K.tenants then  -- backlogged from now on, not started yet (aging)
-    redis.call('ZADD', K.age, NOW, member)
-  end
+  mark_waiting(set, member, NOW)  -- backlogged from now on, not started yet
 end
 
 local function leave_with(set, vfield, ffield, member, finish)
   redis.call('ZREM', set, member)
-  if set == K.tenants then
-    redis.call('ZREM', K.age, member)
-  end
+  mark_waiting(set, member, nil)
   local vt = virtual_time(vfield)
   if finish > vt then
     keep_finish(vt, ffield, finish)
@@ -181,9 +198,7 @@ local function served(set, vfield, ffield, member, tag, weight, still_waiting, c
   local finish = start + cost / math.max(weight, 1e-6)
   if still_waiting then
     redis.call('ZADD', set, finish, member)
-    if set == K.tenants then
-      redis.call('ZADD', K.age, NOW, member)
-    end
+    mark_waiting(set, member, NOW)
   else
     leave_with(set, vfield, ffield, member, finish)
   end
@@ -344,18 +359,64 @@ local function pop_run(flow, tenant, user)
   return cjson.decode(raw)
 end
 
--- the backlogged tenant that has gone longest without a start, if that is past the aging
--- bound and it could start now: it, its tag, and its user and flow in fair order; or nil
-local function aged_pick(blocked)
-  local old = redis.call('ZRANGEBYSCORE', K.age, '-inf', NOW - MAX_WAIT, 'LIMIT', 0, AGED_LOOK)
-  for _, tenant in ipairs(old) do
-    if not blocked[tenant] and not tenant_block(tenant) then
+local function unpair(text)
+  local colon = string.find(text, ':', 1, true)
+  local first_end = colon + tonumber(string.sub(text, 1, colon - 1))
+  return string.sub(text, colon + 1, first_end), string.sub(text, first_end + 2)
+end
+
+-- past the aging bound, the one waiting longest first, and able to start now: a backlogged
+-- tenant that holds no slot, with its user and flow in fair order; else a backlogged flow
+-- that holds no slot, whatever its tenant holds (a light flow of a heavy tenant). A tenant
+-- or flow whose own runs hold slots waits its turn in fair order: the bound is a guard
+-- against starvation, not a way around a share. Returns tenant, its tag, user, its tag,
+-- flow, its tag; or nil
+local function aged_tenant(blocked)
+  local old = redis.call('ZRANGEBYSCORE', K.age, '-inf', NOW - MAX_WAIT, 'WITHSCORES',
+    'LIMIT', 0, AGED_LOOK)
+  for i = 1, #old, 2 do
+    local tenant = old[i]
+    if not blocked[tenant] and counter('t:' .. tenant) == 0 and not tenant_block(tenant) then
       local user, user_tag, flow, flow_tag = pick_user(tenant)
       local tag = user and redis.call('ZSCORE', K.tenants, tenant)
       if tag then
-        return tenant, tonumber(tag), user, user_tag, flow, flow_tag
+        return tonumber(old[i + 1]), { tenant, tonumber(tag), user, user_tag, flow, flow_tag }
       end
     end
+  end
+  return nil
+end
+
+local function aged_flow(blocked)
+  local old = redis.call('ZRANGEBYSCORE', K.flow_age, '-inf', NOW - MAX_WAIT, 'WITHSCORES',
+    'LIMIT', 0, AGED_LOOK)
+  for i = 1, #old, 2 do
+    local tenant_user, flow = unpair(old[i])
+    local tenant, user = unpair(tenant_user)
+    if not blocked[tenant] and counter('f:' .. flow) == 0 and not suspended('user', user)
+        and not suspended('flow', flow) and not tenant_block(tenant) then
+      local flow_tag = redis.call('ZSCORE', flows_key(tenant, user), flow)
+      local user_tag = flow_tag and redis.call('ZSCORE', users_key(tenant), user)
+      local tag = user_tag and redis.call('ZSCORE', K.tenants, tenant)
+      if tag then
+        return tonumber(old[i + 1]),
+          { tenant, tonumber(tag), user, tonumber(user_tag), flow, tonumber(flow_tag) }
+      end
+      redis.call('ZREM', K.flow_age, old[i])  -- out of the rotation (never expected)
+    end
+  end
+  return nil
+end
+
+local function aged_pick(blocked)
+  local tenant_since, by_tenant = aged_tenant(blocked)
+  local flow_since, by_flow = aged_flow(blocked)
+  local pick = by_tenant
+  if by_flow and (not by_tenant or flow_since < tenant_since) then
+    pick = by_flow
+  end
+  if pick then
+    return unpack(pick)
   end
   return nil
 end
@@ -521,6 +582,7 @@ local function end_run(run_id, run)
   redis.call('ZREM', K.deadlines, run_id)
   count_add('*', -1)
   count_add('t:' .. run.t, -1)
+  count_add('f:' .. run.f, -1)
   if run.q == 1 and lease_release(lease_key(run.f), run.k) == 1 then
     start_buffered(run.f)
   end

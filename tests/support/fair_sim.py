@@ -34,7 +34,8 @@ class Trial:
     redis: Redis
     policy: Policy
     duration: Duration
-    backlog: dict[str, int]  # tenant -> runs it keeps waiting (0: only its `arrivals`)
+    # tenant (or `tenant/flow`: another flow of it) -> runs it keeps waiting (0: only arrivals)
+    backlog: dict[str, int]
     arrivals: dict[str, list[float]] = field(default_factory=dict)
     tick_every: float | None = None  # seconds between ticks (None: no ticks)
     clock: FakeClock = field(default_factory=FakeClock)
@@ -52,7 +53,7 @@ class Trial:
         self.start = self.clock.now()
 
     def _submit(self, tenant: str) -> None:
-        self.adm.submit(tenant, flow_of(tenant), "u")
+        self.adm.submit(tenant_of(tenant), flow_of(tenant), "u")
         run_id = next(reversed(self.adm.tokens))  # the id submit() just made
         self.waiting[run_id] = (tenant, self.clock.now())
 
@@ -132,7 +133,12 @@ class Trial:
 
 
 def flow_of(tenant: str) -> str:
+    """The flow of a trial's tenant; `tenant/name` is another flow of that tenant."""
     return f"{tenant}-flow"
+
+
+def tenant_of(name: str) -> str:
+    return name.partition("/")[0]
 
 
 def jain(values: list[float]) -> float:
