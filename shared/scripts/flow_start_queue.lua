@@ -192,9 +192,13 @@ local function leave(set, vfield, ffield, member)
   end
 end
 
-local function served(set, vfield, ffield, member, tag, weight, still_waiting, cost)
+-- (an aged pick, served before fair order, leaves the virtual time where it is: moved to a
+-- heavy child's tag it would wipe out the others' lead on it)
+local function served(set, vfield, ffield, member, tag, weight, still_waiting, cost, aged)
   local start = math.max(tag, virtual_time(vfield))
-  redis.call('HSET', K.clock, vfield, start)
+  if not aged then
+    redis.call('HSET', K.clock, vfield, start)
+  end
   local finish = start + cost / math.max(weight, 1e-6)
   if still_waiting then
     redis.call('ZADD', set, finish, member)
@@ -430,6 +434,7 @@ local function dispatch()
     if MAX_WAIT then
       tenant, tenant_tag, user, user_tag, flow, flow_tag = aged_pick(blocked)
     end
+    local aged = tenant ~= nil
     local tenants = tenant and {} or redis.call('ZRANGE', K.tenants, 0, -1, 'WITHSCORES')
     for i = 1, #tenants, 2 do
       local candidate = tenants[i]
@@ -463,11 +468,11 @@ local function dispatch()
       local lv = levels(flow, tenant, user)
       local w = level_weights(flow, tenant, user)
       local cost = estimate(run)
-      served(lv[1][1], lv[1][2], lv[1][3], flow, flow_tag, w[1], more, cost)
+      served(lv[1][1], lv[1][2], lv[1][3], flow, flow_tag, w[1], more, cost, aged)
       served(lv[2][1], lv[2][2], lv[2][3], user, user_tag, w[2],
-        redis.call('EXISTS', lv[1][1]) == 1, cost)
+        redis.call('EXISTS', lv[1][1]) == 1, cost, aged)
       served(lv[3][1], lv[3][2], lv[3][3], tenant, tenant_tag, w[3],
-        redis.call('EXISTS', lv[2][1]) == 1, cost)
+        redis.call('EXISTS', lv[2][1]) == 1, cost, aged)
       if BY_USAGE then
         run.e = cost
       end
