@@ -58,6 +58,12 @@ def tick_lease(tag: str) -> str:
     return _key(tag, "tick-lease")
 
 
+def tick_cursor(tag: str, walk: str) -> str:
+    """String: where the tag's paged tick walk `walk` goes on at the next tick ('' or absent: from
+    the start; shared/runtime/tick_cursor.py)."""
+    return _key(tag, "tick-cursor", walk)
+
+
 def replication_probe(tag: str) -> str:
     """String: written right before WAIT, so WAIT covers every earlier write of the tag's slot."""
     return _key(tag, "replication-probe")

@@ -86,6 +86,9 @@ class Settings:
     step_tick_work_seconds: float = 0.0
     step_reclaim_idle_seconds: float = 120.0
     run_retention_seconds: float = 86400.0
+    # At most this many items one tick walks (deploy: targets and objects; policy-check: runs
+    # and subjects); the rest wait for the next ticks (a cursor in Redis).
+    tick_page_size: int = 200
     # Input bounds (docs/security.md): a body larger than this is answered 413 before it is
     # read; JSON nested deeper is answered 400 before any state changes.
     max_request_bytes: int = 1024 * 1024
@@ -290,6 +293,7 @@ class Settings:
             step_tick_work_seconds=seconds("STEP_TICK_WORK_SECONDS", 0.0, below=3600),
             step_reclaim_idle_seconds=seconds("STEP_RECLAIM_IDLE_SECONDS", 120.0),
             run_retention_seconds=seconds("RUN_RETENTION_SECONDS", 86400.0),
+            tick_page_size=count("TICK_PAGE_SIZE", 200),
             max_request_bytes=count("MAX_REQUEST_BYTES", 1024 * 1024),
             max_json_depth=count("MAX_JSON_DEPTH", 64),
             jsonata_max_value_bytes=count("JSONATA_MAX_VALUE_BYTES", 2 * 1024 * 1024),

@@ -86,6 +86,7 @@ class DeployHarness:
     # generous: a loaded CI machine answers slowly; the timeout test sets its own, short one
     request_timeout: float = 15.0
     driver: DeployDriver | None = None  # default: the Kubernetes driver on the fake API
+    tick_page_size: int = 200
 
     def __post_init__(self) -> None:
         self.sender = CapturingSender()
@@ -100,6 +101,7 @@ class DeployHarness:
             auth="off",
             deploy_ready_timeout=self.ready_timeout,
             k_sink="http://sink.invalid",
+            tick_page_size=self.tick_page_size,
         )
         self.services = services = DeployServices(
             driver=self.driver,

@@ -259,6 +259,29 @@ class KubernetesDriver:
             observed.extend(_observed(kind, item) for item in self.list_objects(kind, full))
         return observed
 
+    def list_managed_page(
+        self, kind: str, *, limit: int, token: str = ""
+    ) -> tuple[list[ObservedObject], str]:
+        """The API's own paging (`limit`, `continue`); an expired token (410, the API keeps
+        them for minutes) starts the list again from the beginning."""
+        query = [("labelSelector", MANAGED_SELECTOR), ("limit", str(limit))]
+        try:
+            answer = self._call(
+                "GET",
+                self._path(kind),
+                query=query + ([("continue", token)] if token else []),
+                what=f"list {kind}",
+            )
+        except KubernetesRejected as exc:
+            cause = exc.__cause__
+            if not (token and isinstance(cause, ApiException) and cause.status == 410):
+                raise
+            log.info("list of %s: continue token expired, starting again", kind)
+            answer = self._call("GET", self._path(kind), query=query, what=f"list {kind}")
+        items = list(answer.get("items") or [])[:limit]
+        next_token = str((answer.get("metadata") or {}).get("continue") or "")
+        return [_observed(kind, item) for item in items], next_token
+
     # ---- readiness ---------------------------------------------------------------------------
     def readiness(self, selector: str | None = None) -> list[Readiness]:
         full = _and(MANAGED_SELECTOR, selector)
@@ -330,6 +353,18 @@ class KubernetesDriver:
         return usage
 
 
+def _observed(kind: str, item: Mapping[str, Any]) -> ObservedObject:
+    meta = item.get("metadata") or {}
+    replicas = (item.get("spec") or {}).get("replicas") if kind == "Deployment" else None
+    return ObservedObject(
+        kind=kind,
+        name=str(meta.get("name")),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        replicas=None if replicas is None else int(replicas),
+    )
+
+
 def pod_last_error(pod: Mapping[str, Any]) -> str | None:
     """A not-ready pod's most telling error: waiting reason, last termination, or scheduling."""
     status = pod.get("status") or {}
@@ -349,18 +384,6 @@ def pod_last_error(pod: Mapping[str, Any]) -> str | None:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             return f"{condition.get('reason') or 'Unschedulable'}: {condition.get('message', '')}"
     return None
-
-
-def _observed(kind: str, item: Mapping[str, Any]) -> ObservedObject:
-    meta = item.get("metadata") or {}
-    replicas = (item.get("spec") or {}).get("replicas") if kind == "Deployment" else None
-    return ObservedObject(
-        kind=kind,
-        name=str(meta.get("name")),
-        labels=dict(meta.get("labels") or {}),
-        annotations=dict(meta.get("annotations") or {}),
-        replicas=None if replicas is None else int(replicas),
-    )
 
 
 def object_hash(observed: ObservedObject) -> str | None:

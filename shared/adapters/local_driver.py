@@ -39,6 +39,7 @@ from shared.ports.driver import (
     Manifest,
     ObservedObject,
     Readiness,
+    page_by_name,
     secret_environment,
 )
 
@@ -190,6 +191,11 @@ class LocalDriver:
         with self._lock:
             found = [o for o in self.list_managed() if (o.kind, o.name) == (kind, name)]
         return found[0] if found else None
+
+    def list_managed_page(
+        self, kind: str, *, limit: int, token: str = ""
+    ) -> tuple[list[ObservedObject], str]:
+        return page_by_name(self.list_managed(), kind, limit=limit, token=token)
 
     def readiness(self, selector: str | None = None) -> list[Readiness]:
         result = []

@@ -6,8 +6,9 @@
   A component that does not exist or objects the API refuses → `failed` (objects removed).
 - flow.stopping / component.stopping: delete exactly that target's objects, then `stopped`.
 - tenant.* penalty events: reconcile the flows of the subject (suspension → 0 replicas).
-- orchestrator.tick: reconcile every target (drift, readiness, deadline), then delete our
-  labelled objects that belong to no live target; never anything without our label.
+- orchestrator.tick: reconcile the next TICK_PAGE_SIZE targets (drift, readiness, deadline),
+  then look at the next page of our labelled objects and delete those that belong to no live
+  target; never anything without our label. Cursors in Redis carry the walk to the next tick.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ from shared.events import (
 from shared.events import types as t
 from shared.model import flows
 from shared.ports.components import Component, ComponentNotFound
-from shared.ports.driver import DriverRejected, ObservedObject
-from shared.runtime import metrics
+from shared.ports.driver import KINDS, DriverRejected, ObservedObject
+from shared.runtime import metrics, tick_cursor
 from shared.runtime.flow_user import flow_user, speaks_for_others
 from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.security.redact import redact_text
@@ -367,44 +368,52 @@ def on_penalty(ctx: Ctx, change: PenaltyChanged) -> None:
 
 
 def on_tick(ctx: Ctx) -> None:
+    """At most TICK_PAGE_SIZE targets reconciled and objects looked at per tick; the next
+    tick goes on from the cursors (shared/runtime/tick_cursor.py)."""
     deployer = _deployer(ctx)
-    # Objects first, records second: a record is always written before its objects, so any
-    # object listed here whose record is missing below truly has no owner.
-    observed = deployer.driver.list_managed()
+    size = ctx.settings.tick_page_size
     wanted = flows.wanted_ids(ctx.redis)
-    records = {r.member: r for r in deploy_records.load_all(ctx.redis)}
+    members = [f"{kind}:{target_id}" for kind, target_id in deploy_records.members(ctx.redis)]
+    for member in tick_cursor.page(ctx.redis, keys.DEPLOY, TARGETS_WALK, members, size):
+        kind, _, target_id = member.partition(":")
+        try:
+            _reconcile_one(ctx, deployer, kind, target_id, None, wait=False, wanted_flows=wanted)
+        except TemporaryError as exc:
+            log.warning("reconcile of %s failed for now: %s", member, exc.message)
+    _collect_page(ctx, deployer, size)
+
+
+TARGETS_WALK = "targets"
+OBJECTS_WALK = "objects"  # "<kind> <continue token>" of the garbage collector's listing
+
+
+def _collect_page(ctx: Ctx, deployer: Deployer, size: int) -> None:
+    """One page of our objects of one kind; those whose target has no live record are deleted.
+    Objects first, records second: a record is always written before its objects, so an object
+    listed here whose record is missing below truly has no owner."""
+    # Deployments first: their pods stop before their Secrets and NetworkPolicies go.
+    kinds = ("Deployment", *(kind for kind in KINDS if kind != "Deployment"))
+    kind, _, token = tick_cursor.load(ctx.redis, keys.DEPLOY, OBJECTS_WALK).partition(" ")
+    if kind not in kinds:
+        kind, token = kinds[0], ""
+    objects, token = deployer.driver.list_managed_page(kind, limit=size, token=token)
+    if not token:  # this kind is done: the next tick lists the next one (or starts over)
+        kind = kinds[(kinds.index(kind) + 1) % len(kinds)]
+    tick_cursor.store(ctx.redis, keys.DEPLOY, OBJECTS_WALK, f"{kind} {token}")
     groups: dict[str, list[ObservedObject]] = defaultdict(list)
-    for obj in observed:
+    for obj in objects:
         member = target_of(obj)
         if member is not None:
             groups[member].append(obj)
-    for member, record in sorted(records.items()):
-        if not record.live:
-            continue
-        try:
-            _reconcile_one(
-                ctx,
-                deployer,
-                record.kind,
-                record.id,
-                groups.get(member, []),
-                wait=False,
-                wanted_flows=wanted,
-            )
-        except TemporaryError as exc:
-            log.warning("reconcile of %s failed for now: %s", member, exc.message)
-    for member, objects in sorted(groups.items()):
-        owner = records.get(member)
-        if owner is not None and owner.live:
-            continue
-        kind, _, target_id = member.partition(":")
-        with deployer.locked(kind, target_id, wait=False) as held:
-            fresh = deploy_records.load(ctx.redis, kind, target_id)
+    for member in sorted(groups):
+        target_kind, _, target_id = member.partition(":")
+        with deployer.locked(target_kind, target_id, wait=False) as held:
+            fresh = deploy_records.load(ctx.redis, target_kind, target_id)
             if held is None or (fresh is not None and fresh.live):
-                continue  # a deploy of it has just begun
+                continue  # owned, or a deploy of it has just begun
             try:
-                deployer.remove(kind, target_id, objects)
-                deployer.revoke(kind, target_id)
+                deployer.remove(target_kind, target_id)
+                deployer.revoke(target_kind, target_id)
             except TemporaryError as exc:
                 log.warning("garbage collection of %s failed for now: %s", member, exc.message)
 

@@ -42,6 +42,7 @@ from shared.model.policy import Policy
 from shared.policing import ledger, metrics_reader, rules, watchdog
 from shared.policing.ledger import Record, SubjectRef
 from shared.policing.metrics_reader import PodUsageSource
+from shared.runtime import tick_cursor
 from shared.runtime.function import Context, FunctionSpec, Handler
 from shared.runtime.idempotency import Once
 from shared.wiring.policing import PolicyServices, build_services
@@ -168,6 +169,10 @@ def on_not_started(ctx: Ctx, event: RunNotStarted) -> None:
     _count(ctx, Record(subjects, {"skipped": 1}, once=_once(ctx)))
 
 
+RUNS_WALK = "runs"
+SUBJECTS_WALK = "subjects"
+
+
 def tick(
     redis: Redis,
     policy: Policy,
@@ -175,13 +180,16 @@ def tick(
     now: float,
     source: str,
     pod_usage: PodUsageSource | None = None,
+    page_size: int = 200,
 ) -> list[penalties.Decision]:
-    """One pass of the police: watchdog (timeouts, runs of suspended subjects, run time),
-    metrics, rules of active subjects, decay."""
+    """One pass of the police, at most `page_size` runs and subjects (TICK_PAGE_SIZE): the
+    overdue runs first (from the deadline index), then the next page of the watched runs
+    (suspended subjects, run time) and of the active subjects (rules), from cursors kept in
+    Redis; metrics; decay."""
     ring_windows = ledger.level_windows(policy)
-    runs = watchdog.running(redis)
     decisions = []
-    timed_out = watchdog.timeouts(redis, runs, now=now, ring_windows=ring_windows, source=source)
+    overdue = watchdog.running(redis, watchdog.overdue_ids(redis, now=now, limit=page_size))
+    timed_out = watchdog.timeouts(redis, overdue, now=now, ring_windows=ring_windows, source=source)
     for timeout in timed_out:
         decisions.append(
             penalties.escalate(
@@ -201,7 +209,8 @@ def tick(
                 source=source,
             )
         )
-    remaining = [run for run in runs if run.deadline > now]
+    walked = tick_cursor.page(redis, keys.POLICY, RUNS_WALK, watchdog.watched_ids(redis), page_size)
+    remaining = [run for run in watchdog.running(redis, walked) if run.deadline > now]
     stopped = {
         run.run_id
         for run in watchdog.suspended_runs(redis, remaining)
@@ -222,8 +231,9 @@ def tick(
         except OrchestratorError as exc:  # the rest of the tick must still happen
             log.warning("pod metrics not read: %s", exc)
     horizon = now - max(ledger.windows(policy))
-    subjects = ledger.active_subjects(redis, since=horizon)
-    decisions += police(redis, policy, subjects, now=now, source=source)
+    active = {s.member(): s for s in ledger.active_subjects(redis, since=horizon)}
+    page = tick_cursor.page(redis, keys.POLICY, SUBJECTS_WALK, active, page_size)
+    decisions += police(redis, policy, [active[m] for m in page], now=now, source=source)
     decisions += penalties.decay_all(redis, policy.penalties, now=now, source=source)
     ledger.forget_inactive(redis, before=horizon)
     return decisions
@@ -236,6 +246,7 @@ def on_tick(ctx: Ctx) -> None:
         now=ctx.clock.now(),
         source=ctx.source,
         pod_usage=ctx.services.pod_usage,
+        page_size=ctx.settings.tick_page_size,
     )
 
 

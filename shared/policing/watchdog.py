@@ -105,9 +105,22 @@ def get(redis: Redis, run_id: str) -> WatchedRun | None:
     return _parse(run_id, redis.hgetall(keys.watched_run(run_id)))
 
 
-def running(redis: Redis) -> list[WatchedRun]:
-    """Every run in the index (admitted, not ended), soonest deadline first."""
-    run_ids = [as_text(m) for m in redis.zrange(keys.watched_runs(), 0, -1)]
+def watched_ids(redis: Redis) -> list[str]:
+    """The ids of every run in the index (names only: what a paged tick walks)."""
+    return [as_text(m) for m in redis.zrange(keys.watched_runs(), 0, -1)]
+
+
+def overdue_ids(redis: Redis, *, now: float, limit: int) -> list[str]:
+    """At most `limit` runs past their deadline, the longest overdue first."""
+    found = redis.zrangebyscore(keys.watched_runs(), "-inf", repr(now), start=0, num=limit)
+    return [as_text(m) for m in found]
+
+
+def running(redis: Redis, run_ids: Sequence[str] | None = None) -> list[WatchedRun]:
+    """The runs of the index (admitted, not ended) among `run_ids` (default: all of them),
+    soonest deadline first."""
+    if run_ids is None:
+        run_ids = watched_ids(redis)
     pipe = redis.pipeline(transaction=False)
     for run_id in run_ids:
         pipe.hgetall(keys.watched_run(run_id))
@@ -115,7 +128,8 @@ def running(redis: Redis) -> list[WatchedRun]:
     stale = [run_id for run_id, run in zip(run_ids, runs, strict=True) if run is None]
     if stale:  # the run's hash expired without an end: stop watching it
         redis.zrem(keys.watched_runs(), *stale)
-    return [run for run in runs if run is not None and not run.ended]
+    found = [run for run in runs if run is not None and not run.ended]
+    return sorted(found, key=lambda run: (run.deadline, run.run_id))
 
 
 def accrue(

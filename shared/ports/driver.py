@@ -107,6 +107,13 @@ class DeployDriver(Protocol):
         """The object of that kind and name, whoever wrote it (None if there is none)."""
         ...
 
+    def list_managed_page(
+        self, kind: str, *, limit: int, token: str = ""
+    ) -> tuple[list[ObservedObject], str]:
+        """One page (at most `limit`) of our objects of one kind, and the token of the next page
+        ('' after the last): deploy's tick collects garbage a page at a time."""
+        ...
+
     def readiness(self, selector: str | None = None) -> list[Readiness]:
         """Readiness of our Deployments matching the selector, with pods' last errors."""
         ...
@@ -116,6 +123,16 @@ class DeployDriver(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def page_by_name(
+    objects: Sequence[ObservedObject], kind: str, *, limit: int, token: str = ""
+) -> tuple[list[ObservedObject], str]:
+    """`list_managed_page` for drivers that hold their objects in memory: names in order, the
+    token is the last name of the page."""
+    ahead = sorted((o for o in objects if o.kind == kind and o.name > token), key=lambda o: o.name)
+    taken = ahead[:limit]
+    return taken, taken[-1].name if len(ahead) > limit else ""
 
 
 def manifests_of_kind(manifests: Sequence[Manifest], kind: str) -> list[Manifest]:

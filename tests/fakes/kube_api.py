@@ -4,13 +4,14 @@ What it serves (enough for the deploy function and the metrics reader):
 - discovery: /api, /apis, /api/v1, /apis/apps/v1, /apis/metrics.k8s.io/v1beta1
 - apps/v1 Deployments, v1 Secrets and networking.k8s.io/v1 NetworkPolicies: server-side apply
   (PATCH application/apply-patch+yaml, `fieldManager` required, create if absent), POST
-  create, GET, list by `labelSelector`, DELETE
+  create, GET, list by `labelSelector` (with `limit` / `continue` paging), DELETE
 - v1 Pods (list only): synthesized from the Deployments, `replicas` pods each, ready or not
   as the test says, with an optional last error (waiting reason / terminated message)
 - metrics.k8s.io/v1beta1 PodMetrics (list only): usage the test sets per Deployment
 
 Tests steer it: `set_ready`, `auto_ready`, `set_pod_error`, `set_usage`, and inject faults
-per verb and kind (`fail`: 409 / 422 / 500 ... and/or a delay). Every request is logged so a
+per verb and kind (`fail`: 409 / 422 / 500 ... and/or a delay), or at random (`flaky`: a share
+of all requests 500 / 409 / timed out). Every request is logged so a
 test can count writes. Production code never imports this module.
 """
 
@@ -22,6 +23,7 @@ import copy
 import hashlib
 import ipaddress
 import json
+import random
 import re
 import threading
 import time
@@ -155,6 +157,25 @@ class Fault:
             and self.kind in ("*", kind)
             and (self.name is None or self.name == name)
         )
+
+
+@dataclass
+class Flaky:
+    """Fail a share `rate` of the requests on deployments, secrets and pods, drawn from a seeded
+    generator: a third each answered 500, answered 409 Conflict, and timed out (held `hang`
+    seconds, longer than the client waits, then served: the write may have happened)."""
+
+    rate: float
+    rng: random.Random
+    hang: float
+    injected: dict[str, int] = field(default_factory=lambda: {"500": 0, "409": 0, "timeout": 0})
+
+    def draw(self) -> str | None:
+        if self.rng.random() >= self.rate:
+            return None
+        fault = self.rng.choice(("500", "409", "timeout"))
+        self.injected[fault] += 1
+        return fault
 
 
 @dataclass(frozen=True)
@@ -372,6 +393,8 @@ class FakeKubeApi:
         self._uid = 0
         self.requests: list[LoggedRequest] = []
         self.auto_ready = False
+        self._token_epoch = 0
+        self._flaky: Flaky | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -450,8 +473,17 @@ class FakeKubeApi:
             self._faults.append(fault)
         return fault
 
+    def flaky(self, rate: float, *, seed: int = 0, hang: float = 1.5) -> Flaky:
+        """From now on fail `rate` of the requests at random (500 / 409 / timeout, `Flaky`);
+        `flaky(0)` stops it. Returns the counter of injected faults."""
+        flaky = Flaky(rate, random.Random(seed), hang)
+        with self._lock:
+            self._flaky = flaky if rate > 0 else None
+        return flaky
+
     def clear_faults(self) -> None:
         with self._lock:
+            self._flaky = None
             self._faults.clear()
 
     def put(self, obj: dict[str, Any], namespace: str = "flows") -> dict[str, Any]:
@@ -571,6 +603,13 @@ class FakeKubeApi:
             fault = next((f for f in self._faults if f.matches(verb, kind, name)), None)
             if fault is not None:
                 fault.times -= 1
+            flaky = self._flaky if fault is None and kind != "podmetrics" else None
+            drawn = flaky.draw() if flaky is not None else None
+        if flaky is not None and drawn == "timeout":
+            time.sleep(flaky.hang)  # the client has given up; the request is still served
+        elif drawn is not None:
+            status = 409 if drawn == "409" else 500
+            raise ApiError(status, "Conflict" if status == 409 else "InternalError", drawn)
         if fault is None:
             return
         if fault.delay:
@@ -595,10 +634,12 @@ class FakeKubeApi:
         if verb == "list":
             items = self.objects(kind, query.get("labelSelector"), namespace)
             api_version, type_kind = _TYPE_META[kind]
+            metadata: dict[str, Any] = {"resourceVersion": str(self._resource_version)}
+            items, metadata["continue"] = self._page(items, query)
             return 200, {
                 "apiVersion": api_version,
                 "kind": f"{type_kind}List",
-                "metadata": {"resourceVersion": str(self._resource_version)},
+                "metadata": metadata,
                 "items": items,
             }
         assert name is not None or verb == "create"
@@ -622,6 +663,32 @@ class FakeKubeApi:
                 raise ApiError(400, "BadRequest", "fieldManager is required for apply requests")
             return self._apply(kind, namespace, str(name), document, query["fieldManager"])
         raise ApiError(415, "UnsupportedMediaType", f"{verb} is not served by the fake")
+
+    def _page(
+        self, items: list[dict[str, Any]], query: dict[str, str]
+    ) -> tuple[list[dict[str, Any]], str]:
+        """`limit` and `continue` as the API serves them (items by name; the token is opaque to
+        the client, here the last name of the page; 410 once `expire_tokens` was called)."""
+        token = query.get("continue", "")
+        if token:
+            try:
+                epoch, after = json.loads(base64.urlsafe_b64decode(token))
+            except (ValueError, binascii.Error) as exc:
+                raise ApiError(400, "BadRequest", "invalid continue token") from exc
+            if epoch != self._token_epoch:
+                raise ApiError(410, "Expired", "the provided continue parameter is too old")
+            items = [i for i in items if i["metadata"]["name"] > after]
+        limit = int(query.get("limit") or 0)
+        if not limit or len(items) <= limit:
+            return items, ""
+        items = items[:limit]
+        last = [self._token_epoch, items[-1]["metadata"]["name"]]
+        return items, base64.urlsafe_b64encode(json.dumps(last).encode()).decode()
+
+    def expire_tokens(self) -> None:
+        """Every continue token handed out so far is answered 410 Expired from now on."""
+        with self._lock:
+            self._token_epoch += 1
 
     def _create(
         self, kind: str, namespace: str, name: str, document: dict[str, Any]

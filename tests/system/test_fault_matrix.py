@@ -7,13 +7,15 @@ what is left in Redis), never on time.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import requests
@@ -21,15 +23,22 @@ from redis import Redis
 
 from shared import keys
 from shared.adapters.redis_streams import RedisStreamsQueue
+from shared.admission import lease
+from shared.clock import FakeClock, SystemClock
+from shared.errors import TemporaryError
 from shared.events import types as t
 from shared.ports.queue import CONSUMER_GROUP
 from shared.ports.step_message import StepMessage
 from tests.conftest import TEST_KEY
+from tests.deploy_harness import DeployHarness
+from tests.deploy_harness import flow_doc as deploy_flow_doc
+from tests.fakes.component_repo import FakeComponentRepo
+from tests.fakes.kube_api import FakeKubeApi
 from tests.support.apps import function_client
-from tests.support.events import cloudevent
+from tests.support.events import cloudevent, internal
 from tests.support.flows import flow_doc
 from tests.support.http_sink import HttpSink, Request
-from tests.support.system import FunctionProcess, RedisNode
+from tests.support.system import FunctionProcess, RedisNode, wait_for
 
 pytestmark = [
     pytest.mark.faults,
@@ -240,3 +249,174 @@ def test_a_step_consumer_killed_with_messages_pending_loses_and_doubles_none(
     assert set(seen.values()) == {1}, "none doubled"
     assert redis.xpending(queue_name, CONSUMER_GROUP)["pending"] == 0
     assert queue.depth(queue_name) == 0
+
+
+# --- a function SIGKILLed between taking a lease and emitting --------------------------------
+def _started(flow_id: str, tenant: str) -> Any:
+    """deploy's flow.started, signed as deploy signs it (flow-start admits deployed flows)."""
+    data = {"id": flow_id, "replicas": {"a": 1}}
+    return internal(
+        t.FLOW_STARTED,
+        data,
+        key=TEST_KEY,
+        clock=SystemClock(),
+        sender="deploy",
+        tenant=tenant,
+        flowid=flow_id,
+    )
+
+
+def _admissions(sink: HttpSink) -> Counter[tuple[str, float, str]]:
+    """(flow, due time, event id) of every flow.execution.admitted the sink received."""
+    seen: Counter[tuple[str, float, str]] = Counter()
+    for request in list(sink.requests):
+        event_type, data = _type_and_data(request)
+        if event_type == t.RUN_ADMITTED:
+            event_id = request.headers.get("ce-id") or str(request.json().get("id"))
+            seen[(str(data["flowId"]), float(data["scheduledFor"]), event_id)] += 1
+    return seen
+
+
+def _fencing(sink: HttpSink) -> set[tuple[str, float, int]]:
+    found = set()
+    for request in list(sink.requests):
+        event_type, data = _type_and_data(request)
+        if event_type == t.RUN_ADMITTED:
+            found.add((str(data["flowId"]), float(data["scheduledFor"]), int(data["fencingToken"])))
+    return found
+
+
+def test_a_function_killed_between_lease_and_emit_runs_the_next_due_time_and_doubles_none(
+    redis: Redis, redis_server: Any, tmp_path: Path, sink: HttpSink
+) -> None:
+    """flow-start takes each due flow's run lease and queues `admitted` in one script, then is
+    SIGKILLed while sending it (the sink holds the request). The dead process's claims expire
+    (small scale: the test ages its 15 s tick lease and 60 s outbox claim as time would; full
+    scale waits for them), another process sends the queued events, the 1 s run leases expire
+    on their own, and the next due time of every flow is admitted: one run per (flow, due time),
+    one event id each, fencing tokens growing."""
+    flows = [f"kill-{i}" for i in range(scale(5, 100))]
+    victim = FunctionProcess("flow-start", _env(redis_server.url, sink), tmp_path, index=0).start()
+    survivor = FunctionProcess("flow-start", _env(redis_server.url, sink), tmp_path, index=1)
+    survivor.start()
+    try:
+        for i, flow_id in enumerate(flows):  # 10 flows a tenant: within its concurrent runs
+            doc = flow_doc(flow_id, tenant=f"t{i // 10}", cron="0 0 1 1 *", maxRunSeconds=1)
+            assert victim.post(cloudevent(t.FLOW_STARTING, doc)).status_code == 200
+            assert victim.post(_started(flow_id, f"t{i // 10}")).status_code == 200
+        first = time.time() - 0.5
+        redis.zadd(keys.schedule_due(), {f: first for f in flows})
+        sink.requests.clear()
+        sink.gate.clear()  # every send hangs in the sink: the victim dies mid-emit
+        ticking = threading.Thread(
+            target=lambda: _post_quietly(victim, cloudevent(t.TICK, {})), daemon=True
+        )
+        ticking.start()
+        sink.wait_for(1, timeout=60)
+        victim.kill()
+        sink.gate.set()
+        ticking.join(timeout=60)
+        leases = {f: lease.current(redis, f, time.time()) for f in flows}
+        assert all(leases.values()), "every due flow's lease was taken before the kill"
+        if not FULL:  # time passing for the dead holder's claims, without waiting 60 s
+            redis.pexpire(keys.tick_lease(keys.ADMISSION), 1)
+            in_flight = cast(
+                list[bytes], redis.zrange(keys.outbox_in_flight(keys.ADMISSION), 0, -1)
+            )
+            if in_flight:
+                redis.zadd(keys.outbox_in_flight(keys.ADMISSION), dict.fromkeys(in_flight, 0))
+        wait_for(
+            lambda: all(lease.current(redis, f, time.time()) is None for f in flows),
+            "the run leases expire (1 s run limit)",
+            timeout=120,
+        )
+        second = time.time() - 0.5
+        redis.zadd(keys.schedule_due(), {f: second for f in flows})
+
+        def everything_sent() -> bool:
+            survivor.post(cloudevent(t.TICK, {}))
+            dues = {(flow, due) for flow, due, _ in _admissions(sink)}
+            return dues == {(f, d) for f in flows for d in (first, second)}
+
+        wait_for(everything_sent, "both due times of every flow admitted", timeout=180, every=1)
+        ids: dict[tuple[str, float], set[str]] = {}
+        for flow, due, event_id in _admissions(sink):
+            ids.setdefault((flow, due), set()).add(event_id)
+        assert all(len(v) == 1 for v in ids.values()), f"one admission per due time: {ids}"
+        runs = [json.loads(v) for v in redis.hvals(keys.admitted_runs())]
+        runs += [json.loads(v) for v in redis.hvals(keys.waiting_runs())]
+        per_due = Counter((r["f"], float(r["s"])) for r in runs)
+        assert all(count == 1 for count in per_due.values()), f"no run doubled: {per_due}"
+        tokens = {(f, due): token for f, due, token in _fencing(sink)}
+        assert all(tokens[(f, second)] > tokens[(f, first)] for f in flows), "tokens grow"
+        assert not victim.process.alive
+    finally:
+        sink.gate.set()
+        victim.stop()
+        survivor.stop()
+
+
+def _post_quietly(process: FunctionProcess, event: Any) -> None:
+    with contextlib.suppress(requests.RequestException):  # killed mid-request
+        process.post(event, timeout=120)
+
+
+# --- the Kubernetes API failing 30 % over many flow starts -----------------------------------
+def test_flow_starts_against_a_kubernetes_api_failing_30_percent_all_end_started_or_failed(
+    redis: Redis, clock: FakeClock, kube_api: FakeKubeApi, component_repo: FakeComponentRepo
+) -> None:
+    """deploy (its runtime, the real `kubernetes` client, the fake API over HTTP) while 30 % of
+    the API's answers are 500, 409 or timeouts (drawn from a seeded generator). The broker
+    redelivers each flow.starting until it is answered 2xx; then a tick every 20 s of the fake
+    clock (DEPLOY_READY_TIMEOUT 60 s) until none is deploying. End state: every flow started or
+    failed, none deploying past its deadline (the deadline's 3 ticks, one more for slack), one
+    status event per flow and outcome."""
+    flows = [f"k8s-{i}" for i in range(scale(10, 100))]
+    component_repo.add("comp", replicas=1)
+    kube_api.auto_ready = True
+    deploy = DeployHarness(
+        redis,
+        clock,
+        kube_api,
+        component_repo,
+        ready_timeout=60,
+        request_timeout=0.3,
+        ready_wait=0.3,
+    )
+    try:
+        faults = kube_api.flaky(0.3, seed=16, hang=0.6)
+        attempts = Counter[str]()
+        for flow_id in flows:
+            event = cloudevent(t.FLOW_STARTING, deploy_flow_doc(flow_id), event_id=f"s-{flow_id}")
+            while True:  # the broker: the same event until a 2xx
+                attempts[flow_id] += 1
+                try:
+                    deploy.handle(event)
+                    break
+                except TemporaryError:
+                    assert attempts[flow_id] < 200, f"{flow_id} never answered"
+
+        def statuses() -> dict[str, str]:
+            return {f: getattr(deploy.record(f), "status", "none") for f in flows}
+
+        ticks = 0
+        while set(statuses().values()) - {"started", "failed"} and ticks < 50:
+            clock.advance(20)  # a tick every 20 s of the fake clock (the deadline is 60 s)
+            ticks += 1
+            with contextlib.suppress(TemporaryError):  # the tick's own listing may fail
+                deploy.tick()
+        kube_api.flaky(0)
+        ended = statuses()
+        assert set(ended.values()) <= {"started", "failed"}, f"every flow ended: {ended}"
+        assert ticks <= 4, f"none deploying past its deadline (60 s = 3 ticks): {ticks} ticks"
+        said: dict[tuple[str, str], set[str]] = {}
+        for event in deploy.sender.events:
+            outcome = event.type.rsplit(".", 1)[-1]
+            if event.type.endswith(("flow.started", "flow.failed")):
+                said.setdefault((str(event.data["id"]), outcome), set()).add(event.id)
+        assert set(ended.items()) <= set(said), "each said how it ended"
+        doubled = {key: ids for key, ids in said.items() if len(ids) != 1}
+        assert not doubled, f"one event per flow and outcome: {doubled}"
+        assert min(faults.injected.values()) > 0, f"every kind of fault: {faults.injected}"
+    finally:
+        deploy.close()

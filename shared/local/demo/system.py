@@ -39,7 +39,13 @@ from shared.local.run import knative_dir
 from shared.model import flows
 from shared.model.policy import Policy
 from shared.ports.components import ComponentRepository
-from shared.ports.driver import MANAGED_SELECTOR, Manifest, ObservedObject, Readiness
+from shared.ports.driver import (
+    MANAGED_SELECTOR,
+    Manifest,
+    ObservedObject,
+    Readiness,
+    page_by_name,
+)
 from shared.ports.step_message import Delivery
 from shared.runtime.auth import Authorizer
 from shared.runtime.function import FunctionRuntime, FunctionSpec
@@ -209,6 +215,11 @@ class SimulatedCluster:
     def observe(self, kind: str, name: str) -> ObservedObject | None:
         found = [o for o in self.list_managed() if (o.kind, o.name) == (kind, name)]
         return found[0] if found else None
+
+    def list_managed_page(
+        self, kind: str, *, limit: int, token: str = ""
+    ) -> tuple[list[ObservedObject], str]:
+        return page_by_name(self.list_managed(), kind, limit=limit, token=token)
 
     def readiness(self, selector: str | None = None) -> list[Readiness]:
         return [
