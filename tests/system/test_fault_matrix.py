@@ -410,10 +410,10 @@ def test_flow_starts_against_a_kubernetes_api_failing_30_percent_all_end_started
         assert set(ended.values()) <= {"started", "failed"}, f"every flow ended: {ended}"
         assert ticks <= 4, f"none deploying past its deadline (60 s = 3 ticks): {ticks} ticks"
         said: dict[tuple[str, str], set[str]] = {}
-        for event in deploy.sender.events:
-            outcome = event.type.rsplit(".", 1)[-1]
-            if event.type.endswith(("flow.started", "flow.failed")):
-                said.setdefault((str(event.data["id"]), outcome), set()).add(event.id)
+        for sent in deploy.sender.events:
+            outcome = sent.type.rsplit(".", 1)[-1]
+            if sent.type.endswith(("flow.started", "flow.failed")):
+                said.setdefault((str(sent.data["id"]), outcome), set()).add(sent.id)
         assert set(ended.items()) <= set(said), "each said how it ended"
         doubled = {key: ids for key, ids in said.items() if len(ids) != 1}
         assert not doubled, f"one event per flow and outcome: {doubled}"
