@@ -169,12 +169,17 @@ def release(redis: Redis, tag: str, entries: Sequence[bytes]) -> None:
 
 
 def _acknowledge(redis: Redis, tag: str, entries: Sequence[bytes]) -> None:
+    """Removes sent entries from the in-flight set, then logs those this flusher removed:
+    two round trips for the batch (ZREMs, then the event log's XADDs), not one per event."""
+    if not entries:
+        return
     pipe = redis.pipeline(transaction=False)
     for entry in entries:
         pipe.zrem(keys.outbox_in_flight(tag), entry)
-    for entry, removed in zip(entries, pipe.execute(), strict=True):
-        event = OutgoingEvent.from_json(entry)
-        record_sent(redis, event, removed=bool(removed))
+    events = [OutgoingEvent.from_json(entry) for entry in entries]
+    removed = [bool(flag) for flag in pipe.execute()]
+    record_sent_many(redis, events, removed)
+    for event in events:
         log.info("emitted %s id=%s", short(event.type), event.id)
 
 
@@ -202,7 +207,8 @@ def flush(
     chunk = BATCH if batching else (100 if workers == 1 else limit)
     for tag in tags:
         while sent < limit:
-            entries = claim(redis, tag, min(limit - sent, chunk))
+            wanted = min(limit - sent, chunk)
+            entries = claim(redis, tag, wanted)
             if not entries:
                 break
             done, failure = _send_all(sender, entries, workers)
@@ -214,6 +220,8 @@ def flush(
                 if raise_on_failure:
                     raise failure
                 return sent
+            if len(entries) < wanted:
+                break  # the outbox was empty behind them: no claim that finds nothing
     return sent
 
 
@@ -257,10 +265,21 @@ def record_sent(redis: Redis, event: OutgoingEvent, *, removed: bool) -> None:
     """What every flusher does after a successful send: the metrics, and the event log entry
     when it was this flusher that removed the event from the outbox (so one entry per event,
     however many concurrent flushers sent it). The event log never fails a flush."""
-    metrics.observe_emitted(event)
-    if not removed:
+    record_sent_many(redis, [event], [removed])
+
+
+def record_sent_many(
+    redis: Redis, events: Sequence[OutgoingEvent], removed: Sequence[bool]
+) -> None:
+    """`record_sent` of many events, the event log entries in one pipeline."""
+    pipe = redis.pipeline(transaction=False)
+    for event, mine in zip(events, removed, strict=True):
+        metrics.observe_emitted(event)
+        if mine:
+            event_log.record(pipe, event)
+    if not len(pipe):
         return
     try:
-        event_log.record(redis, event)
+        pipe.execute()
     except RedisError:
-        log.warning("could not add %s id=%s to the event log", short(event.type), event.id)
+        log.warning("could not add %d sent events to the event log", len(pipe))
