@@ -6,8 +6,8 @@ against the working tree, alternating, on one Redis (`make bench` skips `_` modu
 Times, each a median over the rounds: flow_start_due (read + parse), the plan in Python, the
 flow_start_fire call, and the lower bound (one EVALSHA: ZRANGEBYSCORE + 1,000 ZADD). The
 revision's scripts are loaded from `git show REF:shared/scripts/...`; its Python is not: the
-read and the plan are the working tree's in both columns unless the reply formats differ,
-which is why only the fire call is compared by default.
+read and the plan are the working tree's (a revision whose fire script takes one packed
+argument per entry gets its arguments in that form); only the fire call is compared.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from shared import keys
 from shared.admission import cron as admission_cron
 from shared.admission import queue as admission
 from shared.admission import schedule
-from shared.scripts import script_source
+from shared.scripts import ArgT, script_source
 
 _INCLUDE = re.compile(r"^--#include ([A-Za-z0-9_]+)[ \t]*$", re.MULTILINE)
 TOTAL, DUE = 100_000, 1_000
@@ -64,16 +64,24 @@ def main(ref: str, rounds: int) -> None:
         redis.zunionstore("bench:due", [keys.schedule_due()])
         times: dict[str, list[float]] = {name: [] for name in [*variants, "due", "plan", "bound"]}
         script_keys = admission.script_keys(None)
+        old_format = {name: "malformed plan" not in text for name, text in variants.items()}
+
+        def fire_args(name: str, now: float, entries: list[list[str]]) -> list[ArgT]:
+            next_times = schedule.NextTimes()
+            if not old_format[name]:
+                return admission_cron.fire_args(entries, flow_start.ROOMY, now, next_times)
+            planned = [
+                admission_cron.plan_entry(e, flow_start.ROOMY, now, next_times) for e in entries
+            ]
+            return [f"{plan}\x1f{ids}" for plan, ids in planned]  # one packed argument each
+
         written = {}
         for name, sha in shas.items():  # what each writes, from the same state at the same time
             now = flow_start.T0 + 60
             redis.delete(*WRITTEN, keys.fencing_counter(), keys.start_buckets())
             redis.zadd(keys.schedule_due(), {f"due-{n}": now - 1 for n in range(DUE)})
             args = [*admission.header(inputs, now=now, source=flow_start.SOURCE, once=None)]
-            args += [
-                admission_cron.plan_entry(entry, flow_start.ROOMY, now, schedule.NextTimes())
-                for entry in admission_cron.due_entries(redis, now, DUE)
-            ]
+            args += fire_args(name, now, admission_cron.due_entries(redis, now, DUE))
             redis.evalsha(sha, len(script_keys), *script_keys, *args)
             written[name] = [redis.dump(key) for key in WRITTEN]
         print("same writes (outbox, runs, deadlines, counts):", written["old"] == written["new"])
@@ -86,11 +94,7 @@ def main(ref: str, rounds: int) -> None:
                 entries = admission_cron.due_entries(redis, now, DUE)
                 read = time.perf_counter()
                 args = [*admission.header(inputs, now=now, source=flow_start.SOURCE, once=None)]
-                next_times = schedule.NextTimes()
-                args += [
-                    admission_cron.plan_entry(entry, flow_start.ROOMY, now, next_times)
-                    for entry in entries
-                ]
+                args += fire_args(name, now, entries)
                 planned = time.perf_counter()
                 reply = redis.evalsha(sha, len(script_keys), *script_keys, *args)
                 times[name].append(time.perf_counter() - planned)

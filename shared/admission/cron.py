@@ -166,30 +166,33 @@ def pack_entry(
     window: int,
     tenant: str,
     user: str,
-) -> str:
-    """One flow_start_fire argument: the fixed fields joined by \x1f, then tenant, user and
-    flow back to back, cut by their byte lengths (ids may hold any character)."""
-    return _head(read, fire, missed, next_due, limit, overlap, window) + _ids(tenant, user, flow)
+) -> tuple[str, str]:
+    """One entry of flow_start_fire as (plan, ids): the plan's fields joined by \x1f (shared by
+    the entries planned alike, sent once per call), and the byte lengths of tenant and user,
+    then tenant, user and flow back to back (ids may hold any character)."""
+    return _head(read, fire, missed, next_due, limit, overlap, window), _ids(tenant, user, flow)
 
 
 def _head(read: str, fire: str, missed: str, next_due: str, limit: int, overlap: str,
           window: int) -> str:  # fmt: skip
-    return f"{read}\x1f{fire}\x1f{missed}\x1f{next_due}\x1f{limit}\x1f{overlap}\x1f{window}\x1f"
+    return f"{read}\x1f{fire}\x1f{missed}\x1f{next_due}\x1f{limit}\x1f{overlap}\x1f{window}"
 
 
 def _ids(tenant: str, user: str, flow: str) -> str:
     return f"{len(tenant.encode())}\x1f{len(user.encode())}\x1f{tenant}{user}{flow}"
 
 
-def plan_entry(entry: list[str], policy: Policy, now: float, next_times: schedule.NextTimes) -> str:
-    """The flow_start_fire argument of one due entry (`pack_entry`). Entries on time that
-    share due time, schedule, tenant and settings share one plan (remembered in `next_times`,
-    the tick's): a tick of a thousand flows plans each distinct one once."""
+def plan_entry(
+    entry: list[str], policy: Policy, now: float, next_times: schedule.NextTimes
+) -> tuple[str, str]:
+    """The plan and ids of one due entry (`pack_entry`). Entries on time that share due time,
+    schedule, tenant and settings share one plan (remembered in `next_times`, the tick's): a
+    tick of a thousand flows plans each distinct one once."""
     flow, score, cron, zone, offset, tenant, user, overlap, catchup, max_run = entry
     shared = (now, score, cron, zone, offset, tenant, overlap, catchup, max_run)
     head = next_times.on_time.get(shared)
     if head is not None:
-        return head + _ids(tenant, user, flow)
+        return head, _ids(tenant, user, flow)
     limits = policy.tenant(tenant)
     window = int(catchup) if catchup else limits.catchup_window_seconds
     limit = lease.run_limit(int(max_run) if max_run else None, limits)
@@ -208,7 +211,7 @@ def plan_entry(entry: list[str], policy: Policy, now: float, next_times: schedul
             # the usual case (on time, one due time passed): what schedule.plan would say
             head = _head(score, score, "", repr(following), limit, policy_name, window)
             next_times.on_time[shared] = head
-            return head + _ids(tenant, user, flow)
+            return head, _ids(tenant, user, flow)
         planned = schedule.plan(due, now, window, next_times.for_schedule(cron, zone, shift))
     except Exception as exc:  # a stored schedule that can no longer be computed: drop it
         log.error("schedule of flow %s dropped: %s", flow, exc)
@@ -225,6 +228,22 @@ def plan_entry(entry: list[str], policy: Policy, now: float, next_times: schedul
         tenant,
         user,
     )
+
+
+def fire_args(
+    entries: list[list[str]], policy: Policy, now: float, next_times: schedule.NextTimes
+) -> list[ArgT]:
+    """flow_start_fire's arguments after the header: the number of distinct plans, the plans,
+    then per entry the index of its plan (from 1), \x1f and its ids."""
+    plans: dict[str, int] = {}
+    packed: list[ArgT] = []
+    for entry in entries:
+        plan, ids = plan_entry(entry, policy, now, next_times)
+        index = plans.get(plan)
+        if index is None:
+            index = plans[plan] = len(plans) + 1
+        packed.append(f"{index}\x1f{ids}")
+    return [len(plans), *plans, *packed]
 
 
 def fire_due(
@@ -245,7 +264,7 @@ def fire_due(
         if not entries:
             break
         args: list[ArgT] = [*header(inputs, now=now, source=source, once=None)]
-        args += [plan_entry(entry, policy, now, next_times) for entry in entries]
+        args += fire_args(entries, policy, now, next_times)
         reply = load_script("flow_start_fire")(redis, script_keys(None), args)
         report.add(reply)
         if len(entries) < batch or not int(reply[6]):  # nothing more due: no empty read

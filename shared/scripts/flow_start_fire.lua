@@ -4,33 +4,46 @@
 -- each due time once); then the next due time is stored, older due times are announced as
 -- missed (once), and the due time is fired under the flow's overlap policy.
 -- KEYS, ARGV[1..8]: see flow_start_common (ARGV[3] 0: ticks are not deduped).
--- ARGV[9..] one per entry, packed (one argument instead of ten: a tick sends a thousand):
---           due read, due to fire ('' none), first missed due ('' none), next due ('' drops
---           the entry), run limit (s), overlap policy, catch-up window (s), byte length of the
---           tenant, byte length of the user, each followed by \31, then tenant, user and flow
---           id back to back (as read with the due time; a stopped or rescheduled flow has
---           another score by then, so the claim fails)
+-- ARGV[9] the number P of distinct plans
+-- ARGV[10..9+P] the plans: due read, due to fire ('' none), first missed due ('' none), next
+--           due ('' drops the entry), run limit (s), overlap policy, catch-up window (s),
+--           joined by \31 (most entries of a tick share one: each is sent and parsed once)
+-- ARGV[10+P..] one per entry (a tick sends a thousand): the index of its plan (from 1), the
+--           byte length of the tenant, the byte length of the user, each followed by \31,
+--           then tenant, user and flow id back to back (as read with the due time; a stopped
+--           or rescheduled flow has another score by then, so the claim fails)
 -- Returns: {fired, claimed-by-others, admitted, deferred, skipped, missed, 1 when an entry
 --          is still due at now (another batch to read) else 0}
 --#include flow_start_common
 --#include flow_start_lease
 --#include flow_start_queue
 local stats = { fired = 0, lost = 0, admitted = 0, deferred = 0, skipped = 0, missed = 0 }
-local PACKED = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31'
-  .. '([^\31]*)\31(%d+)\31(%d+)\31()'
-local entries, flows = {}, {}
-for i = FIRST_ARG, #ARGV do
-  local packed = ARGV[i]
-  local read, fire, missed, next_due, limit, overlap, window, tenant_len, user_len, at =
-    string.match(packed, PACKED)
+local PLAN = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31'
+  .. '([^\31]*)$'
+local ENTRY = '^(%d+)\31(%d+)\31(%d+)\31()'
+local plans = {}
+local plan_count = tonumber(ARGV[FIRST_ARG])
+for p = 1, plan_count do
+  local read, fire, missed, next_due, limit, overlap, window =
+    string.match(ARGV[FIRST_ARG + p], PLAN)
   if not read then
-    return redis.error_reply('flow_start_fire: malformed entry ' .. (i - FIRST_ARG + 1))
+    return redis.error_reply('flow_start_fire: malformed plan ' .. p)
+  end
+  plans[p] = { read, fire, missed, next_due, tonumber(limit), overlap, window }
+end
+local entries, flows = {}, {}
+for i = FIRST_ARG + plan_count + 1, #ARGV do
+  local packed = ARGV[i]
+  local index, tenant_len, user_len, at = string.match(packed, ENTRY)
+  local plan = index and plans[tonumber(index)]
+  if not plan then
+    return redis.error_reply('flow_start_fire: malformed entry ' .. (i - FIRST_ARG - plan_count))
   end
   local user_at = at + tonumber(tenant_len)
   local flow_at = user_at + tonumber(user_len)
   local flow = string.sub(packed, flow_at)
-  entries[#entries + 1] = { flow, read, fire, missed, next_due, tonumber(limit), overlap, window,
-    string.sub(packed, at, user_at - 1), string.sub(packed, user_at, flow_at - 1) }
+  entries[#entries + 1] = { flow, plan, string.sub(packed, at, user_at - 1),
+    string.sub(packed, user_at, flow_at - 1) }
   flows[#flows + 1] = flow
 end
 -- the claims' scores and the deployed flags, in two calls instead of two per entry
@@ -45,8 +58,8 @@ for first = 1, #flows, 1000 do
   end
 end
 for n, entry in ipairs(entries) do
-  local flow, read, fire, missed, next_due, limit, overlap, window, tenant, user =
-    unpack(entry)
+  local flow, plan, tenant, user = entry[1], entry[2], entry[3], entry[4]
+  local read, fire, missed, next_due, limit, overlap, window = unpack(plan)
   local score = scores[n]
   if not score or tonumber(score) ~= tonumber(read) then
     stats.lost = stats.lost + 1
