@@ -108,6 +108,8 @@ class Settings:
     # The dead-letter sink (functions/dead_letters): with an audience set, every event must
     # carry Knative's OIDC token (Authorization: Bearer) for it, signed by a key of the JWKS,
     # from the issuer, for a subject starting with one of the prefixes (docs/security.md).
+    # SQS with IRSA: the prefix of the flows' IAM role ARNs (docs/security.md, "IRSA").
+    worker_iam_role_prefix: str | None = None
     dead_letters_oidc_audience: str | None = None
     dead_letters_oidc_issuer: str | None = None
     dead_letters_oidc_jwks_url: str | None = None
@@ -302,6 +304,7 @@ class Settings:
             cron_min_interval_seconds=seconds("CRON_MIN_INTERVAL_SECONDS", 60.0),
             flow_tombstone_ttl_seconds=seconds("FLOW_TOMBSTONE_TTL_SECONDS", 7 * 86400.0),
             cron_owner=choice("CRON_OWNER", CRON_OWNERS, "orchestrator"),
+            worker_iam_role_prefix=text("WORKER_IAM_ROLE_PREFIX"),
             dead_letters_oidc_audience=text("DEAD_LETTERS_OIDC_AUDIENCE"),
             dead_letters_oidc_issuer=text("DEAD_LETTERS_OIDC_ISSUER"),
             dead_letters_oidc_jwks_url=url("DEAD_LETTERS_OIDC_JWKS_URL"),

@@ -155,7 +155,7 @@ class LocalDriver:
             if kind == "Secret":
                 self._secrets[name] = manifest
                 return
-            if kind == "NetworkPolicy":
+            if kind in ("NetworkPolicy", "ServiceAccount"):  # kept: no cluster to enforce them
                 self._policies[name] = manifest
                 return
             if kind != "Deployment":
@@ -220,8 +220,12 @@ class LocalDriver:
         with self._lock:
             if kind == "Secret":
                 return self._secrets.pop(name, None) is not None
-            if kind == "NetworkPolicy":
-                return self._policies.pop(name, None) is not None
+            if kind in ("NetworkPolicy", "ServiceAccount"):
+                found = self._policies.get(name)
+                if found is None or found["kind"] != kind:
+                    return False
+                del self._policies[name]
+                return True
             workload = self._workloads.pop(name, None)
             if workload is None:
                 return False

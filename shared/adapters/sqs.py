@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,9 +23,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from shared import keys
 from shared.errors import PermanentError, TemporaryError
+from shared.ports.queue_access import claim_check_prefix, sqs_name
 from shared.ports.step_message import BadMessage, Delivery, StepMessage
+
+__all__ = ["SqsQueue", "aws_errors", "sqs_name"]
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +61,6 @@ def aws_errors(operation: str) -> Iterator[None]:
         raise TemporaryError(f"AWS {operation} unreachable: {type(exc).__name__}") from exc
 
 
-def sqs_name(queue: str) -> str:
-    """`co:q:{flow}:node` → `co-q-flow-node-<digest>` (SQS: 80 of [A-Za-z0-9_-])."""
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", queue).strip("-")
-    return f"{safe[:63]}-{keys.digest(queue)[:16]}"
-
-
 def _attribute_bytes(attributes: dict[str, Any]) -> int:
     return sum(
         len(name.encode()) + len(value["DataType"]) + len(str(value["StringValue"]).encode())
@@ -81,8 +77,12 @@ class SqsQueue:
         *,
         visibility_timeout: int = VISIBILITY_TIMEOUT_SECONDS,
         max_message_bytes: int | None = None,
+        create_queues: bool = True,
     ) -> None:
         self.sqs = sqs
+        # A worker does not create queues (its IAM policy allows none): a queue not there yet
+        # is an empty receive, looked up again on the next poll (step-execute creates it).
+        self.create_queues = create_queues
         self.s3 = s3
         self.bucket = bucket
         self.visibility_timeout = visibility_timeout
@@ -93,7 +93,9 @@ class SqsQueue:
         self._limits: dict[str, int] = {}
 
     @classmethod
-    def connect(cls, *, endpoint_url: str | None, bucket: str) -> SqsQueue:
+    def connect(
+        cls, *, endpoint_url: str | None, bucket: str, create_queues: bool = True
+    ) -> SqsQueue:
         session = boto3.session.Session()
         region = session.region_name or "us-east-1"
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
@@ -102,13 +104,24 @@ class SqsQueue:
             session.client("sqs", endpoint_url=endpoint_url, region_name=region, config=config),
             session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config),
             bucket,
+            create_queues=create_queues,
         )
 
-    def queue_url(self, queue: str) -> str:
+    def queue_url(self, queue: str) -> str | None:
+        """None only without `create_queues`, for a queue that does not exist yet."""
         url = self._urls.get(queue)
         if url is None:
-            url = self._existing_url(queue) or self._create(queue)
+            url = self._existing_url(queue)
+            if url is None and not self.create_queues:
+                return None
+            url = url or self._create(queue)
             self._urls[queue] = url
+        return url
+
+    def _url(self, queue: str) -> str:
+        url = self.queue_url(queue)
+        if url is None:
+            raise TemporaryError(f"SQS queue {sqs_name(queue)} does not exist yet")
         return url
 
     def _existing_url(self, queue: str) -> str | None:
@@ -142,7 +155,7 @@ class SqsQueue:
             return self.max_message_bytes
         limit = self._limits.get(queue)
         if limit is None:
-            url = self.queue_url(queue)
+            url = self._url(queue)
             with aws_errors("GetQueueAttributes"):
                 answer = self.sqs.get_queue_attributes(
                     QueueUrl=url, AttributeNames=["MaximumMessageSize"]
@@ -170,7 +183,7 @@ class SqsQueue:
 
     def _check_in(self, message: StepMessage, body: str) -> str:
         key = (
-            f"claim-check/{message.flow_id}/{message.step_id}/"
+            f"{claim_check_prefix(message.flow_id)}{message.step_id}/"
             f"{message.message_id}-{message.attempt}.json"
         )
         with aws_errors("S3 PutObject"):
@@ -182,7 +195,7 @@ class SqsQueue:
     def publish(self, queue: str, messages: Sequence[StepMessage]) -> None:
         if not messages:
             return
-        url = self.queue_url(queue)
+        url = self._url(queue)
         limit = self.message_limit(queue)
         entries = [self._entry(i, m, limit) for i, m in enumerate(messages)]
         batch: list[dict[str, Any]] = []
@@ -215,6 +228,9 @@ class SqsQueue:
         self, queue: str, consumer: str, *, max_messages: int = 10, wait_seconds: float = 1.0
     ) -> list[Delivery]:
         url = self.queue_url(queue)
+        if url is None:
+            time.sleep(max(0.0, min(20.0, wait_seconds)))  # a long poll's wait, not a spin
+            return []
         with aws_errors("ReceiveMessage"):
             reply = self.sqs.receive_message(
                 QueueUrl=url,
@@ -246,7 +262,7 @@ class SqsQueue:
     def ack(self, queue: str, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
-        url = self.queue_url(queue)
+        url = self._url(queue)
         for start in range(0, len(deliveries), BATCH_SIZE):
             chunk = deliveries[start : start + BATCH_SIZE]
             with aws_errors("DeleteMessageBatch"):

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from shared import keys
-from shared.deployment import network_policy
+from shared.deployment import network_policy, queue_policy
 from shared.errors import PermanentError
 from shared.events import FlowDocument
 from shared.model.policy import Resources, TenantLimits, cpu_millicores, memory_mib
@@ -111,6 +111,9 @@ class WorkerSettings:
     # QUEUE_BACKEND=amqp: what else ferryman gets (ELASTICIO_API_URI, _DATAHUB_BASE_URL)
     hub_api_uri: str | None = None
     datahub_url: str | None = None
+    # SQS with IRSA: `arn:<partition>:iam::<account>:role/<path>`; each flow's pods run under
+    # a ServiceAccount of their own mapped to the role <prefix><role_name(flow)>.
+    iam_role_prefix: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerSettings:
@@ -132,6 +135,7 @@ class WorkerSettings:
             cluster_cidrs=(*settings.cluster_pod_cidrs, *settings.cluster_service_cidrs),
             hub_api_uri=settings.hub_api_uri,
             datahub_url=settings.datahub_url,
+            iam_role_prefix=settings.worker_iam_role_prefix,
         )
 
     @property
@@ -569,6 +573,15 @@ def flow_desired_state(
                 own_entrypoint=worker.runs_ferryman,
             )
         )
+    if worker.queue_backend == "sqs" and worker.iam_role_prefix:
+        account = _service_account(flow, base_labels, worker, manifests)
+        for manifest in manifests:
+            if manifest["kind"] == "Deployment":
+                manifest["spec"]["template"]["spec"]["serviceAccountName"] = account["metadata"][
+                    "name"
+                ]
+                _stamp(manifest)
+        manifests.insert(0, account)
     return DesiredState(
         kind="flow",
         id=flow.id,
@@ -578,6 +591,55 @@ def flow_desired_state(
         tenant=flow.tenant,
         user=flow.user,
     )
+
+
+IRSA_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+IAM_POLICY_ANNOTATION = LABEL_PREFIX + "iam-policy"
+_ROLE_PREFIX = re.compile(
+    r"arn:(?P<partition>[a-z-]+):iam::(?P<account>\d{12}):role/(?:[\w+=,.@/-]*)"
+)
+
+
+def _service_account(
+    flow: FlowDocument,
+    labels: Mapping[str, str],
+    worker: WorkerSettings,
+    manifests: Sequence[Manifest],
+) -> Manifest:
+    """The flow's ServiceAccount for IRSA: named after its role, annotated with the role's ARN
+    and the policy that role must have (queue_policy.worker_policy), for whoever creates the
+    roles (an operator, or a controller such as ACK's IAM controller)."""
+    prefix = worker.iam_role_prefix or ""
+    match = _ROLE_PREFIX.fullmatch(prefix)
+    if match is None or not worker.claim_check_bucket:
+        raise PermanentError(
+            "WORKER_IAM_ROLE_PREFIX: must be arn:<partition>:iam::<account>:role/[path/] "
+            "(with CLAIM_CHECK_BUCKET)"
+        )
+    name = queue_policy.role_name(flow.id)
+    document = queue_policy.worker_policy(
+        flow.id,
+        step_queues_of(manifests),
+        region="*",
+        account_id=match["account"],
+        bucket=worker.claim_check_bucket,
+        partition=match["partition"],
+    )
+    account: Manifest = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": name,
+            "labels": dict(labels),
+            "annotations": {
+                FLOW_ID_ANNOTATION: flow.id,
+                IRSA_ROLE_ANNOTATION: prefix + name,
+                IAM_POLICY_ANNOTATION: json.dumps(document, sort_keys=True, separators=(",", ":")),
+            },
+        },
+        "automountServiceAccountToken": False,  # IRSA projects its own token; no API token
+    }
+    return _stamp(account)
 
 
 def component_desired_state(

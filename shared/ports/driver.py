@@ -24,7 +24,9 @@ MAX_NAME = 63  # Kubernetes names and label values
 HASH_CHARS = 8  # label values (selectors of objects already running depend on them)
 NAME_HASH_CHARS = 16  # object names: 64 bits, so no one finds another flow's name by trying
 LEGACY_NAME_HASH_CHARS = 8  # object names written before 64-bit hashes (found for upgrades)
-KINDS = ("NetworkPolicy", "Secret", "Deployment")  # in the order they are applied
+# In the order they are applied (a flow's ServiceAccount: SQS with IRSA, shared/deployment/
+# queue_policy.py).
+KINDS = ("NetworkPolicy", "ServiceAccount", "Secret", "Deployment")
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "component-orchestrator"

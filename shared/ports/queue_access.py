@@ -8,8 +8,11 @@ rotation; an adapter only writes what it is given to every node it can reach.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Protocol
+
+from shared import keys
 
 # What shared/adapters/redis_streams.py sends from a worker: receive (XREADGROUP, and
 # XGROUP CREATE when the stream or group is new), ack (XACK + XDEL), and the client's PING.
@@ -36,3 +39,18 @@ class AclAdmin(Protocol):
     def delete_user(self, username: str) -> int:
         """Removes the user from every node it can reach (absent is fine)."""
         ...
+
+
+# ---- SQS: names the queue adapter uses and a flow's IAM policy must name the same way ------
+def sqs_name(queue: str) -> str:
+    """`co:q:{flow}:node` → `co-q-flow-node-<digest>` (SQS: 80 of [A-Za-z0-9_-]). The digest
+    makes names exact: a policy lists each queue's ARN, never a prefix another flow could
+    share (`flow-a` is a prefix of `flow-ab`)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", queue).strip("-")
+    return f"{safe[:63]}-{keys.digest(queue)[:16]}"
+
+
+def claim_check_prefix(flow_id: str) -> str:
+    """Where the bodies of a flow's big step messages go in CLAIM_CHECK_BUCKET; flow ids hold
+    no `/`, so no flow's prefix contains another's."""
+    return f"claim-check/{flow_id}/"

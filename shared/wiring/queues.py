@@ -22,6 +22,7 @@ def make_queue(
     redis: Redis | None = None,
     aws_endpoint_url: str | None = None,
     claim_check_bucket: str | None = None,
+    worker: bool = False,
 ) -> StepQueue:
     """The backend named by QUEUE_BACKEND, explicitly: no fallback from one to the other."""
     if backend == "redis":
@@ -35,7 +36,10 @@ def make_queue(
             raise ValueError("CLAIM_CHECK_BUCKET: required when QUEUE_BACKEND=sqs")
         from shared.adapters.sqs import SqsQueue
 
-        return SqsQueue.connect(endpoint_url=aws_endpoint_url, bucket=claim_check_bucket)
+        # A worker's IAM policy allows its own queues' receive and delete only: it creates none.
+        return SqsQueue.connect(
+            endpoint_url=aws_endpoint_url, bucket=claim_check_bucket, create_queues=not worker
+        )
     if backend == "amqp":
         raise ValueError("QUEUE_BACKEND=amqp: step-execute's queue (make_step_queue); "
                          "its workers are ferryman, not python -m shared.worker")  # fmt: skip

@@ -388,6 +388,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
             redis=redis,
             aws_endpoint_url=config.aws_endpoint_url,
             claim_check_bucket=config.claim_check_bucket,
+            worker=True,
         )
     except OrchestratorError as exc:
         log.error("worker cannot start: %s", exc.message)

@@ -151,6 +151,7 @@ def test_sqs_messages_carry_run_step_and_tenant_attributes(aws: Aws) -> None:
     queue = SqsQueue(aws.sqs, aws.s3, aws.bucket)
     queue.publish(QUEUE, [message(1)])
     url = queue.queue_url(QUEUE)
+    assert url is not None
     raw = aws.sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"])["Messages"][0]
     attributes = {k: v["StringValue"] for k, v in raw["MessageAttributes"].items()}
     assert attributes == {"run": "run-1", "step": "step-a", "tenant": "acme", "messageId": "m-1"}

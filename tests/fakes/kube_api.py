@@ -39,7 +39,7 @@ import yaml
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 WRITE_VERBS = ("apply", "create", "delete")
-KINDS = ("deployments", "secrets", "networkpolicies", "pods", "podmetrics")
+KINDS = ("deployments", "secrets", "networkpolicies", "serviceaccounts", "pods", "podmetrics")
 
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
@@ -56,6 +56,7 @@ _ROUTES = (
         ),
         "networkpolicies",
     ),
+    (re.compile(r"^/api/v1/namespaces/([^/]+)/serviceaccounts(?:/([^/]+))?$"), "serviceaccounts"),
     (re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?$"), "pods"),
     (
         re.compile(r"^/apis/metrics\.k8s\.io/v1beta1/namespaces/([^/]+)/pods(?:/([^/]+))?$"),
@@ -67,6 +68,7 @@ _TYPE_META = {
     "deployments": ("apps/v1", "Deployment"),
     "secrets": ("v1", "Secret"),
     "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy"),
+    "serviceaccounts": ("v1", "ServiceAccount"),
     "pods": ("v1", "Pod"),
     "podmetrics": ("metrics.k8s.io/v1beta1", "PodMetrics"),
 }
@@ -111,6 +113,7 @@ _DISCOVERY: dict[str, dict[str, Any]] = {
         "groupVersion": "v1",
         "resources": [
             _resource("secrets", "Secret"),
+            _resource("serviceaccounts", "ServiceAccount"),
             _resource("pods", "Pod", verbs=("get", "list")),
             _resource("namespaces", "Namespace", namespaced=False),
         ],
@@ -492,6 +495,7 @@ class FakeKubeApi:
             "Deployment": "deployments",
             "Secret": "secrets",
             "NetworkPolicy": "networkpolicies",
+            "ServiceAccount": "serviceaccounts",
         }[obj["kind"]]
         with self._lock:
             return self._store(kind, namespace, obj["metadata"]["name"], copy.deepcopy(obj))
