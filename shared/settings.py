@@ -77,6 +77,7 @@ class Settings:
     # reach, and the hub's services they may (passed to them as OIH passes them).
     cluster_pod_cidrs: tuple[str, ...] = DEFAULT_POD_CIDRS
     cluster_service_cidrs: tuple[str, ...] = DEFAULT_SERVICE_CIDRS
+    cluster_node_cidrs: tuple[str, ...] = ()  # the nodes' network (kubelet, API endpoint)
     secret_service_url: str | None = DEFAULT_SECRET_SERVICE_URL
     snapshots_service_url: str | None = DEFAULT_SNAPSHOTS_SERVICE_URL
     attachment_storage_service_url: str | None = DEFAULT_ATTACHMENT_STORAGE_SERVICE_URL
@@ -230,18 +231,12 @@ class Settings:
             if value is None:
                 return default
             try:
-                found = cidr_list(value)
+                return cidr_list(value)
             except ValueError as exc:
                 problems.append(f"{name}: {exc}")
                 return default
-            if not found:
-                problems.append(f"{name}: must name at least one IPv4 range")
-                return default
-            return found
 
-        def hub_url(name: str, default: str) -> str | None:
-            if name in env and not (env[name] or "").strip():
-                return None  # set empty: this hub has no such service
+        def hub_url(name: str, default: str) -> str:
             return url(name) or default
 
         namespace = text("KUBERNETES_NAMESPACE") or "flows"
@@ -282,6 +277,7 @@ class Settings:
             ),
             cluster_pod_cidrs=cidrs("CLUSTER_POD_CIDRS", DEFAULT_POD_CIDRS),
             cluster_service_cidrs=cidrs("CLUSTER_SERVICE_CIDRS", DEFAULT_SERVICE_CIDRS),
+            cluster_node_cidrs=cidrs("CLUSTER_NODE_CIDRS", ()),
             secret_service_url=hub_url("SECRET_SERVICE_BASE_URL", DEFAULT_SECRET_SERVICE_URL),
             snapshots_service_url=hub_url(
                 "SNAPSHOTS_SERVICE_BASE_URL", DEFAULT_SNAPSHOTS_SERVICE_URL
@@ -352,7 +348,10 @@ def cidr_list(value: str) -> tuple[str, ...]:
     for item in (part.strip() for part in value.split(",")):
         if not item:
             continue
-        network = ipaddress.ip_network(item, strict=False)
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"not an IPv4 range like 10.244.0.0/16: {item!r}") from exc
         if network.version != 4:
             raise ValueError(f"only IPv4 ranges are supported: {item!r}")
         networks.append(str(network))

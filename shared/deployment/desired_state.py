@@ -132,7 +132,11 @@ class WorkerSettings:
             secret_service_url=settings.secret_service_url,
             snapshots_service_url=settings.snapshots_service_url,
             attachment_storage_service_url=settings.attachment_storage_service_url,
-            cluster_cidrs=(*settings.cluster_pod_cidrs, *settings.cluster_service_cidrs),
+            cluster_cidrs=(
+                *settings.cluster_pod_cidrs,
+                *settings.cluster_service_cidrs,
+                *settings.cluster_node_cidrs,
+            ),
             hub_api_uri=settings.hub_api_uri,
             datahub_url=settings.datahub_url,
             iam_role_prefix=settings.worker_iam_role_prefix,

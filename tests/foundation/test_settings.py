@@ -80,6 +80,33 @@ def test_every_variable_is_read() -> None:
     assert settings.aws_endpoint_url == "http://localhost:5000"
 
 
+def test_flow_pods_network_settings_have_defaults_and_are_read() -> None:
+    """docs/security.md, "The network": what flow pods never reach, and the hub's services."""
+    settings = _settings()
+    assert settings.cluster_pod_cidrs == ("10.244.0.0/16",)
+    assert settings.cluster_service_cidrs == ("10.96.0.0/12",)
+    assert settings.cluster_node_cidrs == ()
+    assert settings.secret_service_url == "http://secret-service.oih.svc.cluster.local:3000/api/v1"
+    assert settings.snapshots_service_url == "http://snapshots-service.oih.svc.cluster.local:1234"
+    assert settings.attachment_storage_service_url == (
+        "http://attachment-storage-service.oih.svc.cluster.local:3002"
+    )
+    settings = _settings(
+        CLUSTER_POD_CIDRS="10.0.0.0/14, 10.8.0.1/16",
+        CLUSTER_SERVICE_CIDRS="172.20.0.0/16",
+        CLUSTER_NODE_CIDRS="192.168.0.0/24",
+        SECRET_SERVICE_BASE_URL="http://secrets.hub.svc:3000/api/v1",
+        SNAPSHOTS_SERVICE_BASE_URL="http://snapshots.hub.svc:1234",
+        ATTACHMENT_STORAGE_SERVICE_BASE_URL="http://attachments.hub.svc:3002",
+    )
+    assert settings.cluster_pod_cidrs == ("10.0.0.0/14", "10.8.0.0/16")
+    assert settings.cluster_service_cidrs == ("172.20.0.0/16",)
+    assert settings.cluster_node_cidrs == ("192.168.0.0/24",)
+    assert settings.secret_service_url == "http://secrets.hub.svc:3000/api/v1"
+    assert settings.snapshots_service_url == "http://snapshots.hub.svc:1234"
+    assert settings.attachment_storage_service_url == "http://attachments.hub.svc:3002"
+
+
 @pytest.mark.parametrize(
     ("changes", "mode"),
     [
@@ -126,6 +153,10 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("repository not a url", {"COMPONENT_REPOSITORY_URL": "x"}, "COMPONENT_REPOSITORY_URL"),
     ("aws endpoint not a url", {"AWS_ENDPOINT_URL": "x"}, "AWS_ENDPOINT_URL: not a URL"),
     ("cron interval negative", {"CRON_MIN_INTERVAL_SECONDS": "-1"}, "CRON_MIN_INTERVAL_SECONDS"),
+    ("pod range not a range", {"CLUSTER_POD_CIDRS": "10.244.0.0/33"}, "CLUSTER_POD_CIDRS: not an"),
+    ("service range ipv6", {"CLUSTER_SERVICE_CIDRS": "fd00::/108"}, "CLUSTER_SERVICE_CIDRS: only"),
+    ("node range a name", {"CLUSTER_NODE_CIDRS": "nodes"}, "CLUSTER_NODE_CIDRS: not an"),
+    ("secret service not a url", {"SECRET_SERVICE_BASE_URL": "x"}, "SECRET_SERVICE_BASE_URL"),
 ]
 
 
