@@ -674,13 +674,15 @@ def test_only_the_brokers_pods_may_reach_the_dead_letter_sink(docs: tuple[Manife
     [service] = [
         s for s in of_kind(docs, "Service", "v1") if s["metadata"]["name"] == "dead-letters"
     ]
-    pod_labels = dead_letter_sink(docs)["spec"]["template"]["metadata"]["labels"]
+    sink = dead_letter_sink(docs)
+    pod_labels = sink["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
     policies = [
         p
         for p in of_kind(docs, "NetworkPolicy")
-        if p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        if p["metadata"]["namespace"] == sink["metadata"]["namespace"]  # (flows has its own)
+        and (p["spec"]["podSelector"].get("matchLabels") or {}).items() <= pod_labels.items()
     ]
     assert len(policies) == 1
     [policy] = policies
