@@ -42,7 +42,7 @@ from tests.support.system import FunctionProcess, RedisNode, wait_for
 
 pytestmark = [
     pytest.mark.faults,
-    pytest.mark.timeout(600 if os.environ.get("FAULTS_SCALE") == "full" else 300),
+    pytest.mark.timeout(3600 if os.environ.get("FAULTS_SCALE") == "full" else 300),
 ]
 
 FULL = os.environ.get("FAULTS_SCALE") == "full"
@@ -420,3 +420,94 @@ def test_flow_starts_against_a_kubernetes_api_failing_30_percent_all_end_started
         assert min(faults.injected.values()) > 0, f"every kind of fault: {faults.injected}"
     finally:
         deploy.close()
+
+
+# --- a simulated soak of the demo's traffic --------------------------------------------------
+def _persistent_keys(redis: Redis) -> list[str]:
+    """Keys without a TTL: only our code removes them, so these are what could leak. (Keys with
+    a TTL, dedupe keys and finished runs, are bounded by it; Redis counts it in wall-clock
+    time, which a fake-clock soak does not advance.)"""
+    return [str(k, "utf-8") for k in redis.scan_iter(count=1000) if redis.ttl(k) == -1]
+
+
+LEFT_BEHIND = (
+    "co:{adm}:lease:",  # a flow's run lease
+    "co:{dep}:lock:",  # a target's deploy lock
+    "co:{adm}:wq:",  # a flow's waiting queue
+    "co:{adm}:wqu:",
+    "co:{adm}:tick-lease",
+    "co:{dep}:tick-lease",
+    "co:{exec}:tick-lease",
+    "co:{pol}:tick-lease",
+)
+
+
+def test_a_soak_of_the_demos_traffic_keeps_its_key_count_and_leaves_nothing_behind(
+    redis: Redis,
+) -> None:
+    """The demo's scenario (shared/local/demo/scenario.py: crons, a flood, a chatty flow, long
+    runs) through the four real functions (InProcessSystem) on a fake clock: two hours at full
+    scale (40 s small), sampled every minute (5 s small) after a warm-up of ten minutes (15 s
+    small). Then the Flow Repository stops every flow and the system runs on until its runs
+    have ended: no lease, lock, waiting entry, admitted run or unsent event is left."""
+    from shared.adapters.component_repository import CatalogueComponentRepository
+    from shared.local.demo import runner as demo
+    from shared.local.demo import scenario
+    from shared.local.demo.system import InProcessSystem
+    from shared.model.policy import load_policy
+    from shared.settings import Settings
+
+    seconds, warm_up, every = (7200, 600, 60) if FULL else (40, 15, 5)
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "redis://in-process.invalid/0",
+            "ORCHESTRATOR_KEY": TEST_KEY,
+            "ORCHESTRATOR_AUTH": "off",
+            "ORCHESTRATOR_DEPLOY_DRIVER": "local",
+            "ORCHESTRATOR_POLICY_FILE": str(demo.DEMO_POLICY),
+            "K_SINK": "http://in-process.invalid/",
+        }
+    )
+    clock = FakeClock(demo.HEADLESS_START)
+    policy = load_policy(str(demo.DEMO_POLICY))
+    system = InProcessSystem(redis, clock, policy, settings, CatalogueComponentRepository())
+
+    def send(event_type: str, data: Any, *, tenant: str, user: str) -> None:
+        system.send(event_type, data, source=scenario.SOURCE, tenant=tenant)
+
+    scenario.seed(send)
+    system.settle()
+    samples: list[tuple[int, int]] = []
+    for second in range(seconds):
+        scenario.act(send, second)
+        system.run_for(1)
+        if second + 1 >= warm_up and (second + 1 - warm_up) % every == 0:
+            samples.append((second + 1, len(_persistent_keys(redis))))
+    level = samples[0][1]
+    outside = [(s, n) for s, n in samples if abs(n - level) > 0.1 * level]
+    assert not outside, f"key count within 10 % of {level} after warm-up: {samples}"
+
+    held = list(redis.scan_iter(match="co:{adm}:lease:*"))
+    assert held, "runs hold leases while the traffic goes on (the check below can fail)"
+    for flow in scenario.FLOWS:  # traffic stops: no webhook, no flow left to schedule
+        send(t.FLOW_STOPPING, {"id": flow.id}, tenant=flow.tenant, user=flow.user)
+    system.settle()
+
+    def left_behind() -> list[str]:
+        everything = [str(k, "utf-8") for k in redis.scan_iter(count=1000)]  # with a TTL or not
+        return [k for k in everything if k.startswith(LEFT_BEHIND)]
+
+    for _ in range(30):  # at most 300 s: longer than any run's limit (maxRunSeconds 240)
+        if not left_behind() and not redis.hlen(keys.admitted_runs()):
+            break
+        system.run_for(10)
+    assert left_behind() == [], "nothing left behind"
+    empty = {
+        "waiting runs": redis.hlen(keys.waiting_runs()),
+        "admitted runs": redis.hlen(keys.admitted_runs()),
+        "running (step-execute)": redis.zcard(keys.runs_running()),
+        "watched runs (policy-check)": redis.zcard(keys.watched_runs()),
+        **{f"outbox {tag}": redis.llen(keys.outbox(tag)) for tag in keys.TAGS},
+        **{f"in flight {tag}": redis.zcard(keys.outbox_in_flight(tag)) for tag in keys.TAGS},
+    }
+    assert set(empty.values()) == {0}, f"nothing waiting, running or unsent: {empty}"
