@@ -171,6 +171,10 @@ class LocalDriver:
 
     def list_managed(self, selector: str | None = None) -> list[ObservedObject]:
         with self._lock:
+            # a reconcile pass looks here: dead replicas are restarted as a kubelet would
+            for name, workload in self._workloads.items():
+                if _selected(workload.manifest["metadata"].get("labels") or {}, selector):
+                    self._sync(name, workload)
             objects = [
                 ObservedObject(
                     kind=manifest["kind"],

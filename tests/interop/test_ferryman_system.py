@@ -5,6 +5,8 @@ turns ferryman's replies into step events:
 - a two-step flow (each step emits two records) runs flow.execute → step 1 → step 2 →
   flow.execution.completed;
 - a throwing action gives step.failed, is retried, and the run fails;
+- a ferryman killed mid-message: the message goes to its restarted replica, and the next step
+  gets each output once (no duplicate completion);
 - the flow token (in every message, as ferryman's apiKey) is in no emitted event, log line
   or dead letter of ours.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +33,7 @@ from shared.runtime import event_log
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.support.ferryman import CONNECTOR
 from tests.support.rabbitmq import RabbitMq
+from tests.support.system import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "registry.example/oih/co-test-connector:1"
@@ -49,8 +53,9 @@ def connector_folder(tmp_path: Path, modules: Path) -> Path:
     return folder
 
 
-def flow(flow_id: str, function: str, steps: int) -> dict[str, Any]:
-    nodes = [{"id": f"s{i}", "componentId": "oih-connector", "function": function,
+def flow(flow_id: str, function: str, steps: int, then: str | None = None) -> dict[str, Any]:
+    nodes = [{"id": f"s{i}", "componentId": "oih-connector",
+              "function": then if then and i > 1 else function,
               "fields": {"tag": f"s{i}"}} for i in range(1, steps + 1)]  # fmt: skip
     edges = [{"source": f"s{i}", "target": f"s{i + 1}"} for i in range(1, steps)]
     return {"id": flow_id, "tenant": "acme", "owners": [{"id": "alice", "type": "user"}],
@@ -113,7 +118,7 @@ def run(
     tmp_path: Path, rabbitmq: RabbitMq, amqp_vhost: str, ferryman_modules: Path,
     component_repo: FakeComponentRepo,
 ) -> Iterator[Run]:  # fmt: skip
-    component_repo.add("oih-connector", image=IMAGE, functions=("emitTwo", "fail"))
+    component_repo.add("oih-connector", image=IMAGE, functions=("emitTwo", "fail", "slowTwo"))
     (tmp_path / "policy.yaml").write_text(POLICY)
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DEMO")}
     env.update({
@@ -158,7 +163,8 @@ def test_existing_connectors_run_unchanged_through_ferryman(run: Run, tmp_path: 
     redis = Redis.from_url(session["redis_url"])
     run.send("flow.starting", flow("two-steps", "emitTwo", 2))
     run.send("flow.starting", flow("throws", "fail", 1))
-    for flow_id in ("two-steps", "throws"):
+    run.send("flow.starting", flow("killed", "slowTwo", 2, then="emitTwo"))
+    for flow_id in ("two-steps", "throws", "killed"):
         wait_events(
             redis, run, lambda ev, f=flow_id: of(ev, ".flow.started", f), f"{flow_id} started"
         )
@@ -178,6 +184,20 @@ def test_existing_connectors_run_unchanged_through_ferryman(run: Run, tmp_path: 
     broker_log = (run.state / "logs" / "broker.log").read_text()
     # tried, retried once (policy step_retries: 1), then the run failed
     assert broker_log.count("step.failed") >= 2, broker_log[-3000:]
+
+    # a ferryman killed between its two outputs: the message is redelivered to its restart
+    deploy_log = run.state / "logs" / "deploy.log"
+    pid = int(re.findall(r"started worker killed-s1-\S+ pid=(\d+)", deploy_log.read_text())[-1])
+    run.send("flow.execute", {"flowId": "killed", "msg": {"data": {"n": 3}}})
+    backchannel_log = run.state / "logs" / "backchannel.log"
+    wait_for(lambda: "(output) of message" in backchannel_log.read_text().split("throws")[-1],
+             "the first output of the slow step")  # fmt: skip
+    os.kill(pid, signal.SIGKILL)
+    events = wait_events(redis, run, lambda ev: of(ev, ".flow.execution.completed", "killed"),
+                         "the killed step's run completed")  # fmt: skip
+    (killed,) = of(events, ".flow.execution.completed", "killed")
+    assert killed.data["steps"] == 3  # s1 once, s2 once per output: its first output not twice
+    assert len(re.findall(r"started worker killed-s1-", deploy_log.read_text())) >= 2
 
     # the flow token: in each message on the flow's own queue (ferryman's apiKey), nowhere else
     token = stored_flow_token(redis, "two-steps", key=session["env"]["ORCHESTRATOR_KEY"])
