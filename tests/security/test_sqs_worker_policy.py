@@ -9,6 +9,7 @@ A's role, and the worker's own queue adapter is used with its credentials."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import socket
@@ -45,6 +46,7 @@ from shared.local.embedded_redis import free_port
 from shared.ports.queue_access import claim_check_prefix, sqs_name
 from shared.ports.step_message import StepMessage
 from tests.deploy_harness import DeployHarness, flow_doc, step
+from tests.fakes.aws import Aws
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.kube_api import FakeKubeApi
 
@@ -308,3 +310,14 @@ def test_each_flow_runs_under_its_own_role_and_gets_no_aws_credentials(
         ]
     finally:
         harness.close()
+
+
+def test_queue_names_and_claim_check_keys_are_those_of_the_previous_release(aws: Aws) -> None:
+    """Upgrade: the names a policy lists are the ones queues and objects already have (the
+    previous release's rule, spelled out), so existing queues and claim checks keep working."""
+    queue = keys.step_queue("flow-1", "step-a")
+    digest = hashlib.sha256(queue.encode()).hexdigest()[:16]
+    assert sqs_name(queue) == f"co-q-flow-1-step-a-{digest}"
+    big = SqsQueue(aws.sqs, aws.s3, aws.bucket, max_message_bytes=1024)
+    big.publish(queue, [message("flow-1", "step-a", "z" * 4000)])
+    assert aws.objects() == ["claim-check/flow-1/step-a/m-step-a-1.json"]

@@ -9,7 +9,12 @@ each command goes to the node that owns its slot) and through a plain client on 
 from __future__ import annotations
 
 import base64
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -26,10 +31,13 @@ from shared.deployment.queue_credentials import RedisQueueCredentials, username
 from shared.ports.step_message import StepMessage
 from shared.store import connect
 from tests.conftest import TEST_KEY
-from tests.deploy_harness import DeployHarness, flow_doc
+from tests.deploy_harness import DeployHarness, flow_doc, step
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.kube_api import FakeKubeApi
+from tests.support.event_sink import running_sink
 from tests.support.system import RedisClusterServers, wait_for
+from tests.worker.test_worker import BASE_ENV, ROOT
+from tests.worker.test_worker import message as step_message
 
 
 def _drop_users(servers: RedisClusterServers) -> None:
@@ -273,3 +281,50 @@ def test_users_reach_every_replica_and_survive_a_failover(
     finally:
         harness.close()
         store.close()
+
+
+def test_the_real_worker_consumes_on_the_cluster_with_its_own_credentials(
+    deploy: DeployHarness, cluster: RedisCluster, redis_cluster_servers: RedisClusterServers
+) -> None:
+    """`python -m shared.worker` with the Secret's REDIS_URL and REDIS_MODE, for a flow whose
+    queue lives on another master than the URL's node: its cluster client follows the slot
+    and needs nothing the user is refused (CLUSTER SLOTS, COMMAND, the stream commands)."""
+    url_node = redis_cluster_servers.nodes[0].port
+    flow_id = next(
+        f"flow-{n}"
+        for n in range(1000)
+        if _owner(cluster, keys.step_queue(f"flow-{n}", "step-a")) != url_node
+    )
+    queue = keys.step_queue(flow_id, "step-a")
+    deploy.start(flow_doc(flow_id, [step("step-a")]))
+    env = secret_env(deploy.kube, flow_id)
+    own = replace(step_message({"value": 4}), flow_id=flow_id)
+    RedisStreamsQueue(deploy.redis).publish(queue, [own])
+    with running_sink() as sink:
+        worker_env = {
+            "PATH": os.environ["PATH"],
+            **BASE_ENV,
+            "FLOW_ID": flow_id,
+            "STEP_QUEUE": queue,
+            "REDIS_URL": env["REDIS_URL"],
+            "REDIS_MODE": env["REDIS_MODE"],
+            "K_SINK": sink.url,
+            "PYTHONPATH": str(ROOT),
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shared.worker"], env=worker_env, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            (event,) = sink.wait_for(1, timeout=30)
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        output = process.stdout.read().decode() if process.stdout else ""
+    assert code == 0, output
+    assert "NOPERM" not in output and "no permissions" not in output, output
+    data = event.get_data()
+    assert isinstance(data, dict) and data["data"] == {"value": 12.0, "transformed": True}
+    assert deploy.redis.xlen(queue) == 0  # acknowledged and deleted with the worker's user
