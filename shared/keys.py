@@ -183,6 +183,13 @@ def metrics_last_read() -> str:
     return _key(POLICY, "metrics-last-read")
 
 
+def network_rates() -> str:
+    """Hash: tenant → its runs' recent network rate, bytes per run-second (ledger: net_bytes /
+    run_seconds over the tenant's shortest window); written by policy-check's tick in cost
+    mode dominant with capacity.network, read by flow-start at decision time."""
+    return _key(POLICY, "netrate")
+
+
 # --- step-execute: run records, step messages, rates, dead letters (step-execute only) -------
 def run(run_id: str) -> str:
     """Hash: one run (flow, tenant, user, fencing, status, counters, graph snapshot)."""

@@ -46,29 +46,37 @@ class Inputs:
     penalties_json: str
 
 
-def dominant_factor(policy: Policy, limits: TenantLimits) -> float:
-    """A run's cost per slot-second: its dominant share of (slots, CPU, memory) over the
-    policy's capacity, relative to one slot's share (1 when a slot dominates, and in the modes
-    other than `dominant`). The run's CPU and memory are what its steps request."""
+def dominant_factor(policy: Policy, limits: TenantLimits, network_rate: float = 0.0) -> float:
+    """A run's cost per slot-second: its dominant share of (slots, CPU, memory, network) over
+    the policy's capacity, relative to one slot's share (1 when a slot dominates, and in the
+    modes other than `dominant`). The run's CPU and memory are what its steps request, its
+    network rate (bytes/s) what its tenant's usage reports carried lately (policing.network)."""
     fairness = policy.fairness
     if fairness.cost != "dominant":
         return 1.0
     shares = [1.0 / policy.slots]
-    cpu, memory = fairness.capacity.cpu_millicores, fairness.capacity.memory_mib
+    capacity = fairness.capacity
+    cpu, memory, network = (
+        capacity.cpu_millicores,
+        capacity.memory_mib,
+        capacity.network_bytes_per_second,
+    )
     if cpu:
         shares.append(cpu_millicores(limits.cpu.request) / cpu)
     if memory:
         shares.append(memory_mib(limits.memory.request) / memory)
+    if network:
+        shares.append(network_rate / network)
     return max(shares) * policy.slots
 
 
-def _limits_row(policy: Policy, limits: TenantLimits) -> list[float]:
+def _limits_row(policy: Policy, limits: TenantLimits, network_rate: float = 0.0) -> list[float]:
     return [
         limits.weight,
         limits.max_concurrent_runs,
         limits.start_rate_per_minute,
         limits.max_waiting_runs,
-        dominant_factor(policy, limits),
+        dominant_factor(policy, limits, network_rate),
     ]
 
 
@@ -84,10 +92,22 @@ def _fairness_row(fairness: Fairness) -> list[float]:
 
 
 _limits_cache: dict[int, tuple[Policy, str]] = {}
+_network_cache: dict[int, tuple[Policy, dict[str, float], str]] = {}
 
 
-def limits_json(policy: Policy) -> str:
-    """Per-tenant limits as the scripts read them (computed once per policy object)."""
+def limits_json(policy: Policy, network_rates: dict[str, float] | None = None) -> str:
+    """Per-tenant limits as the scripts read them (computed once per policy object, and once
+    per published set of network rates: a tenant with a rate gets its own row)."""
+    if network_rates:
+        found = _network_cache.get(id(policy))
+        if found is not None and found[0] is policy and found[1] == network_rates:
+            return found[2]
+        table = json.loads(limits_json(policy))
+        for tenant, rate in network_rates.items():
+            table[tenant] = _limits_row(policy, policy.tenant(tenant), rate)
+        text = json.dumps(table, separators=(",", ":"))
+        _network_cache[id(policy)] = (policy, dict(network_rates), text)
+        return text
     cached = _limits_cache.get(id(policy))
     if cached is not None and cached[0] is policy:
         return cached[1]
@@ -96,6 +116,16 @@ def limits_json(policy: Policy) -> str:
     text = json.dumps(table, separators=(",", ":"))
     _limits_cache[id(policy)] = (policy, text)
     return text
+
+
+def read_network_rates(redis: Redis, policy: Policy) -> dict[str, float]:
+    """The rates policy-check published (policing.network), in cost mode dominant with a
+    network capacity only (one round trip; none otherwise)."""
+    fairness = policy.fairness
+    if fairness.cost != "dominant" or fairness.capacity.network is None:
+        return {}
+    raw = redis.hgetall(keys.network_rates())
+    return {as_text(k): float(as_text(v)) for k, v in raw.items()}
 
 
 def penalty_row(step: str | None, penalties: Penalties) -> list[float] | None:
@@ -129,7 +159,7 @@ def read_inputs(redis: Redis, policy: Policy) -> Inputs:
     penalties = read_penalties(redis, policy.penalties)
     return Inputs(
         slots=policy.slots,
-        limits_json=limits_json(policy),
+        limits_json=limits_json(policy, read_network_rates(redis, policy)),
         penalties_json=json.dumps(penalties, separators=(",", ":")),
     )
 

@@ -39,7 +39,7 @@ from shared.events.types import (
 from shared.model import flows, penalties
 from shared.model.penalties import Evidence
 from shared.model.policy import Policy
-from shared.policing import ledger, metrics_reader, rules, watchdog
+from shared.policing import ledger, metrics_reader, network, rules, watchdog
 from shared.policing.ledger import Record, SubjectRef
 from shared.policing.metrics_reader import PodUsageSource
 from shared.runtime import tick_cursor
@@ -234,6 +234,7 @@ def tick(
     active = {s.member(): s for s in ledger.active_subjects(redis, since=horizon)}
     page = tick_cursor.page(redis, keys.POLICY, SUBJECTS_WALK, active, page_size)
     decisions += police(redis, policy, [active[m] for m in page], now=now, source=source)
+    network.publish(redis, policy, list(active.values()), now=now)
     decisions += penalties.decay_all(redis, policy.penalties, now=now, source=source)
     ledger.forget_inactive(redis, before=horizon)
     return decisions

@@ -139,10 +139,12 @@ COST_MODES = ("count", "slot_seconds", "dominant")
 @dataclass(frozen=True)
 class Capacity:
     """The cluster's capacity the dominant share is taken over (None: that resource is not
-    counted). Slots are the policy's `slots`."""
+    counted). Slots are the policy's `slots`; `network` is bytes per second as a quantity
+    (`1Gi`: 1 GiB/s), compared with the network rate the tenant's usage reports carry."""
 
     cpu: str | None = None
     memory: str | None = None
+    network: str | None = None
 
     @property
     def cpu_millicores(self) -> int | None:
@@ -152,14 +154,18 @@ class Capacity:
     def memory_mib(self) -> float | None:
         return None if self.memory is None else memory_mib(self.memory)
 
+    @property
+    def network_bytes_per_second(self) -> float | None:
+        return None if self.network is None else memory_mib(self.network) * 2**20
+
 
 @dataclass(frozen=True)
 class Fairness:
     """What admission's fair queuing charges a tenant for a run (docs/architecture.md, fair
     admission): `count` one unit per run; `slot_seconds` the seconds the run holds its slot
     (estimated at admission from the flow's recent runs, corrected when it ends);
-    `dominant` slot-seconds times the run's dominant share of (slots, CPU, memory) over
-    `capacity` relative to one slot. A departed tenant's lead fades with `half_life`; a run
+    `dominant` slot-seconds times the run's dominant share of (slots, CPU, memory, network)
+    over `capacity` relative to one slot. A departed tenant's lead fades with `half_life`; a run
     waiting longer than `max_wait` is admitted before any other (aging)."""
 
     cost: str = "slot_seconds"
@@ -381,7 +387,7 @@ class _Checker:
     def capacity(self, value: object, path: str) -> Capacity:
         data = self.mapping(value, path)
         found: dict[str, str] = {}
-        parsers = {"cpu": cpu_millicores, "memory": memory_mib}
+        parsers = {"cpu": cpu_millicores, "memory": memory_mib, "network": memory_mib}
         for key, item in data.items():
             where = f"{path}.{key}"
             if key not in parsers:

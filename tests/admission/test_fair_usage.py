@@ -17,6 +17,7 @@ from redis import Redis
 from shared import keys
 from shared.admission import queue as admission
 from shared.model.policy import Policy
+from shared.policing import ledger, network
 from tests.support.admission import Admission, penalize
 from tests.support.fair_sim import Trial, flow_of, jain, share_over_weight
 from tests.support.flows import policy
@@ -395,3 +396,44 @@ def test_dominant_mode_charges_the_dominant_share(redis: Redis) -> None:
     trial = Trial(redis, pol, lambda t, _n: 1.0, {"big": 8, "small": 8}).run(40)
     shares = trial.shares(10, 40)
     assert shares["big"] == pytest.approx(1 / 3, rel=0.1)
+
+
+def test_dominant_mode_counts_the_network_rate_usage_reports_carry(redis: Redis) -> None:
+    """Tenant `chatty`'s usage reports carried 2.5 MiB per run-second (the ledger, as
+    policy-check counts them) on a 10 MiB/s, 8-slot cluster: its runs' network share is a
+    quarter, 2 slots' worth, so once policy-check's tick published the rate, `chatty` holds
+    half the slot-seconds of `quiet` with equal weights."""
+    pol = policy(
+        slots=8,
+        defaults=ROOMY,
+        fairness={"cost": "dominant", "capacity": {"cpu": "64", "network": "10Mi"}},
+    )
+    clock = _clock()
+    now = clock.now()
+    report = {"net_bytes": 2.5 * 2**20 * 600, "run_seconds": 600.0}
+    ring_windows = ledger.level_windows(pol)
+    for tenant, amounts in (("chatty", report), ("quiet", {"run_seconds": 600.0})):
+        subjects = ledger.subjects_of(tenant, "u", flow_of(tenant))
+        ledger.record(redis, ledger.Record(subjects, amounts), now=now, ring_windows=ring_windows)
+    active = ledger.active_subjects(redis, since=now - 3600)
+    assert network.publish(redis, pol, active, now=now) == 1  # `quiet` sent nothing
+    assert admission.read_network_rates(redis, pol) == {"chatty": pytest.approx(2.5 * 2**20)}
+    assert admission.dominant_factor(pol, pol.tenant("chatty"), 2.5 * 2**20) == pytest.approx(2)
+    trial = Trial(redis, pol, lambda t, _n: 1.0, {"chatty": 8, "quiet": 8}, clock=clock).run(40)
+    assert trial.shares(10, 40)["chatty"] == pytest.approx(1 / 3, rel=0.1)
+
+
+def test_network_rates_are_published_in_dominant_mode_with_a_network_capacity_only(
+    redis: Redis,
+) -> None:
+    subjects = ledger.subjects_of("chatty", "u", "f")
+    ledger.record(
+        redis,
+        ledger.Record(subjects, {"net_bytes": 1000.0, "run_seconds": 10.0}),
+        now=1000.0,
+        ring_windows=ledger.level_windows(Policy()),
+    )
+    without = policy(fairness={"cost": "dominant", "capacity": {"cpu": "64"}})
+    assert network.publish(redis, without, subjects, now=1000.0) == 0
+    assert admission.read_network_rates(redis, without) == {}
+    assert not redis.exists(keys.network_rates())

@@ -166,6 +166,7 @@ INVALID: list[tuple[str, Any, str]] = [
     ("unknown fairness key", {"fairness": {"fast": 1}}, "fairness.fast: unknown key"),
     ("bad capacity cpu", {"fairness": {"capacity": {"cpu": "lots"}}}, "fairness.capacity"),
     ("zero capacity", {"fairness": {"capacity": {"memory": "0Gi"}}}, "must be positive"),
+    ("bad capacity network", {"fairness": {"capacity": {"network": "fast"}}}, "capacity"),
     ("unknown capacity", {"fairness": {"capacity": {"gpu": 1}}}, "capacity.gpu: unknown key"),
 ]
 
@@ -280,7 +281,7 @@ def test_fairness_defaults_and_keys() -> None:
                 "half_life": "20m",
                 "max_wait": "90s",
                 "default_run_seconds": 5,
-                "capacity": {"cpu": "16", "memory": "64Gi"},
+                "capacity": {"cpu": "16", "memory": "64Gi", "network": "1Gi"},
             }
         }
     ).fairness
@@ -291,3 +292,4 @@ def test_fairness_defaults_and_keys() -> None:
     )
     assert fairness.default_run_seconds == 5
     assert (fairness.capacity.cpu_millicores, fairness.capacity.memory_mib) == (16000, 65536.0)
+    assert fairness.capacity.network_bytes_per_second == 2**30
