@@ -27,12 +27,20 @@ from tests.packaging.test_manifests import (
 )
 from tests.support.network_policies import Destination, egress_allowed, ingress_allowed
 
-OVERLAYS = ("dev", "prod", "dev-oih", "prod-oidc")
+OVERLAYS = ("dev", "prod", "dev-oih", "dev-ferryman", "prod-oidc")
 
 
 def flows_namespace(docs: tuple[Manifest, ...]) -> str:
+    """KUBERNETES_NAMESPACE as deploy's ConfigMaps set it."""
     deploy = function_services(docs)["deploy"]
-    return settings_env(docs, deploy).get("KUBERNETES_NAMESPACE", "flows")
+    (spec,) = deploy["spec"]["template"]["spec"]["containers"]
+    names = {s["configMapRef"]["name"] for s in spec.get("envFrom", []) if "configMapRef" in s}
+    found = [
+        c["data"]["KUBERNETES_NAMESPACE"]
+        for c in of_kind(docs, "ConfigMap")
+        if c["metadata"]["name"] in names and "KUBERNETES_NAMESPACE" in c.get("data", {})
+    ]
+    return found[-1] if found else "flows"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
