@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from redis import Redis
 
 from shared import keys
 from shared.errors import OverCapacity
 from shared.events import types
+from shared.model import flows
 from shared.model.penalties import STEPS
 from shared.model.policy import (
     Fairness,
@@ -138,9 +139,14 @@ def penalty_row(step: str | None, penalties: Penalties) -> list[float] | None:
     return [rate, weight, 1 if rank >= STEPS.index("suspend") else 0]
 
 
-def read_penalties(redis: Redis, penalties: Penalties) -> dict[str, list[float]]:
-    """Factors of every penalized subject, keyed `level:id` (two round trips at most)."""
-    members = [as_text(m) for m in redis.zrange(keys.penalty_index(), 0, -1)]
+def read_penalties(
+    redis: Redis, penalties: Penalties, index: list[bytes] | None = None
+) -> dict[str, list[float]]:
+    """Factors of every penalized subject, keyed `level:id` (two round trips at most; one
+    when the caller read the penalty index already, none when nothing is penalized)."""
+    if index is None:
+        index = cast(list[bytes], redis.zrange(keys.penalty_index(), 0, -1))
+    members = [as_text(m) for m in index]
     subjects = [m.partition(":") for m in members if ":" in m]
     if not subjects:
         return {}
@@ -155,8 +161,20 @@ def read_penalties(redis: Redis, penalties: Penalties) -> dict[str, list[float]]
     return table
 
 
-def read_inputs(redis: Redis, policy: Policy) -> Inputs:
-    penalties = read_penalties(redis, policy.penalties)
+def read_flow_and_inputs(
+    redis: Redis, policy: Policy, flow_id: str
+) -> tuple[flows.StoredFlow | None, Inputs]:
+    """The stored flow (`flows.get`) and the decision inputs, in one round trip when nothing
+    is penalized (flow.execute)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.flow_document(flow_id))
+    pipe.zrange(keys.penalty_index(), 0, -1)
+    record, index = pipe.execute()
+    return flows.from_record(record), read_inputs(redis, policy, index)
+
+
+def read_inputs(redis: Redis, policy: Policy, penalty_index: list[bytes] | None = None) -> Inputs:
+    penalties = read_penalties(redis, policy.penalties, penalty_index)
     return Inputs(
         slots=policy.slots,
         limits_json=limits_json(policy, read_network_rates(redis, policy)),

@@ -146,20 +146,23 @@ def _hub_cron_run(ctx: Context[Services], request: FlowExecute) -> bool:
 
 
 def on_execute(ctx: Context[Services], request: FlowExecute) -> None:
-    stored = flows.get(ctx.redis, request.flow_id)
+    stored, inputs = admission.read_flow_and_inputs(ctx.redis, ctx.policy, request.flow_id)
     if stored is None:
         raise flows.unknown_flow(request.flow_id)
     flow = stored.flow
     # the caller; for an admin or the hub's service account the `startedBy` user it names,
     # once the IAM confirms it (403 before anything is stored), else the flow's user as
     # decided when it was started (shared/runtime/flow_user.py)
+    started_by = request.flow.started_by if request.flow is not None else None
     user = run_user(
         ctx.principal,
         flow,
-        request.flow.started_by if request.flow is not None else None,
+        started_by,
         directory=ctx.services.users,
         service_accounts=ctx.settings.hub_service_accounts,
     )
+    if started_by is not None:  # the IAM may have been asked meanwhile: penalties read anew
+        inputs = _inputs(ctx)
     limits = ctx.policy.tenant(flow.tenant)
     msg_json = json.dumps(execute_message(request.msg, request.msg_opts), separators=(",", ":"))
     if _hub_cron_run(ctx, request):
@@ -175,7 +178,7 @@ def on_execute(ctx: Context[Services], request: FlowExecute) -> None:
             msg_json=msg_json,
         )
         fired = admission_cron.fire_hub_run(
-            ctx.redis, _inputs(ctx), ctx.once, hub_run, now=ctx.clock.now(), source=ctx.source
+            ctx.redis, inputs, ctx.once, hub_run, now=ctx.clock.now(), source=ctx.source
         )
         log.info("flow %s: the hub scheduler's due time %d %s", flow.id, int(due), fired)
         return
@@ -188,7 +191,7 @@ def on_execute(ctx: Context[Services], request: FlowExecute) -> None:
         msg_json=msg_json,
     )
     result, _ = admission.execute(
-        ctx.redis, _inputs(ctx), ctx.once, run, now=ctx.clock.now(), source=ctx.source
+        ctx.redis, inputs, ctx.once, run, now=ctx.clock.now(), source=ctx.source
     )
     log.info("flow %s run %s: %s", flow.id, run.run_id, result)
 

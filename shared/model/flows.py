@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from redis import Redis
 
@@ -167,7 +167,12 @@ def _batches(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
 
 
 def get(redis: Redis, flow_id: str, *, include_stopped: bool = False) -> StoredFlow | None:
-    raw = redis.hgetall(keys.flow_document(flow_id))
+    raw = cast(dict[bytes, bytes], redis.hgetall(keys.flow_document(flow_id)))
+    return from_record(raw, include_stopped=include_stopped)
+
+
+def from_record(raw: dict[bytes, bytes], *, include_stopped: bool = False) -> StoredFlow | None:
+    """The stored flow of a `flow_document` hash as HGETALL read it (None: none, or stopped)."""
     if not raw or b"doc" not in raw:
         return None
     stopped = raw.get(b"stopped") == b"1"
