@@ -200,7 +200,7 @@ def test_every_copy_source_is_in_the_context_and_never_the_whole_tree() -> None:
                 assert _in_context(source.rstrip("/")), source
 
 
-@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize("function", [*FUNCTIONS, "dead-letters"])
 def test_each_function_adapter_is_in_the_image(function: str) -> None:
     source = Path("functions") / function.replace("-", "_") / "main.py"
     assert (ROOT / source).is_file()
@@ -221,16 +221,30 @@ def _run_cmd(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def test_the_cmd_serves_a_function_and_its_metrics() -> None:
+@pytest.mark.parametrize(
+    ("source", "settings", "series"),
+    [
+        pytest.param(
+            "functions/flow_start/main.py",
+            {"REDIS_URL": "redis://127.0.0.1:1/0", "ORCHESTRATOR_KEY": "k" * 48,
+             "ORCHESTRATOR_AUTH": "off"},
+            b"orchestrator_events_handled",
+            id="a function",
+        ),
+        pytest.param(  # the fifth target: REDIS_URL alone (no key, no IAM)
+            "functions/dead_letters/main.py",
+            {"REDIS_URL": "redis://127.0.0.1:1/0"},
+            b"orchestrator_dead_letters",
+            id="the dead-letter sink",
+        ),
+    ],
+)  # fmt: skip
+def test_the_cmd_serves_a_function_and_its_metrics(
+    source: str, settings: dict[str, str], series: bytes
+) -> None:
+    """What the Deployment or Knative Service gives it; nothing is contacted to serve probes."""
     port = free_port()
-    settings = {  # what the Knative Service gives it; nothing is contacted to serve probes
-        "REDIS_URL": "redis://127.0.0.1:1/0",
-        "ORCHESTRATOR_KEY": "k" * 48,
-        "ORCHESTRATOR_AUTH": "off",
-    }
-    process = _run_cmd(
-        {"PORT": str(port), "FUNCTION_SOURCE": "functions/flow_start/main.py", **settings}
-    )
+    process = _run_cmd({"PORT": str(port), "FUNCTION_SOURCE": source, **settings})
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -243,7 +257,7 @@ def test_the_cmd_serves_a_function_and_its_metrics() -> None:
                     pytest.fail("functions-framework did not start")
                 time.sleep(0.1)
         assert response.status_code == 200
-        assert b"orchestrator_events_handled" in response.content
+        assert series in response.content
         health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert health.status_code == 200
     finally:
