@@ -139,7 +139,9 @@ class LocalDriver:
         )
         self._cwd = Path(cwd) if cwd else PROJECT_ROOT
         self._secrets: dict[str, Manifest] = {}
-        self._policies: dict[str, Manifest] = {}  # kept, not enforced: processes share a host
+        # NetworkPolicies and ServiceAccounts by (kind, name): kept, not enforced (processes
+        # share a host); a flow's policy and account may carry the same name
+        self._kept: dict[tuple[str, str], Manifest] = {}
         self._workloads: dict[str, _Workload] = {}
         self._lock = threading.RLock()
 
@@ -156,7 +158,7 @@ class LocalDriver:
                 self._secrets[name] = manifest
                 return
             if kind in ("NetworkPolicy", "ServiceAccount"):  # kept: no cluster to enforce them
-                self._policies[name] = manifest
+                self._kept[(kind, name)] = manifest
                 return
             if kind != "Deployment":
                 raise ValueError(f"the local driver runs Deployments and Secrets, not {kind}")
@@ -186,7 +188,7 @@ class LocalDriver:
                 for name, manifest in [
                     *((n, w.manifest) for n, w in sorted(self._workloads.items())),
                     *sorted(self._secrets.items()),
-                    *sorted(self._policies.items()),
+                    *((n, m) for (_, n), m in sorted(self._kept.items())),
                 ]
             ]
         return [o for o in objects if _selected(o.labels, selector)]
@@ -225,11 +227,7 @@ class LocalDriver:
             if kind == "Secret":
                 return self._secrets.pop(name, None) is not None
             if kind in ("NetworkPolicy", "ServiceAccount"):
-                found = self._policies.get(name)
-                if found is None or found["kind"] != kind:
-                    return False
-                del self._policies[name]
-                return True
+                return self._kept.pop((kind, name), None) is not None
             workload = self._workloads.pop(name, None)
             if workload is None:
                 return False

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from shared.adapters.iam import IamVerifier
 from shared.clock import FakeClock
-from shared.errors import Forbidden, TemporaryError, Unauthorized
+from shared.errors import Forbidden, TemporaryError, Unauthorized, Unprocessable
 from shared.runtime.auth import Authorizer
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
@@ -43,7 +43,8 @@ TABLE = [
         401,
     ),
     ("not a token", lambda f, c: "opaque-nonsense", 401),
-    ("another tenant's", lambda f, c: f.issue_token("globex", "bob", ["flows.control"]), 403),
+    # answered as an unknown flow would be (422): the answer does not tell the id exists
+    ("another tenant's", lambda f, c: f.issue_token("globex", "bob", ["flows.control"]), 422),
     ("missing permission", lambda f, c: f.issue_token("acme", "alice", []), 403),
     ("ADMIN cross-tenant", lambda f, c: f.issue_token("globex", "root", [], roles=["ADMIN"]), "ok"),
 ]
@@ -56,7 +57,8 @@ def test_introspection_table(iam: FakeIam, clock: FakeClock, make: Any, expected
     if expected == "ok":
         assert auth.authorize(event, PAYLOAD).kind == "iam"
     else:
-        with pytest.raises(Unauthorized if expected == 401 else Forbidden):
+        refusal = {401: Unauthorized, 403: Forbidden, 422: Unprocessable}[cast(int, expected)]
+        with pytest.raises(refusal):
             auth.authorize(event, PAYLOAD)
     assert iam.jwks_hits == 0  # introspection mode never needs the key set
 

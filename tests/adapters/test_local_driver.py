@@ -156,6 +156,7 @@ def test_delete_stops_everything(driver: LocalDriver) -> None:
     name = apply_all(driver, state(replicas=2))
     pids = driver.processes(name)
     assert driver.delete("Deployment", name) and driver.delete("Secret", name)
+    assert driver.delete("NetworkPolicy", name)
     assert not driver.delete("Deployment", name)
     assert all(not alive(pid) for pid in pids)
     assert driver.list_managed() == []
@@ -198,8 +199,8 @@ def test_list_managed_by_selector(driver: LocalDriver) -> None:
     apply_all(driver, state(flow_id="f1"))
     apply_all(driver, state(flow_id="f2"))
     kinds = sorted(o.kind for o in driver.list_managed(flow_selector("f1")))
-    assert kinds == ["Deployment", "Secret"]
-    assert len(driver.list_managed()) == 4
+    assert kinds == ["Deployment", "NetworkPolicy", "Secret"]
+    assert len(driver.list_managed()) == 6  # three objects of each of two flows
 
 
 @pytest.mark.parametrize(
