@@ -1,5 +1,6 @@
 """A small threaded HTTP server that accepts CloudEvents (structured or binary) and hands each
-to a callback; used by the local broker and the dead-letter sink.
+to a callback; used by the local broker and the event-bus bridge (the dead-letter sink runs on
+functions-framework, functions/dead_letters/main.py).
 
 Malformed requests are answered 400 with a JSON body that names the problem and never echoes
 headers (they may carry tokens).
