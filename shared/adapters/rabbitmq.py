@@ -295,15 +295,19 @@ class SignedMessage:
 
 
 class RabbitMqStepQueue:
-    """Publishes to the flow's exchange with the step's input routing key, persistent, with
-    publisher confirms and `mandatory` (no bound queue: the flow is not deployed, retried).
-    Its consumers are ferryman processes: `receive` is not ours to call."""
+    """Publishes to the flow's exchange with the step's input routing key, persistent and
+    `mandatory`, one AMQP transaction per batch (the broker holds every message of it once
+    the commit returns; 2-3x the rate of a confirm per message). A message no queue took (the
+    flow is not deployed) comes back: the batch raises TemporaryError and is published again
+    later, its other messages as duplicates, which step-execute drops by messageId. Its
+    consumers are ferryman processes: `receive` is not ours to call."""
 
     def __init__(self, url: str, sign: Callable[[StepMessage], SignedMessage]) -> None:
         self.parameters = parameters(url)
         self.sign = sign
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
+        self._returned: list[str] = []
         self._lock = threading.Lock()
 
     def _ready_channel(self) -> Any:
@@ -311,8 +315,12 @@ class RabbitMqStepQueue:
             with amqp_errors("connect"):
                 self._connection = pika.BlockingConnection(self.parameters)
                 self._channel = self._connection.channel()
-                self._channel.confirm_delivery()
+                self._channel.add_on_return_callback(self._on_return)
+                self._channel.tx_select()
         return self._channel
+
+    def _on_return(self, _channel: Any, _method: Any, properties: Any, _body: bytes) -> None:
+        self._returned.append(str(getattr(properties, "message_id", "") or ""))
 
     def publish(self, queue: str, messages: Sequence[StepMessage]) -> None:
         if not messages:
@@ -326,6 +334,7 @@ class RabbitMqStepQueue:
             for attempt in (1, 2):  # an idle connection may have been closed: once more
                 try:
                     channel = self._ready_channel()
+                    self._returned.clear()
                     with amqp_errors("publish"):
                         for message, headers, body in prepared:
                             channel.basic_publish(
@@ -340,11 +349,18 @@ class RabbitMqStepQueue:
                                 ),
                                 mandatory=True,
                             )
-                    return
+                        channel.tx_commit()
+                        self._connection.process_data_events(0)  # type: ignore[union-attr]
+                    break
                 except TemporaryError:
                     self._connection = None
                     if attempt == 2:
                         raise
+        if self._returned:
+            raise TemporaryError(
+                f"rabbitmq publish: {len(self._returned)} message(s) unroutable "
+                "(is the flow deployed?)"
+            )
 
     def receive(
         self, queue: str, consumer: str, *, max_messages: int = 10, wait_seconds: float = 1.0

@@ -29,7 +29,7 @@ from shared.adapters.rabbitmq import (
     with_credentials,
 )
 from shared.clock import SystemClock
-from shared.errors import PermanentError
+from shared.errors import PermanentError, TemporaryError
 from shared.events import types as t
 from shared.interop.backchannel import Backchannel
 from shared.ports import ferryman as names
@@ -292,3 +292,16 @@ def test_the_python_worker_cannot_consume_an_amqp_queue() -> None:
 )  # fmt: skip
 def test_the_body_is_ferrymans_message(context: Any, body: dict[str, Any]) -> None:
     assert json.loads(ferryman_body(message("f", "s", "m", {"n": 1}, context=context))) == body
+
+
+def test_a_message_for_a_flow_not_deployed_is_not_lost(amqp_vhost: str) -> None:
+    """No queue takes it (mandatory): the publish fails and is retried by step-execute."""
+    RabbitMqTopology(amqp_vhost).ensure_flow("f5", ["s1"])
+    queue = RabbitMqStepQueue(amqp_vhost, signer("emitTwo"))
+    try:
+        with pytest.raises(TemporaryError, match="unroutable"):
+            queue.publish("", [message("f5", "s1", "ok", {}), message("f5", "nowhere", "x", {})])
+        queue.publish("", [message("f5", "s1", "m6", {})])  # the channel is still good
+        assert _depth(amqp_vhost, names.messages_queue("f5", "s1")) == 2
+    finally:
+        queue.close()
