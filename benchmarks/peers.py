@@ -101,9 +101,8 @@ def ours(redis: Redis, *, overlap: str) -> System:
 
     def tick() -> int:
         now = clock.now()
-        admission.dispatch(redis, inputs[0], None, now=now, source=flow_start.SOURCE)
-        report = admission_cron.fire_due(
-            redis, inputs[0], flow_start.ROOMY, now=now, source=flow_start.SOURCE
+        report = admission_cron.fire_due(  # as flow-start's tick: dispatch, then fire
+            redis, inputs[0], flow_start.ROOMY, now=now, source=flow_start.SOURCE, dispatch=True
         )
         return report.admitted
 

@@ -17,11 +17,11 @@ from redis import Redis
 
 from shared import keys
 from shared.admission import lease, schedule
-from shared.admission.queue import Inputs, header, script_keys
+from shared.admission.queue import REAP_LIMIT, Inputs, header, script_keys
 from shared.events import FlowDocument
 from shared.model.policy import Policy
 from shared.runtime.idempotency import Once
-from shared.scripts import ArgT, load_script
+from shared.scripts import ArgT, ScriptCall, load_script, run_pipelined, run_script
 from shared.store import as_text
 
 log = logging.getLogger(__name__)
@@ -128,18 +128,39 @@ def stored_schedule(redis: Redis, flow_id: str) -> dict[str, str] | None:
     return {name: value for name, value in zip(_FIELDS, values, strict=True) if value}
 
 
-def due_entries(redis: Redis, now: float, limit: int = BATCH) -> list[list[str]]:
-    """Up to `limit` due entries, earliest first (read only; fire claims): flow, due, cron,
-    zone, offset, tenant, user, overlap, catch-up, max run."""
-    flat = load_script("flow_start_due")(
-        redis,
+def _due_call(now: float, limit: int) -> ScriptCall:
+    return ScriptCall(
+        "flow_start_due",
         [keys.schedule_due(), keys.schedules(), keys.schedule_family(), keys.schedule_buffered()],
         [repr(float(now)), limit],
     )
+
+
+def _due_parsed(flat: list[bytes]) -> list[list[str]]:
     return [
         [as_text(flat[i]), as_text(flat[i + 1]), *unpack_schedule(flat[i + 2])]
         for i in range(0, len(flat), 3)
     ]
+
+
+def due_entries(redis: Redis, now: float, limit: int = BATCH) -> list[list[str]]:
+    """Up to `limit` due entries, earliest first (read only; fire claims): flow, due, cron,
+    zone, offset, tenant, user, overlap, catch-up, max run."""
+    return _due_parsed(run_script(redis, _due_call(now, limit)))
+
+
+def dispatch_and_due_entries(
+    redis: Redis, inputs: Inputs, now: float, source: str, limit: int = BATCH
+) -> list[list[str]]:
+    """A tick's first round trip: `queue.dispatch` (expired slots reclaimed, waiting runs
+    admitted), then `due_entries`, pipelined (two scripts, in this order, one round trip)."""
+    dispatch = ScriptCall(
+        "flow_start_dispatch",
+        script_keys(None),
+        [*header(inputs, now=now, source=source, once=None), REAP_LIMIT],
+    )
+    _, flat = run_pipelined(redis, [dispatch, _due_call(now, limit)])
+    return _due_parsed(flat)
 
 
 def next_due_time(redis: Redis) -> float | None:
@@ -255,12 +276,17 @@ def fire_due(
     source: str,
     batch: int = BATCH,
     max_batches: int = 1000,
+    dispatch: bool = False,
 ) -> FireReport:
-    """Fires every entry due at `now`, `batch` per script call."""
+    """Fires every entry due at `now`, `batch` per script call. With `dispatch`, the tick's
+    `queue.dispatch` goes first, in the round trip of the first read."""
     report = FireReport()
     next_times = schedule.NextTimes()
-    for _ in range(max_batches):
-        entries = due_entries(redis, now, batch)
+    for n in range(max_batches):
+        if n == 0 and dispatch:
+            entries = dispatch_and_due_entries(redis, inputs, now, source, batch)
+        else:
+            entries = due_entries(redis, now, batch)
         if not entries:
             break
         args: list[ArgT] = [*header(inputs, now=now, source=source, once=None)]

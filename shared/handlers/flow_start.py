@@ -220,11 +220,17 @@ def tick_once(ctx: Context[Services]) -> admission_cron.FireReport:
     """One round: reclaim expired slots, dispatch, fire what is due now."""
     now = ctx.clock.now()
     inputs = _inputs(ctx)
-    admission.dispatch(ctx.redis, inputs, None, now=now, source=ctx.source)
-    if ctx.settings.cron_owner == "hub":
-        return admission_cron.FireReport()  # the hub's scheduler fires; we schedule nothing
-    return admission_cron.fire_due(
-        ctx.redis, inputs, ctx.policy, now=now, source=ctx.source, batch=ctx.services.batch
+    if ctx.settings.cron_owner == "hub":  # the hub's scheduler fires; we schedule nothing
+        admission.dispatch(ctx.redis, inputs, None, now=now, source=ctx.source)
+        return admission_cron.FireReport()
+    return admission_cron.fire_due(  # dispatch first, in the round trip of the first read
+        ctx.redis,
+        inputs,
+        ctx.policy,
+        now=now,
+        source=ctx.source,
+        batch=ctx.services.batch,
+        dispatch=True,
     )
 
 
