@@ -275,7 +275,7 @@ def policy_tick(sim: Sim) -> None:
     pipe = sim.redis.pipeline(transaction=False)
     for tenant in TENANTS:  # a bad citizen may be punished as a tenant or as its one flow
         pipe.hget(keys.penalty("tenant", tenant), "step")
-        pipe.hget(keys.penalty("flow", f"{tenant}-flow"), "step")
+        pipe.hget(keys.penalty("flow", f"{tenant}-flow", tenant), "step")
     raw = pipe.execute()
     rank = {None: 0, "warn": 1, "throttle": 2, "deprioritize": 3, "suspend": 4}
     levels: dict[str, str | None] = {}

@@ -130,14 +130,51 @@ def broker_dead_letters() -> str:
 
 
 # --- penalties (written by policy-check only; read by flow-start, step-execute, deploy) -----
-def penalty(level: str, subject_id: str) -> str:
-    """Hash: step (warn/throttle/deprioritize/suspend), until, rule, since, repeats."""
-    return _key(POLICY, "penalty", level, subject_id)
+# A user and a flow are subjects *of a tenant*: a user who belongs to two tenants, or a flow id
+# used again by another tenant after its tombstone expired, is charged and punished in each
+# tenant apart. Their keys carry the tenant; built without one, the key or member is the form
+# of the previous release (read for one release and upgraded by policy-check's tick, CHANGELOG).
+TENANT_SEPARATOR = "\x1f"
+
+
+def _scoped(level: str, subject_id: str, tenant: str) -> str:
+    if level == "tenant" or not tenant:
+        return subject_id
+    return _pair(tenant, subject_id)
+
+
+def penalty(level: str, subject_id: str, tenant: str = "") -> str:
+    """Hash: step (warn/throttle/deprioritize/suspend), until, rule, since, repeats, tenant."""
+    return _key(POLICY, "penalty", level, _scoped(level, subject_id, tenant))
+
+
+def penalty_member(level: str, subject_id: str, tenant: str = "") -> str:
+    """The subject in the penalty index and in admission's penalty table: `tenant:<id>`, or
+    `user:<tenant>US<id>` / `flow:<tenant>US<id>` (US: the unit separator); without the
+    tenant, `user:<id>`: the previous release's form."""
+    if level == "tenant" or not tenant:
+        return f"{level}:{subject_id}"
+    return f"{level}:{tenant}{TENANT_SEPARATOR}{subject_id}"
+
+
+def parse_penalty_member(member: str) -> tuple[str, str, str]:
+    """(level, id, tenant) of a `penalty_member`; tenant '' for a tenant or an old member."""
+    level, _, rest = member.partition(":")
+    if level != "tenant" and TENANT_SEPARATOR in rest:
+        tenant, _, subject_id = rest.partition(TENANT_SEPARATOR)
+        return level, subject_id, tenant
+    return level, rest, ""
 
 
 def penalty_index() -> str:
-    """Sorted set of `level:id` with a current penalty, scored by when it was last changed."""
+    """Sorted set of `penalty_member`s with a current penalty, scored by when last changed."""
     return _key(POLICY, "penalties")
+
+
+def policy_upgraded() -> str:
+    """String: set once the penalty and ledger keys of the previous release (without the
+    tenant) were upgraded (shared/model/penalties.py `upgrade`)."""
+    return _key(POLICY, "upgraded", "tenant-keys")
 
 
 # --- iam: flow tokens (deploy creates one per flow in IAM, revokes it on stop) ---------------
@@ -153,9 +190,10 @@ def queue_credentials(flow_id: str) -> str:
 
 
 # --- policy-check: ledger, watchdog, audit, metrics reader (written by policy-check only) ---
-def ledger(level: str, subject_id: str, window_seconds: int) -> str:
-    """Hash: a ring of fixed buckets for one subject and one window (shared/policing/ledger.py)."""
-    return _key(POLICY, "ledger", level, subject_id, str(window_seconds))
+def ledger(level: str, subject_id: str, window_seconds: int, tenant: str = "") -> str:
+    """Hash: a ring of fixed buckets for one subject and one window (shared/policing/ledger.py);
+    users and flows with their tenant (without: the previous release's form)."""
+    return _key(POLICY, "ledger", level, _scoped(level, subject_id, tenant), str(window_seconds))
 
 
 def ledger_active() -> str:

@@ -142,22 +142,29 @@ def penalty_row(step: str | None, penalties: Penalties) -> list[float] | None:
 def read_penalties(
     redis: Redis, penalties: Penalties, index: list[bytes] | None = None
 ) -> dict[str, list[float]]:
-    """Factors of every penalized subject, keyed `level:id` (two round trips at most; one
-    when the caller read the penalty index already, none when nothing is penalized)."""
+    """Factors of every penalized subject, keyed by `keys.penalty_member` (users and flows
+    with their tenant, as flow_start_common.lua looks them up; two round trips at most, one
+    when the caller read the penalty index already, none when nothing is penalized). A member
+    of the previous release (no tenant) is keyed by the tenant its hash names."""
     if index is None:
         index = cast(list[bytes], redis.zrange(keys.penalty_index(), 0, -1))
     members = [as_text(m) for m in index]
-    subjects = [m.partition(":") for m in members if ":" in m]
+    subjects = [keys.parse_penalty_member(m) for m in members if ":" in m]
     if not subjects:
         return {}
     pipe = redis.pipeline(transaction=False)
-    for level, _, subject_id in subjects:
-        pipe.hget(keys.penalty(level, subject_id), "step")
+    for level, subject_id, tenant in subjects:
+        pipe.hmget(keys.penalty(level, subject_id, tenant), "step", "tenant")
     table: dict[str, list[float]] = {}
-    for (level, _, subject_id), step in zip(subjects, pipe.execute(), strict=True):
+    for (level, subject_id, tenant), (step, owner) in zip(subjects, pipe.execute(), strict=True):
         row = penalty_row(None if step is None else as_text(step), penalties)
-        if row is not None:
-            table[f"{level}:{subject_id}"] = row
+        if row is None:
+            continue
+        if level != "tenant" and not tenant:
+            if owner is None:
+                continue
+            tenant = as_text(owner)
+        table[keys.penalty_member(level, subject_id, tenant)] = row
     return table
 
 

@@ -97,17 +97,27 @@ def lift(
     out: TextIO,
 ) -> int:
     level, subject_id = subject
-    before = penalties.state(redis, level, subject_id)
-    decision = penalties.lift(
-        redis,
-        policy.penalties,
-        level=level,
-        subject_id=subject_id,
-        now=clock.now(),
-        actor=actor,
-        source=CLI_SOURCE,
-    )
-    lifted = decision.action == "lifted"
+    # a user or flow is punished per tenant: lift it wherever it is (the first one shown)
+    tenants = [
+        entry.tenant
+        for entry in penalties.current(redis)
+        if (entry.level, entry.id) == (level, subject_id) and level != "tenant"
+    ]
+    tenants.append("")  # a subject of the previous release, not upgraded yet (or a tenant)
+    before = penalties.state(redis, level, subject_id, tenants[0])
+    lifted = False
+    for tenant in tenants:
+        decision = penalties.lift(
+            redis,
+            policy.penalties,
+            level=level,
+            subject_id=subject_id,
+            tenant=tenant,
+            now=clock.now(),
+            actor=actor,
+            source=CLI_SOURCE,
+        )
+        lifted = lifted or decision.action == "lifted"
     if as_json:
         json.dump(
             {

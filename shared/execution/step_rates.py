@@ -56,23 +56,20 @@ def bucket_rates(redis: Redis, policy: Policy, due: Sequence[DueMessage]) -> dic
     """The rate of every tenant and flow bucket the messages need, penalties read now
     (one round trip: penalty state changes at any time, policy-check writes it)."""
     subjects = sorted(
-        {("tenant", m.tenant) for m in due}
-        | {("user", m.user) for m in due if m.user}
-        | {("flow", m.flow) for m in due}
+        {("tenant", m.tenant, "") for m in due}
+        | {("user", m.user, m.tenant) for m in due if m.user}
+        | {("flow", m.flow, m.tenant) for m in due}
     )
-    pipe = redis.pipeline(transaction=False)
-    for level, subject_id in subjects:
-        pipe.hget(keys.penalty(level, subject_id), "step")
-    steps = {
-        subject: (value.decode() if isinstance(value, bytes) else value)
-        for subject, value in zip(subjects, pipe.execute(), strict=True)
-    }
+    steps = dict(zip(subjects, penalties.read_steps(redis, subjects), strict=True))
     factor = policy.penalties.throttle_factor
     rates: dict[str, BucketRate] = {}
     for message in due:
         base = policy.tenant(message.tenant).messages_per_second
-        tenant_steps = [steps.get(("tenant", message.tenant))]
-        flow_steps = [steps.get(("user", message.user)), steps.get(("flow", message.flow))]
+        tenant_steps = [steps.get(("tenant", message.tenant, ""))]
+        flow_steps = [
+            steps.get(("user", message.user, message.tenant)),
+            steps.get(("flow", message.flow, message.tenant)),
+        ]
         rates[keys.step_rate("tenant", message.tenant)] = _bucket(
             base * (factor if _throttled(tenant_steps) else 1.0)
         )

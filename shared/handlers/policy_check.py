@@ -187,6 +187,10 @@ def tick(
     (suspended subjects, run time) and of the active subjects (rules), from cursors kept in
     Redis; metrics; decay."""
     ring_windows = ledger.level_windows(policy)
+    if not redis.exists(keys.policy_upgraded()):  # once: the previous release's keys
+        moved = ledger.upgrade(redis, ring_windows)
+        moved += penalties.upgrade(redis)
+        log.info("penalty and ledger keys of users and flows now carry the tenant (%d)", moved)
     decisions = []
     overdue = watchdog.running(redis, watchdog.overdue_ids(redis, now=now, limit=page_size))
     timed_out = watchdog.timeouts(redis, overdue, now=now, ring_windows=ring_windows, source=source)

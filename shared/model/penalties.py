@@ -20,6 +20,7 @@ Punishing one subject writes only that subject's hash: nobody else's limits chan
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis import Redis
@@ -34,15 +35,46 @@ from shared.store import as_text
 STEPS = ("warn", "throttle", "deprioritize", "suspend")
 
 
-def current_level(redis: Redis, level: str, subject_id: str) -> str | None:
-    """The penalty step of one subject (`tenant`, `user` or `flow`), or None."""
+def _step_of(value: object) -> str | None:
+    text = None if value is None else as_text(value)
+    return text if text in STEPS else None
+
+
+def subject_keys(level: str, subject_id: str, tenant: str) -> list[str]:
+    """The penalty hashes to read for one subject, the current form first; a user's and a
+    flow's also in the previous release's form (read for one release: a subject suspended
+    before the upgrade stays suspended until policy-check's tick upgraded its key)."""
+    if level == "tenant" or not tenant:
+        return [keys.penalty(level, subject_id)]
+    return [keys.penalty(level, subject_id, tenant), keys.penalty(level, subject_id)]
+
+
+def read_steps(redis: Redis, subjects: Sequence[tuple[str, str, str]]) -> list[str | None]:
+    """The penalty step of each (level, id, tenant) (one round trip); an old-form user or
+    flow hash counts only when it names the same tenant (or none)."""
+    pipe = redis.pipeline(transaction=False)
+    for level, subject_id, tenant in subjects:
+        for key in subject_keys(level, subject_id, tenant):
+            pipe.hmget(key, "step", "tenant")
+    replies = iter(pipe.execute())
+    steps: list[str | None] = []
+    for level, subject_id, tenant in subjects:
+        found = None
+        for index, _ in enumerate(subject_keys(level, subject_id, tenant)):
+            step, owner = next(replies)
+            if found is None and step is not None:
+                old_form = index > 0
+                if not old_form or owner is None or as_text(owner) == tenant:
+                    found = _step_of(step)
+        steps.append(found if subject_id else None)
+    return steps
+
+
+def current_level(redis: Redis, level: str, subject_id: str, tenant: str = "") -> str | None:
+    """The penalty step of one subject (`tenant`, or a `user` or `flow` of `tenant`), or None."""
     if not subject_id:
         return None
-    value = redis.hget(keys.penalty(level, subject_id), "step")
-    if value is None:
-        return None
-    text = as_text(value)
-    return text if text in STEPS else None
+    return read_steps(redis, [(level, subject_id, tenant)])[0]
 
 
 @dataclass(frozen=True)
@@ -62,14 +94,9 @@ def factors(
     redis: Redis, penalties: Penalties, *, tenant: str, user: str = "", flow: str = ""
 ) -> Factors:
     """The strongest penalty among tenant, user and flow decides (one pipeline round trip)."""
-    pipe = redis.pipeline(transaction=False)
-    subjects = [("tenant", tenant), ("user", user), ("flow", flow)]
-    for level, subject_id in subjects:
-        pipe.hget(keys.penalty(level, subject_id or "-"), "step")
-    steps = [
-        (v.decode() if isinstance(v, bytes) else v) if subject_id else None
-        for v, (_, subject_id) in zip(pipe.execute(), subjects, strict=True)
-    ]
+    steps = read_steps(
+        redis, [("tenant", tenant, ""), ("user", user, tenant), ("flow", flow, tenant)]
+    )
     worst = max((_rank(step) for step in steps), default=-1)
     rate = penalties.throttle_factor if worst >= _rank("throttle") else 1.0
     weight = penalties.deprioritize_factor if worst >= _rank("deprioritize") else 1.0
@@ -77,11 +104,8 @@ def factors(
 
 
 def is_suspended(redis: Redis, *, tenant: str, user: str = "", flow: str = "") -> bool:
-    return any(
-        current_level(redis, level, subject_id) == "suspend"
-        for level, subject_id in (("tenant", tenant), ("user", user), ("flow", flow))
-        if subject_id
-    )
+    subjects = [("tenant", tenant, ""), ("user", user, tenant), ("flow", flow, tenant)]
+    return "suspend" in read_steps(redis, subjects)
 
 
 # ---------------------------------------------------------------- write side (policy-check)
@@ -109,7 +133,9 @@ class Decision:
         return self.action in ("escalated", "decayed", "restored", "lifted")
 
 
-def _event_base(level: str, subject_id: str) -> str:
+def _event_base(level: str, subject_id: str, tenant: str = "") -> str:
+    if level != "tenant" and tenant:
+        return "pen-" + keys.digest(level, subject_id, tenant)[:20]
     return "pen-" + keys.digest(level, subject_id)[:20]
 
 
@@ -117,9 +143,9 @@ def _flow_extension(level: str, subject_id: str) -> str:
     return subject_id if level == "flow" else ""
 
 
-def _script_keys(level: str, subject_id: str) -> list[str]:
+def _script_keys(level: str, subject_id: str, tenant: str) -> list[str]:
     return [
-        keys.penalty(level, subject_id),
+        keys.penalty(level, subject_id, tenant),
         keys.penalty_index(),
         keys.audit(),
         keys.outbox(keys.POLICY),
@@ -165,7 +191,7 @@ def escalate(
 ) -> Decision:
     reply = load_script("penalty_escalate")(
         redis,
-        _script_keys(level, subject_id),
+        _script_keys(level, subject_id, tenant),
         [
             repr(float(now)),
             level,
@@ -180,12 +206,13 @@ def escalate(
             repr(penalties.cooldown_seconds),
             repr(penalties.max_cooldown_seconds),
             repr(penalties.max_cooldown_seconds),
-            _event_base(level, subject_id),
+            _event_base(level, subject_id, tenant),
             source,
             EVENT_TYPES_JSON,
             str(audit.MAX_ENTRIES),
             _flow_extension(level, subject_id),
             action,
+            keys.penalty_member(level, subject_id, tenant),
         ],
     )
     decision, step, until = (as_text(v) for v in reply)
@@ -193,22 +220,29 @@ def escalate(
 
 
 def decay(
-    redis: Redis, penalties: Penalties, *, level: str, subject_id: str, now: float, source: str
+    redis: Redis,
+    penalties: Penalties,
+    *,
+    level: str,
+    subject_id: str,
+    now: float,
+    source: str,
+    tenant: str = "",
 ) -> Decision:
     reply = load_script("penalty_decay")(
         redis,
-        _script_keys(level, subject_id),
+        _script_keys(level, subject_id, tenant),
         [
             repr(float(now)),
             ",".join(penalties.ladder),
             repr(penalties.decay_after_seconds),
             str(history_ttl(penalties)),
-            _event_base(level, subject_id),
+            _event_base(level, subject_id, tenant),
             source,
             EVENT_TYPES_JSON,
             str(audit.MAX_ENTRIES),
             _flow_extension(level, subject_id),
-            f"{level}:{subject_id}",
+            keys.penalty_member(level, subject_id, tenant),
         ],
     )
     decision, step, until = (as_text(v) for v in reply)
@@ -219,9 +253,17 @@ def decay_all(redis: Redis, penalties: Penalties, *, now: float, source: str) ->
     """One decay check for every penalized subject (the tick does this)."""
     decisions = []
     for member in redis.zrange(keys.penalty_index(), 0, -1):
-        level, _, subject_id = as_text(member).partition(":")
+        level, subject_id, tenant = keys.parse_penalty_member(as_text(member))
         decisions.append(
-            decay(redis, penalties, level=level, subject_id=subject_id, now=now, source=source)
+            decay(
+                redis,
+                penalties,
+                level=level,
+                subject_id=subject_id,
+                tenant=tenant,
+                now=now,
+                source=source,
+            )
         )
     return decisions
 
@@ -235,22 +277,23 @@ def lift(
     now: float,
     actor: str,
     source: str,
+    tenant: str = "",
 ) -> Decision:
     """An operator lifts the penalty (audited, announced with tenant.restored)."""
     lifted = as_text(
         load_script("penalty_lift")(
             redis,
-            _script_keys(level, subject_id),
+            _script_keys(level, subject_id, tenant),
             [
                 repr(float(now)),
                 actor,
                 str(history_ttl(penalties)),
-                _event_base(level, subject_id),
+                _event_base(level, subject_id, tenant),
                 source,
                 EVENT_TYPES_JSON,
                 str(audit.MAX_ENTRIES),
                 _flow_extension(level, subject_id),
-                f"{level}:{subject_id}",
+                keys.penalty_member(level, subject_id, tenant),
                 level,
                 subject_id,
             ],
@@ -292,9 +335,10 @@ class PenaltyState:
         }
 
 
-def state(redis: Redis, level: str, subject_id: str) -> PenaltyState | None:
+def state(redis: Redis, level: str, subject_id: str, tenant: str = "") -> PenaltyState | None:
     raw = {
-        as_text(k): as_text(v) for k, v in redis.hgetall(keys.penalty(level, subject_id)).items()
+        as_text(k): as_text(v)
+        for k, v in redis.hgetall(keys.penalty(level, subject_id, tenant)).items()
     }
     if raw.get("step") not in STEPS:
         return None
@@ -324,8 +368,43 @@ def current(redis: Redis) -> list[PenaltyState]:
     """Every subject with a penalty now, most recently changed first."""
     found = []
     for member in redis.zrevrange(keys.penalty_index(), 0, -1):
-        level, _, subject_id = as_text(member).partition(":")
-        entry = state(redis, level, subject_id)
+        level, subject_id, tenant = keys.parse_penalty_member(as_text(member))
+        entry = state(redis, level, subject_id, tenant)
         if entry is not None:
             found.append(entry)
     return found
+
+
+def upgrade(redis: Redis) -> int:
+    """Once per store: the previous release's user and flow penalty hashes (keyed without the
+    tenant; the hash names it) move to the tenant's key and index member. A subject punished
+    under both forms keeps the new one. Returns the subjects moved (0 once done)."""
+    if redis.exists(keys.policy_upgraded()):
+        return 0
+    moved = 0
+    entries: list[tuple[bytes, float]] = redis.zrange(  # type: ignore[assignment]
+        keys.penalty_index(), 0, -1, withscores=True
+    )
+    for raw_member, score in entries:
+        member = as_text(raw_member)
+        level, subject_id, tenant = keys.parse_penalty_member(member)
+        if level == "tenant" or tenant:
+            continue
+        old = keys.penalty(level, subject_id)
+        owner = redis.hget(old, "tenant")
+        if owner is None:
+            continue  # no tenant to move it under: read as the old form
+        new = keys.penalty(level, subject_id, as_text(owner))
+        pipe = redis.pipeline(transaction=True)
+        if redis.exists(new):
+            pipe.delete(old)
+        else:
+            pipe.rename(old, new)
+        pipe.zrem(keys.penalty_index(), member)
+        pipe.zadd(
+            keys.penalty_index(), {keys.penalty_member(level, subject_id, as_text(owner)): score}
+        )
+        pipe.execute()
+        moved += 1
+    redis.set(keys.policy_upgraded(), "1")
+    return moved

@@ -153,7 +153,7 @@ def _keys_and_args(
         keys.ledger_active(),
     ]
     script_keys += [
-        keys.ledger(s.level, s.id, window)
+        keys.ledger(s.level, s.id, window, s.tenant)
         for s in record.subjects
         for window in ring_windows[s.level]
     ]
@@ -218,7 +218,10 @@ def usage_many(
         return []
     reply = load_script("ledger_read")(
         redis,
-        [keys.ledger(subject.level, subject.id, window) for subject, window in wanted],
+        [
+            keys.ledger(subject.level, subject.id, window, subject.tenant)
+            for subject, window in wanted
+        ],
         [
             repr(float(now)),
             str(SLOTS),
@@ -265,3 +268,25 @@ def run_fields(
             "limit": limit,
         }
     )
+
+
+def upgrade(redis: Redis, ring_windows: LevelWindows) -> int:
+    """The previous release's rings of users and flows (keyed without the tenant) of every
+    active subject move to the tenant's key (a ring already written under the new key keeps
+    it: at most the minute before this tick is lost). Returns the rings moved."""
+    moved = 0
+    for member in redis.zrange(keys.ledger_active(), 0, -1):
+        subject = SubjectRef.from_member(as_text(member))
+        if subject.level == "tenant" or not subject.tenant:
+            continue
+        for window in ring_windows.get(subject.level, ()):
+            old = keys.ledger(subject.level, subject.id, window)
+            if not redis.exists(old):
+                continue
+            new = keys.ledger(subject.level, subject.id, window, subject.tenant)
+            if redis.exists(new):
+                redis.delete(old)
+            else:
+                redis.rename(old, new)
+            moved += 1
+    return moved

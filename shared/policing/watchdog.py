@@ -26,7 +26,7 @@ from shared import keys
 from shared.events import make_event
 from shared.events.payloads import RunAdmitted, RunEnded
 from shared.events.types import RUN_FAILED
-from shared.model import audit
+from shared.model import audit, penalties
 from shared.model.policy import Policy
 from shared.policing import ledger
 from shared.policing.ledger import Record, RunOp, SubjectRef
@@ -164,13 +164,14 @@ def timeouts(
 
 def suspended_runs(redis: Redis, runs: Sequence[WatchedRun]) -> list[WatchedRun]:
     """The runs whose tenant, user or flow is suspended now (one round trip)."""
-    subjects = sorted({(s.level, s.id) for run in runs for s in run.subjects()})
-    pipe = redis.pipeline(transaction=False)
-    for level, subject_id in subjects:
-        pipe.hget(keys.penalty(level, subject_id), "step")
-    steps = dict(zip(subjects, pipe.execute(), strict=True))
-    suspended = {pair for pair, step in steps.items() if step in (b"suspend", "suspend")}
-    return [run for run in runs if any((s.level, s.id) in suspended for s in run.subjects())]
+
+    def scoped(subject: ledger.SubjectRef) -> tuple[str, str, str]:
+        return subject.level, subject.id, "" if subject.level == "tenant" else subject.tenant
+
+    subjects = sorted({scoped(s) for run in runs for s in run.subjects()})
+    steps = dict(zip(subjects, penalties.read_steps(redis, subjects), strict=True))
+    suspended = {subject for subject, step in steps.items() if step == "suspend"}
+    return [run for run in runs if any(scoped(s) in suspended for s in run.subjects())]
 
 
 def end(

@@ -106,20 +106,27 @@ end
 
 -- rate factor, weight factor, suspended (no key built when nothing is penalised: the usual
 -- case, and a tick asks three times per run)
+-- PENALTIES is keyed as shared/keys.py `penalty_member` names subjects: `tenant:<id>`, and a
+-- user or flow with its tenant, `user:<tenant>\31<id>` (a user of two tenants is punished in
+-- one of them only).
 local NO_PENALTIES = next(PENALTIES) == nil
-local function penalty(level, id)
+local function penalty(level, id, tenant)
   if NO_PENALTIES then
     return 1, 1, false
   end
-  local p = PENALTIES[level .. ':' .. id]
+  local member = level .. ':' .. id
+  if level ~= 'tenant' then
+    member = level .. ':' .. tenant .. '\31' .. id
+  end
+  local p = PENALTIES[member]
   if p then
     return p[1], p[2], p[3] == 1
   end
   return 1, 1, false
 end
 
-local function suspended(level, id)
-  local _, _, is_suspended = penalty(level, id)
+local function suspended(level, id, tenant)
+  local _, _, is_suspended = penalty(level, id, tenant)
   return is_suspended
 end
 

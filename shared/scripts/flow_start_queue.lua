@@ -76,7 +76,7 @@ local function run_block(run)
   if counter('*') >= SLOTS then
     return 'slots'
   end
-  if suspended('user', run.u) or suspended('flow', run.f) then
+  if suspended('user', run.u, run.t) or suspended('flow', run.f, run.t) then
     return 'suspended'
   end
   return tenant_block(run.t)
@@ -219,8 +219,8 @@ end
 
 -- the weights of the levels() entries: flow and user by penalty, tenant by policy x penalty
 local function level_weights(flow, tenant, user)
-  local _, flow_weight = penalty('flow', flow)
-  local _, user_weight = penalty('user', user)
+  local _, flow_weight = penalty('flow', flow, tenant)
+  local _, user_weight = penalty('user', user, tenant)
   local _, tenant_factor = penalty('tenant', tenant)
   return { flow_weight, user_weight, limits(tenant).weight * tenant_factor }
 end
@@ -323,10 +323,10 @@ local function enqueue(run, deployed)
   end
 end
 
-local function first_unsuspended(set, level)
+local function first_unsuspended(set, level, tenant)
   local list = redis.call('ZRANGE', set, 0, -1, 'WITHSCORES')
   for i = 1, #list, 2 do
-    if not suspended(level, list[i]) then
+    if not suspended(level, list[i], tenant) then
       return list[i], tonumber(list[i + 1])
     end
   end
@@ -337,8 +337,8 @@ local function pick_user(tenant)
   local list = redis.call('ZRANGE', users_key(tenant), 0, -1, 'WITHSCORES')
   for i = 1, #list, 2 do
     local user = list[i]
-    if not suspended('user', user) then
-      local flow, flow_tag = first_unsuspended(flows_key(tenant, user), 'flow')
+    if not suspended('user', user, tenant) then
+      local flow, flow_tag = first_unsuspended(flows_key(tenant, user), 'flow', tenant)
       if flow then
         return user, tonumber(list[i + 1]), flow, flow_tag
       end

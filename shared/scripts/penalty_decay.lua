@@ -7,7 +7,7 @@
 -- ARGV[1] now   ARGV[2] ladder (comma separated)   ARGV[3] decay_after seconds
 -- ARGV[4] TTL of a restored subject's history   ARGV[5] event id base   ARGV[6] event source
 -- ARGV[7] event types (JSON)   ARGV[8] audit stream max length   ARGV[9] flow id extension
--- ARGV[10] index member (level:id)
+-- ARGV[10] index member (keys.penalty_member)
 -- Returns {'decayed' | 'restored' | 'held' | 'none', step after ('' for none), until}
 --#include penalty_common
 local EVENTS = events_of(ARGV[7])

@@ -15,6 +15,8 @@
 -- ARGV[13] forget repeats after this many clean seconds   ARGV[14] event id base
 -- ARGV[15] event source   ARGV[16] event types (JSON)   ARGV[17] audit stream max length
 -- ARGV[18] flow id extension ('' for none)   ARGV[19] audit action (escalate | timeout)
+-- ARGV[20] the subject's member of the penalty index (keys.penalty_member: users and flows
+--          with their tenant)
 -- Returns {'escalated' | 'held', step after the decision ('' for none), until}
 --#include penalty_common
 local EVENTS = events_of(ARGV[16])
@@ -50,7 +52,7 @@ redis.call('HSET', key, 'step', new_step, 'until', new_until, 'since', now, 'rul
   'id', id, 'repeats', repeats + 1, 'cooldown', cooldown, 'fired:' .. rule, now)
 redis.call('HDEL', key, 'restoredAt')
 redis.call('PERSIST', key)
-redis.call('ZADD', KEYS[2], now, level .. ':' .. id)
+redis.call('ZADD', KEYS[2], now, ARGV[20])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[17], '*', 'time', now, 'action', ARGV[19],
   'level', level, 'subject', id, 'tenant', tenant, 'rule', rule, 'measured', ARGV[6],
   'limit', ARGV[7], 'window', ARGV[8], 'penalty', new_step, 'previous', step or '',

@@ -4,7 +4,7 @@
 -- KEYS[3] audit stream                  KEYS[4] outbox of the {pol} tag
 -- ARGV[1] now   ARGV[2] actor   ARGV[3] TTL of the lifted subject's history
 -- ARGV[4] event id base   ARGV[5] event source   ARGV[6] event types (JSON)
--- ARGV[7] audit stream max length   ARGV[8] flow id extension   ARGV[9] index member (level:id)
+-- ARGV[7] audit stream max length   ARGV[8] flow id extension   ARGV[9] index member (penalty_member)
 -- ARGV[10] level   ARGV[11] subject id
 -- Returns the step that was lifted, or '' when the subject had no penalty
 --#include penalty_common

@@ -163,8 +163,8 @@ def test_a_suspension_below_the_tenant_does_not_block_others(
     adm.submit("blocker", "blocker-flow")
     adm.submit("t", "bad", "a-mallory")  # first on a tie of start tags
     adm.submit("t", "good", "z-alice")
-    penalize(redis, "flow", "bad", "suspend" if flow_suspended else None)
-    penalize(redis, "user", "a-mallory", "suspend" if user_suspended else None)
+    penalize(redis, "flow", "bad", "suspend" if flow_suspended else None, tenant="t")
+    penalize(redis, "user", "a-mallory", "suspend" if user_suspended else None, tenant="t")
     adm.release(sorted(adm.running())[0])
     [admitted] = adm.admitted_order()[1:]
     expected = "good" if (flow_suspended or user_suspended) else "bad"

@@ -118,7 +118,7 @@ def test_a_chatty_flow_is_warned_the_moment_it_reaches_the_limit(
         6000,
         "1m",
     )
-    assert penalties.current_level(pc.redis, "flow", "f1") == "warn"
+    assert penalties.current_level(pc.redis, "flow", "f1", "acme") == "warn"
     assert pc.sender.of_type("policy.violation")[0].extensions == {"tenant": "acme", "flowid": "f1"}
 
 
@@ -189,13 +189,15 @@ def test_ticks_walk_a_penalty_down_and_announce_the_restore(
 ) -> None:
     for _ in range(7):
         pc.usage(messages=1000)
-    assert penalties.current_level(pc.redis, "flow", "f1") == "warn"
+    assert penalties.current_level(pc.redis, "flow", "f1", "acme") == "warn"
     clock.advance(120)  # the window forgets the burst
     pc.tick()
-    assert penalties.current_level(pc.redis, "flow", "f1") == "warn"  # cooldown + decay_after
+    assert (
+        penalties.current_level(pc.redis, "flow", "f1", "acme") == "warn"
+    )  # cooldown + decay_after
     clock.advance(600)
     pc.tick()
-    assert penalties.current_level(pc.redis, "flow", "f1") is None
+    assert penalties.current_level(pc.redis, "flow", "f1", "acme") is None
     [restored] = pc.emitted("tenant.restored")
     assert restored["subject"] == {"level": "flow", "id": "f1"} and restored["penalty"] == "none"
 
@@ -227,8 +229,8 @@ def test_a_noisy_tenant_is_suspended_and_nobody_else_is_touched(
         clock.advance(60)
         pc.tick()
         if minute == 0:
-            assert penalties.current_level(pc.redis, "flow", "loud-flow") == "warn"
-    assert penalties.current_level(pc.redis, "flow", "loud-flow") == "suspend"
+            assert penalties.current_level(pc.redis, "flow", "loud-flow", "noisy") == "warn"
+    assert penalties.current_level(pc.redis, "flow", "loud-flow", "noisy") == "suspend"
     assert penalties.is_suspended(pc.redis, tenant="noisy", flow="loud-flow")
     assert penalties.factors(
         pc.redis, FAST.penalties, tenant="calm", user="c1", flow="calm-flow"

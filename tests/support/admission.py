@@ -17,14 +17,19 @@ from shared.model.policy import Policy
 SOURCE = "/component-orchestrator/flow-start"
 
 
-def penalize(redis: Redis, level: str, subject_id: str, step: str | None) -> None:
-    """Penalty state as policy-check writes it (hash `step` + index); None lifts it."""
+def penalize(
+    redis: Redis, level: str, subject_id: str, step: str | None, *, tenant: str = "acme"
+) -> None:
+    """Penalty state as policy-check writes it (hash `step` + index; a user or flow of
+    `tenant`); None lifts it."""
+    key = keys.penalty(level, subject_id, tenant)
+    member = keys.penalty_member(level, subject_id, tenant)
     if step is None:
-        redis.delete(keys.penalty(level, subject_id))
-        redis.zrem(keys.penalty_index(), f"{level}:{subject_id}")
+        redis.delete(key)
+        redis.zrem(keys.penalty_index(), member)
         return
-    redis.hset(keys.penalty(level, subject_id), "step", step)
-    redis.zadd(keys.penalty_index(), {f"{level}:{subject_id}": 1})
+    redis.hset(key, mapping={"step": step, "tenant": tenant})
+    redis.zadd(keys.penalty_index(), {member: 1})
 
 
 class Admission:
