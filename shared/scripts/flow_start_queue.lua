@@ -397,8 +397,8 @@ local function aged_flow(blocked)
   for i = 1, #old, 2 do
     local tenant_user, flow = unpair(old[i])
     local tenant, user = unpair(tenant_user)
-    if not blocked[tenant] and counter('f:' .. flow) == 0 and not suspended('user', user)
-        and not suspended('flow', flow) and not tenant_block(tenant) then
+    if not blocked[tenant] and counter('f:' .. flow) == 0 and not suspended('user', user, tenant)
+        and not suspended('flow', flow, tenant) and not tenant_block(tenant) then
       local flow_tag = redis.call('ZSCORE', flows_key(tenant, user), flow)
       local user_tag = flow_tag and redis.call('ZSCORE', users_key(tenant), user)
       local tag = user_tag and redis.call('ZSCORE', K.tenants, tenant)
