@@ -28,13 +28,16 @@ from shared.deployment import records as deploy_records
 from shared.deployment.desired_state import (
     deployment_name,
     desired_hash,
+    global_name,
     legacy_deployment_name,
+    legacy_global_name,
 )
 from shared.ports.driver import (
     DEPLOYMENT_LABEL,
     FLOW_ID_ANNOTATION,
     NODE_ID_ANNOTATION,
     OBJECT_HASH_ANNOTATION,
+    COMPONENT_ID_ANNOTATION,
     ObjectTaken,
 )
 from tests.deploy_harness import DeployHarness, flow_doc, step
@@ -175,9 +178,11 @@ def previous_release(manifests: tuple[dict[str, Any], ...]) -> list[dict[str, An
             continue
         manifest = copy.deepcopy(manifest)
         annotations = manifest["metadata"]["annotations"]
-        name = legacy_deployment_name(
-            annotations[FLOW_ID_ANNOTATION], annotations[NODE_ID_ANNOTATION]
-        )
+        if FLOW_ID_ANNOTATION in annotations:
+            flow, node = annotations[FLOW_ID_ANNOTATION], annotations[NODE_ID_ANNOTATION]
+            name = legacy_deployment_name(flow, node)
+        else:
+            name = legacy_global_name(annotations[COMPONENT_ID_ANNOTATION])
         manifest["metadata"]["name"] = name
         manifest["metadata"]["labels"][DEPLOYMENT_LABEL] = name
         if manifest["kind"] == "Deployment":
@@ -195,10 +200,16 @@ def previous_release(manifests: tuple[dict[str, Any], ...]) -> list[dict[str, An
     return old
 
 
-def written_the_old_way(deploy: DeployHarness, flow_id: str) -> list[dict[str, Any]]:
-    """Deploys the flow, then puts back the record and objects the previous release wrote."""
-    deploy.start(flow_doc(flow_id, [step("a"), step("b")], updated=1))
-    record = deploy_records.load(deploy.redis, "flow", flow_id)
+def written_the_old_way(
+    deploy: DeployHarness, flow_id: str, kind: str = "flow"
+) -> list[dict[str, Any]]:
+    """Deploys the flow (or global component), then puts back the record and objects the
+    previous release wrote."""
+    if kind == "flow":
+        deploy.start(flow_doc(flow_id, [step("a"), step("b")], updated=1))
+    else:
+        deploy.start_component(flow_id)
+    record = deploy_records.load(deploy.redis, kind, flow_id)
     assert record is not None
     old = previous_release(record.manifests)
     old_hash = desired_hash(old)
@@ -265,6 +276,21 @@ def test_a_start_over_objects_of_the_previous_release_replaces_them_once(
         assert deploy.kube.names(kind) == new
     assert deployments_at_every_step(deploy.kube, old) == 2
     assert len(deploy.events("flow.started")) == 1
+    deploy.kube.reset_log()
+    deploy.tick()
+    assert deploy.kube.writes(ok=None) == 0
+
+
+def test_a_global_component_of_the_previous_release_is_renamed_once(
+    deploy: DeployHarness,
+) -> None:
+    deploy.repo.add("logger", is_global=True, replicas=1)
+    old = written_the_old_way(deploy, "logger", "component")
+    assert {m["metadata"]["name"] for m in old} == {legacy_global_name("logger")}
+    deploy.tick()
+    for kind in KINDS:
+        assert deploy.kube.names(kind) == {global_name("logger")}
+    assert deployments_at_every_step(deploy.kube, old) == 1
     deploy.kube.reset_log()
     deploy.tick()
     assert deploy.kube.writes(ok=None) == 0
