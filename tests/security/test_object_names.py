@@ -33,11 +33,11 @@ from shared.deployment.desired_state import (
     legacy_global_name,
 )
 from shared.ports.driver import (
+    COMPONENT_ID_ANNOTATION,
     DEPLOYMENT_LABEL,
     FLOW_ID_ANNOTATION,
     NODE_ID_ANNOTATION,
     OBJECT_HASH_ANNOTATION,
-    COMPONENT_ID_ANNOTATION,
     ObjectTaken,
 )
 from tests.deploy_harness import DeployHarness, flow_doc, step
