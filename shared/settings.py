@@ -111,6 +111,10 @@ class Settings:
     # from the issuer, for a subject starting with one of the prefixes (docs/security.md).
     # SQS with IRSA: the prefix of the flows' IAM role ARNs (docs/security.md, "IRSA").
     worker_iam_role_prefix: str | None = None
+    # With it, deploy creates and deletes those roles itself (the cluster's OIDC issuer for
+    # their trust policies; every role gets the permissions boundary, if one is named).
+    worker_iam_oidc_issuer: str | None = None
+    worker_iam_permissions_boundary: str | None = None
     dead_letters_oidc_audience: str | None = None
     dead_letters_oidc_issuer: str | None = None
     dead_letters_oidc_jwks_url: str | None = None
@@ -301,6 +305,8 @@ class Settings:
             flow_tombstone_ttl_seconds=seconds("FLOW_TOMBSTONE_TTL_SECONDS", 7 * 86400.0),
             cron_owner=choice("CRON_OWNER", CRON_OWNERS, "orchestrator"),
             worker_iam_role_prefix=text("WORKER_IAM_ROLE_PREFIX"),
+            worker_iam_oidc_issuer=url("WORKER_IAM_OIDC_ISSUER"),
+            worker_iam_permissions_boundary=text("WORKER_IAM_PERMISSIONS_BOUNDARY"),
             dead_letters_oidc_audience=text("DEAD_LETTERS_OIDC_AUDIENCE"),
             dead_letters_oidc_issuer=text("DEAD_LETTERS_OIDC_ISSUER"),
             dead_letters_oidc_jwks_url=url("DEAD_LETTERS_OIDC_JWKS_URL"),
@@ -318,6 +324,8 @@ class Settings:
             ):
                 if not value:
                     problems.append(f"{name}: required when DEAD_LETTERS_OIDC_AUDIENCE is set")
+        if settings.worker_iam_oidc_issuer and not settings.worker_iam_role_prefix:
+            problems.append("WORKER_IAM_ROLE_PREFIX: required with WORKER_IAM_OIDC_ISSUER")
         if sink:
             pass
         elif settings.auth_required and not (settings.iam_jwks_url or settings.iam_introspect_url):

@@ -599,9 +599,6 @@ def flow_desired_state(
 
 IRSA_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
 IAM_POLICY_ANNOTATION = LABEL_PREFIX + "iam-policy"
-_ROLE_PREFIX = re.compile(
-    r"arn:(?P<partition>[a-z-]+):iam::(?P<account>\d{12}):role/(?:[\w+=,.@/-]*)"
-)
 
 
 def _service_account(
@@ -614,20 +611,20 @@ def _service_account(
     and the policy that role must have (queue_policy.worker_policy), for whoever creates the
     roles (an operator, or a controller such as ACK's IAM controller)."""
     prefix = worker.iam_role_prefix or ""
-    match = _ROLE_PREFIX.fullmatch(prefix)
-    if match is None or not worker.claim_check_bucket:
-        raise PermanentError(
-            "WORKER_IAM_ROLE_PREFIX: must be arn:<partition>:iam::<account>:role/[path/] "
-            "(with CLAIM_CHECK_BUCKET)"
-        )
+    try:
+        partition, account_id, _ = queue_policy.parse_role_prefix(prefix)
+    except ValueError as exc:
+        raise PermanentError(str(exc)) from None
+    if not worker.claim_check_bucket:
+        raise PermanentError("CLAIM_CHECK_BUCKET: required with WORKER_IAM_ROLE_PREFIX")
     name = queue_policy.role_name(flow.id)
     document = queue_policy.worker_policy(
         flow.id,
         step_queues_of(manifests),
         region="*",
-        account_id=match["account"],
+        account_id=account_id,
         bucket=worker.claim_check_bucket,
-        partition=match["partition"],
+        partition=partition,
     )
     account: Manifest = {
         "apiVersion": "v1",

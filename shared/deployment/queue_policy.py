@@ -17,11 +17,13 @@ to the Broker as events) and creates no queue.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from shared.ports.queue_access import claim_check_prefix, sqs_name
+from shared.clock import Clock, SystemClock
+from shared.ports.queue_access import WorkerRoles, claim_check_prefix, sqs_name
 
 POLICY_VERSION = "2012-10-17"
 WORKER_SQS_ACTIONS: tuple[str, ...] = ("sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:DeleteMessage")
@@ -102,3 +104,88 @@ def trust_policy(
             }
         ],
     }
+
+
+_ROLE_PREFIX = re.compile(
+    r"arn:(?P<partition>[a-z-]+):iam::(?P<account>\d{12}):role(?P<path>/(?:[\w+=,.@-]+/)*)"
+)
+
+
+def parse_role_prefix(prefix: str) -> tuple[str, str, str]:
+    """(partition, account, path) of `arn:<partition>:iam::<account>:role/[path/]`."""
+    match = _ROLE_PREFIX.fullmatch(prefix)
+    if match is None:
+        raise ValueError(
+            f"WORKER_IAM_ROLE_PREFIX: must be arn:<partition>:iam::<account>:role/[path/], "
+            f"got {prefix!r}"
+        )
+    return match["partition"], match["account"], match["path"]
+
+
+class IrsaRoles:
+    """The flows' queue credentials on SQS when deploy creates the IRSA roles itself
+    (WORKER_IAM_OIDC_ISSUER set): `grant` writes the flow's role with `worker_policy` and
+    `trust_policy`, `revoke` deletes it. No password, nothing in the Secret; the generation
+    stays 0 (a role is updated in place, it never needs rotating). Reconcile grants on every
+    pass; IAM is written only when the documents changed or `REWRITE_SECONDS` passed (IAM's
+    API is rate-limited, and a role changed by hand is put right within that time)."""
+
+    REWRITE_SECONDS = 600.0
+
+    def __init__(
+        self,
+        roles: WorkerRoles,
+        *,
+        role_prefix: str,
+        oidc_issuer: str,
+        namespace: str,
+        bucket: str,
+        boundary: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._roles, self._issuer, self._namespace = roles, oidc_issuer, namespace
+        self._clock = clock or SystemClock()
+        self._written: dict[str, tuple[str, float]] = {}  # role → (documents' digest, when)
+        self._partition, self._account, self._path = parse_role_prefix(role_prefix)
+        self._bucket, self._boundary = bucket, boundary
+
+    def generation(self, flow_id: str) -> int | None:
+        return 0
+
+    def rotate(self, flow_id: str) -> int | None:
+        return 0
+
+    def grant(self, flow_id: str, queues: Sequence[str], generation: int) -> dict[str, str]:
+        name = role_name(flow_id)
+        trust = trust_policy(
+            flow_id,
+            account_id=self._account,
+            oidc_issuer=self._issuer,
+            namespace=self._namespace,
+            partition=self._partition,
+        )
+        policy = worker_policy(
+            flow_id,
+            queues,
+            region="*",
+            account_id=self._account,
+            bucket=self._bucket,
+            partition=self._partition,
+        )
+        digest = hashlib.sha256(json.dumps([trust, policy], sort_keys=True).encode()).hexdigest()
+        now = self._clock.now()
+        last = self._written.get(name)
+        if last is not None and last[0] == digest and now - last[1] < self.REWRITE_SECONDS:
+            return {}
+        self._roles.ensure(
+            name, path=self._path, trust_policy=trust, policy=policy, boundary=self._boundary
+        )
+        self._written[name] = (digest, now)
+        return {}
+
+    def revoke(self, flow_id: str) -> None:
+        self._roles.delete(role_name(flow_id))
+        self._written.pop(role_name(flow_id), None)
+
+    def consumers(self, flow_id: str, step_id: str) -> int | None:
+        return None  # SQS does not say who consumes

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared import keys
 
@@ -54,3 +54,24 @@ def claim_check_prefix(flow_id: str) -> str:
     """Where the bodies of a flow's big step messages go in CLAIM_CHECK_BUCKET; flow ids hold
     no `/`, so no flow's prefix contains another's."""
     return f"claim-check/{flow_id}/"
+
+
+class WorkerRoles(Protocol):
+    """A flow's IAM role for its workers (SQS with IRSA): created or brought up to date with
+    the given trust and identity policies, or deleted (shared/adapters/aws_iam.py)."""
+
+    def ensure(
+        self,
+        name: str,
+        *,
+        path: str,
+        trust_policy: dict[str, Any],
+        policy: dict[str, Any],
+        boundary: str | None,
+    ) -> None:
+        """Raises TemporaryError when IAM cannot answer, PermanentError when it refuses."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Absent is fine."""
+        ...

@@ -17,6 +17,7 @@ from shared.deployment.queue_credentials import (
     QueueCredentials,
     RedisQueueCredentials,
 )
+from shared.deployment.queue_policy import IrsaRoles
 from shared.deployment.services import DeployServices, FlowTokens, IamFlowTokens, NoFlowTokens
 from shared.ports.driver import DeployDriver
 from shared.settings import Settings
@@ -47,8 +48,20 @@ def build_services(settings: Settings, clock: Clock, redis: Redis) -> DeployServ
 
 
 def make_queue_credentials(settings: Settings, redis: Redis) -> QueueCredentials:
-    """Redis Streams: one ACL user per flow; amqp: one RabbitMQ user per flow; SQS: none (the
-    pods' IAM role, docs/security.md)."""
+    """Redis Streams: one ACL user per flow; amqp: one RabbitMQ user per flow; SQS: the pods'
+    IAM role (docs/security.md, "IRSA"), created here when WORKER_IAM_OIDC_ISSUER is set, else
+    by the operator."""
+    if settings.queue_backend == "sqs" and settings.worker_iam_oidc_issuer:
+        from shared.adapters.aws_iam import AwsWorkerRoles
+
+        return IrsaRoles(
+            AwsWorkerRoles.connect(endpoint_url=settings.aws_endpoint_url),
+            role_prefix=settings.worker_iam_role_prefix or "",
+            oidc_issuer=settings.worker_iam_oidc_issuer,
+            namespace=settings.kubernetes_namespace,
+            bucket=settings.claim_check_bucket or "",
+            boundary=settings.worker_iam_permissions_boundary,
+        )
     if settings.queue_backend == "amqp":
         from shared.adapters.rabbitmq import RabbitMqFlowAccess
 

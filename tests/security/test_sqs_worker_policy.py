@@ -26,6 +26,7 @@ from botocore.exceptions import ClientError
 from redis import Redis
 
 from shared import keys
+from shared.adapters.aws_iam import AwsWorkerRoles
 from shared.adapters.sqs import SqsQueue
 from shared.clock import FakeClock
 from shared.deployment.desired_state import (
@@ -37,6 +38,7 @@ from shared.deployment.desired_state import (
 from shared.deployment.queue_policy import (
     WORKER_S3_ACTIONS,
     WORKER_SQS_ACTIONS,
+    IrsaRoles,
     role_name,
     trust_policy,
     worker_policy,
@@ -321,3 +323,79 @@ def test_queue_names_and_claim_check_keys_are_those_of_the_previous_release(aws:
     big = SqsQueue(aws.sqs, aws.s3, aws.bucket, max_message_bytes=1024)
     big.publish(queue, [message("flow-1", "step-a", "z" * 4000)])
     assert aws.objects() == ["claim-check/flow-1/step-a/m-step-a-1.json"]
+
+
+class CountingRoles(AwsWorkerRoles):
+    def __init__(self, iam: Any) -> None:
+        super().__init__(iam)
+        self.ensured = 0
+
+    def ensure(self, name: str, **kwargs: Any) -> None:
+        self.ensured += 1
+        super().ensure(name, **kwargs)
+
+
+def test_deploy_creates_each_flows_role_updates_it_and_deletes_it_on_stop(
+    aws: Aws,
+    redis: Redis,
+    clock: FakeClock,
+    kube_api: FakeKubeApi,
+    component_repo: FakeComponentRepo,
+) -> None:
+    """WORKER_IAM_OIDC_ISSUER set: deploy writes the roles itself (here into the suite's moto)."""
+    issuer = "https://oidc.eks.us-east-1.amazonaws.com/id/ABC123"
+    boundary = f"arn:aws:iam::{ACCOUNT}:policy/orchestrator-workers-boundary"
+    iam = boto3.client("iam", endpoint_url=aws.endpoint_url, region_name=REGION)
+    component_repo.add("comp", replicas=1)
+    kube_api.auto_ready = True
+    harness = DeployHarness(redis, clock, kube_api, component_repo)
+    harness.services.worker = WorkerSettings(
+        queue_backend="sqs",
+        claim_check_bucket=BUCKET,
+        k_sink="http://sink.invalid",
+        iam_role_prefix=ROLE_PREFIX,
+    )
+    roles = CountingRoles(iam)
+    harness.services.credentials = IrsaRoles(
+        roles,
+        role_prefix=ROLE_PREFIX,
+        oidc_issuer=issuer,
+        namespace="flows",
+        bucket=BUCKET,
+        boundary=boundary,
+        clock=clock,
+    )
+
+    def role_policy(flow_id: str) -> Any:
+        document = iam.get_role_policy(RoleName=role_name(flow_id), PolicyName="step-queues")
+        raw = document["PolicyDocument"]
+        return json.loads(raw) if isinstance(raw, str) else raw
+
+    try:
+        harness.start(flow_doc("flow-a"))
+        role = iam.get_role(RoleName=role_name("flow-a"))["Role"]
+        assert role["Arn"] == ROLE_PREFIX + role_name("flow-a")
+        assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == boundary
+        trust = role["AssumeRolePolicyDocument"]
+        trust = json.loads(trust) if isinstance(trust, str) else trust
+        assert trust == trust_policy("flow-a", account_id=ACCOUNT, oidc_issuer=issuer,
+                                     namespace="flows")  # fmt: skip
+        assert role_policy("flow-a") == worker_policy(
+            "flow-a", [keys.step_queue("flow-a", "a")], region="*", account_id=ACCOUNT,
+            bucket=BUCKET,
+        )  # fmt: skip
+        written = roles.ensured
+        harness.tick()  # reconcile grants every pass; IAM is written again only when due
+        assert roles.ensured == written
+        clock.advance(IrsaRoles.REWRITE_SECONDS + 1)
+        harness.tick()
+        assert roles.ensured == written + 1
+        harness.start(flow_doc("flow-a", [step("a"), step("b")]))  # a step more: the policy too
+        assert role_policy("flow-a") == worker_policy(
+            "flow-a", queues("flow-a"), region="*", account_id=ACCOUNT, bucket=BUCKET
+        )
+        harness.stop("flow-a")
+        with pytest.raises(ClientError):
+            iam.get_role(RoleName=role_name("flow-a"))
+    finally:
+        harness.close()
