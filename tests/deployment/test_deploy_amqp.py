@@ -12,20 +12,28 @@ import pytest
 from redis import Redis
 
 from shared import keys
+from shared.adapters.component_repository import CatalogueComponentRepository
+from shared.adapters.local_driver import LocalDriver
+from shared.clock import SystemClock
 from shared.adapters.rabbitmq import RabbitMqFlowAccess, RabbitMqManagement, vhost_of
 from shared.deployment.desired_state import (
     WorkerSettings,
     desired_hash,
     flow_desired_state,
+    suspended,
     with_secret_values,
 )
 from shared.deployment.queue_credentials import AmqpQueueCredentials
+from shared.deployment.reconcile import Deployer
+from shared.deployment.records import TargetRecord
+from shared.deployment.services import DeployServices, NoFlowTokens
 from shared.events import FlowDocument
 from shared.model.policy import TenantLimits
 from shared.ports import ferryman as names
 from shared.ports.components import Component
 from tests.conftest import TEST_KEY
 from tests.support.rabbitmq import RabbitMq
+from tests.support.system import wait_for
 
 WORKER = WorkerSettings(
     queue_backend="amqp",
@@ -126,3 +134,48 @@ def test_the_flows_user_and_queues_come_and_go_with_the_flow(
         guest.close()
     with pytest.raises(pika.exceptions.ProbableAuthenticationError):
         pika.BlockingConnection(pika.URLParameters(url))
+
+
+def test_a_step_is_ready_when_ferryman_consumes_and_a_suspended_flow_needs_none(
+    rabbitmq: RabbitMq, amqp_vhost: str, redis: Redis, tmp_path: Any
+) -> None:
+    """Ready = the queue's consumer count, not a live process; at 0 replicas (suspended by a
+    penalty) nothing has to consume."""
+    management = f"http://guest:guest@127.0.0.1:{rabbitmq.management_port}"
+    credentials = AmqpQueueCredentials(
+        redis, RabbitMqFlowAccess(amqp_vhost, management), TEST_KEY, amqp_vhost
+    )
+    component = Component(id="c", name="c", image="reg/oih/connector:1")
+    generation = credentials.rotate("f1") or 1
+    desired = flow_desired_state(flow_document(), {"c": component}, TenantLimits(), WORKER,
+                                 credentials_generation=generation)  # fmt: skip
+    # a process that lives but never consumes (as a ferryman that cannot reach its queue)
+    driver = LocalDriver(command=("sleep", "60"), workdir=tmp_path / "workers", images={})
+    services = DeployServices(driver, CatalogueComponentRepository(), NoFlowTokens(), WORKER,
+                              credentials)  # fmt: skip
+    deployer = Deployer(redis, services, SystemClock(), ready_timeout=60)
+    record = TargetRecord(kind="flow", id="f1", status="deploying", desired_hash=desired.hash,
+                          manifests=desired.manifests, tenant="acme", user="u1")  # fmt: skip
+    try:
+        values = credentials.grant("f1", [keys.step_queue("f1", n) for n in ("get", "put")],
+                                   generation)  # fmt: skip
+        deployer.apply(record, desired.manifests, None, values)
+        verdict = deployer.verdict(record, desired.manifests)
+        assert not verdict.ready
+        assert "not yet consuming: get 0/1, put 0/1" in verdict.summary
+        connection = pika.BlockingConnection(pika.URLParameters(values[names.AMQP_URI_VARIABLE]))
+        try:
+            channel = connection.channel()
+            for step in ("get", "put"):
+                channel.basic_consume(names.messages_queue("f1", step), lambda *_: None)
+            assert deployer.verdict(record, desired.manifests).ready
+        finally:
+            connection.close()
+        # the consumers are gone again (RabbitMQ drops them with their connection)
+        wait_for(lambda: not deployer.verdict(record, desired.manifests).ready, "not ready")
+        down = suspended(desired.manifests)
+        deployer.apply(record, down, None, values)
+        assert deployer.verdict(record, down).ready  # 0 replicas: nothing has to consume
+    finally:
+        driver.close()
+        credentials.revoke("f1")
