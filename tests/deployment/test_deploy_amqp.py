@@ -14,8 +14,8 @@ from redis import Redis
 from shared import keys
 from shared.adapters.component_repository import CatalogueComponentRepository
 from shared.adapters.local_driver import LocalDriver
-from shared.clock import SystemClock
 from shared.adapters.rabbitmq import RabbitMqFlowAccess, RabbitMqManagement, vhost_of
+from shared.clock import SystemClock
 from shared.deployment.desired_state import (
     WorkerSettings,
     desired_hash,
