@@ -124,6 +124,21 @@ def backchannel_outputs(delivery: str) -> str:
     return _key(BACKCHANNEL, "outputs", delivery)
 
 
+# A global component's one queue, for the steps of every flow that use it. '#' starts no flow
+# id ([A-Za-z0-9] first), so it never names a flow's step queue.
+GLOBAL_QUEUE_MARK = "#"
+
+
+def global_step_queue(component_id: str) -> str:
+    return PREFIX + "q:{" + GLOBAL_QUEUE_MARK + component_id + "}:global"
+
+
+def flow_global_nodes(flow_id: str) -> str:
+    """Hash: a deployed flow's nodes whose component is global: node id → JSON
+    {component, function, fields} (deploy writes it, step-execute routes by it)."""
+    return _key(FLOWS, "global-nodes", flow_id)
+
+
 # --- dead letters of the local broker (make run) --------------------------------------------
 def broker_dead_letters() -> str:
     return PREFIX + "broker:dead-letters"

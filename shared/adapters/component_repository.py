@@ -106,6 +106,7 @@ def parse_component(component_id: str, answer: Any) -> Component:
         name=str(data.get("name") or component_id),
         image=image,
         is_global=bool(data.get("isGlobal", False)),
+        rest_api=bool(descriptor.get("restAPI")),
         replicas=replicas,
         resources=resource_spec,
         entrypoint=entrypoint,

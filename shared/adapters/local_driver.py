@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 COMMAND_ENV = "ORCHESTRATOR_WORKER_COMMAND"
 IMAGES_ENV = "ORCHESTRATOR_LOCAL_IMAGES"
+# Objects kept but not enforced (no cluster; a Service: local workers listen on the host).
+KEPT_KINDS = ("NetworkPolicy", "ServiceAccount", "Service")
 FERRYMAN_SCRIPT = Path("node_modules/@openintegrationhub/ferryman/runGlobal.js")
 DEFAULT_COMMAND = (sys.executable, "-m", "shared.worker")
 MAX_BACKOFF_SECONDS = 30.0
@@ -139,7 +141,7 @@ class LocalDriver:
         )
         self._cwd = Path(cwd) if cwd else PROJECT_ROOT
         self._secrets: dict[str, Manifest] = {}
-        # NetworkPolicies and ServiceAccounts by (kind, name): kept, not enforced (processes
+        # NetworkPolicies, ServiceAccounts, Services by (kind, name): kept, not enforced (processes
         # share a host); a flow's policy and account may carry the same name
         self._kept: dict[tuple[str, str], Manifest] = {}
         self._workloads: dict[str, _Workload] = {}
@@ -157,7 +159,7 @@ class LocalDriver:
             if kind == "Secret":
                 self._secrets[name] = manifest
                 return
-            if kind in ("NetworkPolicy", "ServiceAccount"):  # kept: no cluster to enforce them
+            if kind in KEPT_KINDS:  # kept: no cluster to enforce them
                 self._kept[(kind, name)] = manifest
                 return
             if kind != "Deployment":
@@ -226,7 +228,7 @@ class LocalDriver:
         with self._lock:
             if kind == "Secret":
                 return self._secrets.pop(name, None) is not None
-            if kind in ("NetworkPolicy", "ServiceAccount"):
+            if kind in KEPT_KINDS:
                 return self._kept.pop((kind, name), None) is not None
             workload = self._workloads.pop(name, None)
             if workload is None:

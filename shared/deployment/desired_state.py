@@ -41,7 +41,7 @@ from shared.errors import PermanentError
 from shared.events import FlowDocument
 from shared.model.policy import Resources, TenantLimits, cpu_millicores, memory_mib
 from shared.ports import ferryman
-from shared.ports.components import Component, ComponentInvalid
+from shared.ports.components import REST_API_PORT, Component, ComponentInvalid
 from shared.ports.driver import (
     COMPONENT_ID_ANNOTATION as COMPONENT_ID_ANNOTATION,
 )
@@ -418,10 +418,12 @@ def _objects(
     writable_root: bool,
     egress: list[dict[str, object]],
     own_entrypoint: bool = False,
-) -> tuple[Manifest, Manifest, Manifest]:
+) -> tuple[Manifest, ...]:
     if not component.image:
         raise ComponentInvalid(f"component {component.id!r} has no distribution.image")
     labels = {**labels, DEPLOYMENT_LABEL: name}
+    if component.rest_api:  # as the original orchestrator: the component serves HTTP
+        environment = {**environment, "ENABLE_REST_API": "true"}
     data = _secret_data(_with_component_environment(component, environment))
     secret: Manifest = {
         "apiVersion": "v1",
@@ -461,7 +463,34 @@ def _objects(
     }
     secure(deployment, writable_root=writable_root)
     policy = _network_policy(deployment, egress)
+    if component.rest_api:
+        container["ports"] = [{"name": "rest-api", "containerPort": REST_API_PORT}]
+        policy["spec"]["ingress"] = [{"ports": [{"protocol": "TCP", "port": REST_API_PORT}]}]
+        service = _rest_api_service(name, labels, annotations)
+        return _stamp(policy), _stamp(deployment), _stamp(secret), _stamp(service)
     return _stamp(policy), _stamp(deployment), _stamp(secret)
+
+
+def _rest_api_service(name: str, labels: dict[str, str], annotations: dict[str, str]) -> Manifest:
+    """The ClusterIP Service of a component that declares `restAPI` (the original's
+    `_generateServiceDefinition`: port 3001 to the Deployment's pods)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "labels": dict(labels), "annotations": dict(annotations)},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {MANAGED_BY_LABEL: MANAGED_BY, DEPLOYMENT_LABEL: name},
+            "ports": [
+                {
+                    "name": "rest-api",
+                    "protocol": "TCP",
+                    "port": REST_API_PORT,
+                    "targetPort": REST_API_PORT,
+                }
+            ],
+        },
+    }
 
 
 def _network_policy(deployment: Manifest, egress: list[dict[str, object]]) -> Manifest:
@@ -519,7 +548,10 @@ def flow_desired_state(
     rolls the pods. `writable_root`: components the policy lets keep a writable root."""
     if not flow.nodes:
         raise PermanentError("graph.nodes: must hold at least one node")
-    wanted = {n.id: wanted_replicas(n.replicas, components[n.component_id]) for n in flow.nodes}
+    # A node whose component is global runs in that component's one Deployment (started by
+    # component.starting): no objects of the flow's own, its messages go to the global queue.
+    own_nodes = [n for n in flow.nodes if not components[n.component_id].is_global]
+    wanted = {n.id: wanted_replicas(n.replicas, components[n.component_id]) for n in own_nodes}
     replicas, clamped = clamp_replicas(
         wanted, limits.max_replicas_per_step, limits.max_replicas - replicas_elsewhere
     )
@@ -530,7 +562,7 @@ def flow_desired_state(
         FLOW_LABEL: label_value(flow.id),
     }
     manifests: list[Manifest] = []
-    for node in flow.nodes:
+    for node in own_nodes:
         component = components[node.component_id]
         name = deployment_name(flow.id, node.id)
         labels = {
@@ -643,14 +675,22 @@ def _service_account(
     return _stamp(account)
 
 
+def credential_id(kind: str, target_id: str) -> str:
+    """Whose queue credentials a target's workers get: a flow's own, or for a global component
+    `#<id>` ('#' starts no flow id, so the two never share a user)."""
+    return target_id if kind == "flow" else keys.GLOBAL_QUEUE_MARK + target_id
+
+
 def component_desired_state(
     component: Component,
     limits: TenantLimits,
     worker: WorkerSettings,
     *,
     writable_root: Collection[str] = (),
+    credentials_generation: int | None = None,
 ) -> DesiredState:
-    """A global component: one shared Deployment (no tenant; the default limits apply)."""
+    """A global component: one shared Deployment (no tenant; the default limits apply) that
+    consumes the component's queue for every flow; its queue user is `credential_id`'s."""
     if not component.is_global:
         raise PermanentError(f"id: component {component.id!r} is not a global component")
     replicas, clamped = clamp_replicas(
@@ -669,8 +709,12 @@ def component_desired_state(
         "COMPONENT_FUNCTION": "",
         "COMPONENT_ENTRYPOINT": component.entrypoint,
         "GLOBAL_COMPONENT": "1",
+        # every flow's messages for its nodes of this component (keys.global_step_queue)
+        STEP_QUEUE_KEY: keys.global_step_queue(component.id),
         **worker.environment(),
     }
+    if credentials_generation is not None:
+        environment[GENERATION_KEY] = str(credentials_generation)
     manifests = _objects(
         name,
         labels,

@@ -32,6 +32,7 @@ from shared.deployment.desired_state import (
     FLOW_TOKEN_KEY,
     NODE_ID_ANNOTATION,
     component_selector,
+    credential_id,
     credentials_generation_of,
     desired_hash,
     flow_selector,
@@ -158,18 +159,17 @@ class Deployer:
 
     # ---- worker credentials ------------------------------------------------------------------
     def grant(self, record: TargetRecord) -> dict[str, str]:
-        """Writes the flow's queue user (again) to every node; returns its Secret variables."""
-        if record.kind != "flow":
-            return {}
+        """Writes the target's queue user (again) to every node (a flow's, or a global
+        component's for its one queue); returns its Secret variables."""
         generation = credentials_generation_of(record.manifests)
         if generation is None:
             return {}
         queues = step_queues_of(record.manifests)
-        return self.services.credentials.grant(record.id, queues, generation)
+        who = credential_id(record.kind, record.id)
+        return self.services.credentials.grant(who, queues, generation)
 
     def revoke(self, kind: str, target_id: str) -> None:
-        if kind == "flow":
-            self.services.credentials.revoke(target_id)
+        self.services.credentials.revoke(credential_id(kind, target_id))
 
     def upgraded(self, record: TargetRecord) -> TargetRecord:
         """A record an earlier release wrote, rewritten, stored, and re-applied by the caller:
@@ -213,6 +213,11 @@ class Deployer:
                     granted = credentials if credentials is not None else self.grant(record)
                     values = {**granted, FLOW_TOKEN_KEY: token}
                 manifest = with_secret_values(manifest, values)
+            elif manifest["kind"] == "Secret":  # a global component: its queue user only
+                if values is None:
+                    values = credentials if credentials is not None else self.grant(record)
+                if values:
+                    manifest = with_secret_values(manifest, values)
             self.driver.apply(manifest)
             if held is not None:
                 held.extend()

@@ -23,6 +23,7 @@ from shared import keys
 from shared.clock import Clock
 from shared.errors import OrchestratorError
 from shared.execution import step_rates
+from shared.model import flows
 from shared.model.policy import Policy
 from shared.ports.queue import StepQueue
 from shared.ports.step_message import StepMessage
@@ -127,11 +128,14 @@ class Publisher:
         by_queue: dict[str, list[StepMessage]] = {}
         record: list[str | int | float] = []
         message_keys: list[str] = []
+        # nodes of global components: their messages go to the component's one queue
+        global_nodes = flows.global_nodes(self.redis, {as_text(rows[m]["flow"]) for m in claimed})
         for message_id in claimed:
             row = rows[message_id]
             run_id, flow, step = as_text(row["run"]), as_text(row["flow"]), as_text(row["step"])
             tenant, attempt = as_text(row["tenant"]), int(as_text(row["attempt"] or b"0"))
             limits = policy.tenant(tenant)
+            shared_node = global_nodes.get(flow, {}).get(step)
             message = StepMessage(
                 run_id=run_id,
                 flow_id=flow,
@@ -142,8 +146,15 @@ class Publisher:
                 data_json=as_text(row["data"] or b"{}"),
                 token=self._token(policy, run_id, step, tenant, flow, now),
                 context_json=as_text(row.get("context") or b""),
+                function=shared_node.function if shared_node else "",
+                fields_json=shared_node.fields_json if shared_node else "",
             )
-            by_queue.setdefault(keys.step_queue(flow, step), []).append(message)
+            queue = (
+                keys.global_step_queue(shared_node.component_id)
+                if shared_node is not None
+                else keys.step_queue(flow, step)
+            )
+            by_queue.setdefault(queue, []).append(message)
             message_keys.append(keys.step_message(message_id))
             record.extend((message_id, attempt, repr(now + limits.step_timeout_seconds)))
         try:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from shared.deployment import records as deploy_records
 from shared.deployment.desired_state import (
     DesiredState,
     component_desired_state,
+    credential_id,
     desired_hash,
     flow_desired_state,
 )
@@ -207,7 +209,24 @@ def on_flow_starting(ctx: Ctx, flow: FlowDocument) -> None:
         except PermanentError as exc:
             _fail(ctx, deployer, "flow", flow.id, exc.message, flow.tenant, flow.user)
             return
+        # Nodes of global components run in the component's Deployment: step-execute sends
+        # their messages to its queue (written before anything runs, idempotent).
+        flows.set_global_nodes(ctx.redis, flow.id, _global_nodes(flow, components))
         _deploy(ctx, deployer, held, desired, existing)
+
+
+def _global_nodes(
+    flow: FlowDocument, components: dict[str, Component]
+) -> dict[str, flows.GlobalNode]:
+    return {
+        node.id: flows.GlobalNode(
+            node.component_id,
+            node.function,
+            json.dumps(node.fields, sort_keys=True, separators=(",", ":")),
+        )
+        for node in flow.nodes
+        if components[node.component_id].is_global
+    }
 
 
 def _usable(component: Component, component_id: str, flow: FlowDocument) -> Component:
@@ -259,12 +278,21 @@ def on_component_starting(ctx: Ctx, ref: ComponentRef) -> None:
         existing = deploy_records.load(ctx.redis, "component", ref.id)
         try:
             component = ctx.services.components.get(ref.id)
-            desired = component_desired_state(
-                component,
-                ctx.policy.defaults,
-                ctx.services.worker,
-                writable_root=ctx.policy.writable_root_components,
-            )
+            credentials = ctx.services.credentials
+            who = credential_id("component", ref.id)
+
+            def desired_for(generation: int | None) -> DesiredState:
+                return component_desired_state(
+                    component,
+                    ctx.policy.defaults,
+                    ctx.services.worker,
+                    writable_root=ctx.policy.writable_root_components,
+                    credentials_generation=generation,
+                )
+
+            desired = desired_for(credentials.generation(who))
+            if not _unchanged(existing, desired):
+                desired = desired_for(credentials.rotate(who))  # a new pod template
         except PermanentError as exc:
             _fail(ctx, deployer, "component", ref.id, exc.message, "", "")
             return
@@ -280,6 +308,7 @@ def _stop(ctx: Ctx, kind: str, target_id: str, event: OutgoingEvent | None) -> N
         deployer.revoke(kind, target_id)
         if kind == "flow":
             ctx.services.tokens.revoke(target_id)
+            flows.clear_global_nodes(ctx.redis, target_id)
 
         def forget(pipe: object) -> None:
             if record is not None:

@@ -197,3 +197,55 @@ def tenant_of(redis: Redis, flow_id: str) -> str | None:
 
 def wanted_ids(redis: Redis) -> set[str]:
     return {as_text(member) for member in redis.smembers(keys.flow_index())}
+
+
+# --- global components ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GlobalNode:
+    """A flow node whose component is global: its messages go to the component's queue, with
+    the node's function and fields (the global worker serves every flow's nodes)."""
+
+    component_id: str
+    function: str
+    fields_json: str
+
+
+def set_global_nodes(redis: Redis, flow_id: str, nodes: dict[str, GlobalNode]) -> None:
+    """What deploy decided for the flow (written before its objects are applied)."""
+    key = keys.flow_global_nodes(flow_id)
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(key)
+    if nodes:
+        pipe.hset(
+            key,
+            mapping={
+                node: json.dumps(
+                    {"component": n.component_id, "function": n.function, "fields": n.fields_json},
+                    separators=(",", ":"),
+                )
+                for node, n in nodes.items()
+            },
+        )
+    pipe.execute()
+
+
+def clear_global_nodes(redis: Redis, flow_id: str) -> None:
+    redis.delete(keys.flow_global_nodes(flow_id))
+
+
+def global_nodes(redis: Redis, flow_ids: Iterable[str]) -> dict[str, dict[str, GlobalNode]]:
+    """Each flow's global nodes (a flow without any: {}), in one round trip."""
+    ids = sorted(set(flow_ids))
+    pipe = redis.pipeline(transaction=False)
+    for flow_id in ids:
+        pipe.hgetall(keys.flow_global_nodes(flow_id))
+    found: dict[str, dict[str, GlobalNode]] = {}
+    for flow_id, raw in zip(ids, pipe.execute(), strict=True):
+        nodes = {}
+        for node, value in (raw or {}).items():
+            entry = json.loads(value)
+            nodes[as_text(node)] = GlobalNode(
+                str(entry["component"]), str(entry["function"]), str(entry["fields"])
+            )
+        found[flow_id] = nodes
+    return found

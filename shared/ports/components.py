@@ -40,6 +40,8 @@ class Component:
     name: str
     image: str
     is_global: bool = False
+    # descriptor.restAPI: its pods serve HTTP on REST_API_PORT behind a Service of ours
+    rest_api: bool = False
     replicas: int | None = None
     resources: ResourceSpec = ResourceSpec()
     entrypoint: str = ""  # python module the local step worker runs
@@ -67,6 +69,10 @@ class Component:
     def usable_by(self, tenant: str, user: str | None = None) -> bool:
         """A flow may use a component that is public or its tenant's own (docs/security.md)."""
         return self.access == "public" or self.owned_by(tenant, user)
+
+
+# The port the original orchestrator's restAPI Service exposes (KubernetesDriver.js).
+REST_API_PORT = 3001
 
 
 class ComponentRepository(Protocol):

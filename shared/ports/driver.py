@@ -25,8 +25,8 @@ HASH_CHARS = 8  # label values (selectors of objects already running depend on t
 NAME_HASH_CHARS = 16  # object names: 64 bits, so no one finds another flow's name by trying
 LEGACY_NAME_HASH_CHARS = 8  # object names written before 64-bit hashes (found for upgrades)
 # In the order they are applied (a flow's ServiceAccount: SQS with IRSA, shared/deployment/
-# queue_policy.py).
-KINDS = ("NetworkPolicy", "ServiceAccount", "Secret", "Deployment")
+# queue_policy.py; a Service only for components that declare restAPI).
+KINDS = ("NetworkPolicy", "ServiceAccount", "Secret", "Deployment", "Service")
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "component-orchestrator"

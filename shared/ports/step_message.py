@@ -92,6 +92,15 @@ class StepMessage:
     # The rest of the run's message for a first step (`first_step_message`), JSON text; ""
     # for every other message.
     context_json: str = field(default="")
+    # For a global component's queue (it serves many flows' nodes): the node's function and
+    # its fields (JSON object text); "" on a flow's own step queue.
+    function: str = field(default="")
+    fields_json: str = field(default="")
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        loaded = json.loads(self.fields_json) if self.fields_json else {}
+        return loaded if isinstance(loaded, dict) else {}
 
     @property
     def data(self) -> Any:
@@ -132,6 +141,9 @@ class StepMessage:
             separators=(",", ":"),
         )
         tail = ',"context":' + self.context_json if self.context_json else ""
+        if self.function:
+            tail += ',"function":' + json.dumps(self.function)
+            tail += ',"fields":' + (self.fields_json or "{}")
         return head[:-1] + ',"data":' + self.data_json + tail + "}"
 
     @classmethod
@@ -148,6 +160,8 @@ class StepMessage:
                 data_json=json.dumps(raw.get("data"), separators=(",", ":"), ensure_ascii=False),
                 token=str(raw["stepToken"]),
                 context_json=_context_json(raw.get("context")),
+                function=str(raw.get("function") or ""),
+                fields_json=_context_json(raw.get("fields")) if raw.get("function") else "",
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BadMessage(f"not a step message: {type(exc).__name__}") from exc

@@ -21,6 +21,7 @@ hub; it is never logged.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -95,12 +96,14 @@ class WorkerConfig:
         backend = text("QUEUE_BACKEND") or "redis"
         if backend not in QUEUE_BACKENDS:
             problems.append(f"QUEUE_BACKEND: must be one of {', '.join(QUEUE_BACKENDS)}")
+        # K_SINK is checked where events are sent over HTTP (`main`): an in-process worker (the
+        # headless demo) brings its own sender. A global component serves every flow's nodes
+        # of it from one queue: each message names its flow, step, function and fields.
+        required = ["STEP_QUEUE", "COMPONENT_ENTRYPOINT"]
         if not global_component:
-            # K_SINK is checked where events are sent over HTTP (`main`): an in-process
-            # worker (the headless demo) brings its own sender.
-            required = ["FLOW_ID", "STEP_ID", "STEP_QUEUE", "COMPONENT_ENTRYPOINT"]
-            required += ["REDIS_URL"] if backend == "redis" else ["CLAIM_CHECK_BUCKET"]
-            problems.extend(f"{name}: required" for name in required if not text(name))
+            required = ["FLOW_ID", "STEP_ID", *required]
+        required += ["REDIS_URL"] if backend == "redis" else ["CLAIM_CHECK_BUCKET"]
+        problems.extend(f"{name}: required" for name in required if not text(name))
         if problems:
             message = "invalid worker settings: " + "; ".join(problems)
             raise SettingsError(message, problems=problems)
@@ -137,6 +140,11 @@ def load_function(entrypoint: str, name: str) -> ComponentFunction:
     if not callable(function):
         raise PermanentError(f"COMPONENT_FUNCTION: {entrypoint!r} has no function {name!r}")
     return function  # type: ignore[no-any-return]
+
+
+def unnamed_function(msg: dict[str, Any], fields: dict[str, Any]) -> Any:
+    """A global component's message that names no function (the step fails)."""
+    raise PermanentError("the message names no function of this global component")
 
 
 def outputs(result: Any) -> Iterator[Any]:
@@ -191,11 +199,14 @@ class Worker:
         clock: Clock | None = None,
         batch_size: int = 10,
         wait_seconds: float = 1.0,
+        functions: Callable[[str], ComponentFunction] | None = None,
     ) -> None:
         self.config = config
         self.queue = queue
         self.sender = sender
         self.function = function
+        # a global component's worker: the function each message names, by name
+        self.functions = functions
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.clock = clock or SystemClock()
         self.batch_size = batch_size
@@ -268,8 +279,11 @@ class Worker:
         )
         seq = 0
         held: list[Any] = []  # one output held back: the last one is sent with final = true
+        function, fields = self.function, dict(self.config.fields)
         try:
-            for output in outputs(self.function(msg, dict(self.config.fields))):
+            if message.function and self.functions is not None:  # a global component's message
+                function, fields = self.functions(message.function), message.fields
+            for output in outputs(function(msg, fields)):
                 if held:
                     yield self._event(message, t.STEP_COMPLETED, seq, held.pop(), final=False)
                     seq += 1
@@ -315,9 +329,12 @@ class Worker:
             payload["empty"] = True  # no output: this event only ends the message
         if error is not None:
             payload["error"] = error
+        source = self.config.source
+        if self.config.global_component:  # one worker for many flows: the message's step
+            source = f"/component-orchestrator/worker/{message.flow_id}/{message.step_id}"
         attributes = {
             "type": event_type,
-            "source": self.config.source,
+            "source": source,
             "id": f"{message.message_id}-{message.attempt}-{suffix}",
             "datacontenttype": "application/json",
             "dataschema": t.dataschema(event_type),
@@ -371,13 +388,10 @@ def main(env: Mapping[str, str] | None = None) -> int:
     watch_parent(env.get(PARENT_PID_VARIABLE), stop)
     try:
         config = WorkerConfig.from_env(env)
-        if config.global_component:
-            log.info("global component %s: no step queue; idle until stopped", config.component_id)
-            stop.wait()
-            return 0
         if not config.k_sink:
             raise SettingsError("invalid worker settings: K_SINK: required", problems=["K_SINK"])
-        function = load_function(config.entrypoint, config.function)
+        functions = functools.cache(lambda name: load_function(config.entrypoint, name))
+        function = unnamed_function if config.global_component else functions(config.function)
         redis = None
         if config.queue_backend == "redis":
             from shared.store import connect
@@ -393,7 +407,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
     except OrchestratorError as exc:
         log.error("worker cannot start: %s", exc.message)
         return 2
-    Worker(config, queue, HttpStepSender(config.k_sink or ""), function).run(stop)
+    sender = HttpStepSender(config.k_sink or "")
+    Worker(config, queue, sender, function, functions=functions).run(stop)
     return 0
 
 

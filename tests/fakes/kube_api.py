@@ -39,7 +39,15 @@ import yaml
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 WRITE_VERBS = ("apply", "create", "delete")
-KINDS = ("deployments", "secrets", "networkpolicies", "serviceaccounts", "pods", "podmetrics")
+KINDS = (
+    "deployments",
+    "secrets",
+    "networkpolicies",
+    "serviceaccounts",
+    "services",
+    "pods",
+    "podmetrics",
+)
 
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
@@ -50,6 +58,7 @@ _QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?")
 _ROUTES = (
     (re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments(?:/([^/]+))?$"), "deployments"),
     (re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?$"), "secrets"),
+    (re.compile(r"^/api/v1/namespaces/([^/]+)/services(?:/([^/]+))?$"), "services"),
     (
         re.compile(
             r"^/apis/networking\.k8s\.io/v1/namespaces/([^/]+)/networkpolicies(?:/([^/]+))?$"
@@ -67,6 +76,7 @@ _ROUTES = (
 _TYPE_META = {
     "deployments": ("apps/v1", "Deployment"),
     "secrets": ("v1", "Secret"),
+    "services": ("v1", "Service"),
     "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy"),
     "serviceaccounts": ("v1", "ServiceAccount"),
     "pods": ("v1", "Pod"),
@@ -114,6 +124,7 @@ _DISCOVERY: dict[str, dict[str, Any]] = {
         "resources": [
             _resource("secrets", "Secret"),
             _resource("serviceaccounts", "ServiceAccount"),
+            _resource("services", "Service"),
             _resource("pods", "Pod", verbs=("get", "list")),
             _resource("namespaces", "Namespace", namespaced=False),
         ],
@@ -496,6 +507,7 @@ class FakeKubeApi:
             "Secret": "secrets",
             "NetworkPolicy": "networkpolicies",
             "ServiceAccount": "serviceaccounts",
+            "Service": "services",
         }[obj["kind"]]
         with self._lock:
             return self._store(kind, namespace, obj["metadata"]["name"], copy.deepcopy(obj))

@@ -370,6 +370,7 @@ def test_the_permission_reader_sees_every_verb_of_the_driver() -> None:
             ("", "secrets"),
             ("networking.k8s.io", "networkpolicies"),
             ("", "serviceaccounts"),
+            ("", "services"),
         )
         for verb in ("patch", "create", "get")  # get: the owner is read before a forced apply
     }

@@ -223,8 +223,17 @@ def test_the_worker_reads_its_environment(
     assert problem in str(caught.value)
 
 
-def test_a_global_component_needs_no_step_queue() -> None:
-    assert WorkerConfig.from_env({"GLOBAL_COMPONENT": "1"}).global_component
+def test_a_global_component_needs_its_queue_but_no_flow_or_step() -> None:
+    env = {
+        "GLOBAL_COMPONENT": "1",
+        "STEP_QUEUE": "co:q:{#c1}:global",
+        "COMPONENT_ENTRYPOINT": "examples.components.transform",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+    config = WorkerConfig.from_env(env)
+    assert config.global_component and config.flow_id == "" and config.step_id == ""
+    with pytest.raises(SettingsError, match="STEP_QUEUE"):
+        WorkerConfig.from_env({k: v for k, v in env.items() if k != "STEP_QUEUE"})
 
 
 def test_example_components_load_by_entrypoint() -> None:
