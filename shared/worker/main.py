@@ -96,6 +96,8 @@ class WorkerConfig:
         backend = text("QUEUE_BACKEND") or "redis"
         if backend not in QUEUE_BACKENDS:
             problems.append(f"QUEUE_BACKEND: must be one of {', '.join(QUEUE_BACKENDS)}")
+        elif backend == "amqp":  # docs/oih.md: there a step runs its image's own ferryman
+            problems.append("QUEUE_BACKEND: amqp steps run ferryman, not python -m shared.worker")
         # K_SINK is checked where events are sent over HTTP (`main`): an in-process worker (the
         # headless demo) brings its own sender. A global component serves every flow's nodes
         # of it from one queue: each message names its flow, step, function and fields.

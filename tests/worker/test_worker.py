@@ -187,6 +187,7 @@ ENVIRONMENTS = [
     ("no entrypoint", {"COMPONENT_ENTRYPOINT": ""}, "COMPONENT_ENTRYPOINT: required"),
     ("bad fields", {"STEP_FIELDS": "[1]"}, "STEP_FIELDS: must be a JSON object"),
     ("bad backend", {"QUEUE_BACKEND": "kafka"}, "QUEUE_BACKEND: must be one of"),
+    ("amqp: ferryman, not us", {"QUEUE_BACKEND": "amqp"}, "amqp steps run ferryman"),
     ("sqs without bucket", {"QUEUE_BACKEND": "sqs"}, "CLAIM_CHECK_BUCKET: required"),
     ("redis without url", {"REDIS_URL": ""}, "REDIS_URL: required"),
 ]
