@@ -360,11 +360,12 @@ def _reconcile_one(
             deployer.revoke(kind, target_id)
             deploy_records.remove(ctx.redis, record)
             return
-        record = deployer.upgraded(record)
-        if observed is None:
-            observed = deployer.driver.list_managed(selector(kind, target_id))
         now = ctx.clock.now()
         try:
+            # The listing too: an API failing past the deadline fails the target (below).
+            record = deployer.upgraded(record)
+            if observed is None:
+                observed = deployer.driver.list_managed(selector(kind, target_id))
             after = deployer.reconcile(record, observed, held)
         except DriverRejected as exc:
             after = replace(record, applied_hash="").with_status(

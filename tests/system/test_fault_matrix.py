@@ -367,11 +367,12 @@ def test_flow_starts_against_a_kubernetes_api_failing_30_percent_all_end_started
 ) -> None:
     """deploy (its runtime, the real `kubernetes` client, the fake API over HTTP) while 30 % of
     the API's answers are 500, 409 or timeouts (drawn from a seeded generator). The broker
-    redelivers each flow.starting until it is answered 2xx; then a tick every 20 s of the fake
+    delivers each flow.starting as knative/base says (retry 8, then dead letters: the record
+    stored before any object carries it on); then a tick every 20 s of the fake
     clock (DEPLOY_READY_TIMEOUT 60 s) until none is deploying. End state: every flow started or
     failed, none deploying past its deadline (the deadline's 3 ticks, one more for slack), one
     status event per flow and outcome."""
-    flows = [f"k8s-{i}" for i in range(scale(10, 100))]
+    flows = [f"k8s-{i}" for i in range(scale(6, 100))]
     component_repo.add("comp", replicas=1)
     kube_api.auto_ready = True
     deploy = DeployHarness(
@@ -380,21 +381,22 @@ def test_flow_starts_against_a_kubernetes_api_failing_30_percent_all_end_started
         kube_api,
         component_repo,
         ready_timeout=60,
-        request_timeout=0.3,
+        request_timeout=0.4,
         ready_wait=0.3,
     )
     try:
-        faults = kube_api.flaky(0.3, seed=16, hang=0.6)
+        faults = kube_api.flaky(0.3, seed=16, hang=0.8)  # a timeout: held past the client's 0.4 s
         attempts = Counter[str]()
         for flow_id in flows:
             event = cloudevent(t.FLOW_STARTING, deploy_flow_doc(flow_id), event_id=f"s-{flow_id}")
-            while True:  # the broker: the same event until a 2xx
+            for _ in range(1 + 8):  # the Broker (knative/base): retry 8, then dead letters
                 attempts[flow_id] += 1
                 try:
                     deploy.handle(event)
                     break
                 except TemporaryError:
-                    assert attempts[flow_id] < 200, f"{flow_id} never answered"
+                    continue
+        assert all(deploy.record(f) is not None for f in flows), "each start recorded"
 
         def statuses() -> dict[str, str]:
             return {f: getattr(deploy.record(f), "status", "none") for f in flows}
@@ -478,17 +480,18 @@ def test_a_soak_of_the_demos_traffic_keeps_its_key_count_and_leaves_nothing_behi
     scenario.seed(send)
     system.settle()
     samples: list[tuple[int, int]] = []
+    leases_seen = 0
     for second in range(seconds):
         scenario.act(send, second)
         system.run_for(1)
         if second + 1 >= warm_up and (second + 1 - warm_up) % every == 0:
             samples.append((second + 1, len(_persistent_keys(redis))))
+            leases_seen += len(list(redis.scan_iter(match="co:{adm}:lease:*")))
     level = samples[0][1]
     outside = [(s, n) for s, n in samples if abs(n - level) > 0.1 * level]
     assert not outside, f"key count within 10 % of {level} after warm-up: {samples}"
 
-    held = list(redis.scan_iter(match="co:{adm}:lease:*"))
-    assert held, "runs hold leases while the traffic goes on (the check below can fail)"
+    assert leases_seen, "runs held leases while the traffic went on (the check below can fail)"
     for flow in scenario.FLOWS:  # traffic stops: no webhook, no flow left to schedule
         send(t.FLOW_STOPPING, {"id": flow.id}, tenant=flow.tenant, user=flow.user)
     system.settle()
