@@ -298,8 +298,10 @@ def output_call(
     now: float,
     retention_seconds: float,
     source: str,
+    max_pending: int | None = None,
 ) -> ScriptCall:
-    """The `step_route` call that records one step output and routes it."""
+    """The `step_route` call that records one step output and routes it (`over_budget`, with
+    nothing changed, when the run would have more than `max_pending` pending messages)."""
     graph = run.graph
     run_id, parent, seq = result.run_id, result.message_id, str(result.seq)
     joins, join_lists = _join_keys(run_id, graph)
@@ -319,6 +321,7 @@ def output_call(
         once.ttl_seconds, result.step_id, run_id, parent, seq, 1 if result.final else 0, repr(now),
         int(retention_seconds), usage_field(run.tenant, run.user, run.flow_id), source,
         len(joins), len(messages), len(inputs), t.RUN_COMPLETED,
+        "" if max_pending is None else max_pending,
     ]  # fmt: skip
     for node, join_id in zip(joins, join_ids, strict=True):
         args.extend((node, join_id, json.dumps(graph.ancestors(node))))
@@ -339,11 +342,12 @@ def record_output(
     now: float,
     retention_seconds: float,
     source: str,
+    max_pending: int | None = None,
 ) -> str:
     """Routes one step output: 'routed', 'completed', or why nothing happened."""
     call = output_call(
         once, run=run, result=result, routes=routes, now=now,
-        retention_seconds=retention_seconds, source=source,
+        retention_seconds=retention_seconds, source=source, max_pending=max_pending,
     )  # fmt: skip
     return run_call(redis, call)
 

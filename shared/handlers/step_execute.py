@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.clock import Clock
-from shared.errors import Forbidden, OrchestratorError
+from shared.errors import Forbidden, OrchestratorError, OverBudget
 from shared.events import RunAdmitted, RunEnded, StepResult
 from shared.events import types as t
 from shared.events.payloads import FlowRef
@@ -198,9 +198,16 @@ def on_step_completed(ctx: Ctx, result: StepResult) -> None:
             now=now,
             retention_seconds=ctx.services.retention_seconds,
             source=ctx.source,
+            max_pending=ctx.policy.tenant(run.tenant).max_pending_messages_per_run,
         )
     if outcome == "wrong_step":
         raise Forbidden("the message belongs to another step or run than the step token")
+    if outcome == "over_budget":  # nothing changed: the worker sends it again later
+        limit = ctx.policy.tenant(run.tenant).max_pending_messages_per_run
+        raise OverBudget(
+            "max_pending_messages_per_run",
+            f"run {result.run_id!r} has {limit} pending messages (max_pending_messages_per_run)",
+        )
     if outcome in ("completed", "failed"):
         log.info("run %s %s", result.run_id, outcome)
     if outcome != "routed":

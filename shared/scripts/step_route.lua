@@ -15,12 +15,16 @@
 -- ARGV[5] seq  ARGV[6] final (1/0)  ARGV[7] now  ARGV[8] retention seconds
 -- ARGV[9] usage field  ARGV[10] event source  ARGV[11] J  ARGV[12] M  ARGV[13] K
 -- ARGV[14] the event type of a completed run (flow.execution.completed)
+-- ARGV[15] the most messages the run may have pending (its tenant's
+--          max_pending_messages_per_run; '' = unbounded)
 -- then J triples: join node id, join message id, ancestors (JSON array of step ids)
 -- then M triples: message id, step id, data JSON
 -- then K triples: join index (1..J), source step id, data JSON
 -- Returns: 'duplicate' | 'not_running' | 'stale' (message already ended) | 'seen'
 --          | 'wrong_step' (the message is another step's or another run's: nothing changes)
 --          | 'routed' | 'completed'
+--          | 'over_budget' (the run would pass ARGV[15] pending messages: nothing changes, the
+--            sender retries once the run's steps have worked some off)
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) == false then
   return 'duplicate'
 end
@@ -43,6 +47,17 @@ if redis.call('SADD', KEYS[6], message_id .. ':' .. seq) == 0 then
   return 'seen'
 end
 local j, m, k = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local max_pending = tonumber(ARGV[15])
+if max_pending then
+  -- at most m new messages and one per join node; this output may end its own message
+  local pending_now = tonumber(redis.call('HGET', KEYS[3], 'pending') or '0') or 0
+  local ending = ARGV[6] == '1' and 1 or 0
+  if m > 0 and pending_now - ending + m + j > max_pending then
+    redis.call('SREM', KEYS[6], message_id .. ':' .. seq)
+    redis.call('DEL', KEYS[1])
+    return 'over_budget'
+  end
+end
 local run = redis.call('HMGET', KEYS[3], 'flow', 'tenant', 'user')
 local flow, tenant, user = run[1], run[2], run[3]
 local created, created_bytes = 0, 0
@@ -57,7 +72,7 @@ local function add_message(key, id, step, data)
   created_bytes = created_bytes + #data
 end
 
-local join_base, msg_base = 14, 14 + j * 3
+local join_base, msg_base = 15, 15 + j * 3
 local input_base = msg_base + m * 3
 for i = 1, m do
   local b = msg_base + (i - 1) * 3
