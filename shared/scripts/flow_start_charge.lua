@@ -16,14 +16,30 @@ local function charge_running()
   end
   local due = redis.call('ZRANGEBYSCORE', K.charged, '-inf', NOW - CHARGE_EVERY, 'WITHSCORES',
     'LIMIT', 0, CHARGE_LOOK)
+  if #due == 0 then
+    return 0
+  end
+  local ids = {}
   for i = 1, #due, 2 do
-    local run_id, through = due[i], tonumber(due[i + 1])
-    local raw = redis.call('HGET', K.runs, run_id)
+    ids[#ids + 1] = due[i]
+  end
+  local raws = redis.call('HMGET', K.runs, unpack(ids))
+  local sums, order = {}, {}  -- one charge per (tenant, user, flow): runs of a flow add up
+  for n, run_id in ipairs(ids) do
+    local raw = raws[n]
     if raw then
       local run = cjson.decode(raw)
+      local through = tonumber(due[2 * n])
       local upto = math.min(NOW, run.a + run.l)
       if upto > through then
-        charge(run, (upto - through) * limits(run.t).factor)
+        local group = pair(pair(run.t, run.u), run.f)
+        local sum = sums[group]
+        if not sum then
+          sum = { run = run, delta = 0 }
+          sums[group] = sum
+          order[#order + 1] = group
+        end
+        sum.delta = sum.delta + (upto - through) * limits(run.t).factor
       end
       CHARGED[#CHARGED + 1] = upto < run.a + run.l and upto or math.huge
       CHARGED[#CHARGED + 1] = run_id
@@ -31,5 +47,8 @@ local function charge_running()
       redis.call('ZREM', K.charged, run_id)  -- released without settling (never expected)
     end
   end
-  return #due / 2
+  for _, group in ipairs(order) do
+    charge(sums[group].run, sums[group].delta)
+  end
+  return #ids
 end
