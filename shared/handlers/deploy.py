@@ -290,8 +290,10 @@ def on_component_starting(ctx: Ctx, ref: ComponentRef) -> None:
                     credentials_generation=generation,
                 )
 
-            desired = desired_for(credentials.generation(who))
-            if not _unchanged(existing, desired):
+            # its own Redis queue user; the amqp backend has no global queue (docs/oih.md)
+            redis_queue = ctx.settings.queue_backend == "redis"
+            desired = desired_for(credentials.generation(who) if redis_queue else None)
+            if redis_queue and not _unchanged(existing, desired):
                 desired = desired_for(credentials.rotate(who))  # a new pod template
         except PermanentError as exc:
             _fail(ctx, deployer, "component", ref.id, exc.message, "", "")
