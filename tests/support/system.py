@@ -58,10 +58,21 @@ def wait_for(predicate: Any, what: str, timeout: float = START_TIMEOUT, every: f
         time.sleep(every)
 
 
+def _ephemeral_low() -> int:
+    """Where the kernel's ephemeral ports start (outgoing connections and bind(0) take them)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free and valid too."""
+    """A free port whose cluster bus port (+10000) is free and valid too, both below the
+    ephemeral range: a bus port in it was once taken by another server's bind(0) between
+    this check and the node's start ("Address already in use")."""
+    high = max(_ephemeral_low() - 10001, 12000)
     for _ in range(200):
-        port = random.randint(20000, 45000)
+        port = random.randint(10000, high)
         if _bindable(port) and _bindable(port + 10000):
             return port
     raise RuntimeError("no free port pair for a cluster node")
@@ -240,7 +251,7 @@ class RedisClusterServers:
 
     def start(self) -> RedisClusterServers:
         for node in self.nodes:
-            node.start()
+            self._start_node(node)
         create = [
             "redis-cli", "--cluster", "create",
             *(f"127.0.0.1:{node.port}" for node in self.nodes),
@@ -249,6 +260,18 @@ class RedisClusterServers:
         subprocess.run(create, check=True, capture_output=True, timeout=60)
         wait_for(self._ready, "cluster_state:ok on every node")
         return self
+
+    @staticmethod
+    def _start_node(node: RedisNode, attempts: int = 3) -> None:
+        """Starts a node, on another free port pair if one of its ports was taken meanwhile."""
+        for attempt in range(attempts):
+            try:
+                node.start()
+                return
+            except RuntimeError as failure:
+                if "Address already in use" not in str(failure) or attempt == attempts - 1:
+                    raise
+                node.port = cluster_port()
 
     def _ready(self) -> bool:
         for node in self.nodes:
