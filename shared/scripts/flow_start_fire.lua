@@ -31,7 +31,7 @@ for p = 1, plan_count do
   end
   plans[p] = { read, fire, missed, next_due, tonumber(limit), overlap, window }
 end
-local entries, flows = {}, {}
+local flows, entry_plans, tenants, users = {}, {}, {}, {}  -- per entry (no table each)
 for i = FIRST_ARG + plan_count + 1, #ARGV do
   local packed = ARGV[i]
   local index, tenant_len, user_len, at = string.match(packed, ENTRY)
@@ -42,9 +42,10 @@ for i = FIRST_ARG + plan_count + 1, #ARGV do
   local user_at = at + tonumber(tenant_len)
   local flow_at = user_at + tonumber(user_len)
   local flow = string.sub(packed, flow_at)
-  entries[#entries + 1] = { flow, plan, string.sub(packed, at, user_at - 1),
-    string.sub(packed, user_at, flow_at - 1) }
-  flows[#flows + 1] = flow
+  local n = #flows + 1
+  flows[n], entry_plans[n] = flow, plan
+  tenants[n] = string.sub(packed, at, user_at - 1)
+  users[n] = string.sub(packed, user_at, flow_at - 1)
 end
 -- the claims' scores and the deployed flags, in two calls instead of two per entry
 local scores, deployed = {}, {}
@@ -57,9 +58,9 @@ for first = 1, #flows, 1000 do
     deployed[first + j - 1] = chunk_deployed[j] == 1
   end
 end
-for n, entry in ipairs(entries) do
-  local flow, plan, tenant, user = entry[1], entry[2], entry[3], entry[4]
-  local read, fire, missed, next_due, limit, overlap, window = unpack(plan)
+for n, flow in ipairs(flows) do
+  local tenant, user = tenants[n], users[n]
+  local read, fire, missed, next_due, limit, overlap, window = unpack(entry_plans[n])
   local score = scores[n]
   if not score or tonumber(score) ~= tonumber(read) then
     stats.lost = stats.lost + 1
