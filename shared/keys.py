@@ -324,6 +324,24 @@ def dead_letters() -> str:
     return _key(EXECUTION, "dead-letters")
 
 
+def tenant_queued_bytes() -> str:
+    """Hash: tenant → bytes its flows' step queues hold in Redis, as the last whole pass of
+    step-execute's tick measured them (MEMORY USAGE of each queue), plus the field
+    `QUEUED_BYTES_MEASURED_AT` (when that pass ended); replaced whole at the end of each pass
+    (shared/execution/queued_bytes.py), never incremented."""
+    return _key(EXECUTION, "queued-bytes")
+
+
+def tenant_queued_bytes_pass() -> str:
+    """Hash: tenant → bytes measured so far by the pass under way (becomes
+    `tenant_queued_bytes` when the pass ends)."""
+    return _key(EXECUTION, "queued-bytes", "pass")
+
+
+# a tenant id is never empty and holds no unit separator: this field names no tenant
+QUEUED_BYTES_MEASURED_AT = TENANT_SEPARATOR + "measured-at"
+
+
 def step_reclaim_turn() -> str:
     """String with a TTL: set by the tick that reclaims stale queue entries, so ticks take turns."""
     return _key(EXECUTION, "reclaim-turn")

@@ -299,9 +299,12 @@ def output_call(
     retention_seconds: float,
     source: str,
     max_pending: int | None = None,
+    max_queued_bytes: int | None = None,
 ) -> ScriptCall:
     """The `step_route` call that records one step output and routes it (`over_budget`, with
-    nothing changed, when the run would have more than `max_pending` pending messages)."""
+    nothing changed, when the run would have more than `max_pending` pending messages;
+    `over_queued_bytes` when the tenant's measured queued bytes are over `max_queued_bytes`
+    and the output would create messages)."""
     graph = run.graph
     run_id, parent, seq = result.run_id, result.message_id, str(result.seq)
     joins, join_lists = _join_keys(run_id, graph)
@@ -315,7 +318,7 @@ def output_call(
         keys.runs_running(), keys.runs_recent(), keys.flow_runs(run.flow_id),
         keys.step_usage("messages"), keys.step_usage("bytes"), *join_lists,
         *[keys.step_message(i) for i in join_ids],
-        *[keys.step_message(m.message_id) for m in messages],
+        *[keys.step_message(m.message_id) for m in messages], keys.tenant_queued_bytes(),
     ]  # fmt: skip
     args: list[str | int | float] = [
         once.ttl_seconds, result.step_id, run_id, parent, seq, 1 if result.final else 0, repr(now),
@@ -329,6 +332,7 @@ def output_call(
         args.extend((message.message_id, message.step_id, message.data_json))
     for route in inputs:
         args.extend((joins.index(route.target) + 1, result.step_id, route.data_json))
+    args.append("" if max_queued_bytes is None else max_queued_bytes)
     return ScriptCall("step_route", script_keys, args)
 
 
@@ -343,11 +347,13 @@ def record_output(
     retention_seconds: float,
     source: str,
     max_pending: int | None = None,
+    max_queued_bytes: int | None = None,
 ) -> str:
     """Routes one step output: 'routed', 'completed', or why nothing happened."""
     call = output_call(
         once, run=run, result=result, routes=routes, now=now,
         retention_seconds=retention_seconds, source=source, max_pending=max_pending,
+        max_queued_bytes=max_queued_bytes,
     )  # fmt: skip
     return run_call(redis, call)
 

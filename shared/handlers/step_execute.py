@@ -9,7 +9,8 @@
 - `flow.execution.failed` from elsewhere (the watchdog): the run ends the same way, without a
   second terminal event; our own terminal events coming back are ignored;
 - tick: step timeouts, delayed publishes (rates, backoff), reclaim of unacknowledged queue
-  entries, `usage.reported` for policy-check.
+  entries, `usage.reported` for policy-check, the next page of the tenants' queued-bytes
+  gauge (shared/execution/queued_bytes.py; read by `step.completed` for `max_queued_bytes`).
 Publishing happens after the state change is stored (shared/execution/publisher.py); a publish
 that fails is retried by the next event or tick, never lost.
 """
@@ -29,7 +30,7 @@ from shared.errors import Forbidden, OrchestratorError, OverBudget
 from shared.events import RunAdmitted, RunEnded, StepResult
 from shared.events import types as t
 from shared.events.payloads import FlowRef
-from shared.execution import routing, runs, upkeep
+from shared.execution import queued_bytes, routing, runs, upkeep
 from shared.execution.publisher import Publisher
 from shared.execution.routing import Graph, RoutingError
 from shared.model import flows
@@ -199,6 +200,11 @@ def on_step_completed(ctx: Ctx, result: StepResult) -> None:
             retention_seconds=ctx.services.retention_seconds,
             source=ctx.source,
             max_pending=ctx.policy.tenant(run.tenant).max_pending_messages_per_run,
+            max_queued_bytes=(
+                ctx.policy.tenant(run.tenant).max_queued_bytes
+                if ctx.settings.queue_backend == "redis"
+                else None  # the queues are not in Redis: the gauge measures nothing
+            ),
         )
     if outcome == "wrong_step":
         raise Forbidden("the message belongs to another step or run than the step token")
@@ -207,6 +213,12 @@ def on_step_completed(ctx: Ctx, result: StepResult) -> None:
         raise OverBudget(
             "max_pending_messages_per_run",
             f"run {result.run_id!r} has {limit} pending messages (max_pending_messages_per_run)",
+        )
+    if outcome == "over_queued_bytes":  # nothing changed: the worker sends it again later
+        limit = ctx.policy.tenant(run.tenant).max_queued_bytes
+        raise OverBudget(
+            "max_queued_bytes",
+            f"tenant {run.tenant!r} has more than {limit} bytes queued (max_queued_bytes)",
         )
     if outcome in ("completed", "failed"):
         log.info("run %s %s", result.run_id, outcome)
@@ -346,6 +358,8 @@ def on_tick(ctx: Ctx) -> None:
             break
         ctx.clock.sleep(max(wait, 0.05))
     upkeep.report_usage(ctx.redis, now=ctx.clock.now(), source=ctx.source)
+    if ctx.settings.queue_backend == "redis":  # the next page of the queued-bytes gauge
+        queued_bytes.measure(ctx.redis, page_size=ctx.settings.tick_page_size, now=ctx.clock.now())
     runs.trim_recent(
         ctx.redis, now=ctx.clock.now(), retention_seconds=ctx.services.retention_seconds
     )

@@ -10,6 +10,7 @@
 -- KEYS[15..14+J] join input list of each join node
 -- KEYS[15+J..14+2J] message hash the join node would fire (one candidate per join node)
 -- KEYS[15+2J..14+2J+M] message hash of each new message
+-- KEYS[15+2J+M] the tenants' queued-bytes gauge (hash tenant -> bytes, measured by the tick)
 -- ARGV[1] dedupe ttl  ARGV[2] step id the sender's token names  ARGV[3] run id
 -- ARGV[4] message id
 -- ARGV[5] seq  ARGV[6] final (1/0)  ARGV[7] now  ARGV[8] retention seconds
@@ -20,11 +21,14 @@
 -- then J triples: join node id, join message id, ancestors (JSON array of step ids)
 -- then M triples: message id, step id, data JSON
 -- then K triples: join index (1..J), source step id, data JSON
+-- then the most bytes the tenant's step queues may hold (its max_queued_bytes; '' = unbounded)
 -- Returns: 'duplicate' | 'not_running' | 'stale' (message already ended) | 'seen'
 --          | 'wrong_step' (the message is another step's or another run's: nothing changes)
 --          | 'routed' | 'completed'
 --          | 'over_budget' (the run would pass ARGV[15] pending messages: nothing changes, the
 --            sender retries once the run's steps have worked some off)
+--          | 'over_queued_bytes' (the tenant's queues held more than its max_queued_bytes
+--            when last measured: nothing changes, the sender retries once they were worked off)
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) == false then
   return 'duplicate'
 end
@@ -56,6 +60,17 @@ if max_pending then
     redis.call('SREM', KEYS[6], message_id .. ':' .. seq)
     redis.call('DEL', KEYS[1])
     return 'over_budget'
+  end
+end
+local max_queued = tonumber(ARGV[15 + (j + m + k) * 3 + 1])
+if max_queued and m > 0 then
+  -- the gauge is measured, not counted: it lags by at most one pass of the tick
+  local tenant_of_run = redis.call('HGET', KEYS[3], 'tenant')
+  local queued = tonumber(redis.call('HGET', KEYS[15 + 2 * j + m], tenant_of_run) or '0') or 0
+  if queued > max_queued then
+    redis.call('SREM', KEYS[6], message_id .. ':' .. seq)
+    redis.call('DEL', KEYS[1])
+    return 'over_queued_bytes'
   end
 end
 local run = redis.call('HMGET', KEYS[3], 'flow', 'tenant', 'user')
