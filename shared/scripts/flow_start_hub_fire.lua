@@ -13,9 +13,9 @@
 if already_handled() then
   return { 'duplicate' }
 end
-CRON_MSG = ARGV[FIRST_ARG + 6]
 local result = fire_cron(ARGV[FIRST_ARG], tonumber(ARGV[FIRST_ARG + 1]),
-  tonumber(ARGV[FIRST_ARG + 2]), ARGV[FIRST_ARG + 3], ARGV[FIRST_ARG + 4], ARGV[FIRST_ARG + 5])
+  tonumber(ARGV[FIRST_ARG + 2]), ARGV[FIRST_ARG + 3], ARGV[FIRST_ARG + 4], ARGV[FIRST_ARG + 5],
+  ARGV[FIRST_ARG + 6])
 flush()
 mark_handled()
 return { result }

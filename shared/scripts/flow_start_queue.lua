@@ -512,19 +512,18 @@ local function submit(run, deployed)
   return 'deferred'
 end
 
--- the msg of the cron runs this script fires: '{}', except for a run of the hub's scheduler
--- (flow_start_hub_fire sets its flow.execute's msg)
-local CRON_MSG = '{}'
-local function cron_run(flow, due, limit, tenant, user)
+-- a cron run's msg is '{}', except for a run of the hub's scheduler (flow_start_hub_fire
+-- passes its flow.execute's msg)
+local function cron_run(flow, due, limit, tenant, user, msg)
   -- k (the fencing token) is set before the run is admitted or waits; named here so that the
   -- table is built with room for every field a run gets (no rehash per run)
   return { id = flow .. '@' .. string.format('%d', due), f = flow, t = tenant, u = user,
-    c = 'cron', s = due, l = limit, m = CRON_MSG, k = 0 }
+    c = 'cron', s = due, l = limit, m = msg or '{}', k = 0 }
 end
 
 -- one cron due time. Returns admitted | deferred | buffered | skipped
-local function fire_cron(flow, due, limit, overlap, tenant, user)
-  local run = cron_run(flow, due, limit, tenant, user)  -- the caller claimed this due time
+local function fire_cron(flow, due, limit, overlap, tenant, user, msg)
+  local run = cron_run(flow, due, limit, tenant, user, msg)  -- the caller claimed this due time
   local deployed = DEPLOYED[flow]  -- a tick reads it for all its entries at once
   if deployed == nil then
     deployed = redis.call('SISMEMBER', K.deployed, flow) == 1
