@@ -15,8 +15,8 @@ from shared.adapters.component_repository import HttpComponentRepository
 from shared.adapters.kubernetes import KubernetesDriver, make_api_client
 from shared.clock import FakeClock
 from shared.deployment import records as deploy_records
-from shared.deployment.desired_state import WorkerSettings
 from shared.deployment.services import DeployServices, NoFlowTokens
+from shared.deployment.worker_settings import WorkerSettings
 from shared.events import OutgoingEvent
 from shared.handlers.deploy import SPEC
 from shared.model.policy import Policy

@@ -1,21 +1,18 @@
 """What should run for a flow or a global component: pure functions, no clients
 (docs/architecture.md §5).
 
-A flow gets one Deployment, one Secret and one NetworkPolicy per node, named
-`<flow>-<node>-<hash>` (DNS-1123, at most 63 characters, always a 64-bit hash of the full ids
-so truncated names never collide, and no one finds another flow's name by trying); a global
-component gets `global-<component>-<hash>`. The names depend only on the
-ids, so a changed flow is an update of the same objects. Replicas come from
-`nodeSettings.replicas`, else the component descriptor, else 1, clamped by the tenant's
-`max_replicas_per_step`, then by what is left of its `max_replicas`; suspension makes them 0.
-Resources come from the descriptor within the tenant's limits.
+A flow gets one Deployment, one Secret and one NetworkPolicy per node, under the names of
+shared/deployment/object_names.py (64-bit hashes of the full ids; a changed flow is an update
+of the same objects). Replicas come from `nodeSettings.replicas`, else the component
+descriptor, else 1, clamped by the tenant's `max_replicas_per_step`, then by what is left of
+its `max_replicas`; suspension makes them 0. Resources come from the descriptor within the
+tenant's limits.
 
 Pods run as a non-root user with every capability dropped, no privilege escalation, the
 runtime's default seccomp profile, a read-only root filesystem (unless the policy's
 `writable_root_components` names the component) and a writable emptyDir at /tmp; the
 NetworkPolicy beside them (shared/deployment/network_policy.py) keeps them off the cluster's
-addresses. Names written before 64-bit hashes are found by `legacy_names` and renamed by
-`renamed` (the upgrade in shared/deployment/reconcile.py).
+addresses. Records a previous release wrote are upgraded by shared/deployment/upgrades.py.
 
 The flow token and the workers' queue credentials are never part of a manifest here:
 `with_secret_values` adds them at apply time, so the desired-state hash (for "never twice") and
@@ -30,13 +27,23 @@ import copy
 import hashlib
 import json
 import math
-import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
 
 from shared import keys
 from shared.deployment import network_policy, queue_policy
+from shared.deployment.object_names import (
+    COMPONENT_LABEL,
+    FLOW_LABEL,
+    NAME_LABEL,
+    NODE_LABEL,
+    TENANT_LABEL,
+    USER_LABEL,
+    deployment_name,
+    global_name,
+)
+from shared.deployment.worker_settings import WorkerSettings
 from shared.errors import PermanentError
 from shared.events import FlowDocument
 from shared.model.policy import Resources, TenantLimits, cpu_millicores, memory_mib
@@ -48,20 +55,15 @@ from shared.ports.driver import (
 from shared.ports.driver import (
     DEPLOYMENT_LABEL,
     LABEL_PREFIX,
-    LEGACY_NAME_HASH_CHARS,
     MANAGED_BY,
     MANAGED_BY_LABEL,
-    MAX_NAME,
-    NAME_HASH_CHARS,
     OBJECT_HASH_ANNOTATION,
     SECRET_HASH_ANNOTATION,
     Manifest,
     label_value,
-    short_hash,
 )
 from shared.ports.driver import FLOW_ID_ANNOTATION as FLOW_ID_ANNOTATION
 from shared.ports.driver import NODE_ID_ANNOTATION as NODE_ID_ANNOTATION
-from shared.settings import Settings
 
 FLOW_TOKEN_KEY = "FLOW_TOKEN"
 REDIS_URL_KEY = "REDIS_URL"
@@ -75,139 +77,12 @@ TMP_VOLUME = "tmp"
 TMP_SIZE = "64Mi"
 WORKER_COMMAND = ("python", "-m", "shared.worker")  # inside our image (components with entrypoint)
 
-TENANT_LABEL = LABEL_PREFIX + "tenant"
-USER_LABEL = LABEL_PREFIX + "user"
-FLOW_LABEL = LABEL_PREFIX + "flow"
-NODE_LABEL = LABEL_PREFIX + "node"
-COMPONENT_LABEL = LABEL_PREFIX + "component"
-NAME_LABEL = "app.kubernetes.io/name"
 
 TargetKind = Literal["flow", "component"]
 
 
 class ReplicaBudgetExceeded(PermanentError):
     """Even one replica per step would exceed the tenant's max_replicas."""
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    """Settings every step worker needs, passed through into its Secret. `redis_url` is not
-    among them: a worker gets its flow's own queue credentials instead."""
-
-    queue_backend: str = "redis"
-    redis_url: str = ""
-    redis_mode: str = "standalone"
-    queue_url: str | None = None  # where workers reach their queue (only its host and port go
-    # into a manifest, as a NetworkPolicy peer)
-    aws_endpoint_url: str | None = None
-    claim_check_bucket: str | None = None
-    k_sink: str | None = None
-    # The hub's services a connector calls (passed as OIH passes them, and let through).
-    secret_service_url: str | None = None
-    snapshots_service_url: str | None = None
-    attachment_storage_service_url: str | None = None
-    # Never reachable from a flow pod (with 169.254.169.254).
-    cluster_cidrs: tuple[str, ...] = ()
-    # QUEUE_BACKEND=amqp: what else ferryman gets (ELASTICIO_API_URI, _DATAHUB_BASE_URL)
-    hub_api_uri: str | None = None
-    datahub_url: str | None = None
-    # SQS with IRSA: `arn:<partition>:iam::<account>:role/<path>`; each flow's pods run under
-    # a ServiceAccount of their own mapped to the role <prefix><role_name(flow)>.
-    iam_role_prefix: str | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> WorkerSettings:
-        return cls(
-            queue_backend=settings.queue_backend,
-            redis_url=settings.redis_url,
-            redis_mode=settings.redis_mode,
-            queue_url=(
-                settings.worker_amqp_url or settings.amqp_url
-                if settings.queue_backend == "amqp"
-                else settings.worker_redis_url or settings.redis_url
-            ),
-            aws_endpoint_url=settings.aws_endpoint_url,
-            claim_check_bucket=settings.claim_check_bucket,
-            k_sink=settings.k_sink,
-            secret_service_url=settings.secret_service_url,
-            snapshots_service_url=settings.snapshots_service_url,
-            attachment_storage_service_url=settings.attachment_storage_service_url,
-            cluster_cidrs=(
-                *settings.cluster_pod_cidrs,
-                *settings.cluster_service_cidrs,
-                *settings.cluster_node_cidrs,
-            ),
-            hub_api_uri=settings.hub_api_uri,
-            datahub_url=settings.datahub_url,
-            iam_role_prefix=settings.worker_iam_role_prefix,
-        )
-
-    @property
-    def runs_ferryman(self) -> bool:
-        """amqp: step containers run their image's own entrypoint (ferryman), not our worker."""
-        return self.queue_backend == "amqp"
-
-    def ferryman_services(self) -> dict[str, str | None]:
-        return {
-            # ferryman requires API_URI (OIH gives its orchestrator's own); it calls nothing there
-            "API_URI": self.hub_api_uri or self.k_sink or "http://localhost",
-            "SECRET_SERVICE_BASE_URL": self.secret_service_url,
-            "SNAPSHOTS_SERVICE_BASE_URL": self.snapshots_service_url,
-            "ATTACHMENT_STORAGE_SERVICE_BASE_URL": self.attachment_storage_service_url,
-            "DATAHUB_BASE_URL": self.datahub_url,
-        }
-
-    NAMES: ClassVar[tuple[str, ...]] = (
-        "QUEUE_BACKEND",
-        "REDIS_MODE",
-        "AWS_ENDPOINT_URL",
-        "CLAIM_CHECK_BUCKET",
-        "K_SINK",
-        "SECRET_SERVICE_BASE_URL",
-        "SNAPSHOTS_SERVICE_BASE_URL",
-        "ATTACHMENT_STORAGE_SERVICE_BASE_URL",
-    )
-
-    def environment(self) -> dict[str, str]:
-        values = {
-            "QUEUE_BACKEND": self.queue_backend,
-            # Only on a cluster (a worker there needs a cluster client); elsewhere the URL
-            # says it all, and Secrets stay as the previous release wrote them.
-            "REDIS_MODE": "cluster" if self._on_cluster else None,
-            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
-            "CLAIM_CHECK_BUCKET": self.claim_check_bucket,
-            "K_SINK": self.k_sink,
-            "SECRET_SERVICE_BASE_URL": _no_slash(self.secret_service_url),
-            "SNAPSHOTS_SERVICE_BASE_URL": _no_slash(self.snapshots_service_url),
-            "ATTACHMENT_STORAGE_SERVICE_BASE_URL": _no_slash(self.attachment_storage_service_url),
-        }
-        return {k: v for k, v in values.items() if v}
-
-    @property
-    def _on_cluster(self) -> bool:
-        return self.queue_backend == "redis" and self.redis_mode == "cluster"
-
-    def egress(self) -> list[dict[str, object]]:
-        """The egress rules of every flow pod (shared/deployment/network_policy.py)."""
-        redis = self.queue_url or self.redis_url
-        queue = {"redis": redis, "amqp": self.queue_url}.get(
-            self.queue_backend, self.aws_endpoint_url
-        )
-        return network_policy.egress_rules(
-            cluster_cidrs=self.cluster_cidrs,
-            endpoints=(
-                queue,
-                self.k_sink,
-                self.secret_service_url,
-                self.snapshots_service_url,
-                self.attachment_storage_service_url,
-                self.datahub_url,
-            ),
-        )
-
-
-def _no_slash(url: str | None) -> str | None:
-    return url.rstrip("/") if url else url
 
 
 @dataclass(frozen=True)
@@ -232,75 +107,6 @@ class DesiredState:
 
     def deployments(self) -> list[Manifest]:
         return [m for m in self.manifests if m["kind"] == "Deployment"]
-
-
-# ---- names and labels ------------------------------------------------------------------------
-def dns_part(value: str) -> str:
-    """Lower-case DNS-1123 label characters only; runs of anything else become one '-'."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", value.lower())).strip("-")
-
-
-def object_name(*parts: str, hash_of: Sequence[str], hash_chars: int = NAME_HASH_CHARS) -> str:
-    """`<part>-<part>-<hash>` within 63 characters; each part gets a fair share of the room.
-    `hash_chars` other than the default only to find names an earlier release wrote."""
-    suffix = short_hash(*hash_of, chars=hash_chars)
-    cleaned = [dns_part(p) or "x" for p in parts]
-    room = MAX_NAME - len(suffix) - len(cleaned)  # one '-' after each part
-    shares = _fair_shares([len(p) for p in cleaned], room)
-    pieces = [p[:share].strip("-") or "x" for p, share in zip(cleaned, shares, strict=True)]
-    return "-".join([*pieces, suffix])
-
-
-def _fair_shares(lengths: list[int], room: int) -> list[int]:
-    """Give each part up to an equal share; what short parts leave over goes to longer ones."""
-    shares = [0] * len(lengths)
-    left, pending = room, sorted(range(len(lengths)), key=lambda i: lengths[i])
-    while pending:
-        equal = left // len(pending)
-        i = pending.pop(0)
-        shares[i] = min(lengths[i], equal)
-        left -= shares[i]
-    return shares
-
-
-def flow_selector(flow_id: str) -> str:
-    return f"{FLOW_LABEL}={label_value(flow_id)}"
-
-
-def component_selector(component_id: str) -> str:
-    return f"{COMPONENT_LABEL}={label_value(component_id)},!{FLOW_LABEL}"
-
-
-def deployment_name(flow_id: str, node_id: str, *, hash_chars: int = NAME_HASH_CHARS) -> str:
-    return object_name(flow_id, node_id, hash_of=(flow_id, node_id), hash_chars=hash_chars)
-
-
-def global_name(component_id: str, *, hash_chars: int = NAME_HASH_CHARS) -> str:
-    return object_name(
-        "global", component_id, hash_of=("global", component_id), hash_chars=hash_chars
-    )
-
-
-def legacy_deployment_name(flow_id: str, node_id: str) -> str:
-    """The name a release before 64-bit hashes gave this node's objects."""
-    return deployment_name(flow_id, node_id, hash_chars=LEGACY_NAME_HASH_CHARS)
-
-
-def legacy_global_name(component_id: str) -> str:
-    return global_name(component_id, hash_chars=LEGACY_NAME_HASH_CHARS)
-
-
-def current_name(manifest: Manifest) -> str | None:
-    """The name this release gives an object, from its exact-id annotations (None: not ours)."""
-    annotations = manifest["metadata"].get("annotations") or {}
-    flow_id, node_id = annotations.get(FLOW_ID_ANNOTATION), annotations.get(NODE_ID_ANNOTATION)
-    if flow_id and node_id:
-        return deployment_name(flow_id, node_id)
-    component_id = annotations.get(COMPONENT_ID_ANNOTATION)
-    labels = manifest["metadata"].get("labels") or {}
-    if component_id and FLOW_LABEL not in labels:
-        return global_name(component_id)
-    return None
 
 
 # ---- resources and replicas ------------------------------------------------------------------
@@ -372,16 +178,16 @@ def _secret_data(environment: Mapping[str, str]) -> dict[str, str]:
     return {k: base64.b64encode(v.encode()).decode() for k, v in sorted(environment.items())}
 
 
-def _hash_of(obj: object) -> str:
+def content_hash(obj: object) -> str:
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _stamp(manifest: Manifest) -> Manifest:
+def stamp(manifest: Manifest) -> Manifest:
     """Adds the object-hash annotation (hash of everything else), for cheap drift checks."""
     annotations = manifest["metadata"].setdefault("annotations", {})
     annotations.pop(OBJECT_HASH_ANNOTATION, None)
-    annotations[OBJECT_HASH_ANNOTATION] = _hash_of(manifest)[:16]
+    annotations[OBJECT_HASH_ANNOTATION] = content_hash(manifest)[:16]
     return manifest
 
 
@@ -452,7 +258,7 @@ def _objects(
             "template": {
                 "metadata": {
                     "labels": dict(labels),
-                    "annotations": {SECRET_HASH_ANNOTATION: _hash_of(data)[:16]},
+                    "annotations": {SECRET_HASH_ANNOTATION: content_hash(data)[:16]},
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
@@ -462,13 +268,13 @@ def _objects(
         },
     }
     secure(deployment, writable_root=writable_root)
-    policy = _network_policy(deployment, egress)
+    policy = network_policy_for(deployment, egress)
     if component.rest_api:
         container["ports"] = [{"name": "rest-api", "containerPort": REST_API_PORT}]
         policy["spec"]["ingress"] = [{"ports": [{"protocol": "TCP", "port": REST_API_PORT}]}]
         service = _rest_api_service(name, labels, annotations)
-        return _stamp(policy), _stamp(deployment), _stamp(secret), _stamp(service)
-    return _stamp(policy), _stamp(deployment), _stamp(secret)
+        return stamp(policy), stamp(deployment), stamp(secret), stamp(service)
+    return stamp(policy), stamp(deployment), stamp(secret)
 
 
 def _rest_api_service(name: str, labels: dict[str, str], annotations: dict[str, str]) -> Manifest:
@@ -493,7 +299,7 @@ def _rest_api_service(name: str, labels: dict[str, str], annotations: dict[str, 
     }
 
 
-def _network_policy(deployment: Manifest, egress: list[dict[str, object]]) -> Manifest:
+def network_policy_for(deployment: Manifest, egress: list[dict[str, object]]) -> Manifest:
     """The NetworkPolicy of a Deployment's pods: same name, labels and owner annotations."""
     meta = deployment["metadata"]
     name = meta["name"]
@@ -616,7 +422,7 @@ def flow_desired_state(
                 manifest["spec"]["template"]["spec"]["serviceAccountName"] = account["metadata"][
                     "name"
                 ]
-                _stamp(manifest)
+                stamp(manifest)
         manifests.insert(0, account)
     return DesiredState(
         kind="flow",
@@ -672,7 +478,7 @@ def _service_account(
         },
         "automountServiceAccountToken": False,  # IRSA projects its own token; no API token
     }
-    return _stamp(account)
+    return stamp(account)
 
 
 def credential_id(kind: str, target_id: str) -> str:
@@ -743,7 +549,7 @@ def suspended(manifests: Sequence[Manifest]) -> tuple[Manifest, ...]:
         if manifest["kind"] == "Deployment" and manifest["spec"]["replicas"] != 0:
             manifest = copy.deepcopy(manifest)
             manifest["spec"]["replicas"] = 0
-            _stamp(manifest)
+            stamp(manifest)
         result.append(manifest)
     return tuple(result)
 
@@ -752,7 +558,7 @@ def desired_hash(manifests: Sequence[Manifest]) -> str:
     """Stable over key order and object order; never includes apply-time values."""
     stripped = [without_secret_values(m) for m in manifests]
     ordered = sorted(stripped, key=lambda m: (m["kind"], m["metadata"]["name"]))
-    return _hash_of(ordered)[:32]
+    return content_hash(ordered)[:32]
 
 
 def with_secret_values(manifest: Manifest, values: Mapping[str, str]) -> Manifest:
@@ -796,89 +602,3 @@ def credentials_generation_of(manifests: Sequence[Manifest]) -> int | None:
     found = [_secret_value(m, GENERATION_KEY) for m in manifests if m["kind"] == "Secret"]
     numbers = [int(v) for v in found if v is not None and v.isdigit()]
     return max(numbers) if numbers else None
-
-
-def holds_store_url(manifests: Sequence[Manifest]) -> bool:
-    """Written by a release that gave workers the orchestrator's REDIS_URL (read for upgrades)."""
-    return any(m["kind"] == "Secret" and REDIS_URL_KEY in (m.get("data") or {}) for m in manifests)
-
-
-def without_store_url(
-    manifests: Sequence[Manifest], generation: int | None
-) -> tuple[Manifest, ...]:
-    """Upgrade of such manifests: the stored REDIS_URL dropped, the credentials generation
-    added, and each Deployment's Secret hash annotation recomputed (its pods roll once)."""
-    secrets: dict[str, Manifest] = {}
-    result: list[Manifest] = []
-    for manifest in manifests:
-        if manifest["kind"] == "Secret":
-            manifest = copy.deepcopy(manifest)
-            data = manifest.setdefault("data", {})
-            data.pop(REDIS_URL_KEY, None)
-            if generation is not None and STEP_QUEUE_KEY in data:
-                data[GENERATION_KEY] = base64.b64encode(str(generation).encode()).decode()
-            secrets[manifest["metadata"]["name"]] = _stamp(manifest)
-            manifest = secrets[manifest["metadata"]["name"]]
-        result.append(manifest)
-    for index, manifest in enumerate(result):
-        if manifest["kind"] != "Deployment" or manifest["metadata"]["name"] not in secrets:
-            continue
-        manifest = copy.deepcopy(manifest)
-        data = secrets[manifest["metadata"]["name"]]["data"]
-        template = manifest["spec"]["template"]["metadata"]
-        template.setdefault("annotations", {})[SECRET_HASH_ANNOTATION] = _hash_of(data)[:16]
-        result[index] = _stamp(manifest)
-    return tuple(result)
-
-
-# ---- upgrade: 64-bit names, secured pods, a NetworkPolicy per Deployment ---------------------
-def needs_hardening(manifests: Sequence[Manifest]) -> bool:
-    """Written by a release before this one's hardening (read for upgrades): a name with a
-    32-bit hash, a pod not secured, or a Deployment without its NetworkPolicy."""
-    policies = {m["metadata"]["name"] for m in manifests if m["kind"] == "NetworkPolicy"}
-    for manifest in manifests:
-        if current_name(manifest) not in (None, manifest["metadata"]["name"]):
-            return True
-        if manifest["kind"] == "Deployment":
-            pod = manifest["spec"]["template"]["spec"]
-            if not (pod.get("securityContext") or {}).get("runAsNonRoot"):
-                return True
-            if manifest["metadata"]["name"] not in policies:
-                return True
-    return False
-
-
-def hardened(
-    manifests: Sequence[Manifest],
-    worker: WorkerSettings,
-    writable_root: Collection[str] = (),
-) -> tuple[Manifest, ...]:
-    """Upgrade of such manifests: each object under the name this release gives it (the
-    Deployment's selector, pod labels and Secret reference following), every pod secured, each
-    Deployment with its NetworkPolicy; re-stamped. The objects still running under the old
-    names are then extra and removed before the new ones are applied (Deployer.reconcile), so
-    a node never runs twice; a second pass finds nothing to change."""
-    result: list[Manifest] = []
-    for manifest in manifests:
-        if manifest["kind"] == "NetworkPolicy":
-            continue  # rendered again below, from its Deployment
-        manifest = copy.deepcopy(manifest)
-        old = manifest["metadata"]["name"]
-        new = current_name(manifest) or old
-        manifest["metadata"]["name"] = new
-        labels = manifest["metadata"].get("labels") or {}
-        if DEPLOYMENT_LABEL in labels:
-            labels[DEPLOYMENT_LABEL] = new
-        if manifest["kind"] == "Deployment":
-            spec = manifest["spec"]
-            spec["selector"]["matchLabels"][DEPLOYMENT_LABEL] = new
-            spec["template"]["metadata"]["labels"][DEPLOYMENT_LABEL] = new
-            for container in spec["template"]["spec"]["containers"]:
-                for source in container.get("envFrom") or []:
-                    if (source.get("secretRef") or {}).get("name") == old:
-                        source["secretRef"]["name"] = new
-            component = manifest["metadata"]["annotations"].get(COMPONENT_ID_ANNOTATION)
-            secure(manifest, writable_root=component in writable_root)
-            result.append(_stamp(_network_policy(manifest, worker.egress())))
-        result.append(_stamp(manifest))
-    return tuple(result)

@@ -28,24 +28,19 @@ from shared.deployment import records as deploy_records
 from shared.deployment.desired_state import (
     COMPONENT_ID_ANNOTATION,
     FLOW_ID_ANNOTATION,
-    FLOW_LABEL,
     FLOW_TOKEN_KEY,
     NODE_ID_ANNOTATION,
-    component_selector,
     credential_id,
     credentials_generation_of,
     desired_hash,
-    flow_selector,
-    hardened,
-    holds_store_url,
-    needs_hardening,
     step_queues_of,
     suspended,
     with_secret_values,
-    without_store_url,
 )
+from shared.deployment.object_names import FLOW_LABEL, component_selector, flow_selector
 from shared.deployment.records import TargetRecord
 from shared.deployment.services import DeployServices
+from shared.deployment.upgrades import hardened, holds_store_url, needs_hardening, without_store_url
 from shared.errors import OrchestratorError, TemporaryError
 from shared.events import OutgoingEvent
 from shared.model import penalties

@@ -11,8 +11,8 @@ from redis import Redis
 
 from shared.clock import Clock
 from shared.deployment import flow_tokens
-from shared.deployment.desired_state import WorkerSettings
 from shared.deployment.queue_credentials import NoQueueCredentials, QueueCredentials
+from shared.deployment.worker_settings import WorkerSettings
 from shared.ports.components import ComponentRepository
 from shared.ports.driver import DeployDriver
 from shared.ports.users import UserDirectory

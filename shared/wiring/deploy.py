@@ -10,7 +10,6 @@ from redis import Redis
 
 from shared.adapters.component_repository import make_component_repository
 from shared.clock import Clock
-from shared.deployment.desired_state import WorkerSettings
 from shared.deployment.queue_credentials import (
     AmqpQueueCredentials,
     NoQueueCredentials,
@@ -19,6 +18,7 @@ from shared.deployment.queue_credentials import (
 )
 from shared.deployment.queue_policy import IrsaRoles
 from shared.deployment.services import DeployServices, FlowTokens, IamFlowTokens, NoFlowTokens
+from shared.deployment.worker_settings import WorkerSettings
 from shared.ports.driver import DeployDriver
 from shared.settings import Settings
 from shared.wiring.users import make_user_directory

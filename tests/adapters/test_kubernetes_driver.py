@@ -18,12 +18,9 @@ from shared.adapters.kubernetes import (
     make_api_client,
     pod_last_error,
 )
-from shared.deployment.desired_state import (
-    WorkerSettings,
-    flow_desired_state,
-    flow_selector,
-    with_flow_token,
-)
+from shared.deployment.desired_state import flow_desired_state, with_flow_token
+from shared.deployment.object_names import flow_selector
+from shared.deployment.worker_settings import WorkerSettings
 from shared.errors import PermanentError, TemporaryError
 from shared.events import FlowDocument
 from shared.model.policy import TenantLimits

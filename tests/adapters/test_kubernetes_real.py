@@ -25,7 +25,9 @@ import pytest
 
 from shared.adapters.component_repository import Component
 from shared.adapters.kubernetes import KubernetesDriver, make_api_client
-from shared.deployment.desired_state import WorkerSettings, flow_desired_state, flow_selector
+from shared.deployment.desired_state import flow_desired_state
+from shared.deployment.object_names import flow_selector
+from shared.deployment.worker_settings import WorkerSettings
 from shared.events import FlowDocument
 from shared.model.policy import TenantLimits
 from shared.ports.driver import Readiness

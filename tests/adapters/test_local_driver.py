@@ -15,13 +15,9 @@ import pytest
 
 from shared.adapters.component_repository import Component
 from shared.adapters.local_driver import LocalDriver, selector_matches
-from shared.deployment.desired_state import (
-    DesiredState,
-    WorkerSettings,
-    flow_desired_state,
-    flow_selector,
-    with_flow_token,
-)
+from shared.deployment.desired_state import DesiredState, flow_desired_state, with_flow_token
+from shared.deployment.object_names import flow_selector
+from shared.deployment.worker_settings import WorkerSettings
 from shared.events import FlowDocument
 from shared.model.policy import TenantLimits
 from shared.settings import Settings

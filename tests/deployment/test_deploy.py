@@ -11,7 +11,7 @@ import pytest
 from redis import Redis
 
 from shared.clock import FakeClock
-from shared.deployment.desired_state import deployment_name, flow_selector, global_name
+from shared.deployment.object_names import deployment_name, flow_selector, global_name
 from shared.errors import InvalidEvent, TemporaryError
 from shared.model.policy import Policy
 from tests.deploy_harness import DeployHarness, flow_doc, step

@@ -17,7 +17,6 @@ from shared.adapters.local_driver import LocalDriver
 from shared.adapters.rabbitmq import RabbitMqFlowAccess, RabbitMqManagement, vhost_of
 from shared.clock import SystemClock
 from shared.deployment.desired_state import (
-    WorkerSettings,
     desired_hash,
     flow_desired_state,
     suspended,
@@ -27,6 +26,7 @@ from shared.deployment.queue_credentials import AmqpQueueCredentials
 from shared.deployment.reconcile import Deployer
 from shared.deployment.records import TargetRecord
 from shared.deployment.services import DeployServices, NoFlowTokens
+from shared.deployment.worker_settings import WorkerSettings
 from shared.events import FlowDocument
 from shared.model.policy import TenantLimits
 from shared.ports import ferryman as names

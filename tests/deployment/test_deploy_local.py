@@ -14,7 +14,7 @@ from redis import Redis
 
 from shared.adapters.local_driver import LocalDriver
 from shared.clock import FakeClock
-from shared.deployment.desired_state import deployment_name
+from shared.deployment.object_names import deployment_name
 from tests.deploy_harness import DeployHarness, flow_doc, step
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.kube_api import FakeKubeApi

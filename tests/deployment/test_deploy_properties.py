@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from redis import Redis
 
 from shared.clock import FakeClock
-from shared.deployment.desired_state import deployment_name, flow_selector
+from shared.deployment.object_names import deployment_name, flow_selector
 from tests.deploy_harness import DeployHarness, flow_doc, step
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.kube_api import FakeKubeApi

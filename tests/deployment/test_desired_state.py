@@ -13,22 +13,24 @@ from hypothesis import strategies as st
 
 from shared import keys
 from shared.deployment.desired_state import (
+    ReplicaBudgetExceeded,
+    clamp_replicas,
+    clamp_resources,
+    component_desired_state,
+    desired_hash,
+    flow_desired_state,
+    suspended,
+    with_flow_token,
+)
+from shared.deployment.object_names import (
     FLOW_LABEL,
     NODE_LABEL,
     TENANT_LABEL,
     USER_LABEL,
-    ReplicaBudgetExceeded,
-    WorkerSettings,
-    clamp_replicas,
-    clamp_resources,
-    component_desired_state,
     deployment_name,
-    desired_hash,
-    flow_desired_state,
     global_name,
-    suspended,
-    with_flow_token,
 )
+from shared.deployment.worker_settings import WorkerSettings
 from shared.errors import PermanentError
 from shared.events import FlowDocument
 from shared.model.policy import Resources, TenantLimits

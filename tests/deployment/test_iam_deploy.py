@@ -17,8 +17,8 @@ from shared.adapters.component_repository import HttpComponentRepository
 from shared.adapters.iam import IamClient
 from shared.adapters.kubernetes import KubernetesDriver, make_api_client
 from shared.clock import FakeClock
-from shared.deployment.desired_state import WorkerSettings
 from shared.deployment.services import DeployServices, IamFlowTokens
+from shared.deployment.worker_settings import WorkerSettings
 from shared.errors import Forbidden, TemporaryError
 from shared.handlers.deploy import SPEC
 from shared.model import flows

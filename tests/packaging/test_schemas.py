@@ -21,7 +21,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shared.deployment.desired_state import WorkerSettings, flow_desired_state
+from shared.deployment.desired_state import flow_desired_state
+from shared.deployment.worker_settings import WorkerSettings
 from shared.events import FlowDocument
 from shared.model.policy import TenantLimits
 from shared.ports.components import Component, ResourceSpec

@@ -244,7 +244,7 @@ def test_the_metrics_reader_counts_pod_usage_over_time(
     redis: Redis, clock: FakeClock, base_env: dict[str, str], kube_api: FakeKubeApi
 ) -> None:
     store_flow(redis, ODD_FLOW, tenant="acme", owner="u9")
-    from shared.deployment.desired_state import FLOW_LABEL, TENANT_LABEL, USER_LABEL
+    from shared.deployment.object_names import FLOW_LABEL, TENANT_LABEL, USER_LABEL
     from shared.ports.driver import label_value
 
     labels = {

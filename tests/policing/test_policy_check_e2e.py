@@ -14,7 +14,7 @@ import pytest
 from redis import Redis
 
 from shared.clock import FakeClock
-from shared.deployment.desired_state import flow_selector
+from shared.deployment.object_names import flow_selector
 from shared.events.types import CONSUMES, PENALTY_TYPES
 from shared.handlers.flow_start import SPEC as FLOW_START
 from shared.handlers.flow_start import Services as FlowStartServices

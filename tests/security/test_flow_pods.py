@@ -19,7 +19,8 @@ import pytest
 from redis import Redis
 
 from shared.clock import FakeClock
-from shared.deployment.desired_state import WorkerSettings, deployment_name
+from shared.deployment.object_names import deployment_name
+from shared.deployment.worker_settings import WorkerSettings
 from shared.model.policy import Policy, parse_policy
 from shared.settings import Settings
 from tests.conftest import TEST_KEY

@@ -21,7 +21,7 @@ from shared import keys
 from shared.admission import cron
 from shared.clock import FakeClock
 from shared.deployment import records as deploy_records
-from shared.deployment.desired_state import USER_LABEL
+from shared.deployment.object_names import USER_LABEL
 from shared.events import types as t
 from shared.model import flows
 from shared.runtime import event_log

@@ -25,9 +25,9 @@ from redis import Redis
 from shared.adapters.kubernetes import KubernetesDriver, make_api_client
 from shared.clock import FakeClock
 from shared.deployment import records as deploy_records
-from shared.deployment.desired_state import (
+from shared.deployment.desired_state import desired_hash
+from shared.deployment.object_names import (
     deployment_name,
-    desired_hash,
     global_name,
     legacy_deployment_name,
     legacy_global_name,

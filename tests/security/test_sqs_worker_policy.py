@@ -33,7 +33,6 @@ from shared.deployment.desired_state import (
     FLOW_ID_ANNOTATION,
     IAM_POLICY_ANNOTATION,
     IRSA_ROLE_ANNOTATION,
-    WorkerSettings,
 )
 from shared.deployment.queue_policy import (
     WORKER_S3_ACTIONS,
@@ -43,6 +42,7 @@ from shared.deployment.queue_policy import (
     trust_policy,
     worker_policy,
 )
+from shared.deployment.worker_settings import WorkerSettings
 from shared.errors import PermanentError
 from shared.local.embedded_redis import free_port
 from shared.ports.queue_access import claim_check_prefix, sqs_name

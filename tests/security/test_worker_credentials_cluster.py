@@ -26,8 +26,8 @@ from shared import keys
 from shared.adapters.redis_acl import RedisAcl
 from shared.adapters.redis_streams import RedisStreamsQueue
 from shared.clock import FakeClock
-from shared.deployment.desired_state import WorkerSettings
 from shared.deployment.queue_credentials import RedisQueueCredentials, username
+from shared.deployment.worker_settings import WorkerSettings
 from shared.ports.step_message import StepMessage
 from shared.store import connect
 from tests.conftest import TEST_KEY

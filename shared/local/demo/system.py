@@ -27,8 +27,8 @@ from redis import Redis
 
 from shared.adapters.redis_streams import RedisStreamsQueue
 from shared.clock import FakeClock
-from shared.deployment.desired_state import WorkerSettings
 from shared.deployment.services import DeployServices, NoFlowTokens
+from shared.deployment.worker_settings import WorkerSettings
 from shared.errors import OrchestratorError
 from shared.events import OutgoingEvent
 from shared.events import types as t
