@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
@@ -34,9 +35,10 @@ from redis import Redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from shared.events.types import FUNCTIONS
+from shared.events.types import FUNCTIONS, TICK
 from shared.local.embedded_redis import free_port, server_binary
 from shared.local.run import function_source, knative_dir
+from tests.support.events import cloudevent
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
@@ -483,6 +485,61 @@ class System:
             self.broker.stop()
         for function in self.functions.values():
             function.stop()
+
+
+class BrokerTraffic:
+    """What a broker and a PingSource send one function during a fault: `events` one after
+    the other, each retried until a 2xx (as the broker retries), and ticks every 0.2 s;
+    every answer is recorded in order (599: no answer)."""
+
+    def __init__(self, function: FunctionProcess, events: Sequence[CloudEvent], tag: str) -> None:
+        self.function, self.events, self.tag = function, list(events), tag
+        self.statuses: list[int] = []
+        self.acked: list[str] = []
+        self.tick_statuses: list[int] = []
+        self._stop = threading.Event()
+        self._sender = threading.Thread(target=self._send_all)
+        self._ticker = threading.Thread(target=self._tick_all)
+
+    def _answer(self, event: CloudEvent, timeout: float) -> int:
+        try:
+            return self.function.post(event, timeout=timeout).status_code
+        except requests.RequestException:
+            return 599
+
+    def _send_all(self) -> None:
+        for event in self.events:
+            while True:
+                status = self._answer(event, 30)
+                self.statuses.append(status)
+                if status == 200:
+                    self.acked.append(event["id"])
+                    break
+                self._stop.wait(0.2)
+
+    def _tick_all(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            tick = cloudevent(TICK, {}, event_id=f"{self.tag}-tick-{n}")
+            self.tick_statuses.append(self._answer(tick, 120))
+            self._stop.wait(0.2)
+
+    def start(self) -> BrokerTraffic:
+        self._sender.start()
+        self._ticker.start()
+        return self
+
+    def wait_until_sent(self, timeout: float = 180) -> None:
+        """Every event taken in the end, and ticks answered 200 again."""
+        self._sender.join(timeout=timeout)
+        assert not self._sender.is_alive(), "every event was taken in the end"
+        wait_for(lambda: self.tick_statuses[-1:] == [200], "ticks answered again", 60)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sender.join(timeout=60)
+        self._ticker.join(timeout=60)
 
 
 @contextmanager

@@ -10,12 +10,10 @@ Sentinels fail over, then 200s again from the promoted replica; afterwards every
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from redis import Redis
 
 from shared import keys
@@ -24,7 +22,7 @@ from tests.conftest import TEST_KEY
 from tests.support.events import cloudevent
 from tests.support.flows import flow_doc
 from tests.support.http_sink import HttpSink
-from tests.support.system import FunctionProcess, SentinelServers, wait_for
+from tests.support.system import BrokerTraffic, FunctionProcess, SentinelServers, wait_for
 
 EXECUTES = 24
 KILL_AFTER = 8  # acked executes before the master dies
@@ -72,52 +70,17 @@ def test_a_master_killed_mid_traffic_answers_503_then_recovers_none_lost_none_do
         cloudevent(t.FLOW_EXECUTE, {"flowId": FLOWS[i % len(FLOWS)]}, event_id=f"exe-{i}")
         for i in range(EXECUTES)
     ]
-    statuses: list[int] = []  # every answer the sender saw, in order
-    acked: list[str] = []
-    tick_statuses: list[int] = []
-    stop_ticks = threading.Event()
-
-    def send_all() -> None:
-        for event in events:
-            while True:  # the broker's retry: the same event until it is taken
-                try:
-                    status = flow_start.post(event, timeout=30).status_code
-                except requests.RequestException:
-                    status = 599
-                statuses.append(status)
-                if status == 200:
-                    acked.append(event["id"])
-                    break
-                stop_ticks.wait(0.2)
-
-    def tick_all() -> None:
-        n = 0
-        while not stop_ticks.is_set():
-            n += 1
-            try:
-                status = flow_start.post(cloudevent(t.TICK, {}, event_id=f"t{n}")).status_code
-            except requests.RequestException:
-                status = 599
-            tick_statuses.append(status)
-            stop_ticks.wait(0.2)
-
-    sender = threading.Thread(target=send_all)
-    ticker = threading.Thread(target=tick_all)
-    sender.start()
-    ticker.start()
+    traffic = BrokerTraffic(flow_start, events, "sentinel").start()
+    statuses, acked, tick_statuses = traffic.statuses, traffic.acked, traffic.tick_statuses
     try:
         wait_for(lambda: len(acked) >= KILL_AFTER, "the first executes acked", 60)
         sentinel.master.kill()
         wait_for(lambda: 503 in statuses[KILL_AFTER:], "a 503 while failing over", 60)
         wait_for(lambda: sentinel.master_port() != first_master, "a promoted replica", 60)
         sentinel.master.start()  # the old master comes back and becomes the new replica
-        sender.join(timeout=180)
-        assert not sender.is_alive(), "every execute was taken in the end"
-        wait_for(lambda: tick_statuses[-1:] == [200], "ticks answered again", 60)
+        traffic.wait_until_sent()
     finally:
-        stop_ticks.set()
-        sender.join(timeout=60)
-        ticker.join(timeout=60)
+        traffic.stop()
 
     failed_at = statuses.index(503)
     assert 200 in statuses[failed_at:], "answered again after the failover"

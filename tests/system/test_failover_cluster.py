@@ -11,12 +11,10 @@ run (none lost), and a full redelivery adds nothing (none doubled).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from redis.cluster import RedisCluster
 
 from shared import keys
@@ -25,7 +23,13 @@ from tests.conftest import TEST_KEY
 from tests.support.events import cloudevent
 from tests.support.flows import flow_doc
 from tests.support.http_sink import HttpSink
-from tests.support.system import FunctionProcess, RedisClusterServers, RedisNode, wait_for
+from tests.support.system import (
+    BrokerTraffic,
+    FunctionProcess,
+    RedisClusterServers,
+    RedisNode,
+    wait_for,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -101,34 +105,6 @@ def test_the_admission_slots_master_killed_mid_traffic_answers_503_then_recovers
         cloudevent(t.FLOW_EXECUTE, {"flowId": FLOWS[i % len(FLOWS)]}, event_id=f"cexe-{i}")
         for i in range(EXECUTES)
     ]
-    statuses: list[int] = []  # every answer the sender saw, in order
-    acked: list[str] = []
-    tick_statuses: list[int] = []
-    stop_ticks = threading.Event()
-
-    def send_all() -> None:
-        for event in events:
-            while True:  # the broker's retry: the same event until it is taken
-                try:
-                    status = flow_start.post(event, timeout=30).status_code
-                except requests.RequestException:
-                    status = 599
-                statuses.append(status)
-                if status == 200:
-                    acked.append(event["id"])
-                    break
-                stop_ticks.wait(0.2)
-
-    def tick_all() -> None:
-        n = 0
-        while not stop_ticks.is_set():
-            n += 1
-            try:
-                status = flow_start.post(cloudevent(t.TICK, {}, event_id=f"ct{n}")).status_code
-            except requests.RequestException:
-                status = 599
-            tick_statuses.append(status)
-            stop_ticks.wait(0.2)
 
     def promoted() -> bool:
         client = _client(cluster, survivor)
@@ -137,23 +113,17 @@ def test_the_admission_slots_master_killed_mid_traffic_answers_503_then_recovers
         finally:
             client.close()
 
-    sender = threading.Thread(target=send_all)
-    ticker = threading.Thread(target=tick_all)
-    sender.start()
-    ticker.start()
+    traffic = BrokerTraffic(flow_start, events, "cluster").start()
+    statuses, acked = traffic.statuses, traffic.acked
     try:
         wait_for(lambda: len(acked) >= KILL_AFTER, "the first executes acked", 60)
         doomed.kill()
         wait_for(lambda: any(s != 200 for s in statuses[KILL_AFTER:]), "a refusal", 60)
         wait_for(promoted, "the replica promoted", 60)
         doomed.start()  # the old master comes back and becomes the new one's replica
-        sender.join(timeout=180)
-        assert not sender.is_alive(), "every execute was taken in the end"
-        wait_for(lambda: tick_statuses[-1:] == [200], "ticks answered again", 60)
+        traffic.wait_until_sent()
     finally:
-        stop_ticks.set()
-        sender.join(timeout=60)
-        ticker.join(timeout=60)
+        traffic.stop()
 
     refused = [s for s in statuses if s != 200]
     assert set(refused) <= {503}, f"refusals are 503 (the broker retries): {refused}"
