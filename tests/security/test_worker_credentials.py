@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -35,8 +31,8 @@ from tests.deploy_harness import DeployHarness, flow_doc, step
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.kube_api import FakeKubeApi
 from tests.support.acl_redis import ADMIN_PASSWORD, Node, primary_with_replica
-from tests.support.event_sink import running_sink
-from tests.worker.test_worker import BASE_ENV, QUEUE, ROOT, published
+from tests.support.event_sink import run_worker_for_one_event
+from tests.worker.test_worker import BASE_ENV, QUEUE, published
 from tests.worker.test_worker import message as step_message
 
 
@@ -273,26 +269,8 @@ def test_the_real_worker_consumes_with_its_own_credentials(deploy: DeployHarness
     deploy.start(flow_doc("flow-1", [step("step-a")]))
     [secret] = secret_env(deploy.kube, "flow-1")
     published(deploy.redis, step_message({"value": 4}))
-    with running_sink() as sink:
-        env = {
-            "PATH": os.environ["PATH"],
-            **BASE_ENV,
-            "REDIS_URL": secret["REDIS_URL"],
-            "K_SINK": sink.url,
-            "PYTHONPATH": str(ROOT),
-        }
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shared.worker"], env=env, cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            (event,) = sink.wait_for(1, timeout=30)
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        output = process.stdout.read().decode() if process.stdout else ""
+    run = run_worker_for_one_event({**BASE_ENV, "REDIS_URL": secret["REDIS_URL"]})
+    event, code, output = run.event, run.exit_code, run.output
     assert code == 0, output
     assert "NOPERM" not in output and "no permissions" not in output, output
     data = event.get_data()

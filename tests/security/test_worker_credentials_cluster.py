@@ -9,10 +9,6 @@ each command goes to the node that owns its slot) and through a plain client on 
 from __future__ import annotations
 
 import base64
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, cast
@@ -34,9 +30,9 @@ from tests.conftest import TEST_KEY
 from tests.deploy_harness import DeployHarness, flow_doc, step
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.kube_api import FakeKubeApi
-from tests.support.event_sink import running_sink
+from tests.support.event_sink import run_worker_for_one_event
 from tests.support.system import RedisClusterServers, wait_for
-from tests.worker.test_worker import BASE_ENV, ROOT
+from tests.worker.test_worker import BASE_ENV
 from tests.worker.test_worker import message as step_message
 
 
@@ -300,29 +296,16 @@ def test_the_real_worker_consumes_on_the_cluster_with_its_own_credentials(
     env = secret_env(deploy.kube, flow_id)
     own = replace(step_message({"value": 4}), flow_id=flow_id)
     RedisStreamsQueue(deploy.redis).publish(queue, [own])
-    with running_sink() as sink:
-        worker_env = {
-            "PATH": os.environ["PATH"],
+    run = run_worker_for_one_event(
+        {
             **BASE_ENV,
             "FLOW_ID": flow_id,
             "STEP_QUEUE": queue,
             "REDIS_URL": env["REDIS_URL"],
             "REDIS_MODE": env["REDIS_MODE"],
-            "K_SINK": sink.url,
-            "PYTHONPATH": str(ROOT),
         }
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shared.worker"], env=worker_env, cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            (event,) = sink.wait_for(1, timeout=30)
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        output = process.stdout.read().decode() if process.stdout else ""
+    )
+    event, code, output = run.event, run.exit_code, run.output
     assert code == 0, output
     assert "NOPERM" not in output and "no permissions" not in output, output
     data = event.get_data()

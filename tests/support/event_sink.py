@@ -4,9 +4,14 @@ HTTP status, as the functions' adapters answer."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -14,6 +19,7 @@ from cloudevents.http import CloudEvent, from_http
 
 from shared.errors import OrchestratorError
 from tests.fakes.kube_api import QuietServer
+from tests.support.apps import ROOT
 
 
 class EventSink:
@@ -79,3 +85,36 @@ def running_sink(handler: Callable[[CloudEvent], Any] | None = None) -> Iterator
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    event: CloudEvent  # the first event the worker emitted
+    exit_code: int  # after SIGTERM
+    output: str  # its stdout and stderr
+
+
+def run_worker_for_one_event(environment: Mapping[str, str]) -> WorkerRun:
+    """Runs the real `python -m shared.worker` (from the project's root) with `environment`
+    plus PATH, PYTHONPATH and a K_SINK of its own until it emits one event, then stops it
+    with SIGTERM as Kubernetes would."""
+    with running_sink() as sink:
+        env = {
+            "PATH": os.environ["PATH"],
+            **environment,
+            "K_SINK": sink.url,
+            "PYTHONPATH": str(ROOT),
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shared.worker"], env=env, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            (event,) = sink.wait_for(1, timeout=30)
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        output = process.stdout.read().decode() if process.stdout else ""
+    return WorkerRun(event, code, output)
