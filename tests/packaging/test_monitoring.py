@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from typing import Any
 import pytest
 import requests
 import yaml
+
+from shared.local.embedded_redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "knative" / "monitoring"
@@ -143,13 +144,6 @@ def test_the_monitoring_kustomization_renders_the_dashboard_configmap() -> None:
 
 
 # --------------------------------------------------------------------------- a real run
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class System:
     """`orchestrator run` (with its demo: floods, a chatty tenant, cron flows) as a process."""
 

@@ -21,6 +21,7 @@ from redis import Redis
 
 from shared.clock import FakeClock
 from shared.events import FlowDocument
+from shared.local.embedded_redis import free_port
 from shared.model import flows
 from shared.security.redact import MASK, redact_text
 from tests.support.apps import ROOT, function_client
@@ -41,9 +42,7 @@ def flow_start(monkeypatch: pytest.MonkeyPatch, base_env: dict[str, str]) -> Fla
 @pytest.fixture()
 def server(base_env: dict[str, str], tmp_path: Path) -> Iterator[int]:
     """flow-start as its container runs it: `functions-framework` (gunicorn) on a free port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     env = {**os.environ, **base_env, "K_SINK": "http://127.0.0.1:9/", "PYTHONPATH": str(ROOT)}
     env.pop("ORCHESTRATOR_POLICY_FILE", None)
     binary = Path(sys.executable).parent / "functions-framework"

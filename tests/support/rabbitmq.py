@@ -27,16 +27,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from shared.local.embedded_redis import free_port
+
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 START_TIMEOUT_SECONDS = 180.0  # a cold Erlang VM on a busy 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _listening(port: int) -> bool:
@@ -199,11 +194,11 @@ def rabbitmq() -> Iterator[RabbitMq]:
     folder = Path(tempfile.mkdtemp(prefix="co-rabbitmq-"))
     server = RabbitMq(
         folder=folder,
-        amqp_port=_free_port(),
-        dist_port=_free_port(),
-        epmd_port=_free_port(),
+        amqp_port=free_port(),
+        dist_port=free_port(),
+        epmd_port=free_port(),
         node=f"co-test-{uuid.uuid4().hex[:8]}@localhost",
-        management_port=_free_port(),
+        management_port=free_port(),
     ).start()
     try:
         yield server

@@ -60,21 +60,13 @@ def wait_for(predicate: Any, what: str, timeout: float = START_TIMEOUT, every: f
         time.sleep(every)
 
 
-def _ephemeral_low() -> int:
-    """Where the kernel's ephemeral ports start (outgoing connections and bind(0) take them)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
 def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free and valid too, both below the
-    ephemeral range: a bus port in it was once taken by another server's bind(0) between
-    this check and the node's start ("Address already in use")."""
-    high = max(_ephemeral_low() - 10001, 12000)
+    """A free port whose cluster bus port (+10000) is free and valid too: nodes on 10000-12999,
+    buses on 20000-22999, below the ports `free_port` hands out (23000 up) and the ephemeral
+    range (a bus port there was once taken by another server's bind(0) between this check and
+    the node's start: "Address already in use")."""
     for _ in range(200):
-        port = random.randint(10000, high)
+        port = random.randint(10000, 12999)
         if _bindable(port) and _bindable(port + 10000):
             return port
     raise RuntimeError("no free port pair for a cluster node")
