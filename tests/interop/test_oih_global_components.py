@@ -33,6 +33,7 @@ from tests.conftest import TEST_KEY
 from tests.deploy_harness import DeployHarness
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.kube_api import FakeKubeApi
+from tests.support.apps import drop_queue_users
 from tests.support.events import cloudevent
 from tests.support.flows import fast_policy
 from tests.support.function import FunctionHarness, _InProcessSender
@@ -74,10 +75,7 @@ def deploy(
     )
     yield harness
     harness.close()
-    for raw in redis.acl_users():
-        name = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if name != "default":
-            redis.acl_deluser(name)
+    drop_queue_users(redis)
 
 
 def secret_env(kube: FakeKubeApi, selector: str) -> list[dict[str, str]]:

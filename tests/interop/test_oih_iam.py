@@ -28,14 +28,13 @@ from shared.deployment import records as deploy_records
 from shared.errors import Forbidden, Unauthorized, Unprocessable
 from shared.events import types as t
 from shared.model import flows
-from shared.runtime import function as runtime_module
 from shared.runtime.auth import Authorizer
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.iam import FakeIam
 from tests.fakes.kube_api import FakeKubeApi
-from tests.support.apps import function_client
+from tests.support.apps import deployed_functions
 from tests.support.events import cloudevent
 from tests.support.http_sink import HttpSink
 
@@ -45,12 +44,6 @@ TENANT = next(o["id"] for o in FLOW["owners"] if o["type"] == "tenant")
 USER = FLOW["startedBy"]
 HUB = "663a1f0c2b7e4a0012d4a0ff"  # the hub's service account (an ObjectId, as in the hub)
 COMPONENTS = sorted({node["componentId"] for node in FLOW["graph"]["nodes"]})
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
 
 
 @pytest.fixture
@@ -67,36 +60,19 @@ def apps(
 ) -> Iterator[Callable[[str], FlaskClient]]:
     for component in COMPONENTS:
         component_repo.add(component, replicas=1)
-    kube_api.auto_ready = True
     iam.add_user(USER, TENANT)
-    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
     env = {
         **base_env,
         "IAM_INTROSPECT_URL": iam.introspect_url,
         "IAM_URL": iam.url,
         "IAM_SERVICE_TOKEN": iam.service_token,
-        "ORCHESTRATOR_AUTH": "required",
-        "ORCHESTRATOR_DEPLOY_DRIVER": "kubernetes",
-        "KUBECONFIG": str(kubeconfig),
-        "COMPONENT_REPOSITORY_URL": component_repo.url,
         "K_SINK": sink.url,
         "HUB_SERVICE_ACCOUNTS": HUB,
-        "FLOW_START_WORK_THROUGH_SECONDS": "0",
     }
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setattr(runtime_module, "SystemClock", lambda: clock)  # the IAM's clock
-    clients: dict[str, FlaskClient] = {}
-
-    def client(function: str) -> FlaskClient:
-        if function not in clients:
-            clients[function] = function_client(monkeypatch, env, function)
-        return clients[function]
-
-    yield client
-    for raw in redis.acl_users():  # deploy's per-flow queue users on the shared server
-        name = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if name != "default":
-            redis.acl_deluser(name)
+    with deployed_functions(
+        monkeypatch, tmp_path, redis, clock, kube_api, component_repo, env
+    ) as client:
+        yield client
 
 
 def post(client: FlaskClient, event_type: str, data: Any, token: str) -> Any:

@@ -25,13 +25,12 @@ from shared.deployment.object_names import USER_LABEL
 from shared.events import types as t
 from shared.model import flows
 from shared.runtime import event_log
-from shared.runtime import function as runtime_module
 from tests.conftest import TEST_KEY
 from tests.deploy_harness import flow_doc
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.iam import FakeIam
 from tests.fakes.kube_api import FakeKubeApi
-from tests.support.apps import function_client
+from tests.support.apps import deployed_functions
 from tests.support.events import cloudevent, internal
 from tests.support.http_sink import HttpSink
 
@@ -50,37 +49,14 @@ def apps(
     clock: FakeClock,
 ) -> Iterator[Callable[[str], FlaskClient]]:
     component_repo.add("comp", replicas=1)
-    kube_api.auto_ready = True
     iam.add_user("bob", "rival")  # another tenant's user
     iam.add_user("carol", "acme")  # a user of acme the caller is not
-    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
-    sink = HttpSink().__enter__()
-    env = {
-        **base_env,
-        **iam.env(),
-        "ORCHESTRATOR_AUTH": "required",
-        "ORCHESTRATOR_DEPLOY_DRIVER": "kubernetes",
-        "KUBECONFIG": str(kubeconfig),
-        "COMPONENT_REPOSITORY_URL": component_repo.url,
-        "K_SINK": sink.url,
-        "HUB_SERVICE_ACCOUNTS": HUB,
-        "FLOW_START_WORK_THROUGH_SECONDS": "0",
-    }
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setattr(runtime_module, "SystemClock", lambda: clock)  # the IAM's clock
-    clients: dict[str, FlaskClient] = {}
-
-    def client(function: str) -> FlaskClient:
-        if function not in clients:
-            clients[function] = function_client(monkeypatch, env, function)
-        return clients[function]
-
-    yield client
-    sink.__exit__(None, None, None)
-    for raw in redis.acl_users():  # deploy's per-flow queue users on the shared server
-        name = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if name != "default":
-            redis.acl_deluser(name)
+    with HttpSink() as sink:
+        env = {**base_env, **iam.env(), "K_SINK": sink.url, "HUB_SERVICE_ACCOUNTS": HUB}
+        with deployed_functions(
+            monkeypatch, tmp_path, redis, clock, kube_api, component_repo, env
+        ) as client:
+            yield client
 
 
 def post(client: FlaskClient, event_type: str, data: Any, token: str) -> Any:

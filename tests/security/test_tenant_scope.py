@@ -23,12 +23,11 @@ from shared.clock import FakeClock
 from shared.deployment import records as deploy_records
 from shared.events import FlowDocument
 from shared.model import flows
-from shared.runtime import function as runtime_module
 from tests.deploy_harness import flow_doc, step
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.fakes.iam import FakeIam
 from tests.fakes.kube_api import FakeKubeApi
-from tests.support.apps import function_client
+from tests.support.apps import deployed_functions
 from tests.support.events import cloudevent
 from tests.support.http_sink import HttpSink
 
@@ -56,46 +55,22 @@ def apps(
     component_repo.add("unmarked", access=None, image="who/knows:1")  # the model's default
     component_repo.add("rival-global", is_global=True, access="private", tenant="rival")
     component_repo.add("acme-global", is_global=True, access="private", tenant="acme")
-    kube_api.auto_ready = True
     iam.add_user("alice", "acme")
     iam.add_user("bob", "rival")
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-        f"clusters: [{{name: fake, cluster: {{server: '{kube_api.url}'}}}}]\n"
-        "users: [{name: fake, user: {token: fake-token}}]\n"
-        "contexts: [{name: fake, context: {cluster: fake, user: fake, namespace: flows}}]\n"
-    )
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"defaults:\n  max_flows: {MAX_FLOWS}\n")
-    sink = HttpSink().__enter__()
-    env = {
-        **base_env,
-        **iam.env(),
-        "ORCHESTRATOR_AUTH": "required",
-        "ORCHESTRATOR_DEPLOY_DRIVER": "kubernetes",
-        "ORCHESTRATOR_POLICY_FILE": str(policy),
-        "KUBECONFIG": str(kubeconfig),
-        "COMPONENT_REPOSITORY_URL": component_repo.url,
-        "K_SINK": sink.url,
-        "FLOW_START_WORK_THROUGH_SECONDS": "0",
-        "FLOW_TOMBSTONE_TTL_SECONDS": str(TOMBSTONE_TTL),
-    }
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setattr(runtime_module, "SystemClock", lambda: clock)  # the IAM's clock
-    clients: dict[str, FlaskClient] = {}
-
-    def client(function: str) -> FlaskClient:
-        if function not in clients:
-            clients[function] = function_client(monkeypatch, env, function)
-        return clients[function]
-
-    yield client
-    sink.__exit__(None, None, None)
-    for raw in redis.acl_users():  # deploy's per-flow queue users on the shared server
-        name = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if name != "default":
-            redis.acl_deluser(name)
+    with HttpSink() as sink:
+        env = {
+            **base_env,
+            **iam.env(),
+            "ORCHESTRATOR_POLICY_FILE": str(policy),
+            "K_SINK": sink.url,
+            "FLOW_TOMBSTONE_TTL_SECONDS": str(TOMBSTONE_TTL),
+        }
+        with deployed_functions(
+            monkeypatch, tmp_path, redis, clock, kube_api, component_repo, env
+        ) as client:
+            yield client
 
 
 def post(client: FlaskClient, event_type: str, data: Any, token: str | None = None) -> Any:
