@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -42,12 +41,6 @@ ATTACKS = {
 }
 REDIS_BUDGET_BYTES = 1024 * 1024  # what one such event may add to Redis, at most
 PROCESS_BUDGET_BYTES = 32 * 1024 * 1024  # what handling it may allocate at its peak
-
-
-@pytest.fixture()
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
 
 
 def _used_memory(redis: Redis) -> int:

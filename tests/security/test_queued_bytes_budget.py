@@ -12,7 +12,6 @@ Through the real step-execute app over HTTP (outputs and ticks), a real Redis.""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,6 @@ from tests.support.http_sink import HttpSink
 
 BUDGET = 16 * 1024
 PAD = "x" * 4000  # six outputs of this put ~24 KiB into A's queue of `b`
-
-
-@pytest.fixture()
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
 
 
 def post(

@@ -10,7 +10,6 @@ Through the real step-execute app over HTTP, a real Redis."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,6 @@ from tests.support.function import FunctionHarness
 from tests.support.http_sink import HttpSink
 
 MAX_PENDING = 5
-
-
-@pytest.fixture()
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
 
 
 def post(
