@@ -38,7 +38,7 @@ from shared import keys
 from shared.admission import cron as admission_cron
 from shared.admission import queue as admission
 from shared.clock import FakeClock
-from shared.events import FlowDocument
+from shared.events import FlowDocument, OutgoingEvent
 from shared.model.policy import parse_policy
 from shared.scripts import load_script
 
@@ -253,11 +253,11 @@ def fairness_ours(redis: Redis) -> dict[str, float]:
             _, token = admission.execute(redis, inputs, None, run, now=now, source=SOURCE)
             tokens[run.run_id] = token or 0
         for raw in redis.lrange(keys.outbox(keys.ADMISSION), 0, -1):
-            event = json.loads(raw)
-            if event["type"].endswith(".admitted"):
-                ends.append((step + RUN_STEPS, event["data"]["runId"]))
+            event = OutgoingEvent.from_json(raw)
+            if event.type.endswith(".admitted"):
+                ends.append((step + RUN_STEPS, event.data["runId"]))
                 if step >= WARMUP:
-                    counted[event["data"]["tenant"]] += 1
+                    counted[event.data["tenant"]] += 1
         redis.delete(keys.outbox(keys.ADMISSION))
     return fairness_scores(counted)
 

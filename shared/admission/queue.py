@@ -211,6 +211,8 @@ def header(
     inputs: Inputs, *, now: float, source: str, once: Once | None, budget: int = DEFAULT_BUDGET
 ) -> list[ArgT]:
     """ARGV[1..8] of every admission script (flow_start_common.lua)."""
+    if "\x1f" in source:  # a field separator of the packed admitted entry
+        raise ValueError(f"event source {source!r}: no \\x1f allowed")
     return [
         EVENT_TYPES_JSON,
         repr(float(now)),

@@ -143,6 +143,9 @@ class OutgoingEvent:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> OutgoingEvent:
+        """An outbox entry: `to_json`'s JSON, or a packed admitted entry (`unpack_admitted`)."""
+        if text[: len(PACKED_ADMITTED)] in (PACKED_ADMITTED, PACKED_ADMITTED_TEXT):
+            return unpack_admitted(text)
         raw = json.loads(text)
         extensions = raw.get("extensions") or {}
         return cls(
@@ -170,6 +173,41 @@ class OutgoingEvent:
         if authtoken:
             attributes[EXT_AUTH_TOKEN] = authtoken
         return CloudEvent(attributes, self.data)
+
+
+PACKED_ADMITTED = b"!admitted\x1f"
+PACKED_ADMITTED_TEXT = PACKED_ADMITTED.decode()
+
+
+def unpack_admitted(text: str | bytes) -> OutgoingEvent:
+    """The flow.execution.admitted event of a packed outbox entry, as the admission scripts
+    write it (flow_start_common.lua `emit_admitted`): `!admitted`, time, source, type,
+    scheduledFor, the run record (K.runs' JSON: id, f flow, t tenant, u user, c trigger,
+    k fencing token) and the run's msg, joined by \x1f; the msg comes last and may hold
+    anything. The event is the one the previous release stored whole (docs/architecture.md §7)."""
+    raw = text.decode() if isinstance(text, bytes) else text
+    _, when, source, event_type, scheduled_for, record_json, msg = raw.split("\x1f", 6)
+    record = json.loads(record_json)
+    run_id, flow_id, tenant = str(record["id"]), str(record["f"]), str(record["t"])
+    data = {
+        "fencingToken": record["k"],
+        "flowId": flow_id,
+        "runId": run_id,
+        "scheduledFor": json.loads(scheduled_for),
+        "tenant": tenant,
+        "trigger": record["c"],
+        "user": record["u"],
+        "msg": json.loads(msg),
+    }
+    extensions = {EXT_FLOW_ID: flow_id, EXT_RUN_ID: run_id, EXT_TENANT: tenant}
+    return OutgoingEvent(
+        id=f"{run_id}-admitted",
+        type=event_type,
+        source=source,
+        data=data,
+        extensions=extensions,
+        time=float(when),
+    )
 
 
 def make_event(

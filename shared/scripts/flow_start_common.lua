@@ -98,7 +98,8 @@ local function limits(tenant)
   local found = limits_cache[tenant]
   if not found then
     local l = LIMITS[tenant] or LIMITS['*']
-    found = { weight = l[1], cap = l[2], rate = l[3], max_waiting = l[4], factor = l[5] or 1 }
+    found = { weight = l[1], cap = l[2], rate = l[3], max_waiting = l[4], factor = l[5] or 1,
+      running_field = 't:' .. tenant, waiting_field = 'w:' .. tenant }  -- its K.count fields
     limits_cache[tenant] = found
   end
   return found
@@ -217,26 +218,20 @@ local function emit(kind, data_json, tenant, flow, run_id)
   end
 end
 
--- flow.execution.admitted (RunAdmitted) of a run, in one concatenation (a tick emits a
--- thousand); the same text as emit('admitted', ...) would write
-local ADMITTED_TAIL = nil  -- source, time, type: the same for every run of the call
-local function emit_admitted(run, msg)
-  if not ADMITTED_TAIL then
-    ADMITTED_TAIL = ',"source":' .. quote(SOURCE) .. ',"time":' .. ARGV[2] .. ',"type":'
-      .. quote(EVENT_TYPES['admitted']) .. '}'
+-- flow.execution.admitted (RunAdmitted) of a run, packed (a tick emits a thousand): what every
+-- run of the call shares, the run's scheduledFor as number() writes it (cjson keeps 14
+-- digits), the run record as stored in K.runs and its msg, joined by \31;
+-- shared/events/envelope.py renders the event from it at send time (docs/architecture.md §7,
+-- the packed admitted entry). No raw \31 can sit before the msg (cjson escapes control
+-- characters; time, source and the catalogue's type have none); the msg comes last.
+local ADMITTED_HEAD = nil  -- '!admitted', time, source, type: the same for every run of the call
+local function emit_admitted(run, record_json, msg)
+  if not ADMITTED_HEAD then
+    ADMITTED_HEAD = '!admitted\31' .. ARGV[2] .. '\31' .. SOURCE .. '\31'
+      .. EVENT_TYPES['admitted'] .. '\31'
   end
-  local id, flow, tenant = run.id, quote(run.f), quote(run.t)
-  local run_json, event_json
-  if string.find(id, UNSAFE) then
-    run_json, event_json = cjson.encode(id), cjson.encode(id .. '-admitted')
-  else
-    run_json, event_json = '"' .. id .. '"', '"' .. id .. '-admitted"'
-  end
-  OUTBOX[#OUTBOX + 1] = '{"data":{"fencingToken":' .. number(run.k) .. ',"flowId":' .. flow
-    .. ',"runId":' .. run_json .. ',"scheduledFor":' .. shared_number(run.s)
-    .. ',"tenant":' .. tenant .. ',"trigger":' .. quote(run.c) .. ',"user":' .. quote(run.u)
-    .. ',"msg":' .. msg .. '},"extensions":{"flowid":' .. flow .. ',"runid":' .. run_json
-    .. ',"tenant":' .. tenant .. '},"id":' .. event_json .. ADMITTED_TAIL
+  OUTBOX[#OUTBOX + 1] = ADMITTED_HEAD .. shared_number(run.s) .. '\31' .. record_json .. '\31'
+    .. msg
 end
 
 -- flow.execution.skipped / deferred / missed (RunNotStarted)

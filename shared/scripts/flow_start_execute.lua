@@ -13,7 +13,7 @@ if already_handled() then
 end
 local tenant = ARGV[FIRST_ARG + 2]
 if waiting_full(tenant) then
-  return { 'full', counter('w:' .. tenant) }
+  return { 'full', counter(limits(tenant).waiting_field) }
 end
 local run = {
   id = ARGV[FIRST_ARG], f = ARGV[FIRST_ARG + 1], t = tenant, u = ARGV[FIRST_ARG + 3],

@@ -63,7 +63,8 @@ local function tenant_block(tenant)
   if suspended('tenant', tenant) then
     return 'suspended'
   end
-  if counter('t:' .. tenant) >= limits(tenant).cap then
+  local l = limits(tenant)
+  if counter(l.running_field) >= l.cap then
     return 'tenant_cap'
   end
   if bucket_tokens(tenant) < 1 then
@@ -88,12 +89,13 @@ local function admit(run)
   run.a = NOW
   bucket_take(run.t)
   count_add('*', 1)
-  count_add('t:' .. run.t, 1)
+  count_add(limits(run.t).running_field, 1)
   count_add('f:' .. run.f, 1)
   local msg = run.m or '{}'
   run.m = nil
+  local record = cjson.encode(run)
   RUNS[#RUNS + 1] = run.id
-  RUNS[#RUNS + 1] = cjson.encode(run)
+  RUNS[#RUNS + 1] = record
   DEADLINES[#DEADLINES + 1] = NOW + run.l + RUN_GRACE_SECONDS
   DEADLINES[#DEADLINES + 1] = run.id
   if BY_USAGE then  -- charged up to: what its estimate covers (flow_start_charge)
@@ -110,7 +112,7 @@ local function admit(run)
       lease_extend(key, run.k, run.id, run.l, NOW)
     end
   end
-  emit_admitted(run, msg)
+  emit_admitted(run, record, msg)
   ADMITTED[run.id] = true
   admitted_count = admitted_count + 1
 end
@@ -316,7 +318,7 @@ local function enqueue(run, deployed)
   redis.call('HSET', K.waiting, run.id, cjson.encode(run))
   redis.call('RPUSH', queue_key(run.f, run.u), run.id)
   redis.call('SADD', queue_users_key(run.f), run.u)
-  count_add('w:' .. run.t, 1)
+  count_add(limits(run.t).waiting_field, 1)
   if deployed then
     activate(run.f, run.t, run.u)
     backlog = nil
@@ -356,7 +358,7 @@ local function pop_run(flow, tenant, user)
     return nil
   end
   redis.call('HDEL', K.waiting, run_id)
-  count_add('w:' .. tenant, -1)
+  count_add(limits(tenant).waiting_field, -1)
   if redis.call('EXISTS', queue) == 0 then
     redis.call('SREM', queue_users_key(flow), user)
   end
@@ -380,7 +382,8 @@ local function aged_tenant(blocked)
     'LIMIT', 0, AGED_LOOK)
   for i = 1, #old, 2 do
     local tenant = old[i]
-    if not blocked[tenant] and counter('t:' .. tenant) == 0 and not tenant_block(tenant) then
+    if not blocked[tenant] and counter(limits(tenant).running_field) == 0
+        and not tenant_block(tenant) then
       local user, user_tag, flow, flow_tag = pick_user(tenant)
       local tag = user and redis.call('ZSCORE', K.tenants, tenant)
       if tag then
@@ -491,7 +494,7 @@ local function wait_reason(run, deployed)
 end
 
 local function waiting_full(tenant)
-  return counter('w:' .. tenant) >= limits(tenant).max_waiting
+  return counter(limits(tenant).waiting_field) >= limits(tenant).max_waiting
 end
 
 -- a new run: admitted at once when nothing dispatchable waits and nothing blocks it, else it
@@ -514,10 +517,14 @@ end
 
 -- a cron run's msg is '{}', except for a run of the hub's scheduler (flow_start_hub_fire
 -- passes its flow.execute's msg)
+local due_value, due_text = nil, nil  -- the last due time formatted (a tick's runs share it)
 local function cron_run(flow, due, limit, tenant, user, msg)
+  if due ~= due_value then
+    due_value, due_text = due, string.format('%d', due)
+  end
   -- k (the fencing token) is set before the run is admitted or waits; named here so that the
   -- table is built with room for every field a run gets (no rehash per run)
-  return { id = flow .. '@' .. string.format('%d', due), f = flow, t = tenant, u = user,
+  return { id = flow .. '@' .. due_text, f = flow, t = tenant, u = user,
     c = 'cron', s = due, l = limit, m = msg or '{}', k = 0 }
 end
 
@@ -585,7 +592,7 @@ local function end_run(run_id, run)
   redis.call('HDEL', K.runs, run_id)
   redis.call('ZREM', K.deadlines, run_id)
   count_add('*', -1)
-  count_add('t:' .. run.t, -1)
+  count_add(limits(run.t).running_field, -1)
   count_add('f:' .. run.f, -1)
   if run.q == 1 and lease_release(lease_key(run.f), run.k) == 1 then
     start_buffered(run.f)

@@ -35,7 +35,7 @@ for _, user in ipairs(redis.call('SMEMBERS', queue_users_key(flow))) do
       local run = cjson.decode(raw)
       tenant = run.t
       redis.call('HDEL', K.waiting, run_id)
-      count_add('w:' .. run.t, -1)
+      count_add(limits(run.t).waiting_field, -1)
       if run.q == 1 then  -- a waiting cron run holds the lease: a restarted flow needs it
         lease_release(lease_key(flow), run.k)
       end

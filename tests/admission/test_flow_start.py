@@ -13,7 +13,7 @@ from shared.admission import cron
 from shared.admission import queue as admission
 from shared.clock import FakeClock
 from shared.errors import InvalidEvent, OverCapacity, TemporaryError, Unprocessable
-from shared.events import RunAdmitted, RunNotStarted
+from shared.events import OutgoingEvent, RunAdmitted, RunNotStarted
 from shared.handlers.flow_start import SPEC as FLOW_START
 from shared.handlers.flow_start import Services as FlowStartServices
 from tests.fakes.iam import FakeIam
@@ -199,7 +199,7 @@ def test_outbox_entries_are_events_of_the_catalogue(
     with pytest.raises(TemporaryError, match="sink down"):  # 503: the Broker redelivers
         fs.execute("f1")
     [raw] = redis.lrange(keys.outbox(keys.ADMISSION), 0, -1)
-    entry = json.loads(raw)
+    entry = json.loads(OutgoingEvent.from_json(raw).to_json())
     assert entry["type"] == "org.openintegrationhub.flow.execution.admitted"
     assert entry["source"] == "/component-orchestrator/flow-start"
     RunAdmitted.parse(entry["data"])

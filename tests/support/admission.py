@@ -12,6 +12,7 @@ from redis import Redis
 from shared import keys
 from shared.admission import queue as admission
 from shared.clock import FakeClock
+from shared.events import OutgoingEvent
 from shared.model.policy import Policy
 
 SOURCE = "/component-orchestrator/flow-start"
@@ -78,7 +79,8 @@ class Admission:
         return admission.admitted_runs(self.redis)
 
     def outbox(self) -> list[dict[str, Any]]:
-        return [json.loads(raw) for raw in self.redis.lrange(keys.outbox(keys.ADMISSION), 0, -1)]
+        entries = self.redis.lrange(keys.outbox(keys.ADMISSION), 0, -1)
+        return [json.loads(OutgoingEvent.from_json(raw).to_json()) for raw in entries]
 
     def admitted_order(self) -> list[dict[str, Any]]:
         """Data of every admitted event so far, in admission order."""
