@@ -3,7 +3,7 @@ against the working tree, alternating, on one Redis (`make bench` skips `_` modu
 
     .venv/bin/python -m benchmarks._ab main 20      # REF, rounds
 
-Times, each a median over the rounds: flow_start_due (read + parse), the plan in Python, the
+Times, each a median over the rounds: flow_start_due (the read), the plan in Python, the
 flow_start_fire call, and the lower bound (one EVALSHA: ZRANGEBYSCORE + 1,000 ZADD). The
 revision's scripts are loaded from `git show REF:shared/scripts/...`; its Python is not: the
 read and the plan are the working tree's (a revision whose fire script takes one packed
@@ -66,10 +66,11 @@ def main(ref: str, rounds: int) -> None:
         script_keys = admission.script_keys(None)
         old_format = {name: "malformed plan" not in text for name, text in variants.items()}
 
-        def fire_args(name: str, now: float, entries: list[list[str]]) -> list[ArgT]:
+        def fire_args(name: str, now: float, flat: list[bytes]) -> list[ArgT]:
             next_times = schedule.NextTimes()
-            if not old_format[name]:
-                return admission_cron.fire_args(entries, flow_start.ROOMY, now, next_times)
+            if not old_format[name]:  # as a tick packs them (from the read's bytes)
+                return admission_cron.fire_args_packed(flat, flow_start.ROOMY, now, next_times)
+            entries = admission_cron.due_entries_of(flat)
             planned = [
                 admission_cron.plan_entry(e, flow_start.ROOMY, now, next_times) for e in entries
             ]
@@ -81,7 +82,7 @@ def main(ref: str, rounds: int) -> None:
             redis.delete(*WRITTEN, keys.fencing_counter(), keys.start_buckets())
             redis.zadd(keys.schedule_due(), {f"due-{n}": now - 1 for n in range(DUE)})
             args = [*admission.header(inputs, now=now, source=flow_start.SOURCE, once=None)]
-            args += fire_args(name, now, admission_cron.due_entries(redis, now, DUE))
+            args += fire_args(name, now, admission_cron.due_packed(redis, now, DUE))
             redis.evalsha(sha, len(script_keys), *script_keys, *args)
             written[name] = [redis.dump(key) for key in WRITTEN]
         print("same writes (outbox, runs, deadlines, counts):", written["old"] == written["new"])
@@ -91,7 +92,7 @@ def main(ref: str, rounds: int) -> None:
                 redis.delete(*WRITTEN)
                 redis.zadd(keys.schedule_due(), {f"due-{n}": now - 1 for n in range(DUE)})
                 started = time.perf_counter()
-                entries = admission_cron.due_entries(redis, now, DUE)
+                entries = admission_cron.due_packed(redis, now, DUE)
                 read = time.perf_counter()
                 args = [*admission.header(inputs, now=now, source=flow_start.SOURCE, once=None)]
                 args += fire_args(name, now, entries)

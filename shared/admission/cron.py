@@ -136,11 +136,21 @@ def _due_call(now: float, limit: int) -> ScriptCall:
     )
 
 
+def due_entries_of(flat: list[bytes]) -> list[list[str]]:
+    """`due_packed`'s reply decoded, as `due_entries` returns it."""
+    return _due_parsed(flat)
+
+
 def _due_parsed(flat: list[bytes]) -> list[list[str]]:
     return [
         [as_text(flat[i]), as_text(flat[i + 1]), *unpack_schedule(flat[i + 2])]
         for i in range(0, len(flat), 3)
     ]
+
+
+def due_packed(redis: Redis, now: float, limit: int = BATCH) -> list[bytes]:
+    """flow_start_due's reply as it comes: flow, due, packed schedule per entry."""
+    return cast(list[bytes], run_script(redis, _due_call(now, limit)))
 
 
 def due_entries(redis: Redis, now: float, limit: int = BATCH) -> list[list[str]]:
@@ -154,13 +164,20 @@ def dispatch_and_due_entries(
 ) -> list[list[str]]:
     """A tick's first round trip: `queue.dispatch` (expired slots reclaimed, waiting runs
     admitted), then `due_entries`, pipelined (two scripts, in this order, one round trip)."""
+    return _due_parsed(dispatch_and_due_packed(redis, inputs, now, source, limit))
+
+
+def dispatch_and_due_packed(
+    redis: Redis, inputs: Inputs, now: float, source: str, limit: int = BATCH
+) -> list[bytes]:
+    """`dispatch_and_due_entries`, the due read's reply as it comes (`due_packed`)."""
     dispatch = ScriptCall(
         "flow_start_dispatch",
         script_keys(None),
         [*header(inputs, now=now, source=source, once=None), REAP_LIMIT],
     )
     _, flat = run_pipelined(redis, [dispatch, _due_call(now, limit)])
-    return _due_parsed(flat)
+    return cast(list[bytes], flat)
 
 
 def next_due_time(redis: Redis) -> float | None:
@@ -203,15 +220,22 @@ def _ids(tenant: str, user: str, flow: str) -> str:
     return f"{len(tenant.encode())}\x1f{len(user.encode())}\x1f{tenant}{user}{flow}"
 
 
+def _plan_key(entry: list[str], now: float) -> tuple[object, ...]:
+    """What the plan of an entry on time depends on (all but its flow and user)."""
+    _, score, cron, zone, offset, tenant, _, overlap, catchup, max_run = entry
+    return (now, score, cron, zone, offset, tenant, overlap, catchup, max_run)
+
+
 def plan_entry(
     entry: list[str], policy: Policy, now: float, next_times: schedule.NextTimes
 ) -> tuple[str, str]:
-    """The plan and ids of one due entry (`pack_entry`). Entries on time that share due time,
+    """The plan and ids of one due entry (`pack_entry`). Entries that share due time,
     schedule, tenant and settings share one plan (remembered in `next_times`, the tick's): a
-    tick of a thousand flows plans each distinct one once."""
+    tick of a thousand flows plans each distinct one once (a schedule re-planned or dropped
+    is planned alone: it is logged)."""
     flow, score, cron, zone, offset, tenant, user, overlap, catchup, max_run = entry
-    shared = (now, score, cron, zone, offset, tenant, overlap, catchup, max_run)
-    head = next_times.on_time.get(shared)
+    shared = _plan_key(entry, now)
+    head = next_times.plans.get(shared)
     if head is not None:
         return head, _ids(tenant, user, flow)
     limits = policy.tenant(tenant)
@@ -231,14 +255,13 @@ def plan_entry(
         if following > now and due >= now - max(window, schedule.ON_TIME_SECONDS):
             # the usual case (on time, one due time passed): what schedule.plan would say
             head = _head(score, score, "", repr(following), limit, policy_name, window)
-            next_times.on_time[shared] = head
+            next_times.plans[shared] = head
             return head, _ids(tenant, user, flow)
         planned = schedule.plan(due, now, window, next_times.for_schedule(cron, zone, shift))
     except Exception as exc:  # a stored schedule that can no longer be computed: drop it
         log.error("schedule of flow %s dropped: %s", flow, exc)
         return pack_entry(flow, score, "", "", "", limit, policy_name, window, "", "")
-    return pack_entry(
-        flow,
+    head = _head(
         score,
         "" if planned.fire is None else repr(planned.fire),
         "" if planned.missed_from is None else repr(planned.missed_from),
@@ -246,9 +269,9 @@ def plan_entry(
         limit,
         policy_name,
         window,
-        tenant,
-        user,
     )
+    next_times.plans[shared] = head  # a late tick's entries alike share their plan too
+    return head, _ids(tenant, user, flow)
 
 
 def fire_args(
@@ -264,6 +287,45 @@ def fire_args(
         if index is None:
             index = plans[plan] = len(plans) + 1
         packed.append(f"{index}\x1f{ids}")
+    return [len(plans), *plans, *packed]
+
+
+def fire_args_packed(
+    flat: list[bytes], policy: Policy, now: float, next_times: schedule.NextTimes
+) -> list[ArgT]:
+    """`fire_args` of the due read's reply as it comes (`due_packed`), the same arguments: an
+    entry whose plan the tick has made already (on time, same due time, schedule settings
+    and tenant) is packed from its bytes, nothing decoded; the others are planned by
+    `plan_entry`. A tick of a thousand flows of a hundred tenants decodes a hundred."""
+    plans: dict[str, int] = {}
+    packed: list[ArgT] = []
+    known = next_times.plans_packed
+    for i in range(0, len(flat), 3):
+        flow, score, stored = flat[i], flat[i + 1], flat[i + 2]
+        # cron, zone, offset, overlap, catch-up, max run, tenant's byte length, tenant + user
+        parts = stored.split(b"\x1f", 7) if stored else []
+        key: tuple[object, ...] | None = None
+        if len(parts) == 8:
+            cut = int(parts[6])
+            key = (now, score, *parts[:6], parts[7][:cut])
+            head = known.get(key)
+            if head is not None:
+                index = plans.get(head)
+                if index is None:
+                    index = plans[head] = len(plans) + 1
+                ids = parts[7]
+                packed.append(
+                    b"%d\x1f%b\x1f%d\x1f%b%b" % (index, parts[6], len(ids) - cut, ids, flow)
+                )
+                continue
+        entry = [as_text(flow), as_text(score), *unpack_schedule(stored)]
+        plan, entry_ids = plan_entry(entry, policy, now, next_times)
+        index = plans.get(plan)
+        if index is None:
+            index = plans[plan] = len(plans) + 1
+        packed.append(f"{index}\x1f{entry_ids}")
+        if key is not None and _plan_key(entry, now) in next_times.plans:
+            known[key] = plan  # a plan of the tick's: shared by the entries that share its key
     return [len(plans), *plans, *packed]
 
 
@@ -284,16 +346,16 @@ def fire_due(
     next_times = schedule.NextTimes()
     for n in range(max_batches):
         if n == 0 and dispatch:
-            entries = dispatch_and_due_entries(redis, inputs, now, source, batch)
+            flat = dispatch_and_due_packed(redis, inputs, now, source, batch)
         else:
-            entries = due_entries(redis, now, batch)
-        if not entries:
+            flat = due_packed(redis, now, batch)
+        if not flat:
             break
         args: list[ArgT] = [*header(inputs, now=now, source=source, once=None)]
-        args += fire_args(entries, policy, now, next_times)
+        args += fire_args_packed(flat, policy, now, next_times)
         reply = load_script("flow_start_fire")(redis, script_keys(None), args)
         report.add(reply)
-        if len(entries) < batch or not int(reply[6]):  # nothing more due: no empty read
+        if len(flat) < 3 * batch or not int(reply[6]):  # nothing more due: no empty read
             break
     return report
 

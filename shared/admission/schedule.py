@@ -151,10 +151,12 @@ def memoized_next_time(cron: str, zone: str, after: float) -> float:
 
 class NextTimes:
     """Due time -> next due time of a schedule, through the per-minute memo; one per tick
-    (`on_time`: the tick's plans of entries on time, by what they depend on)."""
+    (`plans`: the tick's plans, by what they depend on: all of an entry but its flow and user)."""
 
     def __init__(self) -> None:
-        self.on_time: dict[tuple[object, ...], str] = {}
+        self.plans: dict[tuple[object, ...], str] = {}
+        # the same plans by the due read's bytes (cron.fire_args_packed: no decoding per entry)
+        self.plans_packed: dict[tuple[object, ...], str] = {}
 
     def __call__(self, cron: str, zone: str, after: float) -> float:
         return memoized_next_time(cron, zone, after)
