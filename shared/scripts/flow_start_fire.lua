@@ -58,6 +58,7 @@ for first = 1, #flows, 1000 do
     deployed[first + j - 1] = chunk_deployed[j] == 1
   end
 end
+flow_counts_prefetch(flows)
 for n, flow in ipairs(flows) do
   local tenant, user = tenants[n], users[n]
   local read, fire, missed, next_due, limit, overlap, window = unpack(entry_plans[n])

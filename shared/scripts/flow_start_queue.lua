@@ -90,7 +90,7 @@ local function admit(run)
   bucket_take(run.t)
   count_add('*', 1)
   count_add(limits(run.t).running_field, 1)
-  count_add('f:' .. run.f, 1)
+  count_add(flow_field(run.f), 1)
   local msg = run.m or '{}'
   run.m = nil
   local record = cjson.encode(run)
@@ -400,7 +400,7 @@ local function aged_flow(blocked)
   for i = 1, #old, 2 do
     local tenant_user, flow = unpair(old[i])
     local tenant, user = unpair(tenant_user)
-    if not blocked[tenant] and counter('f:' .. flow) == 0 and not suspended('user', user, tenant)
+    if not blocked[tenant] and counter(flow_field(flow)) == 0 and not suspended('user', user, tenant)
         and not suspended('flow', flow, tenant) and not tenant_block(tenant) then
       local flow_tag = redis.call('ZSCORE', flows_key(tenant, user), flow)
       local user_tag = flow_tag and redis.call('ZSCORE', users_key(tenant), user)
@@ -593,7 +593,7 @@ local function end_run(run_id, run)
   redis.call('ZREM', K.deadlines, run_id)
   count_add('*', -1)
   count_add(limits(run.t).running_field, -1)
-  count_add('f:' .. run.f, -1)
+  count_add(flow_field(run.f), -1)
   if run.q == 1 and lease_release(lease_key(run.f), run.k) == 1 then
     start_buffered(run.f)
   end
