@@ -43,6 +43,9 @@ def cmd_backchannel(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
+    if args.metrics_port:
+        serve_metrics(args.metrics_port, args.metrics_host)
+
     def started(_: Backchannel) -> None:
         print(f"backchannel: rabbitmq → {sink}", flush=True)
 
@@ -54,6 +57,19 @@ def cmd_backchannel(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_metrics(port: int, host: str) -> int:
+    """Serves the process's Prometheus series (orchestrator_backchannel_replies among them) on
+    http://host:port/metrics from a daemon thread; returns the port (0 picks a free one)."""
+    from prometheus_client import start_http_server
+
+    from shared.runtime.metrics import REGISTRY
+
+    server, _ = start_http_server(port, addr=host, registry=REGISTRY)
+    bound = int(server.server_address[1])
+    print(f"backchannel: metrics on http://{host}:{bound}/metrics", flush=True)
+    return bound
+
+
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "backchannel", help="ferryman's replies on RabbitMQ (QUEUE_BACKEND=amqp) into step events"
@@ -61,4 +77,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--amqp", help="AMQP URL of the step transport (AMQP_URL)")
     parser.add_argument("--broker", help="where step events go (default K_SINK / make run's)")
     parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="a running make run")
+    parser.add_argument(
+        "--metrics-port", type=int, default=0,
+        help="serve /metrics on this port (default 0: not served; the Deployment uses 9090)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics-host", default="0.0.0.0", help="the address /metrics listens on (0.0.0.0)"
+    )
     parser.set_defaults(func=cmd_backchannel)

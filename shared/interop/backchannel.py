@@ -45,6 +45,7 @@ from shared.events import types as t
 from shared.events.envelope import EXT_FLOW_ID, EXT_RUN_ID, EXT_STEP_TOKEN, EXT_TENANT
 from shared.ports import ferryman as names
 from shared.ports.ferryman import BackchannelMessage
+from shared.runtime import metrics
 from shared.scripts import load_script
 from shared.security import tokens
 from shared.security.redact import redact_text, register_secret
@@ -77,9 +78,13 @@ class Reply:
 
 
 class Ignored(Exception):
-    def __init__(self, reason: str) -> None:
+    """A reply we cannot trust or use: `reason` for the log, `category` of a fixed set for the
+    `orchestrator_backchannel_replies` series."""
+
+    def __init__(self, reason: str, category: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.category = category
 
 
 def _claims(key: str, message: BackchannelMessage, clock: Clock) -> dict[str, Any]:
@@ -87,17 +92,17 @@ def _claims(key: str, message: BackchannelMessage, clock: Clock) -> dict[str, An
     if isinstance(token, bytes):
         token = token.decode(errors="replace")
     if not isinstance(token, str) or not token:
-        raise Ignored("no orchestratorToken")
+        raise Ignored("no orchestratorToken", "no_token")
     try:
         claims = tokens.verify_orchestrator_token(key, token, clock)
     except OrchestratorError as exc:
-        raise Ignored(f"token refused ({exc.message})") from None
+        raise Ignored(f"token refused ({exc.message})", "token_refused") from None
     register_secret(str(claims.get("apiKey") or ""))  # masked should anything print it
     for name in (names.RUN_CLAIM, names.MESSAGE_CLAIM, "flowId", "stepId", "tenant"):
         if not isinstance(claims.get(name), str) or not claims[name]:
-            raise Ignored(f"token lacks {name}")
+            raise Ignored(f"token lacks {name}", "token_incomplete")
     if not isinstance(claims.get(names.ATTEMPT_CLAIM), int):
-        raise Ignored(f"token lacks {names.ATTEMPT_CLAIM}")
+        raise Ignored(f"token lacks {names.ATTEMPT_CLAIM}", "token_incomplete")
     return claims
 
 
@@ -121,7 +126,9 @@ def read_reply(key: str, message: BackchannelMessage, clock: Clock) -> Reply:
     """The verified reply; Ignored (with the reason) for anything we cannot trust or use."""
     kind = _KINDS.get(message.routing_key)
     if kind is None:
-        raise Ignored(f"routing key {message.routing_key[:80]!r} is not a step reply")
+        raise Ignored(
+            f"routing key {message.routing_key[:80]!r} is not a step reply", "not_a_reply"
+        )
     claims = _claims(key, message, clock)
     run_id, message_id = claims[names.RUN_CLAIM], claims[names.MESSAGE_CLAIM]
     attempt = int(claims[names.ATTEMPT_CLAIM])
@@ -135,7 +142,7 @@ def read_reply(key: str, message: BackchannelMessage, clock: Clock) -> Reply:
         try:
             body = json.loads(message.body)
         except ValueError:
-            raise Ignored("output reply is not JSON") from None
+            raise Ignored("output reply is not JSON", "not_json") from None
         data = body.get("data") if isinstance(body, dict) else body
     elif kind == "error":
         error = _error_text(message.body)
@@ -209,6 +216,7 @@ class Backchannel:
             reply = read_reply(self.key, message, self.clock)
         except Ignored as exc:
             self.ignored[exc.reason] += 1
+            metrics.observe_backchannel_reply("ignored", exc.category)
             log.warning("backchannel: reply on %s ignored: %s", message.routing_key[:80],
                         exc.reason)  # fmt: skip
             return True
@@ -221,13 +229,16 @@ class Backchannel:
             self.send(event)
         except OrchestratorError as exc:
             if exc.status < 500:
+                metrics.observe_backchannel_reply("refused")
                 log.error("backchannel: %s of message %s refused: %s", t.short(event["type"]),
                           reply.message_id, exc.message)  # fmt: skip
                 return True
             log.warning("backchannel: %s of message %s not delivered (%s): later",
                         t.short(event["type"]), reply.message_id, exc.message)  # fmt: skip
+            metrics.observe_backchannel_reply("retried")
             return False
         self.sent += 1
+        metrics.observe_backchannel_reply("sent")
         log.info("backchannel: %s (%s) of message %s (run %s)", t.short(event["type"]),
                  reply.kind, reply.message_id, reply.run_id)  # fmt: skip
         return True

@@ -67,6 +67,14 @@ DEAD_LETTERS = Counter(
     ["type", "subscriber"],
     registry=REGISTRY,
 )
+BACKCHANNEL_REPLIES = Counter(
+    "orchestrator_backchannel_replies",
+    "ferryman replies the backchannel read, by outcome (sent, ignored, refused, retried) and, for "
+    "an ignored one, why (no_token, token_refused, token_incomplete, not_a_reply, not_json): "
+    "ignored replies are forged or broken ones",
+    ["outcome", "reason"],
+    registry=REGISTRY,
+)
 SCHEDULE_LAG = Histogram(
     "orchestrator_schedule_lag_seconds",
     "Due time to admission",
@@ -125,6 +133,20 @@ class OutboxBacklog(Collector):
 
 OUTBOX_BACKLOG = OutboxBacklog()
 REGISTRY.register(OUTBOX_BACKLOG)
+
+
+BACKCHANNEL_OUTCOMES = frozenset({"sent", "ignored", "refused", "retried"})
+BACKCHANNEL_REASONS = frozenset(
+    {"", "no_token", "token_refused", "token_incomplete", "not_a_reply", "not_json"}
+)
+
+
+def observe_backchannel_reply(outcome: str, reason: str = "") -> None:
+    """One reply the backchannel handled; the labels are of a fixed set (a component decides
+    what it sends: its words never become a series)."""
+    if outcome not in BACKCHANNEL_OUTCOMES or reason not in BACKCHANNEL_REASONS:
+        raise ValueError(f"backchannel outcome {outcome!r}, reason {reason!r}: not ours")
+    BACKCHANNEL_REPLIES.labels(outcome, reason).inc()
 
 
 def observe_dead_letter(event_type: str, subscriber: str) -> None:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import pika
 import pytest
+import requests
 from cloudevents.http import CloudEvent
 from redis import Redis
 
@@ -28,12 +29,14 @@ from shared.adapters.rabbitmq import (
     vhost_of,
     with_credentials,
 )
+from shared.cli.backchannel import serve_metrics
 from shared.clock import SystemClock
 from shared.errors import PermanentError, TemporaryError
 from shared.events import types as t
 from shared.interop.backchannel import Backchannel
 from shared.ports import ferryman as names
 from shared.ports.step_message import StepMessage
+from shared.runtime import metrics
 from shared.security import tokens
 from tests.support.ferryman import FerrymanLauncher, wait_for
 from tests.support.rabbitmq import RabbitMq
@@ -189,14 +192,23 @@ def _publish_reply(amqp_url: str, routing_key: str, headers: dict[str, Any], bod
         connection.close()
 
 
+def ignored_count(reason: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "orchestrator_backchannel_replies_total", {"outcome": "ignored", "reason": reason}
+    )
+    return value or 0.0
+
+
 @pytest.mark.parametrize(
-    "token",
-    [None, "not-a-jwt", "other-key", "altered"],
+    ("token", "reason"),
+    [(None, "no_token"), ("not-a-jwt", "token_refused"), ("other-key", "token_refused"),
+     ("altered", "token_refused")],
     ids=["no token", "not a JWT", "signed with another key", "claims altered after signing"],
-)
+)  # fmt: skip
 def test_a_forged_reply_is_ignored_and_counted(
-    amqp_vhost: str, replies: Replies, token: str | None
+    amqp_vhost: str, replies: Replies, token: str | None, reason: str
 ) -> None:
+    before = ignored_count(reason)
     claims = {
         "flowId": "f3", "stepId": "s1", "tenant": "acme", "userId": "u1",
         names.RUN_CLAIM: "run-9", names.MESSAGE_CLAIM: "m9", names.ATTEMPT_CLAIM: 0,
@@ -226,6 +238,16 @@ def test_a_forged_reply_is_ignored_and_counted(
     _publish_reply(amqp_vhost, names.INPUT_KEY, headers, b'{"data":{"stolen":true}}')
     wait_for(lambda: sum(replies.backchannel.ignored.values()) == 1, 30, "the reply ignored")
     assert replies.events == []
+    assert ignored_count(reason) == before + 1  # orchestrator_backchannel_replies, on /metrics
+
+
+def test_the_backchannel_serves_its_counts_on_metrics() -> None:
+    port = serve_metrics(0, "127.0.0.1")
+    metrics.observe_backchannel_reply("ignored", "not_json")
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert 'orchestrator_backchannel_replies_total{outcome="ignored",reason="not_json"}' in text
+    with pytest.raises(ValueError, match="not ours"):
+        metrics.observe_backchannel_reply("ignored", "whatever a component wrote")
 
 
 def test_a_reply_with_another_runs_token_answers_only_that_run(

@@ -41,7 +41,7 @@ def test_the_backchannel_runs_its_command_with_secrets_by_reference_and_a_sink()
     spec = deployment["spec"]
     assert spec["replicas"] == 1  # one consumer: a message's replies are read in order
     (container,) = spec["template"]["spec"]["containers"]
-    assert container["command"] == ["orchestrator", "backchannel"]
+    assert container["command"][:2] == ["orchestrator", "backchannel"]
     assert container["image"].startswith("localhost:5001/component-orchestrator")
     env = env_of(container)
     for name in ("AMQP_URL", "REDIS_URL", "ORCHESTRATOR_KEY"):
@@ -76,3 +76,23 @@ def test_deploy_and_step_execute_run_the_amqp_backend_and_start_with_it() -> Non
         literal = {k: str(v["value"]) for k, v in env.items() if "value" in v}
         settings = Settings.from_env({**settings_map, **stand_ins, **literal})
         assert settings.queue_backend == "amqp"
+
+
+def test_the_backchannel_serves_metrics_where_the_pod_monitor_scrapes() -> None:
+    import argparse
+
+    import yaml
+
+    from shared.cli import backchannel
+
+    template = named("Deployment", "ferryman-backchannel")["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    parser = argparse.ArgumentParser()
+    backchannel.add_parser(parser.add_subparsers())
+    args = parser.parse_args(container["command"][1:])
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    monitor = yaml.safe_load((ROOT / "knative" / "monitoring" / "podmonitor.yaml").read_text())
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert args.metrics_port and ports[endpoint["port"]] == args.metrics_port
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= template["metadata"]["labels"].items()
