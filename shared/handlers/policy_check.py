@@ -171,6 +171,7 @@ def on_not_started(ctx: Ctx, event: RunNotStarted) -> None:
 
 RUNS_WALK = "runs"
 SUBJECTS_WALK = "subjects"
+DECAY_WALK = "decay"
 
 
 def tick(
@@ -185,7 +186,7 @@ def tick(
     """One pass of the police, at most `page_size` runs and subjects (TICK_PAGE_SIZE): the
     overdue runs first (from the deadline index), then the next page of the watched runs
     (suspended subjects, run time) and of the active subjects (rules), from cursors kept in
-    Redis; metrics; decay."""
+    Redis; metrics; the decay of the next page of penalized subjects."""
     ring_windows = ledger.level_windows(policy)
     if not redis.exists(keys.policy_upgraded()):  # once: the previous release's keys
         moved = ledger.upgrade(redis, ring_windows)
@@ -239,7 +240,12 @@ def tick(
     page = tick_cursor.page(redis, keys.POLICY, SUBJECTS_WALK, active, page_size)
     decisions += police(redis, policy, [active[m] for m in page], now=now, source=source)
     network.publish(redis, policy, list(active.values()), now=now)
-    decisions += penalties.decay_all(redis, policy.penalties, now=now, source=source)
+    penalized = tick_cursor.page(
+        redis, keys.POLICY, DECAY_WALK, penalties.penalized_members(redis), page_size
+    )
+    decisions += penalties.decay_all(
+        redis, policy.penalties, now=now, source=source, members=penalized
+    )
     ledger.forget_inactive(redis, before=horizon)
     return decisions
 

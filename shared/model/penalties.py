@@ -20,7 +20,7 @@ Punishing one subject writes only that subject's hash: nobody else's limits chan
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from redis import Redis
@@ -249,11 +249,24 @@ def decay(
     return Decision(decision, level, subject_id, step or None, float(until) if step else None)
 
 
-def decay_all(redis: Redis, penalties: Penalties, *, now: float, source: str) -> list[Decision]:
-    """One decay check for every penalized subject (the tick does this)."""
+def penalized_members(redis: Redis) -> list[str]:
+    """Every penalized subject, as keys.penalty_member names it (one read)."""
+    return [as_text(member) for member in redis.zrange(keys.penalty_index(), 0, -1)]
+
+
+def decay_all(
+    redis: Redis,
+    penalties: Penalties,
+    *,
+    now: float,
+    source: str,
+    members: Iterable[str] | None = None,
+) -> list[Decision]:
+    """One decay check for each of `members` (default: every penalized subject); the tick
+    passes a page of them (TICK_PAGE_SIZE)."""
     decisions = []
-    for member in redis.zrange(keys.penalty_index(), 0, -1):
-        level, subject_id, tenant = keys.parse_penalty_member(as_text(member))
+    for member in penalized_members(redis) if members is None else members:
+        level, subject_id, tenant = keys.parse_penalty_member(member)
         decisions.append(
             decay(
                 redis,
