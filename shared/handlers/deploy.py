@@ -212,7 +212,31 @@ def on_flow_starting(ctx: Ctx, flow: FlowDocument) -> None:
         # Nodes of global components run in the component's Deployment: step-execute sends
         # their messages to its queue (written before anything runs, idempotent).
         flows.set_global_nodes(ctx.redis, flow.id, _global_nodes(flow, components))
+        _want_globals(ctx, deployer, components)
         _deploy(ctx, deployer, held, desired, existing)
+
+
+def _want_globals(ctx: Ctx, deployer: Deployer, components: dict[str, Component]) -> None:
+    """A global component the flow uses that is not running (never started, or stopped since)
+    is started as `component.starting` would start it: its record is written as deploying, so
+    the next ticks apply its objects and announce `component.started` (reconcile); the flow's
+    messages to it wait on its queue meanwhile, as the original orchestrator started it too
+    (docs/oih.md, global components). The orchestrator acts here, not the caller: the flow
+    may use the component (`_usable`), and no components.control is asked for."""
+    for component_id, component in sorted(components.items()):
+        if not component.is_global:
+            continue
+        with deployer.locked("component", component_id, wait=False) as held:
+            if held is None:  # a component.starting or stopping works on it right now
+                continue
+            if deploy_records.load(ctx.redis, "component", component_id) is not None:
+                continue
+            desired = _component_desired(ctx, component_id, component, None)
+            record = TargetRecord.deploying(
+                desired, now=ctx.clock.now(), timeout=ctx.settings.deploy_ready_timeout
+            )
+            deploy_records.write(ctx.redis, record)
+            log.info("global component %s is not running: started for its flows", component_id)
 
 
 def _global_nodes(
@@ -278,27 +302,35 @@ def on_component_starting(ctx: Ctx, ref: ComponentRef) -> None:
         existing = deploy_records.load(ctx.redis, "component", ref.id)
         try:
             component = ctx.services.components.get(ref.id)
-            credentials = ctx.services.credentials
-            who = credential_id("component", ref.id)
-
-            def desired_for(generation: int | None) -> DesiredState:
-                return component_desired_state(
-                    component,
-                    ctx.policy.defaults,
-                    ctx.services.worker,
-                    writable_root=ctx.policy.writable_root_components,
-                    credentials_generation=generation,
-                )
-
-            # its own Redis queue user; the amqp backend has no global queue (docs/oih.md)
-            redis_queue = ctx.settings.queue_backend == "redis"
-            desired = desired_for(credentials.generation(who) if redis_queue else None)
-            if redis_queue and not _unchanged(existing, desired):
-                desired = desired_for(credentials.rotate(who))  # a new pod template
+            desired = _component_desired(ctx, ref.id, component, existing)
         except PermanentError as exc:
             _fail(ctx, deployer, "component", ref.id, exc.message, "", "")
             return
         _deploy(ctx, deployer, held, desired, existing)
+
+
+def _component_desired(
+    ctx: Ctx, component_id: str, component: Component, existing: TargetRecord | None
+) -> DesiredState:
+    """A global component's objects, with its own Redis queue user (the amqp backend has no
+    global queue: docs/oih.md); new credentials when what runs changes (a new pod template)."""
+    credentials = ctx.services.credentials
+    who = credential_id("component", component_id)
+
+    def desired_for(generation: int | None) -> DesiredState:
+        return component_desired_state(
+            component,
+            ctx.policy.defaults,
+            ctx.services.worker,
+            writable_root=ctx.policy.writable_root_components,
+            credentials_generation=generation,
+        )
+
+    redis_queue = ctx.settings.queue_backend == "redis"
+    desired = desired_for(credentials.generation(who) if redis_queue else None)
+    if redis_queue and not _unchanged(existing, desired):
+        desired = desired_for(credentials.rotate(who))
+    return desired
 
 
 # ---- stop ------------------------------------------------------------------------------------

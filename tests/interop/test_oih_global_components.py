@@ -125,6 +125,35 @@ def test_a_flow_node_of_a_global_component_gets_no_deployment_of_its_own(
     assert flows.global_nodes(redis, [FLOW["id"]]) == {FLOW["id"]: {}}
 
 
+def test_a_flow_that_uses_a_global_component_not_running_starts_it(
+    deploy: DeployHarness, kube_api: FakeKubeApi, redis: Redis
+) -> None:
+    """The original orchestrator started a missing global component for the flow; ours does
+    too, at the next tick (no component.starting was sent, and none is needed)."""
+    deploy.start(flow_using_the_global_component())
+    assert deploy.events("flow.started") and not deploy.events("component.started")
+    deploy.tick()
+    [started] = deploy.events("component.started")
+    assert started.data["id"] == GLOBAL
+    [deployment] = kube_api.objects("deployments", COMPONENT_SELECTOR)
+    assert deployment["spec"]["replicas"] == 1
+    [env] = secret_env(kube_api, COMPONENT_SELECTOR)
+    assert env["STEP_QUEUE"] == keys.global_step_queue(GLOBAL)
+    assert redis.acl_getuser(username("#" + GLOBAL)) is not None
+    # a second flow using it, and the tick after: the one Deployment, announced once
+    second = flow_using_the_global_component()
+    second["id"] = "second-flow"
+    deploy.start(second)
+    deploy.tick()
+    assert len(kube_api.objects("deployments", COMPONENT_SELECTOR)) == 1
+    assert len(deploy.events("component.started")) == 1
+    # stopped by the hub: gone until a flow that uses it starts again
+    deploy.handle(cloudevent("component.stopping", copy.deepcopy(STOPPING)))
+    assert kube_api.objects("deployments", COMPONENT_SELECTOR) == []
+    deploy.tick()
+    assert kube_api.objects("deployments", COMPONENT_SELECTOR) == []
+
+
 def test_its_messages_go_to_the_global_queue_and_the_global_worker_runs_them(
     deploy: DeployHarness, kube_api: FakeKubeApi, redis: Redis, clock: FakeClock,
     base_env: dict[str, str],
