@@ -96,3 +96,11 @@ def test_the_backchannel_serves_metrics_where_the_pod_monitor_scrapes() -> None:
     assert args.metrics_port and ports[endpoint["port"]] == args.metrics_port
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= template["metadata"]["labels"].items()
+    # and only Prometheus may reach it, on that port alone
+    policy = named("NetworkPolicy", "ferryman-backchannel-metrics-only")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= (
+        template["metadata"]["labels"].items()
+    )
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": endpoint["port"]}]
+    assert rule["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
