@@ -50,6 +50,8 @@ IMAGES_ENV = "ORCHESTRATOR_LOCAL_IMAGES"
 # Objects kept but not enforced (no cluster; a Service: local workers listen on the host).
 KEPT_KINDS = ("NetworkPolicy", "ServiceAccount", "Service")
 FERRYMAN_SCRIPT = Path("node_modules/@openintegrationhub/ferryman/runGlobal.js")
+# preloaded into each ferryman: it ends when this process is gone (PARENT_PID_VARIABLE)
+PARENT_GUARD = Path(__file__).resolve().parents[1] / "data" / "parent_guard.js"
 DEFAULT_COMMAND = (sys.executable, "-m", "shared.worker")
 MAX_BACKOFF_SECONDS = 30.0
 STOP_GRACE_SECONDS = 5.0
@@ -312,7 +314,7 @@ class LocalDriver:
         if container.get("command") or folder is None:
             return self._command, self._cwd
         script = self._ferryman_script or folder / FERRYMAN_SCRIPT
-        return ("node", str(script)), folder
+        return ("node", "--require", str(PARENT_GUARD), str(script)), folder
 
     def _stop(self, replica: _Replica) -> None:
         if replica.process.poll() is None:
