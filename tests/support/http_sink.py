@@ -23,6 +23,7 @@ class Request:
     path: str
     headers: dict[str, str]  # lower-case names
     body: bytes
+    truncated: bool = False  # shorter than its Content-Length: the client died mid-send
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -88,8 +89,10 @@ class HttpSink:
                 pass
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                request = Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                request = Request(self.path, headers, body, truncated=len(body) < length)
                 with sink._arrived:
                     status, headers = sink._next()
                     stall = sink._stalls.popleft() if sink._stalls else 0.0
