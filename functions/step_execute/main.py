@@ -6,13 +6,17 @@ import functions_framework
 from cloudevents.http import CloudEvent
 
 from shared.handlers.step_execute import SPEC
+from shared.operations import executions
 from shared.runtime.function import lazy_runtime
 from shared.runtime.http import install_guards, serve
 from shared.runtime.logs import configure_logging
 
 configure_logging("step-execute")
 runtime = lazy_runtime(SPEC)
-install_guards()
+# the original orchestrator's GET /executions reads, beside the CloudEvents (docs/oih.md)
+install_guards(
+    routes=executions.http_routes(lambda: (runtime().redis, runtime().authorizer.bearer))
+)
 
 
 @functions_framework.cloud_event

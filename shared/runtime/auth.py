@@ -135,6 +135,17 @@ class Authorizer:
             return self._control(event, event_type, payload, COMPONENTS_CONTROL)
         return self._internal(event, event_type)
 
+    def bearer(self, authorization: str | None) -> Principal:
+        """The caller of an HTTP read (`Authorization: Bearer <IAM token>`), verified as a
+        control event's token is; AUTH_OFF when ORCHESTRATOR_AUTH=off. Unauthorized (401)
+        without a valid token."""
+        if self._verifier is None:
+            return AUTH_OFF
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("missing IAM token (Authorization: Bearer <token>)")
+        return _principal(self._verifier.verify(token.strip()))
+
     # --- our own events ------------------------------------------------------------------------
     def _internal(self, event: CloudEvent, event_type: str) -> Principal:
         token = _extension(event, EXT_AUTH_TOKEN)

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cloudevents.http import CloudEvent
@@ -125,13 +125,15 @@ def _envelope_problem(headers: Any, body: bytes) -> str | None:
 def install_guards(
     settings: Settings | None = None,
     authenticate: Callable[[str | None], None] | None = None,
+    routes: Mapping[str, tuple[str, Callable[..., Any]]] | None = None,
 ) -> None:
     """Answers malformed envelopes with a JSON 400 naming the field (instead of the framework's
     fallback, which echoes all headers, tokens included). A no-op outside an app context.
 
     `authenticate` (the dead-letter sink's OIDC check) gets the Authorization header after the
     declared length is checked and before the body is read; an OrchestratorError it raises
-    is the answer."""
+    is the answer. `routes` (rule → endpoint, view) adds GET reads beside /metrics and
+    /healthz (step-execute's /executions); they do their own authorization."""
     import flask
 
     if not flask.has_app_context():
@@ -154,7 +156,7 @@ def install_guards(
 
     def reject_malformed() -> Response | None:
         request = flask.request
-        if request.path in ("/metrics", "/healthz"):
+        if request.path in ("/metrics", "/healthz") or request.endpoint in reads:
             return None
         if request.method != "POST":
             return json_response(405, {"error": "MethodNotAllowed", "message": "POST a CloudEvent"})
@@ -187,9 +189,12 @@ def install_guards(
             400, {"error": "InvalidEvent", "message": problem, "problems": [problem]}
         )
 
+    reads = {endpoint for endpoint, _ in (routes or {}).values()}
     app.before_request(reject_malformed)
     app.add_url_rule("/metrics", "metrics", serve_metrics, methods=["GET"])
     app.add_url_rule("/healthz", "healthz", serve_health, methods=["GET"])
+    for rule, (endpoint, view) in (routes or {}).items():
+        app.add_url_rule(rule, endpoint, view, methods=["GET"])
 
 
 def serve_health() -> Response:
