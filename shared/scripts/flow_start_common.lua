@@ -66,7 +66,8 @@ local function schedule_of(flow)
   return redis.call('HGET', K.schedules, flow) or schedule_of_old(flow)
 end
 
--- the flow's buffered due time `due|limit` (overlap buffer_one), in either form; or false
+-- the flow's buffered due time `due|limit` or `due|limit|msg` (overlap buffer_one; the msg of
+-- a hub scheduler's run), in either form; or false
 local function buffered_of(flow)
   return redis.call('HGET', K.buffered, flow) or redis.call('HGET', sched_key(flow), 'b')
 end

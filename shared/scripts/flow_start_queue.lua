@@ -549,7 +549,12 @@ local function fire_cron(flow, due, limit, overlap, tenant, user, msg)
     local token = lease_acquire(lease_key(flow), K.fence, run.id, limit, NOW, next_token)
     if not token then
       if overlap == 'buffer_one' and not buffered_of(flow) then
-        redis.call('HSET', K.buffered, flow, string.format('%d', due) .. '|' .. limit)
+        -- `due|limit`, and `|msg` for a run of the hub's scheduler (its msg goes on with it)
+        local kept = string.format('%d', due) .. '|' .. limit
+        if msg then
+          kept = kept .. '|' .. msg
+        end
+        redis.call('HSET', K.buffered, flow, kept)
         not_started('deferred', run, 'buffered')
         return 'buffered'
       end
@@ -581,9 +586,13 @@ local function start_buffered(flow)
     local _
     _, _, _, tenant, user = schedule_unpack(packed)
   end
+  -- `due|limit` (a tick's, and every one the previous release kept) or `due|limit|msg`
   local sep = string.find(buffered, '|', 1, true)
-  fire_cron(flow, tonumber(string.sub(buffered, 1, sep - 1)),
-    tonumber(string.sub(buffered, sep + 1)), 'buffer_one', tenant, user)
+  local msg_sep = string.find(buffered, '|', sep + 1, true)
+  local limit_text = string.sub(buffered, sep + 1, (msg_sep or 0) - 1)
+  local msg = msg_sep and string.sub(buffered, msg_sep + 1) or nil
+  fire_cron(flow, tonumber(string.sub(buffered, 1, sep - 1)), tonumber(limit_text),
+    'buffer_one', tenant, user, msg)
 end
 
 -- a run ended (or its deadline passed): free its slot and lease, start a buffered run

@@ -116,6 +116,41 @@ def test_a_due_time_that_finds_the_flow_running_is_skipped_then_the_next_one_run
     assert [a["scheduledFor"] for a in harness.admitted()] == [DUE, DUE + 600]
 
 
+def test_a_buffered_scheduler_run_keeps_its_msg(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> None:
+    """overlap buffer_one: the due time that found the flow running waits, and starts with the
+    scheduler's msg once the run ends (before, it started with an empty msg)."""
+    harness = hub_harness(redis, clock, base_env)
+    harness.start_flow({**copy.deepcopy(FLOW), "flowSettings": {"overlapPolicy": "buffer_one"}})
+    harness.send("flow.execute", scheduled(), event_id="s-1")
+    [first] = harness.admitted()
+    later = scheduled("2024-05-02T10:05:00.000Z")
+    later["msg"] = {**later.get("msg", {}), "data": {"note": "a|b|c"}}  # `|` is our separator
+    harness.send("flow.execute", later, event_id="s-2")
+    assert harness.reasons("flow.execution.deferred") == ["buffered"]
+    harness.end(first)
+    [_, buffered] = harness.admitted()
+    assert buffered["scheduledFor"] == DUE + 300
+    assert buffered["msg"]["data"] == {"note": "a|b|c"}
+    assert buffered["msg"]["metadata"]["source"]["type"] == "scheduler"
+
+
+def test_a_buffered_due_time_the_previous_release_kept_still_starts(
+    redis: Redis, clock: FakeClock, base_env: dict[str, str]
+) -> None:
+    """`due|limit` without a msg (every buffered due time before this release): started with
+    the empty msg, as it was."""
+    harness = hub_harness(redis, clock, base_env)
+    harness.start_flow({**copy.deepcopy(FLOW), "flowSettings": {"overlapPolicy": "buffer_one"}})
+    harness.send("flow.execute", scheduled(), event_id="s-1")
+    [first] = harness.admitted()
+    redis.hset(keys.schedule_buffered(), FLOW["id"], f"{DUE + 300}|3600")
+    harness.end(first)
+    [_, buffered] = harness.admitted()
+    assert (buffered["scheduledFor"], buffered["msg"]) == (DUE + 300, {})
+
+
 def test_scheduler_runs_wait_their_fair_turn_for_a_slot(
     redis: Redis, clock: FakeClock, base_env: dict[str, str]
 ) -> None:
