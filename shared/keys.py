@@ -399,7 +399,8 @@ def schedules() -> str:
 
 
 def schedule_buffered() -> str:
-    """Hash: flow id → `due|limit`, the due time an overlap `buffer_one` flow holds back."""
+    """Hash: flow id → `due|limit` (or `due|limit|msg`, a hub scheduler's run), the due time
+    an overlap `buffer_one` flow holds back."""
     return _key(ADMISSION, "buffered")
 
 
