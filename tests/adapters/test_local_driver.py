@@ -22,6 +22,7 @@ from shared.events import FlowDocument
 from shared.model.policy import TenantLimits
 from shared.settings import Settings
 from shared.wiring.deploy import make_driver
+from tests.support.processes import alive
 
 STUB = [sys.executable, "-m", "tests.fakes.step_worker"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,16 +61,6 @@ def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); a reaped one does not
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split()[2] != "Z"
 
 
 @pytest.fixture

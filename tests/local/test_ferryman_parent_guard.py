@@ -15,6 +15,7 @@ import pytest
 
 from shared.adapters.local_driver import PARENT_GUARD
 from shared.ports.driver import PARENT_PID_VARIABLE
+from tests.support.processes import alive
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 
@@ -30,19 +31,6 @@ child = subprocess.Popen(
 print(child.pid, flush=True)
 time.sleep(600)
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (ended, not yet reaped by its new parent) is gone too
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def start(parent_pid: str) -> tuple[subprocess.Popen[str], int]:
