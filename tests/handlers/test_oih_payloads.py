@@ -4,8 +4,6 @@ sent over HTTP into the real function apps: each is accepted and has its effect.
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,14 +25,9 @@ from tests.conftest import TEST_KEY
 from tests.fakes.component_repo import FakeComponentRepo
 from tests.support.apps import function_client
 from tests.support.http_sink import HttpSink
+from tests.support.oih import FIXTURES, fixture
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "oih"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))
-
-
-def fixture(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
-    return loaded
 
 
 FLOW = fixture("flow.starting")["data"]

@@ -5,8 +5,6 @@ we schedule nothing ourselves, and its runs still get skip, overlap and fairness
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,14 +18,7 @@ from shared.settings import Settings, SettingsError
 from tests.fakes.iam import FakeIam
 from tests.support.flows import policy
 from tests.support.function import FunctionHarness
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "oih"
-
-
-def fixture(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
-    return loaded
-
+from tests.support.oih import fixture
 
 FLOW = fixture("flow.starting")["data"]
 SCHEDULED = fixture("flow.execute.scheduler")["data"]

@@ -14,7 +14,6 @@ import base64
 import copy
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,14 +36,7 @@ from tests.support.apps import drop_queue_users
 from tests.support.events import cloudevent
 from tests.support.flows import fast_policy
 from tests.support.function import FunctionHarness, _InProcessSender
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "oih"
-
-
-def fixture(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
-    return loaded
-
+from tests.support.oih import fixture
 
 STARTING = fixture("component.starting")["data"]
 STOPPING = fixture("component.stopping")["data"]

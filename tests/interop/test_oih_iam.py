@@ -37,8 +37,8 @@ from tests.fakes.kube_api import FakeKubeApi
 from tests.support.apps import deployed_functions
 from tests.support.events import cloudevent
 from tests.support.http_sink import HttpSink
+from tests.support.oih import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "oih"
 FLOW: dict[str, Any] = json.loads((FIXTURES / "flow.starting.json").read_text())["data"]
 TENANT = next(o["id"] for o in FLOW["owners"] if o["type"] == "tenant")
 USER = FLOW["startedBy"]

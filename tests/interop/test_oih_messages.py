@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,14 +19,7 @@ from shared.handlers.step_execute import SPEC as STEP_EXECUTE
 from shared.ports.step_message import StepMessage, execute_message, first_step_message
 from tests.support.flows import fast_policy
 from tests.support.function import FunctionHarness
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "oih"
-
-
-def fixture(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
-    return loaded
-
+from tests.support.oih import fixture
 
 FLOW = fixture("flow.starting")["data"]
 TENANT = next(o["id"] for o in FLOW["owners"] if o["type"] == "tenant")
